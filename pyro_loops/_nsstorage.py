@@ -1,0 +1,151 @@
+"""Where the name server keeps its registrations: in memory, or in a SQLite file.
+
+Both storages hold the same thing -- name -> (URI string, set of metadata tags) --
+and offer the same few operations; all searching (prefix, regex, metadata) is
+done by the name server over ``entries()``, so a storage stays a dumb table and
+the two cannot disagree about what a filter means.
+
+The SQLite file uses the table layout of Pyro4's ``sql:`` storage
+(``pyro_names`` and ``pyro_metadata``), so a registration database written by a
+Pyro4 name server can be served by ours and the other way round.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from typing import Iterable, NamedTuple, Protocol
+
+log = logging.getLogger("pyro_loops")
+
+
+class Entry(NamedTuple):
+    """One registration: the URI as a string and its metadata tags."""
+
+    uri: str
+    metadata: frozenset[str]
+
+
+class Storage(Protocol):
+    def get(self, name: str) -> Entry | None: ...
+
+    def put(self, name: str, uri: str, metadata: Iterable[str]) -> None: ...
+
+    def delete(self, names: Iterable[str]) -> int: ...
+
+    def entries(self) -> list[tuple[str, Entry]]: ...
+
+    def __len__(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class MemoryStorage:
+    """Registrations in a dict; gone when the process ends."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, Entry] = {}
+
+    def get(self, name: str) -> Entry | None:
+        return self._entries.get(name)
+
+    def put(self, name: str, uri: str, metadata: Iterable[str]) -> None:
+        self._entries[name] = Entry(uri, frozenset(metadata))
+
+    def delete(self, names: Iterable[str]) -> int:
+        removed = 0
+        for name in names:
+            if self._entries.pop(name, None) is not None:
+                removed += 1
+        return removed
+
+    def entries(self) -> list[tuple[str, Entry]]:
+        return list(self._entries.items())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def close(self) -> None:
+        self._entries.clear()
+
+
+class SqlStorage:
+    """Registrations in a SQLite file, so they survive a name server restart.
+
+    Every change is committed at once: a name server that is killed loses
+    nothing it acknowledged. One connection is shared between threads (the
+    name server may run calls in workers under SERVERTYPE "thread"); a lock
+    keeps them from interleaving.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        with self._lock, self._db:
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS pyro_names"
+                " (id integer PRIMARY KEY, name nvarchar NOT NULL UNIQUE, uri nvarchar NOT NULL)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS pyro_metadata"
+                " (object integer NOT NULL, metadata nvarchar NOT NULL,"
+                " FOREIGN KEY(object) REFERENCES pyro_names(id))")
+        log.debug("name server storage: sqlite file %s, %d entries", path, len(self))
+
+    def _metadata(self, row_id: int) -> frozenset[str]:
+        rows = self._db.execute("SELECT metadata FROM pyro_metadata WHERE object=?", (row_id,))
+        return frozenset(tag for (tag,) in rows)
+
+    def get(self, name: str) -> Entry | None:
+        with self._lock:
+            row = self._db.execute("SELECT id, uri FROM pyro_names WHERE name=?", (name,)).fetchone()
+            if row is None:
+                return None
+            return Entry(row[1], self._metadata(row[0]))
+
+    def _delete_one(self, name: str) -> bool:
+        row = self._db.execute("SELECT id FROM pyro_names WHERE name=?", (name,)).fetchone()
+        if row is None:
+            return False
+        self._db.execute("DELETE FROM pyro_metadata WHERE object=?", (row[0],))
+        self._db.execute("DELETE FROM pyro_names WHERE id=?", (row[0],))
+        return True
+
+    def put(self, name: str, uri: str, metadata: Iterable[str]) -> None:
+        tags = frozenset(metadata)
+        with self._lock, self._db:
+            self._delete_one(name)
+            row_id = self._db.execute("INSERT INTO pyro_names(name, uri) VALUES (?, ?)", (name, uri)).lastrowid
+            self._db.executemany("INSERT INTO pyro_metadata(object, metadata) VALUES (?, ?)",
+                                 [(row_id, tag) for tag in tags])
+
+    def delete(self, names: Iterable[str]) -> int:
+        with self._lock, self._db:
+            return sum(1 for name in names if self._delete_one(name))
+
+    def entries(self) -> list[tuple[str, Entry]]:
+        with self._lock:
+            tags: dict[int, set[str]] = {}
+            for row_id, tag in self._db.execute("SELECT object, metadata FROM pyro_metadata"):
+                tags.setdefault(row_id, set()).add(tag)
+            rows = self._db.execute("SELECT id, name, uri FROM pyro_names").fetchall()
+            return [(name, Entry(uri, frozenset(tags.get(row_id, ())))) for row_id, name, uri in rows]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM pyro_names").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def open_storage(spec: str | None) -> MemoryStorage | SqlStorage:
+    """Build the storage named by a ``-s`` style spec: ``"memory"`` (or None) or ``"sql:<file>"``."""
+    if spec is None or spec == "memory":
+        return MemoryStorage()
+    if spec.startswith("sql:") and len(spec) > 4:
+        return SqlStorage(spec[4:])
+    raise ValueError(f"invalid storage type '{spec}' (use 'memory' or 'sql:<file>')")
