@@ -1,0 +1,196 @@
+"""Serve a daemon from an asyncio event loop with ``add_reader``/``add_writer``.
+
+``handle = attach(daemon)`` inside a running loop (or ``attach(daemon, loop)``)
+and the daemon is served by that loop: each socket is registered as a reader
+(and as a writer while a reply waits to be sent), and one ``call_at`` handle
+exists only while the daemon has a deadline, so an idle daemon costs nothing.
+
+Published ``async def`` methods are awaited on the loop as tasks; while one
+awaits, calls on other connections go on (the connection that made the call
+waits for its reply, which keeps per-connection order).
+
+The loop must support ``add_reader``: on Windows the default
+``ProactorEventLoop`` does not, and ``attach`` says so; use a
+``SelectorEventLoop`` there (``asyncio.run(main(), loop_factory=asyncio.SelectorEventLoop)``
+from Python 3.12, or ``asyncio.set_event_loop_policy(asyncio.WindowsSelectorEventLoopPolicy())``).
+
+Errors raised inside the machinery are sent to ``pyro_loops.set_error_hook``
+rather than to the loop's exception handler.
+"""
+
+from __future__ import annotations
+
+import asyncio as _asyncio
+import functools
+import socket
+import time
+from typing import Any, Callable
+
+from pyro_loops._hosting import READ, WRITE, report_error
+
+
+class AsyncioHandle:
+    """A daemon attached to an asyncio loop; the daemon's watcher.
+
+    ``detach()`` (or leaving the ``with`` block) stops serving and removes
+    every reader, writer and timer handle; the daemon stays open.
+    ``daemon.close()`` while attached detaches first.
+    """
+
+    def __init__(self, daemon: Any, loop: _asyncio.AbstractEventLoop) -> None:
+        self.daemon = daemon
+        self.loop = loop
+        self._socks: dict[int, tuple[socket.socket, int]] = {}  # fd -> (socket, events registered)
+        self._when: float | None = None
+        self._timer: _asyncio.TimerHandle | None = None
+        self._tasks: set[_asyncio.Task] = set()  # the loop keeps only weak references to tasks
+        self._attached = True
+        try:
+            daemon.attach_watcher(self)
+        except BaseException:
+            self.detached()
+            raise
+        daemon.coroutine_runner = self._run_coroutine
+
+    @property
+    def attached(self) -> bool:
+        return self._attached
+
+    def detach(self) -> None:
+        """Stop serving the daemon from this loop; nothing of it stays registered."""
+        if self._attached:
+            self.daemon.detach_watcher()
+
+    def __enter__(self) -> "AsyncioHandle":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.detach()
+
+    # -- the watcher interface (called by the daemon, in the loop's thread) --
+
+    def add(self, sock: socket.socket, events: int) -> None:
+        self._set_interest(sock, events)
+
+    def modify(self, sock: socket.socket, events: int) -> None:
+        self._set_interest(sock, events)
+
+    def remove(self, sock: socket.socket) -> None:
+        self._set_interest(sock, 0)
+
+    def set_deadline(self, when: float | None) -> None:
+        self._when = when
+        self._arm()
+
+    def detached(self) -> None:
+        for sock, _ in list(self._socks.values()):
+            self._set_interest(sock, 0)
+        self._when = None
+        self._arm()
+        if getattr(self.daemon, "coroutine_runner", None) == self._run_coroutine:
+            self.daemon.coroutine_runner = None
+        self._attached = False
+
+    # -- readers and writers --
+
+    def _set_interest(self, sock: socket.socket, events: int) -> None:
+        fd = sock.fileno()
+        known, had = self._socks.get(fd, (sock, 0))
+        if known is not sock:  # the fd now belongs to another socket: forget the old one's interest
+            self._set_interest(known, 0)
+            had = 0
+        if events & READ and not had & READ:
+            self.loop.add_reader(fd, self._on_ready, fd, sock, READ)
+        elif had & READ and not events & READ:
+            self.loop.remove_reader(fd)
+        if events & WRITE and not had & WRITE:
+            self.loop.add_writer(fd, self._on_ready, fd, sock, WRITE)
+        elif had & WRITE and not events & WRITE:
+            self.loop.remove_writer(fd)
+        if events:
+            self._socks[fd] = (sock, events)
+        else:
+            self._socks.pop(fd, None)
+
+    def _on_ready(self, fd: int, sock: socket.socket, direction: int) -> None:
+        try:
+            known, events = self._socks.get(fd, (None, 0))
+            if known is sock and events & direction:  # else a callback that outlived its registration
+                self.daemon.handle_event(sock, direction)
+        except BaseException as exc:  # noqa: BLE001 - keep it out of the loop's exception handler
+            report_error(exc, "asyncio adapter: socket ready")
+
+    # -- deadline --
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._when is not None:
+            # Deadlines are time.monotonic() values; the loop has its own clock.
+            self._timer = self.loop.call_at(self.loop.time() + (self._when - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        try:
+            self._timer = None
+            if self._when is None:
+                return
+            if time.monotonic() < self._when:  # the loop runs timers up to one clock tick early
+                self._arm()
+                return
+            self._when = None
+            self.daemon.handle_deadline()
+        except BaseException as exc:  # noqa: BLE001
+            report_error(exc, "asyncio adapter: deadline")
+
+
+    # -- async def methods --
+
+    def _run_coroutine(self, coro: Any, done: Callable[[Any, BaseException | None], None]) -> None:
+        """The daemon's hook for a published ``async def``: run it as a task, reply when it ends.
+
+        Tasks still running at ``detach()`` are left to finish: their replies
+        wait in the daemon until a loop serves it again (or are dropped if
+        the daemon or the connection closed meanwhile).
+        """
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._coroutine_done, done))
+
+    def _coroutine_done(self, done: Callable[[Any, BaseException | None], None], task: _asyncio.Task) -> None:
+        self._tasks.discard(task)
+        try:
+            if task.cancelled():
+                done(None, _asyncio.CancelledError("the task running this call was cancelled"))
+            elif task.exception() is not None:
+                done(None, task.exception())
+            else:
+                done(task.result(), None)
+        except BaseException as exc:  # noqa: BLE001
+            report_error(exc, "asyncio adapter: coroutine reply")
+
+
+def _check_loop(loop: _asyncio.AbstractEventLoop) -> None:
+    if type(loop).add_reader is _asyncio.AbstractEventLoop.add_reader:
+        raise RuntimeError(
+            f"{type(loop).__name__} cannot watch sockets (no add_reader; on Windows this is the default "
+            "ProactorEventLoop): run the daemon on a SelectorEventLoop, e.g. "
+            "asyncio.run(main(), loop_factory=asyncio.SelectorEventLoop) or "
+            "asyncio.set_event_loop_policy(asyncio.WindowsSelectorEventLoopPolicy())"
+        )
+
+
+def attach(daemon: Any, loop: _asyncio.AbstractEventLoop | None = None) -> AsyncioHandle:
+    """Serve ``daemon`` from ``loop`` (default: the running loop).
+
+    Call it in the loop's thread. The loop must be able to watch sockets
+    (``add_reader``); a Windows ProactorEventLoop cannot, and is refused with
+    a message naming the fix.
+    """
+    if loop is None:
+        try:
+            loop = _asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError("no running event loop: call attach() from a coroutine, or pass loop=") from None
+    _check_loop(loop)
+    return AsyncioHandle(daemon, loop)

@@ -1,0 +1,248 @@
+"""Serve a daemon from a Qt event loop with socket notifiers and one timer.
+
+``handle = attach(daemon, app)`` and the daemon is served by ``app.exec()``:
+each socket gets a ``QSocketNotifier`` for reading (and one for writing while
+a reply waits to be sent), and a single-shot ``QTimer`` runs only while the
+daemon has a deadline. An idle daemon costs no wakeups at all.
+
+Published methods run in the GUI thread, so they may touch widgets; mark long
+ones with ``@pyro_loops.in_worker``. A method may open a modal dialog
+(``QDialog.exec``): while it runs, the nested loop keeps serving the other
+connections; the daemon holds back further requests on the connection whose
+call is in progress, so per-connection order is kept.
+
+PyQt5 (5.15) is the binding this is tested with; PySide6 and PyQt6 go through
+the same code (only names that all three spell alike are used). The binding is
+the one ``app`` belongs to, else one already imported, else the first
+installed of PyQt5, PySide6, PyQt6.
+
+Errors raised inside the machinery are sent to ``pyro_loops.set_error_hook``;
+none escapes into Qt, where PyQt5 would abort the process.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import socket
+import sys
+import time
+from types import ModuleType
+from typing import Any, Callable
+
+from pyro_loops._hosting import READ, WRITE, report_error
+
+_BINDINGS = ("PyQt5", "PySide6", "PyQt6")
+_MAX_TIMER_MS = 2**31 - 1  # QTimer takes a signed 32-bit interval
+
+
+def _qtcore(app: Any) -> ModuleType:
+    """The QtCore of the binding ``app`` belongs to, or the best guess without an app."""
+    if app is not None:
+        for cls in type(app).__mro__:
+            binding = cls.__module__.partition(".")[0]
+            if binding in _BINDINGS:
+                return importlib.import_module(binding + ".QtCore")
+        raise TypeError(f"not a Qt application object: {app!r}")
+    for binding in _BINDINGS:
+        if binding + ".QtCore" in sys.modules:
+            return sys.modules[binding + ".QtCore"]
+    for binding in _BINDINGS:
+        try:
+            return importlib.import_module(binding + ".QtCore")
+        except ImportError:
+            continue
+    raise ImportError("pyro_loops.adapters.qt needs PyQt5, PySide6 or PyQt6")
+
+
+def _guarded(where: str) -> Callable:
+    """Wrap a slot so that nothing it raises reaches Qt (PyQt5 would abort)."""
+
+    def decorate(slot: Callable) -> Callable:
+        @functools.wraps(slot)
+        def wrapper(*args: Any) -> None:
+            try:
+                slot(*args)
+            except BaseException as exc:  # noqa: BLE001 - a slot must not raise at all
+                report_error(exc, where)
+
+        return wrapper
+
+    return decorate
+
+
+class _Watch:
+    """One notifier for one (socket, direction); ``busy`` while its callback runs."""
+
+    __slots__ = ("sock", "direction", "notifier", "busy")
+
+    def __init__(self, sock: socket.socket, direction: int, notifier: Any) -> None:
+        self.sock = sock
+        self.direction = direction
+        self.notifier = notifier
+        self.busy = False
+
+
+class QtHandle:
+    """A daemon attached to a Qt application; the daemon's watcher.
+
+    Use ``detach()`` (or the ``with`` statement) to stop serving; the daemon
+    stays open. ``daemon.close()`` while attached detaches first. After either,
+    every notifier and the timer are disabled and scheduled for deletion.
+    """
+
+    def __init__(self, daemon: Any, app: Any, qtcore: ModuleType, close_on_quit: bool) -> None:
+        self.daemon = daemon
+        self._qt = qtcore
+        self._app = app
+        self._watches: dict[tuple[int, int], _Watch] = {}
+        self._attached = True
+        # The notifiers and the timer are children of this object, which Qt owns
+        # (its parent is the app): they are only ever deleted with deleteLater,
+        # never by Python's garbage collector in the middle of their own slot.
+        self._owner = qtcore.QObject(app)
+        self._owner.setObjectName("pyro_loops.adapters.qt")
+        self._when: float | None = None
+        self._timer = qtcore.QTimer(self._owner)
+        self._timer.setSingleShot(True)
+        self._timer.setTimerType(qtcore.Qt.TimerType.PreciseTimer)
+        self._timer.timeout.connect(self._on_timer)
+        self._quit_slot = self._on_quit if close_on_quit else None
+        if self._quit_slot is not None:
+            app.aboutToQuit.connect(self._quit_slot)
+        try:
+            daemon.attach_watcher(self)
+        except BaseException:
+            self.detached()
+            raise
+
+    @property
+    def attached(self) -> bool:
+        return self._attached
+
+    def detach(self) -> None:
+        """Stop serving the daemon from this loop; nothing of it stays in Qt."""
+        if self._attached:
+            self.daemon.detach_watcher()
+
+    def __enter__(self) -> "QtHandle":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.detach()
+
+    # -- the watcher interface (called by the daemon, in the GUI thread) --
+
+    def add(self, sock: socket.socket, events: int) -> None:
+        self._set_interest(sock, events)
+
+    def modify(self, sock: socket.socket, events: int) -> None:
+        self._set_interest(sock, events)
+
+    def remove(self, sock: socket.socket) -> None:
+        self._set_interest(sock, 0)
+
+    def set_deadline(self, when: float | None) -> None:
+        self._when = when
+        if when is None:
+            self._timer.stop()
+        else:
+            self._arm(when - time.monotonic())
+
+    def detached(self) -> None:
+        for key in list(self._watches):
+            self._drop(key)
+        self._timer.stop()
+        self._when = None
+        if self._quit_slot is not None:
+            self._app.aboutToQuit.disconnect(self._quit_slot)
+            self._quit_slot = None
+        if self._attached:
+            self._owner.deleteLater()
+        self._attached = False
+
+    # -- notifiers --
+
+    def _set_interest(self, sock: socket.socket, events: int) -> None:
+        fd = sock.fileno()
+        for direction in (READ, WRITE):
+            key = (fd, direction)
+            watch = self._watches.get(key)
+            if watch is not None and (watch.sock is not sock or not events & direction):
+                self._drop(key)  # no longer wanted, or the fd now belongs to another socket
+                watch = None
+            if watch is None and events & direction:
+                self._watches[key] = self._make_watch(sock, direction)
+
+    def _make_watch(self, sock: socket.socket, direction: int) -> _Watch:
+        kind = self._qt.QSocketNotifier.Type
+        notifier = self._qt.QSocketNotifier(
+            sock.fileno(), kind.Read if direction == READ else kind.Write, self._owner
+        )
+        watch = _Watch(sock, direction, notifier)
+        # activated's arguments differ between bindings and Qt versions (an int
+        # fd, or a QSocketDescriptor plus a type since Qt 5.15): take none of them.
+        notifier.activated.connect(lambda *_: self._on_activated(watch))
+        notifier.setEnabled(True)
+        return watch
+
+    def _drop(self, key: tuple[int, int]) -> None:
+        """Forget a notifier; called before its socket is closed."""
+        watch = self._watches.pop(key)
+        watch.notifier.setEnabled(False)
+        watch.notifier.activated.disconnect()
+        watch.notifier.deleteLater()
+
+    @_guarded("qt adapter: socket notifier")
+    def _on_activated(self, watch: _Watch) -> None:
+        key = (watch.sock.fileno(), watch.direction)
+        if self._watches.get(key) is not watch:
+            return  # a notifier that outlived its registration: the fd may be someone else's now
+        # Disabled while the daemon works: a level-triggered notifier must not
+        # fire again from a nested event loop started by the call it dispatched.
+        watch.busy = True
+        watch.notifier.setEnabled(False)
+        try:
+            self.daemon.handle_event(watch.sock, watch.direction)
+        finally:
+            watch.busy = False
+            if self._watches.get(key) is watch:
+                watch.notifier.setEnabled(True)
+
+    # -- deadline timer --
+
+    def _arm(self, delay: float) -> None:
+        # Rounded up: a timer that fires early would only make the daemon find nothing due.
+        self._timer.start(min(_MAX_TIMER_MS, max(0, math.ceil(delay * 1000))))
+
+    @_guarded("qt adapter: deadline timer")
+    def _on_timer(self) -> None:
+        if self._when is None:
+            return
+        remaining = self._when - time.monotonic()
+        if remaining > 0:
+            self._arm(remaining)
+            return
+        self._when = None
+        self.daemon.handle_deadline()
+
+    @_guarded("qt adapter: application quit")
+    def _on_quit(self) -> None:
+        self.daemon.close()
+
+
+def attach(daemon: Any, app: Any = None, *, close_on_quit: bool = True) -> QtHandle:
+    """Serve ``daemon`` from the Qt event loop of ``app`` (default: the running application).
+
+    Call it from the GUI thread, after the application object exists. With
+    ``close_on_quit`` (the default) the daemon is closed when the application
+    quits, so its sockets do not outlive the loop that served them.
+    """
+    qtcore = _qtcore(app)
+    app = app if app is not None else qtcore.QCoreApplication.instance()
+    if app is None:
+        raise RuntimeError("create the QApplication before attaching a daemon to it")
+    if qtcore.QThread.currentThread() != app.thread():
+        raise RuntimeError("attach the daemon from the thread the Qt application runs in")
+    return QtHandle(daemon, app, qtcore, close_on_quit)
