@@ -196,6 +196,8 @@ class NameServerDaemon(Daemon):
     """A Daemon serving a NameServer under ``Pyro.NameServer``, with the
     name server's own entry registered in it (which is why ``count()`` starts
     at 1). Closing the daemon closes the storage.
+
+    ``storage`` is a spec (``"memory"``, ``"sql:<file>"``) or a storage object.
     """
 
     def __init__(self, host: str | None = None, port: int | None = None, unixsocket: str | None = None,
@@ -219,8 +221,11 @@ class NameServerDaemon(Daemon):
         self.register(self.nameserver, NAMESERVER_NAME)
         self.nameserver.register(NAMESERVER_NAME, self.uriFor(NAMESERVER_NAME), metadata=NAMESERVER_METADATA)
 
-    def close(self) -> None:
-        super().close()
+    def _close_now(self) -> None:
+        # Daemon.close() may defer the real close to the loop's next turn (when
+        # called from another thread or from inside a call); the storage must
+        # stay usable until then, so it is closed here rather than in close().
+        super()._close_now()
         nameserver, self.nameserver = getattr(self, "nameserver", None), None
         if nameserver is not None:
             nameserver._close()
