@@ -1,0 +1,212 @@
+"""A small selectors-based event loop that can host daemons.
+
+``Daemon.requestLoop`` runs on it, and programs that own their main loop use
+it through ``pyro_loops.adapters.selectloop``: attach any number of daemons
+(or other objects with the hosting interface, such as the name server's
+broadcast responder), add the program's own sockets and timers, then ``run()``
+or pump it with ``poll(0)`` once per frame. It sleeps in ``select()`` until a
+socket is ready or the nearest timer is due, so an idle loop does not wake up.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import selectors
+import socket
+import time
+from typing import Any, Callable
+
+from ._hosting import READ, WRITE, report_error
+
+
+class Timer:
+    """A pending ``call_later``; ``cancel()`` it to drop it."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], Any]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Hosted:
+    """The watcher a SelectLoop gives each attached daemon."""
+
+    def __init__(self, loop: "SelectLoop", daemon: Any) -> None:
+        self.loop = loop
+        self.daemon = daemon
+        self.socks: set[socket.socket] = set()
+        self.timer: Timer | None = None
+        self.attached = True
+
+    # --- watcher interface ---
+    def add(self, sock: socket.socket, events: int) -> None:
+        self.socks.add(sock)
+        self.loop._register(sock, events, self._on_ready)
+
+    def modify(self, sock: socket.socket, events: int) -> None:
+        if events:
+            self.loop._register(sock, events, self._on_ready)
+        else:  # selectors cannot watch for nothing; come back with the next modify
+            self.loop._unregister(sock)
+
+    def remove(self, sock: socket.socket) -> None:
+        self.socks.discard(sock)
+        self.loop._unregister(sock)
+
+    def set_deadline(self, when: float | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if when is not None:
+            self.timer = self.loop._call_at(when, self._on_deadline)
+
+    def detached(self) -> None:
+        self.set_deadline(None)
+        for sock in list(self.socks):
+            self.remove(sock)
+        self.attached = False
+        self.loop._hosted.discard(self)
+
+    # --- callbacks ---
+    def _on_ready(self, sock: socket.socket, events: int) -> None:
+        self.daemon.handle_event(sock, events)
+
+    def _on_deadline(self) -> None:
+        self.timer = None
+        self.daemon.handle_deadline()
+
+    # --- handle API ---
+    def detach(self) -> None:
+        if self.attached:
+            self.daemon.detach_watcher()
+
+    def __enter__(self) -> "_Hosted":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.detach()
+
+
+class SelectLoop:
+    """One thread's loop over sockets and timers; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._counter = itertools.count()
+        self._hosted: set[_Hosted] = set()
+        self._stopping = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._register(self._wake_r, READ, self._drain_wakeups)
+
+    # --- hosting daemons ---
+    def attach(self, daemon: Any) -> _Hosted:
+        """Serve ``daemon`` from this loop until the returned handle is detached."""
+        hosted = _Hosted(self, daemon)
+        self._hosted.add(hosted)
+        daemon.attach_watcher(hosted)
+        return hosted
+
+    # --- the program's own sockets and timers ---
+    def add_reader(self, sock: Any, callback: Callable[[Any], Any]) -> None:
+        """Call ``callback(sock)`` whenever ``sock`` is readable."""
+        self._register(sock, READ, lambda s, _events: callback(s))
+
+    def remove_reader(self, sock: Any) -> None:
+        self._unregister(sock)
+
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> Timer:
+        return self._call_at(time.monotonic() + delay, callback)
+
+    def _call_at(self, when: float, callback: Callable[[], Any]) -> Timer:
+        timer = Timer(when, callback)
+        heapq.heappush(self._timers, (when, next(self._counter), timer))
+        return timer
+
+    # --- running ---
+    def poll(self, timeout: float | None = 0) -> None:
+        """One pass: wait at most ``timeout`` seconds (None: until something happens),
+        then run the callbacks of ready sockets and due timers."""
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        if self._timers:
+            due_in = max(0.0, self._timers[0][0] - time.monotonic())
+            timeout = due_in if timeout is None else min(timeout, due_in)
+        for key, events in self._selector.select(timeout):
+            callback = key.data
+            try:
+                callback(key.fileobj, events)
+            except Exception as exc:
+                report_error(exc, "select loop callback")
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if timer.cancelled:
+                continue
+            try:
+                timer.callback()
+            except Exception as exc:
+                report_error(exc, "select loop timer")
+
+    def run(self, until: Callable[[], bool] | None = None, max_wait: float | None = None) -> None:
+        """Run until ``stop()`` is called or ``until()`` returns true.
+
+        ``max_wait`` bounds each sleep, for ``until`` conditions that change
+        without any socket or timer activity; leave it None otherwise.
+        """
+        self._stopping = False
+        while not self._stopping and not (until is not None and until()):
+            self.poll(max_wait)
+
+    def stop(self) -> None:
+        """Make ``run()`` return; safe to call from any thread."""
+        self._stopping = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for hosted in list(self._hosted):
+            hosted.detach()
+        self._unregister(self._wake_r)
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # --- internals ---
+    def _register(self, sock: Any, events: int, callback: Callable[[Any, int], Any]) -> None:
+        try:
+            self._selector.modify(sock, events, callback)
+        except KeyError:
+            self._selector.register(sock, events, callback)
+
+    def _unregister(self, sock: Any) -> None:
+        try:
+            self._selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
+    def _drain_wakeups(self, sock: socket.socket, _events: int) -> None:
+        try:
+            while sock.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def __enter__(self) -> "SelectLoop":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+__all__ = ["SelectLoop", "Timer", "READ", "WRITE"]

@@ -1,0 +1,173 @@
+"""What a remote caller may reach: ``@expose``, ``@oneway``, private names,
+and the metadata (methods, oneway, attrs) sent to proxies (PROTOCOL.md 8)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, TypeVar
+
+from .configuration import config
+
+T = TypeVar("T")
+
+_PRIVATE_DUNDERS = frozenset("""
+__init__ __init_subclass__ __class__ __module__ __weakref__ __call__ __new__ __del__ __repr__
+__unicode__ __str__ __format__ __nonzero__ __bool__ __coerce__ __cmp__ __eq__ __ne__ __hash__ __ge__
+__gt__ __le__ __lt__ __dir__ __enter__ __exit__ __copy__ __deepcopy__ __sizeof__ __getattr__
+__setattr__ __hasattr__ __getattribute__ __delattr__ __instancecheck__ __subclasscheck__
+__getinitargs__ __getnewargs__ __getstate__ __setstate__ __reduce__ __reduce_ex__
+__getstate_for_dict__ __setstate_from_dict__ __subclasshook__""".split())
+
+
+def is_private_attribute(name: str) -> bool:
+    """True for names no remote caller may touch, exposed or not."""
+    if name in _PRIVATE_DUNDERS:
+        return True
+    if not name.startswith("_"):
+        return False
+    return not (len(name) > 4 and name.startswith("__") and name.endswith("__"))
+
+
+def _mark(target: Any, attr: str) -> None:
+    if isinstance(target, property):
+        for func in (target.fget, target.fset, target.fdel):
+            if func is not None:
+                setattr(func, attr, True)
+    elif isinstance(target, (staticmethod, classmethod)):
+        setattr(target.__func__, attr, True)
+    else:
+        setattr(target, attr, True)
+
+
+def expose(target: T) -> T:
+    """Make a method, property or whole class reachable by remote callers."""
+    if inspect.isdatadescriptor(target) and not isinstance(target, property):
+        raise AttributeError("exposing a data descriptor other than a property is not supported")
+    name = getattr(target, "__name__", None) or getattr(getattr(target, "fget", None), "__name__", "")
+    if name and is_private_attribute(name):
+        raise AttributeError(f"exposing private names (starting with _) is not allowed: {name}")
+    if inspect.isclass(target):
+        for attr_name, member in vars(target).items():
+            if is_private_attribute(attr_name):
+                continue
+            if inspect.isfunction(member) or inspect.ismethoddescriptor(member) or isinstance(member, property):
+                _mark(member, "_pyroExposed")
+        target._pyroExposed = True
+        return target
+    _mark(target, "_pyroExposed")
+    return target
+
+
+def oneway(method: T) -> T:
+    """Mark a method as oneway: the caller does not wait for (or get) a result."""
+    _mark(method, "_pyroOneway")
+    return method
+
+
+def in_worker(target: T) -> T:
+    """Run this method (or every method of this class) in a worker thread.
+
+    Under a GUI adapter calls normally run in the GUI thread, so an object may
+    touch widgets. A long call marked with this decorator runs in the daemon's
+    worker pool instead; its reply is still sent from the loop's thread.
+    """
+    _mark(target, "_pyroInWorker")
+    return target
+
+
+def behavior(instance_mode: str = "session", instance_creator: Callable | None = None):
+    """Set how a registered *class* is instantiated: "session", "single" or "percall"."""
+    if instance_mode not in ("single", "session", "percall"):
+        raise ValueError("invalid instance mode: " + instance_mode)
+
+    def decorate(cls):
+        if not inspect.isclass(cls):
+            raise TypeError("behavior decorator can only be used on a class")
+        cls._pyroInstancing = (instance_mode, instance_creator)
+        return cls
+
+    return decorate
+
+
+def _exposed(member: Any, only_exposed: bool) -> bool:
+    if not only_exposed:
+        return True
+    if isinstance(member, property):
+        return any(getattr(f, "_pyroExposed", False) for f in (member.fget, member.fset, member.fdel) if f)
+    if isinstance(member, (staticmethod, classmethod)):
+        member = member.__func__
+    return getattr(member, "_pyroExposed", False)
+
+
+@functools.lru_cache(maxsize=512)
+def _exposed_members(cls: type, only_exposed: bool) -> tuple[frozenset, frozenset, frozenset]:
+    methods, oneways, attrs = set(), set(), set()
+    for name in dir(cls):
+        if is_private_attribute(name):
+            continue
+        member = inspect.getattr_static(cls, name, None)
+        if member is None:
+            continue
+        if isinstance(member, property):
+            if _exposed(member, only_exposed):
+                attrs.add(name)
+        elif (inspect.isfunction(member) or inspect.ismethoddescriptor(member)
+              or isinstance(member, (staticmethod, classmethod))):
+            if _exposed(member, only_exposed):
+                methods.add(name)
+                func = member.__func__ if isinstance(member, (staticmethod, classmethod)) else member
+                if getattr(func, "_pyroOneway", False):
+                    oneways.add(name)
+        elif inspect.isdatadescriptor(member):
+            fget = getattr(member, "fget", None)
+            if fget and _exposed(fget, only_exposed):
+                attrs.add(name)
+    return frozenset(methods), frozenset(oneways), frozenset(attrs)
+
+
+def get_exposed_members(obj: Any, only_exposed: bool | None = None, as_lists: bool = False) -> dict:
+    """The metadata of an object or class: {"methods", "oneway", "attrs"}."""
+    if only_exposed is None:
+        only_exposed = config.REQUIRE_EXPOSE
+    cls = obj if inspect.isclass(obj) else type(obj)
+    methods, oneways, attrs = _exposed_members(cls, bool(only_exposed))
+    kind = list if as_lists else set
+    return {"methods": kind(methods), "oneway": kind(oneways), "attrs": kind(attrs)}
+
+
+def reset_metadata_cache() -> None:
+    _exposed_members.cache_clear()
+
+
+def get_attribute(obj: Any, name: str, only_exposed: bool | None = None) -> Any:
+    """The bound method a remote call named ``name`` may invoke, or AttributeError."""
+    if only_exposed is None:
+        only_exposed = config.REQUIRE_EXPOSE
+    if is_private_attribute(name):
+        raise AttributeError(f"attempt to access private attribute '{name}'")
+    value = getattr(obj, name)
+    if only_exposed:
+        member = inspect.getattr_static(obj if inspect.isclass(obj) else type(obj), name, value)
+        if not _exposed(member, True) and not getattr(value, "_pyroExposed", False):
+            raise AttributeError(f"attempt to access unexposed attribute '{name}'")
+    return value
+
+
+def find_property(obj: Any, name: str, only_exposed: bool | None = None) -> property | None:
+    """The exposed property ``name`` of ``obj``'s class, or None."""
+    if only_exposed is None:
+        only_exposed = config.REQUIRE_EXPOSE
+    if is_private_attribute(name):
+        return None
+    member = inspect.getattr_static(type(obj), name, None)
+    if not inspect.isdatadescriptor(member):
+        return None
+    if only_exposed and not _exposed(member, True):
+        return None
+    return member
+
+
+def marked_in_worker(obj: Any, method: Any) -> bool:
+    func = getattr(method, "__func__", method)
+    return bool(getattr(func, "_pyroInWorker", False) or getattr(type(obj), "_pyroInWorker", False))

@@ -1,0 +1,385 @@
+"""Payload serializers (serpent, json, marshal, msgpack, pickle) and the
+class-to-dict rules that let Pyro4 peers rebuild URIs, proxies and exceptions.
+
+Objects that the serializers cannot write natively go through
+``class_to_dict``; dicts with a ``__class__`` key that arrive are rebuilt by
+``dict_to_class`` (PROTOCOL.md 2.5). Both know nothing about sockets or the
+wire: they map Python values to payload bytes and back.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import json
+import marshal
+import pickle
+import sqlite3
+import uuid
+from typing import Any, Callable
+
+import serpent
+
+from . import errors
+from ._uri import URI
+from .configuration import config
+
+# --- class <-> dict registries ----------------------------------------------
+
+_class_to_dict: dict[type, Callable[[Any], dict]] = {}
+_dict_to_class: dict[str, Callable[[str, dict], Any]] = {}
+
+
+def register_class_to_dict(cls: type, converter: Callable[[Any], dict]) -> None:
+    """Serialize instances of ``cls`` (and subclasses) with ``converter(obj) -> dict``."""
+    _class_to_dict[cls] = converter
+
+
+def register_dict_to_class(classname: str, converter: Callable[[str, dict], Any]) -> None:
+    """Rebuild dicts whose ``__class__`` is ``classname`` with ``converter(classname, d)``."""
+    _dict_to_class[classname] = converter
+
+
+def unregister_class_to_dict(cls: type) -> None:
+    _class_to_dict.pop(cls, None)
+
+
+def unregister_dict_to_class(classname: str) -> None:
+    _dict_to_class.pop(classname, None)
+
+
+def exception_class_name(exc: BaseException) -> str:
+    """The name under which a Pyro4 peer knows this exception's class."""
+    cls = type(exc)
+    if cls.__module__ == errors.__name__:
+        return "Pyro4.errors." + cls.__name__
+    return f"{cls.__module__}.{cls.__name__}"
+
+
+def exception_to_dict(exc: BaseException) -> dict:
+    return {"__class__": exception_class_name(exc), "__exception__": True,
+            "args": exc.args, "attributes": dict(vars(exc))}
+
+
+class ExceptionWrapper:
+    """Marks the exception that ended a batch (Pyro4's ``futures._ExceptionWrapper``)."""
+
+    def __init__(self, exception: BaseException) -> None:
+        self.exception = exception
+
+    def raiseIt(self) -> None:  # noqa: N802 - Pyro4's name
+        raise self.exception
+
+
+def class_to_dict(obj: Any) -> Any:
+    """Turn an object the serializer cannot write into something it can."""
+    daemon = getattr(obj, "_pyroDaemon", None)
+    if daemon is not None and config.AUTOPROXY and getattr(obj, "_pyroId", None):
+        proxy_for = getattr(daemon, "proxyFor", None)
+        if proxy_for is not None and obj._pyroId in getattr(daemon, "objectsById", ()):
+            obj = proxy_for(obj)
+    for cls in type(obj).__mro__:
+        converter = _class_to_dict.get(cls)
+        if converter is not None:
+            return converter(obj)
+    if isinstance(obj, BaseException):
+        return exception_to_dict(obj)
+    if isinstance(obj, (set, frozenset)):
+        return tuple(obj)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return {"data": base64.b64encode(bytes(obj)).decode("ascii"), "encoding": "base64"}
+    if isinstance(obj, uuid.UUID):
+        return str(obj)
+    getstate = getattr(type(obj), "__getstate__", None)
+    if getstate is not None and getstate is not getattr(object, "__getstate__", None):
+        value = obj.__getstate__()
+        if isinstance(value, dict):
+            value = dict(value)
+            value.setdefault("__class__", f"{type(obj).__module__}.{type(obj).__name__}")
+            return value
+    try:
+        value = dict(vars(obj))
+    except TypeError:
+        slots = getattr(obj, "__slots__", None)
+        if slots is None:
+            raise errors.SerializeError(f"don't know how to serialize class {type(obj)}") from None
+        value = {name: getattr(obj, name) for name in slots if hasattr(obj, name)}
+    value["__class__"] = f"{type(obj).__module__}.{type(obj).__name__}"
+    return value
+
+
+_register_class_to_dict = register_class_to_dict
+_register_class_to_dict(URI, lambda uri: {"__class__": "Pyro4.core.URI", "state": uri.state})
+_register_class_to_dict(ExceptionWrapper, lambda w: {"__class__": "Pyro4.futures._ExceptionWrapper",
+                                                     "exception": exception_to_dict(w.exception)})
+
+
+def _make_exception(classname: str, data: dict) -> BaseException:
+    short = classname.rpartition(".")[2]
+    if classname.startswith("Pyro4.errors.") or classname.startswith("Pyro5.errors."):
+        cls = errors.BY_NAME.get(short)
+    elif short == classname or classname.startswith(("builtins.", "exceptions.")):
+        cls = errors.TimeoutError if short == "TimeoutError" and short == classname else getattr(builtins, short, None)
+    elif classname.startswith("sqlite3."):
+        cls = getattr(sqlite3, short, None)
+    else:
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+        raise errors.SerializeError("unsupported serialized class: " + classname)
+    args = data.get("args") or ()
+    try:
+        exc = cls(*args)
+    except Exception:  # an exception whose constructor wants other args
+        exc = cls.__new__(cls)
+        exc.args = tuple(args)
+    for key, value in (data.get("attributes") or {}).items():
+        try:
+            setattr(exc, key, value)
+        except AttributeError:
+            pass
+    return exc
+
+
+def dict_to_class(data: dict) -> Any:
+    """Rebuild one dict that has a ``__class__`` key (PROTOCOL.md 2.5)."""
+    classname = data.get("__class__")
+    if not isinstance(classname, str):
+        return data
+    converter = _dict_to_class.get(classname)
+    if converter is not None:
+        return converter(classname, data)
+    if "__" in classname:
+        raise errors.SecurityError(
+            "refused to deserialize types with double underscores in their name: " + classname)
+    if classname == "Pyro4.core.URI":
+        return URI.from_state(data["state"])
+    if classname == "Pyro4.futures._ExceptionWrapper":
+        inner = data["exception"]
+        return ExceptionWrapper(dict_to_class(inner) if isinstance(inner, dict) else inner)
+    if classname.startswith("Pyro4.errors.") or data.get("__exception__", False):
+        return _make_exception(classname, data)
+    if classname == "float" and data.get("value") == "nan":
+        return float("nan")
+    raise errors.SerializeError("unsupported serialized class: " + classname)
+
+
+def _rebuild(value: Any) -> Any:
+    """Walk a decoded payload, rebuilding class dicts and base64 bytes dicts."""
+    kind = type(value)
+    if kind is dict:
+        if "__class__" in value:
+            return dict_to_class({k: _rebuild(v) for k, v in value.items()})
+        if len(value) == 2 and value.get("encoding") == "base64" and isinstance(value.get("data"), str):
+            try:
+                return base64.b64decode(value["data"], validate=True)
+            except ValueError:
+                return value
+        return {k: _rebuild(v) for k, v in value.items()}
+    if kind is list:
+        return [_rebuild(v) for v in value]
+    if kind is tuple:
+        return tuple(_rebuild(v) for v in value)
+    if kind is set:
+        return {_rebuild(v) for v in value}
+    return value
+
+
+# --- serializers ---------------------------------------------------------------
+
+
+class Serializer:
+    """Turns values and call tuples into payload bytes and back."""
+
+    serializer_id = 0
+    name = ""
+    #: byte strings whose presence in a payload means it may hold class or bytes dicts
+    _markers: tuple[bytes, ...] = (b"__class__", b"base64")
+
+    def dumps(self, obj: Any) -> bytes:
+        raise NotImplementedError
+
+    def _loads(self, data: bytes) -> Any:
+        raise NotImplementedError
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            value = self._loads(data)
+        except (errors.PyroError, MemoryError):
+            raise
+        except RecursionError:
+            raise errors.SerializeError("payload is nested too deeply") from None
+        except Exception as exc:
+            raise errors.SerializeError(f"invalid {self.name} payload: {exc}") from exc
+        if any(marker in data for marker in self._markers):
+            value = _rebuild(value)
+        return value
+
+    def dumps_call(self, obj: str, method: str, vargs: Any, kwargs: Any) -> bytes:
+        return self.dumps((obj, method, vargs, kwargs))
+
+    def loads_call(self, data: bytes) -> tuple[str, str, Any, Any]:
+        call = self.loads(data)
+        if not isinstance(call, (tuple, list)) or len(call) != 4:
+            raise errors.SerializeError("invalid call payload")
+        return tuple(call)
+
+
+class _SerpentWriter(serpent.Serializer):
+    """serpent, writing Pyro's exception and class dicts, and autoproxies."""
+
+    dispatch = dict(serpent.Serializer.dispatch)
+
+    def _ser_exception(self, exc, out, level):
+        self._serialize(exception_to_dict(exc), out, level)
+
+    def _ser_other(self, obj, out, level):
+        value = class_to_dict(obj)
+        if value is obj:
+            raise errors.SerializeError(f"cannot serialize {type(obj)}")
+        self._serialize(value, out, level)
+
+    dispatch[BaseException] = _ser_exception
+    dispatch[object] = _ser_other
+    dispatch[URI] = _ser_other
+
+
+class SerpentSerializer(Serializer):
+    serializer_id = 1
+    name = "serpent"
+    _markers = (b"__class__", b"'base64'")
+
+    def dumps(self, obj: Any) -> bytes:
+        try:
+            return _SerpentWriter(module_in_classname=True).serialize(obj)
+        except errors.SerializeError:
+            raise
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise errors.SerializeError(str(exc)) from exc
+
+    def _loads(self, data: bytes) -> Any:
+        return serpent.loads(data)
+
+
+class JsonSerializer(Serializer):
+    serializer_id = 2
+    name = "json"
+    _markers = (b"__class__", b'"base64"')
+
+    def __init__(self) -> None:
+        self._encoder = json.JSONEncoder(ensure_ascii=False, default=class_to_dict)
+
+    def dumps(self, obj: Any) -> bytes:
+        try:
+            return self._encoder.encode(obj).encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise errors.SerializeError(str(exc)) from exc
+
+    def _loads(self, data: bytes) -> Any:
+        return json.loads(data.decode("utf-8"))
+
+    def dumps_call(self, obj, method, vargs, kwargs):
+        return self.dumps({"object": obj, "method": method, "params": vargs, "kwargs": kwargs})
+
+    def loads_call(self, data):
+        call = self.loads(data)
+        if not isinstance(call, dict):
+            raise errors.SerializeError("invalid call payload")
+        try:
+            return call["object"], call["method"], call["params"], call["kwargs"]
+        except KeyError as exc:
+            raise errors.SerializeError(f"invalid call payload: missing {exc}") from None
+
+
+_MARSHAL_NATIVE = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _marshalable(value: Any, depth: int = 0) -> Any:
+    if depth > config.SERIALIZE_MAX_DEPTH:
+        raise errors.SerializeError("value is nested too deeply")
+    kind = type(value)
+    if kind in _MARSHAL_NATIVE:
+        return value
+    if kind in (list, tuple, set, frozenset):
+        return kind(_marshalable(v, depth + 1) for v in value)
+    if kind is dict:
+        return {_marshalable(k, depth + 1): _marshalable(v, depth + 1) for k, v in value.items()}
+    return _marshalable(class_to_dict(value), depth + 1)
+
+
+class MarshalSerializer(Serializer):
+    serializer_id = 3
+    name = "marshal"
+
+    def dumps(self, obj: Any) -> bytes:
+        try:
+            return marshal.dumps(_marshalable(obj))
+        except ValueError as exc:
+            raise errors.SerializeError(str(exc)) from exc
+
+    def _loads(self, data: bytes) -> Any:
+        return marshal.loads(data)
+
+    def dumps_call(self, obj, method, vargs, kwargs):
+        return self.dumps((obj, method, list(vargs), kwargs))
+
+
+class PickleSerializer(Serializer):
+    """Only used when the application puts "pickle" in SERIALIZERS_ACCEPTED."""
+
+    serializer_id = 4
+    name = "pickle"
+    _markers = ()
+
+    def dumps(self, obj: Any) -> bytes:
+        try:
+            return pickle.dumps(obj, config.PICKLE_PROTOCOL_VERSION)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise errors.SerializeError(str(exc)) from exc
+
+    def _loads(self, data: bytes) -> Any:
+        return pickle.loads(data)
+
+
+class MsgpackSerializer(Serializer):
+    serializer_id = 6
+    name = "msgpack"
+    _markers = (b"__class__",)
+
+    def __init__(self) -> None:
+        import msgpack
+        self._msgpack = msgpack
+
+    def dumps(self, obj: Any) -> bytes:
+        try:
+            return self._msgpack.packb(obj, use_bin_type=True, default=class_to_dict)
+        except (TypeError, ValueError) as exc:
+            raise errors.SerializeError(str(exc)) from exc
+
+    def _loads(self, data: bytes) -> Any:
+        return self._msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
+
+
+_BY_ID: dict[int, Serializer] = {}
+_BY_NAME: dict[str, Serializer] = {}
+
+
+def _install(serializer: Serializer) -> None:
+    _BY_ID[serializer.serializer_id] = serializer
+    _BY_NAME[serializer.name] = serializer
+
+
+for _cls in (SerpentSerializer, JsonSerializer, MarshalSerializer, PickleSerializer):
+    _install(_cls())
+try:
+    _install(MsgpackSerializer())
+except ImportError:  # msgpack is optional
+    pass
+
+
+def get_serializer(key: int | str) -> Serializer:
+    """The serializer with this wire id or name; SerializeError if there is none."""
+    table = _BY_ID if isinstance(key, int) else _BY_NAME
+    try:
+        return table[key]
+    except KeyError:
+        raise errors.SerializeError(f"serializer '{key}' is unknown or not available") from None

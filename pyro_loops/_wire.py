@@ -1,0 +1,216 @@
+"""Message framing of Pyro protocol 48: bytes in, messages out, and back.
+
+Pure code over bytes. It knows nothing of sockets, threads or clocks, so the
+daemon, the proxy and the tests all drive it the same way: ``feed()`` whatever
+bytes arrived, then take complete messages with ``next_message()`` until it
+returns None.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+from .constants import PROTOCOL_VERSION
+from .errors import MessageTooLargeError, ProtocolError, SecurityError
+
+HEADER = struct.Struct("!4sHHHHiHHHH")
+HEADER_SIZE = HEADER.size  # 24
+TAG = b"PYRO"
+_CHECKSUM_MAGIC = 0x34E9
+
+MSG_CONNECT = 1
+MSG_CONNECTOK = 2
+MSG_CONNECTFAIL = 3
+MSG_INVOKE = 4
+MSG_RESULT = 5
+MSG_PING = 6
+
+FLAGS_EXCEPTION = 1 << 0
+FLAGS_COMPRESSED = 1 << 1
+FLAGS_ONEWAY = 1 << 2
+FLAGS_BATCH = 1 << 3
+FLAGS_META_ON_CONNECT = 1 << 4
+FLAGS_ITEMSTREAMRESULT = 1 << 5
+FLAGS_KEEPSERIALIZED = 1 << 6
+
+#: Payloads shorter than this are never compressed (Pyro4's rule).
+COMPRESSION_THRESHOLD = 200
+
+
+@dataclass
+class Message:
+    """One protocol message. ``data`` is the payload exactly as on the wire."""
+
+    type: int
+    data: bytes
+    serializer_id: int
+    flags: int = 0
+    seq: int = 0
+    annotations: dict[str, bytes] = field(default_factory=dict)
+
+    def payload(self, max_size: int = 0) -> bytes:
+        """The payload, decompressed if the COMPRESSED flag says so.
+
+        ``max_size`` (when non-zero) bounds the decompressed size, so a small
+        compressed frame cannot expand into an unbounded amount of memory.
+        """
+        if not self.flags & FLAGS_COMPRESSED:
+            return self.data
+        inflater = zlib.decompressobj()
+        if max_size:
+            out = inflater.decompress(self.data, max_size)
+            if inflater.unconsumed_tail:
+                raise MessageTooLargeError(f"decompressed payload exceeds {max_size} bytes")
+        else:
+            out = inflater.decompress(self.data)
+        if not inflater.eof:
+            raise zlib.error("incomplete or truncated compressed payload")
+        return out
+
+
+def checksum(msg_type: int, flags: int, seq: int, data_len: int, serializer_id: int, ann_len: int) -> int:
+    return (msg_type + PROTOCOL_VERSION + data_len + ann_len + serializer_id + flags + seq
+            + _CHECKSUM_MAGIC) & 0xFFFF
+
+
+def hmac_digest(key: bytes, data: bytes, annotations: dict[str, bytes]) -> bytes:
+    """HMAC-SHA1 over the payload as sent, then every other annotation by sorted id."""
+    mac = hmac.new(key, data, digestmod=hashlib.sha1)
+    for name in sorted(annotations):
+        if name != "HMAC":
+            mac.update(annotations[name])
+    return mac.digest()
+
+
+def encode(msg: Message, hmac_key: bytes | None = None) -> bytes:
+    """The bytes of one message, signed when a key is given."""
+    annotations = msg.annotations
+    if hmac_key:
+        annotations = dict(annotations)
+        annotations.pop("HMAC", None)
+        annotations["HMAC"] = hmac_digest(hmac_key, msg.data, annotations)
+    chunks = []
+    for name, value in annotations.items():
+        if len(name) != 4:
+            raise ProtocolError(f"annotation id must be 4 characters: {name!r}")
+        chunks.append(name.encode("ascii"))
+        chunks.append(struct.pack("!H", len(value)))
+        chunks.append(value)
+    ann = b"".join(chunks)
+    if len(ann) > 0xFFFF:
+        raise ProtocolError("annotations too large (more than 65535 bytes together)")
+    data_len = len(msg.data)
+    header = HEADER.pack(TAG, PROTOCOL_VERSION, msg.type, msg.flags, msg.seq, data_len,
+                         msg.serializer_id, len(ann), 0,
+                         checksum(msg.type, msg.flags, msg.seq, data_len, msg.serializer_id, len(ann)))
+    return b"".join((header, ann, msg.data))
+
+
+def compress_if_useful(data: bytes, flags: int) -> tuple[bytes, int]:
+    """Apply Pyro4's compression rule: only if large enough and actually smaller."""
+    if len(data) < COMPRESSION_THRESHOLD:
+        return data, flags
+    packed = zlib.compress(data)
+    if len(packed) < len(data):
+        return packed, flags | FLAGS_COMPRESSED
+    return data, flags
+
+
+def check_hmac(msg: Message, key: bytes | None) -> None:
+    """Raise SecurityError unless the message's HMAC matches ``key`` (PROTOCOL.md 1.6)."""
+    digest = msg.annotations.get("HMAC")
+    if digest is None and not key:
+        return
+    if digest is None or not key:
+        raise SecurityError("hmac key config not symmetric")
+    if not hmac.compare_digest(digest, hmac_digest(key, msg.data, msg.annotations)):
+        raise SecurityError("message hmac mismatch")
+
+
+def _parse_annotations(blob: bytes) -> dict[str, bytes]:
+    annotations = {}
+    pos, end = 0, len(blob)
+    while pos < end:
+        if end - pos < 6:
+            raise ProtocolError("truncated annotation chunk")
+        name = blob[pos:pos + 4]
+        (length,) = struct.unpack_from("!H", blob, pos + 4)
+        pos += 6
+        if pos + length > end:
+            raise ProtocolError("annotation chunk longer than the annotations block")
+        try:
+            annotations[name.decode("ascii")] = blob[pos:pos + length]
+        except UnicodeDecodeError:
+            raise ProtocolError("annotation id is not ASCII") from None
+        pos += length
+    return annotations
+
+
+class FrameError(ProtocolError):
+    """The byte stream is not valid Pyro framing; the connection cannot continue."""
+
+
+class FrameReader:
+    """Assembles messages from a byte stream that arrives in arbitrary pieces.
+
+    ``max_message_size`` (0 = unlimited) is checked against the header's length
+    fields before any payload is buffered, so an oversize announcement costs
+    24 bytes of memory, not the announced size.
+    """
+
+    __slots__ = ("_buf", "max_message_size", "_header")
+
+    def __init__(self, max_message_size: int = 0) -> None:
+        self._buf = bytearray()
+        self.max_message_size = max_message_size
+        self._header: tuple | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as a message."""
+        return len(self._buf)
+
+    def next_message(self) -> Message | None:
+        """The next complete message, or None if more bytes are needed.
+
+        Raises FrameError (or MessageTooLargeError) for a stream that cannot be
+        read further; after that the reader must not be used again.
+        """
+        buf = self._buf
+        header = self._header
+        if header is None:
+            if len(buf) < HEADER_SIZE:
+                if len(buf) >= 4 and buf[:4] != TAG or len(buf) < 4 and TAG[:len(buf)] != buf:
+                    raise FrameError("invalid data or unsupported protocol version")
+                return None
+            header = self._header = self._parse_header(buf)
+        msg_type, flags, seq, data_len, ser_id, ann_len = header
+        total = HEADER_SIZE + ann_len + data_len
+        if len(buf) < total:
+            return None
+        annotations = _parse_annotations(bytes(buf[HEADER_SIZE:HEADER_SIZE + ann_len])) if ann_len else {}
+        data = bytes(buf[HEADER_SIZE + ann_len:total])
+        del buf[:total]
+        self._header = None
+        return Message(msg_type, data, ser_id, flags, seq, annotations)
+
+    def _parse_header(self, buf: bytearray) -> tuple:
+        tag, version, msg_type, flags, seq, data_len, ser_id, ann_len, _reserved, check = \
+            HEADER.unpack_from(buf)
+        if tag != TAG or version != PROTOCOL_VERSION:
+            raise FrameError("invalid data or unsupported protocol version")
+        if check != checksum(msg_type, flags, seq, data_len, ser_id, ann_len):
+            raise FrameError("header checksum mismatch")
+        if data_len < 0:
+            raise FrameError("negative payload length")
+        if self.max_message_size and data_len + ann_len > self.max_message_size:
+            raise MessageTooLargeError(
+                f"max message size exceeded ({data_len + ann_len} where max={self.max_message_size})")
+        return msg_type, flags, seq, data_len, ser_id, ann_len

@@ -1,0 +1,126 @@
+"""Configuration items, with Pyro4's names and defaults where Pyro4 has them.
+
+Every item can be overridden by an environment variable ``PYRO_<NAME>`` read
+when the configuration is (re)set. Items that Pyro4 does not have are the
+limits a loop-hosted daemon needs (half-frame deadline, output buffer cap,
+connection cap, per-wakeup fairness).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any
+
+_TRUE = {"1", "yes", "on", "true"}
+_FALSE = {"0", "no", "off", "false"}
+
+_DEFAULTS: dict[str, Any] = {
+    # Pyro4 items
+    "HOST": "localhost",
+    "NS_HOST": None,  # None means "same as HOST"; resolved when read
+    "NS_PORT": 9090,
+    "NS_BCPORT": 9091,
+    "NS_BCHOST": None,
+    "NS_AUTOCLEAN": 0.0,
+    "NATHOST": None,
+    "NATPORT": 0,
+    # "multiplex": calls run in the thread of the loop that hosts the daemon,
+    # which is what a GUI wants. "thread": calls run in a bounded worker pool.
+    "SERVERTYPE": "multiplex",
+    "THREADPOOL_SIZE": 40,
+    "THREADPOOL_SIZE_MIN": 4,
+    # None: threaded under SERVERTYPE "thread", inline under "multiplex".
+    "ONEWAY_THREADED": None,
+    "AUTOPROXY": True,
+    "COMPRESSION": False,
+    "MAX_MESSAGE_SIZE": 0,
+    "COMMTIMEOUT": 0.0,
+    "POLLTIMEOUT": 2.0,
+    "SERIALIZER": "serpent",
+    "SERIALIZERS_ACCEPTED": {"serpent", "marshal", "json"},
+    "PICKLE_PROTOCOL_VERSION": pickle.HIGHEST_PROTOCOL,
+    "JSON_MODULE": "json",
+    "METADATA": True,
+    "REQUIRE_EXPOSE": True,
+    "ITER_STREAMING": True,
+    "ITER_STREAM_LIFETIME": 0.0,
+    "ITER_STREAM_LINGER": 30.0,
+    "DETAILED_TRACEBACK": False,
+    "SOCK_REUSE": True,
+    "SOCK_NODELAY": False,
+    "PREFER_IP_VERSION": 4,
+    "BROADCAST_ADDRS": "<broadcast>, 0.0.0.0",
+    "MAX_RETRIES": 0,
+    "LOGWIRE": False,
+    # pyro_loops items
+    "HALF_FRAME_TIMEOUT": 10.0,   # seconds a partly received message may wait
+    "IDLE_TIMEOUT": 0.0,          # seconds without traffic before a connection is closed; 0 = never
+    "MAX_CONNECTIONS": 1024,      # accepted connections per daemon; further ones are closed at once
+    "MAX_OUTPUT_BUFFER": 256 * 1024 * 1024,  # bytes of unsent replies per connection
+    "MAX_CALLS_PER_WAKEUP": 32,   # messages handled per connection per readiness event
+    "SERIALIZE_MAX_DEPTH": 200,   # nesting refused before the parser could exhaust the C stack
+}
+
+
+def _convert(name: str, text: str) -> Any:
+    default = _DEFAULTS[name]
+    if name == "SERIALIZERS_ACCEPTED":
+        return {part.strip() for part in text.split(",") if part.strip()}
+    if isinstance(default, bool) or name == "ONEWAY_THREADED":
+        low = text.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ValueError(f"invalid boolean for PYRO_{name}: {text!r}")
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    return text
+
+
+class Configuration:
+    """Holds the configuration items as attributes (``config.HOST`` and so on)."""
+
+    __slots__ = tuple(_DEFAULTS)
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self, use_environment: bool = True) -> None:
+        """Set every item to its default, then apply ``PYRO_<NAME>`` variables."""
+        for name, value in _DEFAULTS.items():
+            setattr(self, name, set(value) if isinstance(value, set) else value)
+        if use_environment:
+            for name in _DEFAULTS:
+                text = os.environ.get("PYRO_" + name)
+                if text is not None:
+                    setattr(self, name, _convert(name, text))
+
+    def asDict(self) -> dict[str, Any]:  # noqa: N802 - Pyro4's name
+        return {name: getattr(self, name) for name in _DEFAULTS}
+
+    def copy(self) -> "Configuration":
+        clone = Configuration.__new__(Configuration)
+        for name in _DEFAULTS:
+            value = getattr(self, name)
+            setattr(clone, name, set(value) if isinstance(value, set) else value)
+        return clone
+
+    def oneway_threaded(self) -> bool:
+        if self.ONEWAY_THREADED is None:
+            return self.SERVERTYPE == "thread"
+        return bool(self.ONEWAY_THREADED)
+
+    def ns_host(self) -> str:
+        return self.NS_HOST or self.HOST
+
+    def dump(self) -> str:
+        lines = [f"pyro_loops configuration:"]
+        lines += [f"  {name} = {getattr(self, name)!r}" for name in sorted(_DEFAULTS)]
+        return "\n".join(lines)
+
+
+config = Configuration()

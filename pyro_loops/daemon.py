@@ -1,0 +1,1083 @@
+"""The Daemon: publishes objects and serves calls from whatever loop hosts it.
+
+The daemon owns its sockets, per-connection buffers and the object registry.
+It never blocks: sockets are non-blocking, a half-received message waits in
+its connection's buffer, a large reply drains as the socket takes it. Which
+loop drives it is not its business: the host loop attaches a watcher (see
+``_hosting``) and reports readiness; ``requestLoop`` is just the built-in
+select loop doing the same.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from typing import Any, Callable, Iterable
+
+from . import _wire, errors
+from ._expose import (expose, find_property, get_attribute, get_exposed_members, marked_in_worker,
+                      reset_metadata_cache)
+from ._hosting import READ, WRITE, Watcher, log, report_error
+from ._protocol import ConnectRequest, InvokeRequest, PingRequest, ServerProtocol, Violation
+from ._serializers import ExceptionWrapper, Serializer, get_serializer
+from ._uri import URI
+from ._workers import WorkerPool
+from .configuration import config
+from .constants import DAEMON_NAME
+from .context import current_context
+
+_RECV_SIZE = 256 * 1024
+_SEND_BUDGET = 4 * 1024 * 1024     # bytes written per writable event, for fairness
+_ACCEPT_BUDGET = 64                # connections accepted per readable event
+_OUTPUT_HIGH_WATER = 1024 * 1024   # stop reading a connection whose replies pile up
+
+
+class ClientConnection:
+    """One accepted client connection: its socket, protocol state and buffers.
+
+    User code sees it as ``current_context.client`` and in
+    ``validateHandshake(conn, data)`` / ``clientDisconnect(conn)``.
+    """
+
+    __slots__ = ("sock", "addr", "protocol", "out", "busy", "read_paused", "interest", "closed",
+                 "partial_since", "last_active", "pyroInstances", "tracked_resources", "__weakref__")
+
+    def __init__(self, sock: socket.socket, addr: Any, protocol: ServerProtocol) -> None:
+        self.sock = sock
+        self.addr = addr
+        self.protocol = protocol
+        self.out = bytearray()
+        self.busy = False           # a call of this connection is running (or awaited)
+        self.read_paused = False    # readiness arrived while busy: stop watching until done
+        self.interest = READ
+        self.closed = False
+        self.partial_since: float | None = None
+        self.last_active = time.monotonic()
+        self.pyroInstances: dict = {}   # per-connection instances of registered classes
+        self.tracked_resources: set = set()
+
+    def __repr__(self) -> str:
+        return f"<ClientConnection {self.addr} {'closed' if self.closed else 'open'}>"
+
+
+class _Deferred(Exception):
+    """Raised by a dispatch step whose reply is sent later (a coroutine being awaited)."""
+
+
+@expose
+class DaemonObject:
+    """The ``Pyro.Daemon`` object every daemon publishes about itself."""
+
+    def __init__(self, daemon: "Daemon") -> None:
+        self.daemon = daemon
+
+    def registered(self) -> list[str]:
+        return list(self.daemon.objectsById)
+
+    def ping(self) -> None:
+        pass
+
+    def info(self) -> str:
+        d = self.daemon
+        return (f"{DAEMON_NAME} bound on {d.locationStr}, NAT {d.natLocationStr}, "
+                f"{len(d.objectsById)} objects registered. Servertype: {d._servertype_text()}")
+
+    def get_metadata(self, objectId: str, as_lists: bool = False) -> dict:
+        obj = self.daemon.objectsById.get(objectId)
+        if obj is None:
+            raise errors.DaemonError("unknown object")
+        meta = get_exposed_members(obj, as_lists=as_lists)
+        if config.REQUIRE_EXPOSE and not (meta["methods"] or meta["attrs"]):
+            log.warning("object %r (%s) exposes nothing: add @expose to its class or methods, "
+                        "or set config.REQUIRE_EXPOSE = False", objectId, type(obj).__name__)
+        return meta
+
+    def get_next_stream_item(self, streamId: str) -> Any:
+        return self.daemon._next_stream_item(streamId)
+
+    def close_stream(self, streamId: str) -> None:
+        self.daemon._streams.pop(streamId, None)
+
+
+def _always() -> bool:
+    return True
+
+
+#: every daemon that a loop thread serves, for the proxy's deadlock check
+_serving: "dict[int, Daemon]" = {}
+_serving_lock = threading.Lock()
+
+
+def daemon_served_by_current_thread(uri: URI) -> "Daemon | None":
+    """The local daemon behind ``uri`` if the calling thread is the loop serving it."""
+    with _serving_lock:
+        daemons = list(_serving.values())
+    me = threading.get_ident()
+    for daemon in daemons:
+        if daemon._loop_thread == me and daemon._serves(uri):
+            return daemon
+    return None
+
+
+class Daemon:
+    """Publishes objects to remote callers; see the module docstring."""
+
+    def __init__(self, host: str | None = None, port: int = 0, unixsocket: str | None = None,
+                 nathost: str | None = None, natport: int | None = None,
+                 interface: type = DaemonObject) -> None:
+        if host is None:
+            host = config.HOST
+        if nathost is None:
+            nathost = config.NATHOST
+        if natport is None:
+            natport = config.NATPORT or None
+        self._hmac_key: bytes | None = None
+        self.sock, self.locationStr = self._bind(host, port, unixsocket)
+        bound_port = None if unixsocket else self.sock.getsockname()[1]
+        if nathost and unixsocket:
+            raise ValueError("cannot use nathost together with unixsocket")
+        if natport is not None and not nathost:
+            raise ValueError("must provide natport with nathost")
+        if nathost:
+            nat_port = natport or bound_port
+            self.natLocationStr = f"[{nathost}]:{nat_port}" if ":" in nathost else f"{nathost}:{nat_port}"
+        else:
+            self.natLocationStr = None
+        self.objectsById: dict[str, Any] = {}
+        self._conns: dict[socket.socket, ClientConnection] = {}
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._completed: collections.deque = collections.deque()
+        self._soon: set[ClientConnection] = set()
+        self._partial: set[ClientConnection] = set()
+        self._streams: dict[str, list] = {}   # id -> [iterator, conn or None, created, linger_since]
+        self._single_instances: dict[type, Any] = {}
+        self._watcher: Watcher | None = None
+        self._deadline: float | None = None
+        self._loop_thread: int | None = None
+        self._idle_check_at: float | None = None
+        self._closed = False
+        self._close_requested = False
+        self._dispatching = 0
+        self._workers: WorkerPool | None = None
+        self.coroutine_runner: Callable[[Any, Callable[[Any, BaseException | None], None]], None] | None = None
+        self._servertype = config.SERVERTYPE
+        if self._servertype not in ("thread", "multiplex"):
+            raise errors.PyroError("invalid server type: " + str(self._servertype))
+        self.register(interface(self), DAEMON_NAME)
+        if host in ("", "0.0.0.0", "::") and not unixsocket:
+            log.warning("daemon bound on all interfaces (%s) without HMAC key: anyone who can reach "
+                        "this machine can call its objects; set daemon._pyroHmacKey", self.locationStr)
+
+    # --- binding ---------------------------------------------------------------------
+
+    def _bind(self, host: str, port: int, unixsocket: str | None) -> tuple[socket.socket, str]:
+        if unixsocket:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            if not unixsocket.startswith("\0") and os.path.exists(unixsocket):
+                os.remove(unixsocket)
+            sock.bind(unixsocket)
+            location = "./u:" + unixsocket
+        else:
+            family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(config.PREFER_IP_VERSION, socket.AF_UNSPEC)
+            if ":" in host:
+                family = socket.AF_INET6
+            infos = socket.getaddrinfo(host or None, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+            af, _, _, _, address = infos[0]
+            sock = socket.socket(af, socket.SOCK_STREAM)
+            if config.SOCK_REUSE:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            bound = sock.getsockname()
+            shown = host or bound[0]
+            location = f"[{shown}]:{bound[1]}" if ":" in shown else f"{shown}:{bound[1]}"
+        sock.listen(100)
+        sock.setblocking(False)
+        return sock, location
+
+    def _serves(self, uri: URI) -> bool:
+        if self._closed:
+            return False
+        if uri.sockname:
+            return self.sock.family == getattr(socket, "AF_UNIX", None) and self.sock.getsockname() == uri.sockname
+        if self.sock.family not in (socket.AF_INET, socket.AF_INET6) or uri.port != self.sock.getsockname()[1]:
+            return False
+        try:
+            wanted = {info[4][0] for info in socket.getaddrinfo(uri.host, uri.port)}
+        except OSError:
+            return False
+        bound = self.sock.getsockname()[0]
+        return bound in wanted or bound in ("0.0.0.0", "::") or any(
+            ip.startswith("127.") or ip == "::1" for ip in wanted) and (bound.startswith("127.") or bound == "::1")
+
+    # --- registry -----------------------------------------------------------------
+
+    def register(self, obj_or_class: Any, objectId: str | None = None, force: bool = False) -> URI:
+        """Publish an object (or a class, instantiated per ``@behavior``) and return its URI."""
+        if objectId is not None:
+            if not isinstance(objectId, str) or not objectId:
+                raise errors.DaemonError("objectId must be a non-empty string")
+        else:
+            objectId = "obj_" + uuid.uuid4().hex
+        if objectId in self.objectsById:
+            raise errors.DaemonError(f"object or class already registered with id {objectId!r}")
+        if not inspect.isclass(obj_or_class):
+            obj = obj_or_class
+            if type(obj).__module__ == "builtins":
+                raise errors.DaemonError(
+                    f"cannot register an object of builtin type {type(obj).__name__}: Pyro needs to add "
+                    "attributes to it; wrap the value in an object of your own class")
+            existing = getattr(obj, "_pyroId", None)
+            if not force and existing and self.objectsById.get(existing) is obj:
+                raise errors.DaemonError(f"object already registered with id {existing!r}")
+            try:
+                obj._pyroId = objectId
+                obj._pyroDaemon = self
+            except AttributeError:
+                raise errors.DaemonError(
+                    f"cannot register {type(obj).__name__}: it has __slots__ without room for the "
+                    "_pyroId and _pyroDaemon attributes (add them to __slots__)") from None
+        elif not hasattr(obj_or_class, "_pyroInstancing"):
+            obj_or_class._pyroInstancing = ("session", None)
+        self.objectsById[objectId] = obj_or_class
+        if config.REQUIRE_EXPOSE and objectId != DAEMON_NAME:
+            meta = get_exposed_members(obj_or_class)
+            if not (meta["methods"] or meta["attrs"]):
+                log.warning("registered %s exposes nothing, so callers will see no methods: add "
+                            "@pyro_loops.expose to the class or its methods, or set "
+                            "config.REQUIRE_EXPOSE = False", type(obj_or_class).__name__)
+        return self.uriFor(objectId)
+
+    def unregister(self, objectOrId: Any) -> None:
+        """Stop publishing an object; removes the ``_pyroId``/``_pyroDaemon`` attributes."""
+        if objectOrId is None:
+            raise ValueError("object or objectid argument expected")
+        objectId = objectOrId if isinstance(objectOrId, str) else getattr(objectOrId, "_pyroId", None)
+        if objectId is None:
+            if inspect.isclass(objectOrId):
+                for key, value in list(self.objectsById.items()):
+                    if value is objectOrId:
+                        objectId = key
+            if objectId is None:
+                raise errors.DaemonError("object isn't registered")
+        if objectId == DAEMON_NAME:
+            return
+        obj = self.objectsById.pop(objectId, None)
+        if obj is not None and not inspect.isclass(obj):
+            for attr in ("_pyroId", "_pyroDaemon"):
+                try:
+                    delattr(obj, attr)
+                except AttributeError:
+                    pass
+
+    def uriFor(self, objectOrId: Any, nat: bool = True) -> URI:  # noqa: N802 - Pyro4's name
+        """A URI for a registered object or id, with the NAT address if there is one."""
+        if not isinstance(objectOrId, str):
+            objectOrId = getattr(objectOrId, "_pyroId", None)
+            if objectOrId is None:
+                raise errors.DaemonError("object isn't registered")
+        location = self.natLocationStr if nat and self.natLocationStr else self.locationStr
+        return URI(f"PYRO:{objectOrId}@{location}")
+
+    def proxyFor(self, objectOrId: Any, nat: bool = True) -> Any:  # noqa: N802 - Pyro4's name
+        """A proxy for a registered object, with its metadata filled in (used by autoproxy)."""
+        from .proxy import Proxy
+        uri = self.uriFor(objectOrId, nat)
+        proxy = Proxy(uri)
+        obj = self.objectsById.get(uri.object)
+        if obj is None:
+            raise errors.DaemonError("object isn't registered")
+        meta = get_exposed_members(obj)
+        proxy._pyroGetMetadata(known_metadata=meta)
+        return proxy
+
+    def resetMetadataCache(self, objectOrId: Any = None, nat: bool = True) -> None:  # noqa: N802
+        reset_metadata_cache()
+
+    @property
+    def _pyroHmacKey(self) -> bytes | None:  # noqa: N802 - Pyro4's name
+        return self._hmac_key
+
+    @_pyroHmacKey.setter
+    def _pyroHmacKey(self, value: bytes | str | None) -> None:  # noqa: N802
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        self._hmac_key = value or None
+        for conn in self._conns.values():
+            conn.protocol.hmac_key = self._hmac_key
+
+    # --- hooks for subclasses (Pyro4's names) -------------------------------------
+
+    def validateHandshake(self, conn: ClientConnection, data: Any) -> Any:  # noqa: N802
+        """Override to check the client's handshake data; raise to refuse the connection."""
+        return "hello"
+
+    def clientDisconnect(self, conn: ClientConnection) -> None:  # noqa: N802
+        """Override to be told when a client connection closes."""
+
+    def annotations(self) -> dict[str, bytes]:
+        """Override to add annotations to every reply."""
+        return {}
+
+    # --- the seed's loop integration -------------------------------------------------
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """Every socket the daemon wants watched for readability."""
+        if self._closed:
+            return []
+        return [self.sock, self._wake_r, *self._conns]
+
+    def events(self, eventsockets: Iterable[socket.socket]) -> None:
+        """Handle readable sockets, as a hand-written ``select()`` loop reports them.
+
+        Loops without write notifications get their pending output flushed here
+        as far as the sockets take it; attach a watcher for real write interest.
+        """
+        for sock in list(eventsockets):
+            self.handle_event(sock, READ)
+        for conn in [c for c in self._conns.values() if c.out]:
+            self.handle_event(conn.sock, WRITE)
+        if self._deadline is not None and self._deadline <= time.monotonic():
+            self.handle_deadline()
+
+    def requestLoop(self, loopCondition: Callable[[], bool] = _always) -> None:  # noqa: N802
+        """Serve requests until ``loopCondition()`` is false or the daemon shuts down.
+
+        A custom ``loopCondition`` is re-checked at least every POLLTIMEOUT
+        seconds; with the default the loop sleeps until there is work.
+        """
+        from ._eventloop import SelectLoop
+        with SelectLoop() as loop:
+            hosted = loop.attach(self)
+            try:
+                loop.run(until=lambda: self._closed or not loopCondition(),
+                         max_wait=None if loopCondition is _always else config.POLLTIMEOUT)
+            finally:
+                hosted.detach()
+
+    def shutdown(self) -> None:
+        """Stop serving and close the daemon; safe from any thread, takes effect at once."""
+        self.close()
+
+    def close(self) -> None:
+        """Close every socket of the daemon.
+
+        Called from another thread, or from inside a call being served (so
+        that call still gets its reply), it asks the loop to close at its next
+        turn, which comes at once.
+        """
+        if self._closed:
+            return
+        if self._watcher is not None and (self._dispatching or
+                                          self._loop_thread not in (None, threading.get_ident())):
+            self._close_requested = True
+            self._wake()
+            return
+        self._close_now()
+
+    def __enter__(self) -> "Daemon":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True) and self._watcher is None:
+            try:
+                self._close_now()
+            except Exception:
+                pass
+
+    def _close_now(self) -> None:
+        self._closed = True
+        for conn in list(self._conns.values()):
+            self._close_conn(conn, None)
+        watcher, self._watcher = self._watcher, None
+        for sock in (self.sock, self._wake_r):
+            if watcher is not None:
+                watcher.remove(sock)
+            sock.close()
+        self._wake_w.close()
+        if watcher is not None:
+            watcher.detached()
+        self._forget_loop_thread()
+        if self._workers is not None:
+            self._workers.close()
+        if self.sock.family == getattr(socket, "AF_UNIX", None):
+            path = self.locationStr[4:]
+            if path and not path.startswith("\0") and os.path.exists(path):
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+        self._streams.clear()
+
+    # --- the hosting interface ------------------------------------------------------------
+
+    def attach_watcher(self, watcher: Watcher) -> None:
+        """Let a host loop watch this daemon; see ``pyro_loops._hosting``."""
+        if self._closed:
+            raise errors.DaemonError("daemon is closed")
+        if self._watcher is not None:
+            raise errors.DaemonError("daemon is already attached to a loop; detach it first")
+        self._watcher = watcher
+        self._loop_thread = threading.get_ident()
+        with _serving_lock:
+            _serving[id(self)] = self
+        watcher.add(self.sock, READ)
+        watcher.add(self._wake_r, READ)
+        for conn in self._conns.values():
+            watcher.add(conn.sock, conn.interest)
+        self._deadline = None
+        self._update_deadline()
+
+    def detach_watcher(self) -> None:
+        """Stop being watched; sockets stay open (attach another loop to carry on)."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is None:
+            return
+        for sock in self.sockets:
+            watcher.remove(sock)
+        watcher.set_deadline(None)
+        watcher.detached()
+        self._forget_loop_thread()
+
+    def _forget_loop_thread(self) -> None:
+        self._loop_thread = None
+        with _serving_lock:
+            _serving.pop(id(self), None)
+
+    def handle_event(self, sock: socket.socket, events: int) -> None:
+        """The host loop says ``sock`` is ready (READ and/or WRITE). Never raises."""
+        try:
+            if sock is self.sock:
+                self._accept()
+            elif sock is self._wake_r:
+                self._drain_wakeups()
+            else:
+                conn = self._conns.get(sock)
+                if conn is None:
+                    return  # a stale notification for a socket already closed
+                if events & WRITE:
+                    self._flush(conn)
+                if events & READ and not conn.closed:
+                    self._read(conn)
+        except Exception as exc:
+            report_error(exc, "daemon event handling")
+        self._update_deadline()
+
+    def handle_deadline(self) -> None:
+        """The deadline the daemon asked for is due. Never raises."""
+        try:
+            self._deadline = None
+            if self._close_requested:
+                self._close_now()
+                return
+            now = time.monotonic()
+            for conn in list(self._soon):
+                self._soon.discard(conn)
+                self._process(conn)
+            for conn in list(self._partial):
+                if conn.partial_since is not None and now - conn.partial_since >= config.HALF_FRAME_TIMEOUT:
+                    self._close_conn(conn, f"message incomplete after {config.HALF_FRAME_TIMEOUT} s")
+            if config.IDLE_TIMEOUT and self._idle_check_at is not None and now >= self._idle_check_at:
+                for conn in list(self._conns.values()):
+                    if not conn.busy and now - conn.last_active >= config.IDLE_TIMEOUT:
+                        self._close_conn(conn, f"idle for {config.IDLE_TIMEOUT} s")
+                self._idle_check_at = None
+            self._expire_streams(now)
+        except Exception as exc:
+            report_error(exc, "daemon deadline handling")
+        self._update_deadline()
+
+    def next_deadline(self) -> float | None:
+        """When ``handle_deadline`` should next run (``time.monotonic()``), or None."""
+        return self._deadline
+
+    def _update_deadline(self) -> None:
+        if self._closed:
+            return
+        when = None
+        if self._soon or self._close_requested:
+            when = time.monotonic()
+        else:
+            for conn in self._partial:
+                if conn.partial_since is not None:
+                    due = conn.partial_since + config.HALF_FRAME_TIMEOUT
+                    when = due if when is None or due < when else when
+            if config.IDLE_TIMEOUT and self._conns:
+                if self._idle_check_at is None:
+                    self._idle_check_at = time.monotonic() + config.IDLE_TIMEOUT / 2
+                when = self._idle_check_at if when is None else min(when, self._idle_check_at)
+            for _, _, created, linger_since in self._streams.values():
+                for start, span in ((created, config.ITER_STREAM_LIFETIME),
+                                    (linger_since, config.ITER_STREAM_LINGER)):
+                    if start is not None and span:
+                        when = start + span if when is None else min(when, start + span)
+        if when != self._deadline:
+            self._deadline = when
+            if self._watcher is not None:
+                self._watcher.set_deadline(when)
+
+    # --- sockets -----------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BUDGET):
+            try:
+                sock, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. EMFILE: log, and keep serving the others
+                log.warning("accept failed: %s", exc)
+                return
+            if len(self._conns) >= config.MAX_CONNECTIONS:
+                log.warning("connection from %s refused: MAX_CONNECTIONS (%d) reached", addr,
+                            config.MAX_CONNECTIONS)
+                sock.close()
+                continue
+            sock.setblocking(False)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                if config.SOCK_NODELAY:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = ClientConnection(sock, addr, ServerProtocol(config.MAX_MESSAGE_SIZE, self._hmac_key))
+            self._conns[sock] = conn
+            if self._watcher is not None:
+                self._watcher.add(sock, READ)
+            log.debug("accepted connection from %s", addr)
+
+    def _read(self, conn: ClientConnection) -> None:
+        if conn.busy:
+            # level-triggered loops would fire again and again: stop watching
+            # the socket until the running call is done (keeps per-connection order)
+            conn.read_paused = True
+            self._set_interest(conn)
+            return
+        try:
+            data = conn.sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._close_conn(conn, f"receive failed: {exc}")
+            return
+        if not data:
+            self._close_conn(conn, None)
+            return
+        conn.last_active = time.monotonic()
+        conn.protocol.receive_data(data)
+        self._process(conn)
+
+    def _process(self, conn: ClientConnection) -> None:
+        """Handle the complete messages buffered for ``conn``, a bounded number at a time."""
+        budget = config.MAX_CALLS_PER_WAKEUP if self._watcher is not None else sys.maxsize
+        while not conn.closed and not conn.busy:
+            if len(conn.out) > _OUTPUT_HIGH_WATER:
+                break  # the peer is not reading its replies: wait for the output to drain
+            if budget <= 0:
+                self._soon.add(conn)
+                break
+            event = conn.protocol.next_event()
+            if event is None:
+                break
+            budget -= 1
+            self._handle(conn, event)
+        self._track_partial(conn)
+        if not conn.closed:
+            self._set_interest(conn)
+
+    def _track_partial(self, conn: ClientConnection) -> None:
+        if not conn.closed and not conn.busy and conn not in self._soon and conn.protocol.partial:
+            if conn.partial_since is None:
+                conn.partial_since = time.monotonic()
+                self._partial.add(conn)
+        elif conn.partial_since is not None:
+            conn.partial_since = None
+            self._partial.discard(conn)
+
+    def _set_interest(self, conn: ClientConnection) -> None:
+        if conn.busy and conn.read_paused or len(conn.out) > _OUTPUT_HIGH_WATER:
+            events = 0
+        else:
+            events = READ
+            conn.read_paused = False
+        if conn.out:
+            events |= WRITE
+        if events != conn.interest:
+            conn.interest = events
+            if self._watcher is not None:
+                self._watcher.modify(conn.sock, events)
+
+    def _send(self, conn: ClientConnection, data: bytes) -> None:
+        """Queue reply bytes and write as much as the socket takes now."""
+        if conn.closed:
+            return
+        if conn.out:
+            conn.out += data
+        else:
+            try:
+                sent = conn.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._close_conn(conn, f"send failed: {exc}")
+                return
+            if sent < len(data):
+                conn.out += memoryview(data)[sent:]
+        if len(conn.out) > config.MAX_OUTPUT_BUFFER:
+            self._close_conn(conn, f"more than MAX_OUTPUT_BUFFER ({config.MAX_OUTPUT_BUFFER} bytes) of replies "
+                                   "unread by the client")
+        else:
+            self._set_interest(conn)
+
+    def _flush(self, conn: ClientConnection) -> None:
+        sent_total = 0
+        while conn.out and sent_total < _SEND_BUDGET:
+            try:
+                sent = conn.sock.send(conn.out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._close_conn(conn, f"send failed: {exc}")
+                return
+            del conn.out[:sent]
+            sent_total += sent
+        conn.last_active = time.monotonic()
+        if not conn.out and not conn.busy:
+            self._process(conn)  # input held back while output piled up
+        else:
+            self._set_interest(conn)
+
+    def _close_conn(self, conn: ClientConnection, reason: str | None) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        if reason:
+            log.info("closing connection from %s: %s", conn.addr, reason)
+        self._conns.pop(conn.sock, None)
+        self._soon.discard(conn)
+        self._partial.discard(conn)
+        if self._watcher is not None:
+            self._watcher.remove(conn.sock)
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+        now = time.monotonic()
+        for stream in self._streams.values():
+            if stream[1] is conn:
+                stream[1] = None
+                stream[3] = now
+        for instance in conn.pyroInstances.values():
+            closer = getattr(instance, "_pyroClose", None)
+            if callable(closer):
+                try:
+                    closer()
+                except Exception as exc:
+                    report_error(exc, "_pyroClose of a session instance")
+        try:
+            self.clientDisconnect(conn)
+        except Exception as exc:
+            report_error(exc, "clientDisconnect")
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # full (a wakeup is pending anyway) or closed
+            pass
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        if self._close_requested:
+            self._close_now()
+            return
+        while self._completed:
+            conn, data = self._completed.popleft()
+            self._finish_call(conn, data)
+
+    def _finish_call(self, conn: ClientConnection, data: bytes | None) -> None:
+        conn.busy = False
+        if conn.closed:
+            if data is not None:
+                log.info("reply for %s dropped: the client disconnected during the call", conn.addr)
+            return
+        if data is not None:
+            self._send(conn, data)
+        self._process(conn)
+
+    # --- protocol events ---------------------------------------------------------------
+
+    def _handle(self, conn: ClientConnection, event: Any) -> None:
+        if isinstance(event, InvokeRequest):
+            self._invoke(conn, event.msg)
+        elif isinstance(event, PingRequest):
+            self._send(conn, conn.protocol.pong_bytes(event.msg, self._reply_annotations(event.msg)))
+        elif isinstance(event, ConnectRequest):
+            self._handshake(conn, event.msg)
+        elif isinstance(event, Violation):
+            if event.reply is not None:
+                self._send(conn, event.reply)
+            self._close_conn(conn, "protocol error: " + event.reason)
+
+    def _reply_annotations(self, request: _wire.Message, corr: bytes | None = None) -> dict[str, bytes]:
+        annotations = {"CORR": corr or request.annotations.get("CORR") or uuid.uuid4().bytes}
+        annotations.update(self.annotations())
+        return annotations
+
+    def _handshake(self, conn: ClientConnection, msg: _wire.Message) -> None:
+        serializer = None
+        try:
+            serializer = get_serializer(msg.serializer_id)
+            if serializer.name not in config.SERIALIZERS_ACCEPTED:
+                serializer = None
+                raise errors.SerializeError(f"message used serializer that is not accepted: {msg.serializer_id}")
+            corr = msg.annotations.get("CORR")
+            if corr is not None and len(corr) != 16:
+                raise ValueError("bytes is not a 16-char string")
+            data = serializer.loads(msg.payload(config.MAX_MESSAGE_SIZE))
+            response = self.validateHandshake(conn, data["handshake"])
+            flags = 0
+            if msg.flags & _wire.FLAGS_META_ON_CONNECT:
+                flags = _wire.FLAGS_META_ON_CONNECT
+                meta = self.objectsById[DAEMON_NAME].get_metadata(data["object"], as_lists=True)
+                response = {"handshake": response, "meta": meta}
+            payload = serializer.dumps(response)
+        except Exception as exc:
+            text = str(exc)
+            log.info("refused connection from %s: %s", conn.addr, text)
+            fail_data = None
+            if serializer is not None:
+                try:
+                    fail_data = serializer.dumps(text)
+                except Exception:
+                    pass
+            self._send(conn, conn.protocol.connect_fail_bytes(text, msg, fail_data))
+            self._close_conn(conn, None)
+            return
+        if config.COMPRESSION:
+            payload, flags = _wire.compress_if_useful(payload, flags)
+        self._send(conn, conn.protocol.connect_ok_bytes(msg, payload, flags,
+                                                        self._reply_annotations(msg, corr)))
+
+    def _invoke(self, conn: ClientConnection, msg: _wire.Message) -> None:
+        oneway = bool(msg.flags & _wire.FLAGS_ONEWAY)
+        try:
+            serializer = get_serializer(msg.serializer_id)
+        except errors.SerializeError:
+            self._close_conn(conn, f"protocol error: unknown serializer id {msg.serializer_id}")
+            return
+        try:
+            if serializer.name not in config.SERIALIZERS_ACCEPTED:
+                raise errors.SerializeError(f"message used serializer that is not accepted: {msg.serializer_id}")
+            corr = msg.annotations.get("CORR")
+            if corr is not None and len(corr) != 16:
+                raise ValueError("bytes is not a 16-char string")
+            obj_id, method, vargs, kwargs = serializer.loads_call(msg.payload(config.MAX_MESSAGE_SIZE))
+            call, target, in_worker = self._prepare_call(conn, msg, obj_id, method, vargs, kwargs)
+        except Exception as exc:
+            if not oneway:
+                self._send(conn, self._exception_reply(conn, msg, serializer, exc))
+            else:
+                log.info("oneway call from %s failed before it ran: %s", conn.addr, exc)
+            return
+        if oneway:
+            if in_worker or (config.oneway_threaded() and not msg.flags & _wire.FLAGS_BATCH):
+                self._pool().submit(lambda: self._run_oneway(conn, msg, call))
+            else:
+                self._dispatching += 1
+                try:
+                    self._run_oneway(conn, msg, call)
+                finally:
+                    self._dispatching -= 1
+            return
+        conn.busy = True
+        if in_worker:
+            self._pool().submit(lambda: self._run_in_worker(conn, msg, serializer, call))
+            return
+        self._dispatching += 1
+        try:
+            data = self._run_call(conn, msg, serializer, call)
+        except _Deferred:
+            return  # a coroutine runs on the host loop; its reply comes later
+        finally:
+            self._dispatching -= 1
+        conn.busy = False
+        if conn.closed:
+            return
+        self._send(conn, data)
+        if conn.read_paused:
+            self._set_interest(conn)
+
+    def _prepare_call(self, conn: ClientConnection, msg: _wire.Message, obj_id: str, method: str,
+                      vargs: Any, kwargs: Any) -> tuple[Callable[[], Any], Any, bool]:
+        obj = self._target(conn, obj_id)
+        if msg.flags & _wire.FLAGS_BATCH and method == "<batch>":
+            calls = [(get_attribute(obj, name), args, kw) for name, args, kw in vargs]
+            run_in_worker = any(marked_in_worker(obj, func) for func, _, _ in calls)
+            return (lambda: _run_batch(calls)), obj, self._servertype == "thread" or run_in_worker
+        if kwargs is None and method in ("__getattr__", "__setattr__"):
+            name = vargs[0]
+            prop = find_property(obj, name)
+            if prop is None or (method == "__setattr__" and prop.fset is None):
+                raise AttributeError(f"attempt to access unexposed or unknown remote attribute '{name}'")
+            if method == "__getattr__":
+                return (lambda: prop.__get__(obj, type(obj))), obj, self._servertype == "thread"
+            value = vargs[1]
+            return (lambda: prop.__set__(obj, value)), obj, self._servertype == "thread"
+        func = get_attribute(obj, method)
+        if not callable(func):
+            raise AttributeError(f"attempt to access unexposed or unknown remote attribute '{method}'")
+        run_in_worker = self._servertype == "thread" or marked_in_worker(obj, func)
+        return (lambda: func(*vargs, **kwargs)), obj, run_in_worker
+
+    def _target(self, conn: ClientConnection, obj_id: str) -> Any:
+        obj = self.objectsById.get(obj_id) if isinstance(obj_id, str) else None
+        if obj is None:
+            raise errors.DaemonError("unknown object")
+        if not inspect.isclass(obj):
+            return obj
+        mode, creator = obj._pyroInstancing
+        make = (lambda: creator(obj)) if creator else obj
+        if mode == "percall":
+            instance = make()
+        elif mode == "single":
+            instance = self._single_instances.get(obj)
+            if instance is None:
+                instance = self._single_instances[obj] = make()
+        else:
+            instance = conn.pyroInstances.get(obj)
+            if instance is None:
+                instance = conn.pyroInstances[obj] = make()
+        instance._pyroDaemon = self
+        instance._pyroId = obj_id
+        return instance
+
+    def _set_context(self, conn: ClientConnection, msg: _wire.Message) -> None:
+        ctx = current_context
+        ctx.client = conn
+        ctx.client_sock_addr = conn.addr
+        ctx.seq = msg.seq
+        ctx.msg_flags = msg.flags
+        ctx.serializer_id = msg.serializer_id
+        ctx.annotations = msg.annotations
+        ctx.response_annotations = {}
+        corr = msg.annotations.get("CORR")
+        ctx.correlation_id = uuid.UUID(bytes=corr) if corr else uuid.uuid4()
+
+    def _run_call(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
+                  call: Callable[[], Any]) -> bytes:
+        """Run a call where we are (loop or worker) and return its reply bytes."""
+        self._set_context(conn, msg)
+        try:
+            result = call()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            return self._exception_reply(conn, msg, serializer, exc)
+        if inspect.iscoroutine(result):
+            return self._await(conn, msg, serializer, result)
+        return self._result_reply(conn, msg, serializer, result)
+
+    def _await(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer, coro: Any) -> bytes:
+        runner = self.coroutine_runner
+        if runner is None or threading.get_ident() != self._loop_thread:
+            coro.close()
+            return self._exception_reply(conn, msg, serializer, TypeError(
+                "async def methods need a daemon hosted by the asyncio adapter "
+                "(pyro_loops.adapters.asyncio)"))
+        annotations = dict(current_context.response_annotations)
+
+        def done(result: Any, exc: BaseException | None) -> None:
+            current_context.response_annotations = annotations
+            if exc is not None:
+                data = self._exception_reply(conn, msg, serializer, exc)
+            else:
+                data = self._result_reply(conn, msg, serializer, result)
+            self._finish_call(conn, data)
+            self._update_deadline()
+
+        runner(coro, done)
+        raise _Deferred()
+
+    def _run_in_worker(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
+                       call: Callable[[], Any]) -> None:
+        try:
+            data = self._run_call(conn, msg, serializer, call)
+        except BaseException as exc:  # even SystemExit in a worker must not lose the reply
+            data = self._exception_reply(conn, msg, serializer, exc)
+        self._completed.append((conn, data))
+        self._wake()
+
+    def _run_oneway(self, conn: ClientConnection, msg: _wire.Message, call: Callable[[], Any]) -> None:
+        self._set_context(conn, msg)
+        try:
+            result = call()
+            if inspect.iscoroutine(result):
+                if self.coroutine_runner is not None and threading.get_ident() == self._loop_thread:
+                    self.coroutine_runner(result, lambda _r, e: e and log.info("oneway coroutine failed: %r", e))
+                else:
+                    result.close()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            log.info("oneway call from %s raised %s: %s", conn.addr, type(exc).__name__, exc)
+
+    def _pool(self) -> WorkerPool:
+        if self._workers is None:
+            self._workers = WorkerPool(config.THREADPOOL_SIZE)
+        return self._workers
+
+    def _result_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
+                      result: Any) -> bytes:
+        flags = 0
+        annotations = self._reply_annotations(msg)
+        annotations.update(getattr(current_context, "response_annotations", None) or {})
+        if msg.flags & _wire.FLAGS_BATCH:
+            flags |= _wire.FLAGS_BATCH
+        elif _is_stream(result):
+            return self._start_stream(conn, msg, serializer, result)
+        try:
+            data = serializer.dumps(result)
+        except Exception as exc:
+            return self._exception_reply(conn, msg, serializer, errors.SerializeError(
+                f"result of {type(result).__name__} could not be serialized with {serializer.name}: {exc}"))
+        if config.MAX_MESSAGE_SIZE and len(data) > config.MAX_MESSAGE_SIZE:
+            return self._exception_reply(conn, msg, serializer, errors.MessageTooLargeError(
+                f"reply of {len(data)} bytes exceeds MAX_MESSAGE_SIZE ({config.MAX_MESSAGE_SIZE})"))
+        if config.COMPRESSION:
+            data, flags = _wire.compress_if_useful(data, flags)
+        return conn.protocol.result_bytes(msg, data, flags, annotations)
+
+    def _exception_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
+                         exc: BaseException, flags: int = _wire.FLAGS_EXCEPTION,
+                         annotations: dict[str, bytes] | None = None) -> bytes:
+        if not hasattr(exc, "_pyroTraceback"):
+            try:
+                exc._pyroTraceback = _format_traceback(exc)
+            except AttributeError:
+                pass
+        annotations = annotations if annotations is not None else dict(self.annotations())
+        try:
+            data = serializer.dumps(exc)
+        except Exception as ser_exc:
+            replacement = errors.PyroError(f"Error serializing exception: {ser_exc}. "
+                                           f"Original exception: {type(exc)}: {exc}")
+            replacement._pyroTraceback = getattr(exc, "_pyroTraceback", None)
+            data = serializer.dumps(replacement)
+        return conn.protocol.result_bytes(msg, data, flags, annotations)
+
+    # --- streams ------------------------------------------------------------------------
+
+    def _start_stream(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
+                      iterator: Any) -> bytes:
+        flags = _wire.FLAGS_EXCEPTION | _wire.FLAGS_ITEMSTREAMRESULT
+        annotations = dict(self.annotations())
+        if config.ITER_STREAMING:
+            stream_id = str(uuid.uuid4())
+            self._streams[stream_id] = [iterator, conn, time.monotonic(), None]
+            annotations["STRM"] = stream_id.encode("ascii")
+        marker = errors.ProtocolError("result of call is an iterator")
+        marker._pyroTraceback = None  # tells the client this is no real error
+        return self._exception_reply(conn, msg, serializer, marker, flags, annotations)
+
+    def _next_stream_item(self, stream_id: str) -> Any:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise errors.PyroError("item stream terminated")
+        client = getattr(current_context, "client", None)
+        if client is not None and stream[1] is not client:
+            stream[1], stream[3] = client, None
+        try:
+            return next(stream[0])
+        except StopIteration:
+            self._streams.pop(stream_id, None)
+            raise StopIteration() from None
+        except BaseException:
+            self._streams.pop(stream_id, None)
+            raise
+
+    def _expire_streams(self, now: float) -> None:
+        for stream_id, (_, _, created, linger_since) in list(self._streams.items()):
+            if (config.ITER_STREAM_LIFETIME and now - created >= config.ITER_STREAM_LIFETIME) or \
+                    (linger_since is not None and now - linger_since >= config.ITER_STREAM_LINGER):
+                del self._streams[stream_id]
+
+    # --- misc --------------------------------------------------------------------------
+
+    def _servertype_text(self) -> str:
+        workers = self._workers.threads if self._workers else 0
+        return f"<pyro_loops {self._servertype} daemon on {self.locationStr}; {workers} workers>"
+
+    def __repr__(self) -> str:
+        return f"<pyro_loops.Daemon at 0x{id(self):x}; {self.locationStr}; {len(self.objectsById)} objects>"
+
+    @staticmethod
+    def serveSimple(objects: dict, host: str | None = None, port: int = 0,  # noqa: N802
+                    daemon: "Daemon | None" = None, ns: bool = True, verbose: bool = True) -> None:
+        """Register ``{object: name}`` pairs, optionally with the name server, and serve."""
+        if daemon is None:
+            daemon = Daemon(host, port)
+        with daemon:
+            nameserver = None
+            if ns:
+                from .naming import locateNS
+                nameserver = locateNS()
+            for obj, name in objects.items():
+                if ns and name:
+                    uri = daemon.register(obj, name)
+                    nameserver.register(name, uri)
+                else:
+                    uri = daemon.register(obj, name or None)
+                if verbose:
+                    print(f"Object {obj!r}:\n    uri = {uri}" + (f"\n    name = {name}" if name and ns else ""))
+            if nameserver is not None:
+                nameserver._pyroRelease()
+            if verbose:
+                print("Pyro daemon running.", flush=True)
+            daemon.requestLoop()
+
+
+def _is_stream(result: Any) -> bool:
+    return inspect.isgenerator(result) or (
+        isinstance(result, collections.abc.Iterator) and not isinstance(result, (str, bytes, dict)))
+
+
+def _run_batch(calls: list) -> list:
+    results: list[Any] = []
+    for func, args, kwargs in calls:
+        try:
+            results.append(func(*args, **(kwargs or {})))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            exc._pyroTraceback = _format_traceback(exc)
+            results.append(ExceptionWrapper(exc))
+            break
+    return results
+
+
+def _format_traceback(exc: BaseException) -> list[str]:
+    if config.DETAILED_TRACEBACK:
+        lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        frames = []
+        tb = exc.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            local_vars = ", ".join(f"{k}={v!r:.80}" for k, v in frame.f_locals.items() if not k.startswith("__"))
+            frames.append(f"  locals in {frame.f_code.co_name}: {local_vars}\n")
+            tb = tb.tb_next
+        return lines + frames
+    return traceback.format_exception(type(exc), exc, exc.__traceback__)

@@ -1,0 +1,548 @@
+"""The client side: ``Proxy`` for remote objects, and ``batch``.
+
+A proxy is an ordinary blocking client (it runs in the caller's thread, not in
+a loop). One call is in flight per connection, serialized by a lock, so a
+proxy may be shared between threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+import time
+from typing import Any, Iterator
+
+from . import _wire, errors
+from ._serializers import ExceptionWrapper, get_serializer, register_class_to_dict, register_dict_to_class
+from ._uri import URI
+from .configuration import config
+from .constants import DAEMON_NAME
+from .context import current_context
+
+_RECV_SIZE = 256 * 1024
+
+#: attribute names that live on the proxy itself, never on the remote object
+_LOCAL_ATTRS = frozenset((
+    "_pyroUri", "_pyroConnection", "_pyroSeq", "_pyroTimeout", "_pyroMaxRetries", "_pyroHmacKey",
+    "_pyroHandshake", "_pyroSerializer", "_pyroMethods", "_pyroAttrs", "_pyroOneway",
+    "_pyroRawWireResponse", "_pyroLock", "_pyroResolved", "_pyroReader", "_pyroMetaKnown",
+    "_pyroHmacKeyBytes"))
+
+
+class _RemoteMethod:
+    __slots__ = ("_proxy", "_name")
+
+    def __init__(self, proxy: "Proxy", name: str) -> None:
+        self._proxy = proxy
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._proxy._pyroInvoke(self._name, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        # dotted names are not walked by daemons; say so instead of calling "a.b"
+        raise AttributeError(f"remote method '{self._name}' has no attribute '{name}' "
+                             "(dotted names are not supported)")
+
+
+class Proxy:
+    """Stands in for a remote object: method calls and property access go over the wire."""
+
+    def __init__(self, uri: "str | URI") -> None:
+        if isinstance(uri, str):
+            uri = URI(uri)
+        elif not isinstance(uri, URI):
+            raise TypeError("expected Pyro URI")
+        set_ = object.__setattr__
+        set_(self, "_pyroUri", uri)
+        set_(self, "_pyroConnection", None)
+        set_(self, "_pyroSeq", 0)
+        set_(self, "_pyroTimeout", config.COMMTIMEOUT or None)
+        set_(self, "_pyroMaxRetries", config.MAX_RETRIES)
+        set_(self, "_pyroHmacKeyBytes", None)
+        set_(self, "_pyroHandshake", "hello")
+        set_(self, "_pyroSerializer", None)
+        set_(self, "_pyroMethods", set())
+        set_(self, "_pyroAttrs", set())
+        set_(self, "_pyroOneway", set())
+        set_(self, "_pyroMetaKnown", False)
+        set_(self, "_pyroRawWireResponse", False)
+        set_(self, "_pyroLock", threading.RLock())
+        set_(self, "_pyroResolved", None)
+        set_(self, "_pyroReader", None)
+
+    # --- attribute plumbing -----------------------------------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _LOCAL_ATTRS or name.startswith("_pyro") or name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        if not self._pyroMetaKnown and config.METADATA:
+            self._pyroGetMetadata()
+        if name in self._pyroAttrs:
+            return self._pyroInvoke("__getattr__", (name,), None)
+        if name in self._pyroMethods or not config.METADATA:
+            return _RemoteMethod(self, name)
+        raise AttributeError(f"remote object '{self._pyroUri}' has no exposed attribute or method '{name}'")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LOCAL_ATTRS or name.startswith("_"):
+            if name == "_pyroHmacKey":
+                name, value = "_pyroHmacKeyBytes", value.encode("utf-8") if isinstance(value, str) else value
+            return object.__setattr__(self, name, value)
+        if not self._pyroMetaKnown and config.METADATA:
+            self._pyroGetMetadata()
+        if name in self._pyroAttrs:
+            self._pyroInvoke("__setattr__", (name, value), None)
+            return
+        raise AttributeError(f"remote object '{self._pyroUri}' has no exposed attribute '{name}'")
+
+    @property
+    def _pyroHmacKey(self) -> bytes | None:  # noqa: N802 - Pyro4's name
+        return self._pyroHmacKeyBytes
+
+    def __repr__(self) -> str:
+        state = "connected" if self._pyroConnection is not None else "not connected"
+        return f"<pyro_loops.Proxy at 0x{id(self):x}; {state}; for {self._pyroUri}>"
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | self._pyroMethods | self._pyroAttrs)
+
+    def __eq__(self, other: object) -> bool:
+        return other is self or isinstance(other, Proxy) and other._pyroUri == self._pyroUri
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self._pyroUri)
+
+    def __enter__(self) -> "Proxy":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._pyroRelease()
+
+    def __del__(self) -> None:
+        try:
+            self._pyroRelease()
+        except Exception:
+            pass
+
+    def __copy__(self) -> "Proxy":
+        clone = Proxy(self._pyroUri)
+        for name in ("_pyroTimeout", "_pyroMaxRetries", "_pyroHmacKeyBytes", "_pyroHandshake",
+                     "_pyroSerializer", "_pyroMetaKnown"):
+            object.__setattr__(clone, name, getattr(self, name))
+        for name in ("_pyroMethods", "_pyroAttrs", "_pyroOneway"):
+            object.__setattr__(clone, name, set(getattr(self, name)))
+        return clone
+
+    def __getstate__(self) -> tuple:
+        return _proxy_state(self)
+
+    def __setstate__(self, state: tuple) -> None:
+        _restore_proxy(self, state)
+
+    # --- connection management -------------------------------------------------------
+
+    def _pyroBind(self) -> bool:  # noqa: N802
+        """Connect now, and replace a PYRONAME/PYROMETA URI by the PYRO one it resolved to."""
+        with self._pyroLock:
+            self._pyroRelease()
+            connected = self.__connect()
+            object.__setattr__(self, "_pyroUri", self._pyroResolved)
+            return connected
+
+    def _pyroRelease(self) -> None:  # noqa: N802
+        """Close the connection; the next call opens a new one."""
+        with self._pyroLock:
+            sock = self._pyroConnection
+            if sock is not None:
+                object.__setattr__(self, "_pyroConnection", None)
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def _pyroReconnect(self, tries: int = 100000000) -> None:  # noqa: N802
+        """Drop the connection and reconnect, retrying every 2 s up to ``tries`` times."""
+        self._pyroRelease()
+        while tries:
+            try:
+                self.__connect()
+                return
+            except errors.CommunicationError:
+                tries -= 1
+                if tries:
+                    time.sleep(2)
+        raise errors.ConnectionClosedError("reconnect failed")
+
+    def _pyroGetMetadata(self, objectId: str | None = None, known_metadata: dict | None = None) -> None:  # noqa: N802
+        """Fill in methods, oneway and attrs, from ``known_metadata`` or by asking the daemon."""
+        if known_metadata is None:
+            with self._pyroLock:
+                if self._pyroConnection is None:
+                    self.__connect()
+                if self._pyroMetaKnown:
+                    return
+                known_metadata = self._pyroInvoke("get_metadata", [objectId or self.__object_id()], {},
+                                                  objectId=DAEMON_NAME)
+        self.__apply_metadata(known_metadata)
+
+    def _pyroValidateHandshake(self, response: Any) -> None:  # noqa: N802
+        """Override to check the daemon's handshake response; raise to refuse it."""
+
+    def _pyroAnnotations(self) -> dict[str, bytes]:  # noqa: N802
+        """Override to send annotations with every message."""
+        return {}
+
+    def _pyroResponseAnnotations(self, annotations: dict[str, bytes], msgtype: int) -> None:  # noqa: N802
+        """Override to see the annotations of every reply."""
+
+    def __apply_metadata(self, meta: dict) -> None:
+        object.__setattr__(self, "_pyroMethods", set(meta.get("methods") or ()))
+        object.__setattr__(self, "_pyroAttrs", set(meta.get("attrs") or ()))
+        object.__setattr__(self, "_pyroOneway", set(meta.get("oneway") or ()))
+        object.__setattr__(self, "_pyroMetaKnown", True)
+        if not self._pyroMethods and not self._pyroAttrs:
+            raise errors.PyroError(
+                f"remote object '{self._pyroUri}' doesn't expose any methods or attributes. Did you forget "
+                "to mark them with @expose? (or set config.REQUIRE_EXPOSE = False on the server)")
+
+    def __object_id(self) -> str:
+        return (self._pyroResolved or self._pyroUri).object
+
+    def __serializer(self):
+        return get_serializer(self._pyroSerializer or config.SERIALIZER)
+
+    def __connect(self) -> bool:
+        """Open the connection and do the handshake; False if it was open already."""
+        if self._pyroConnection is not None:
+            return False
+        uri = self._pyroUri
+        if uri.protocol != "PYRO":
+            from .naming import resolve
+            uri = resolve(uri, self._pyroHmacKeyBytes)
+        object.__setattr__(self, "_pyroResolved", uri)
+        from .daemon import daemon_served_by_current_thread
+        if daemon_served_by_current_thread(uri) is not None:
+            raise errors.PyroError(
+                f"calling {uri} from the thread that runs its own daemon's loop would deadlock: the "
+                "daemon cannot answer while this thread waits. Make the call from another thread, mark "
+                "the calling method @pyro_loops.in_worker, or call the object directly")
+        sock = _connect_socket(uri, self._pyroTimeout)
+        object.__setattr__(self, "_pyroReader", _wire.FrameReader())
+        object.__setattr__(self, "_pyroConnection", sock)
+        try:
+            self.__handshake(uri)
+        except BaseException:
+            self._pyroRelease()
+            raise
+        return True
+
+    def __handshake(self, uri: URI) -> None:
+        serializer = self.__serializer()
+        data: dict[str, Any] = {"handshake": self._pyroHandshake}
+        flags = 0
+        if config.METADATA:
+            data["object"] = uri.object
+            flags |= _wire.FLAGS_META_ON_CONNECT
+        payload = serializer.dumps(data)
+        if config.COMPRESSION:
+            payload, flags = _wire.compress_if_useful(payload, flags)
+        self.__send(_wire.Message(_wire.MSG_CONNECT, payload, serializer.serializer_id, flags,
+                                  self._pyroSeq, self.__annotations()))
+        reply = self.__receive()
+        self._pyroResponseAnnotations(reply.annotations, reply.type)
+        body = get_serializer(reply.serializer_id).loads(reply.payload())
+        if reply.type == _wire.MSG_CONNECTFAIL:
+            raise errors.CommunicationError(f"connection to {uri.location} rejected: {body}")
+        if reply.type != _wire.MSG_CONNECTOK:
+            raise errors.ProtocolError(f"connect: invalid msg type {reply.type} received")
+        if reply.flags & _wire.FLAGS_META_ON_CONNECT:
+            self._pyroValidateHandshake(body["handshake"])
+            if body.get("meta"):
+                self.__apply_metadata(body["meta"])
+                return
+        else:
+            self._pyroValidateHandshake(body)
+        if config.METADATA and not self._pyroMetaKnown:
+            self._pyroGetMetadata(uri.object)
+
+    def __annotations(self) -> dict[str, bytes]:
+        annotations = dict(self._pyroAnnotations())
+        corr = current_context.correlation_id
+        if corr is not None:
+            annotations["CORR"] = corr.bytes
+        return annotations
+
+    def __send(self, msg: _wire.Message) -> None:
+        try:
+            self._pyroConnection.sendall(_wire.encode(msg, self._pyroHmacKeyBytes))
+        except socket.timeout:
+            self._pyroRelease()
+            raise errors.TimeoutError("send timed out") from None
+        except OSError as exc:
+            self._pyroRelease()
+            raise errors.ConnectionClosedError(f"send failed: {exc}") from None
+
+    def __receive(self) -> _wire.Message:
+        reader = self._pyroReader
+        sock = self._pyroConnection
+        try:
+            while True:
+                msg = reader.next_message()
+                if msg is not None:
+                    break
+                chunk = sock.recv(_RECV_SIZE)
+                if not chunk:
+                    raise errors.ConnectionClosedError("receiving: connection lost")
+                reader.feed(chunk)
+            _wire.check_hmac(msg, self._pyroHmacKeyBytes)
+        except socket.timeout:
+            self._pyroRelease()
+            raise errors.TimeoutError("receiving: timeout") from None
+        except errors.ProtocolError:
+            self._pyroRelease()
+            raise
+        except errors.PyroError:
+            self._pyroRelease()
+            raise
+        except OSError as exc:
+            self._pyroRelease()
+            raise errors.ConnectionClosedError(f"receiving: {exc}") from None
+        return msg
+
+    def __ensure_fresh_connection(self) -> None:
+        """Reconnect silently if the daemon closed our idle connection (it restarted, say).
+
+        Nothing has been sent yet, so no call can run twice.
+        """
+        sock = self._pyroConnection
+        if sock is None:
+            self.__connect()
+            return
+        try:
+            sock.setblocking(False)
+            try:
+                peeked = sock.recv(1, socket.MSG_PEEK)
+            finally:
+                sock.settimeout(self._pyroTimeout)
+        except (BlockingIOError, InterruptedError):
+            return  # alive and quiet, the normal case
+        except OSError:
+            peeked = b""
+        if not peeked:
+            self._pyroRelease()
+            self.__connect()
+
+    # --- calls -----------------------------------------------------------------------
+
+    def _pyroInvoke(self, methodname: str, vargs: Any, kwargs: Any, flags: int = 0,  # noqa: N802
+                    objectId: str | None = None) -> Any:
+        """Send one call and return its result (None for oneway calls)."""
+        retries = self._pyroMaxRetries
+        while True:
+            try:
+                return self.__invoke(methodname, vargs, kwargs, flags, objectId)
+            except errors.ConnectionClosedError:
+                if retries <= 0:
+                    raise
+                retries -= 1
+                self._pyroRelease()
+
+    def __invoke(self, methodname: str, vargs: Any, kwargs: Any, flags: int, objectId: str | None) -> Any:
+        with self._pyroLock:
+            self.__ensure_fresh_connection()
+            if self._pyroConnection.gettimeout() != self._pyroTimeout:
+                self._pyroConnection.settimeout(self._pyroTimeout)
+            serializer = self.__serializer()
+            seq = (self._pyroSeq + 1) & 0xFFFF
+            object.__setattr__(self, "_pyroSeq", seq)
+            if methodname in self._pyroOneway and objectId is None:
+                flags |= _wire.FLAGS_ONEWAY
+            payload = serializer.dumps_call(objectId or self.__object_id(), methodname, vargs, kwargs)
+            if config.COMPRESSION:
+                payload, flags = _wire.compress_if_useful(payload, flags)
+            self.__send(_wire.Message(_wire.MSG_INVOKE, payload, serializer.serializer_id, flags, seq,
+                                      self.__annotations()))
+            if flags & _wire.FLAGS_ONEWAY:
+                return None
+            reply = self.__receive()
+            if reply.seq != seq:
+                self._pyroRelease()
+                raise errors.ProtocolError(f"invoke: reply sequence out of sync, got {reply.seq} expected {seq}")
+            if reply.type != _wire.MSG_RESULT:
+                self._pyroRelease()
+                raise errors.ProtocolError(f"invoke: invalid msg type {reply.type} received")
+            if reply.serializer_id != serializer.serializer_id:
+                self._pyroRelease()
+                raise errors.SerializeError(f"invalid serializer in response: {reply.serializer_id}")
+            self._pyroResponseAnnotations(reply.annotations, reply.type)
+            if self._pyroRawWireResponse:
+                return reply
+            try:
+                value = serializer.loads(reply.payload())
+            except errors.SecurityError:
+                raise
+            except errors.SerializeError:
+                self._pyroRelease()  # as Pyro4: the stream can no longer be trusted
+                raise
+            if reply.flags & _wire.FLAGS_ITEMSTREAMRESULT:
+                stream_id = reply.annotations.get("STRM")
+                if not stream_id:
+                    raise errors.ProtocolError("result of call is an iterator, but the server is not "
+                                               "configured to allow streaming")
+                return _StreamResult(self, stream_id.decode("ascii"))
+            if reply.flags & _wire.FLAGS_EXCEPTION:
+                if isinstance(value, BaseException):
+                    raise value
+                raise errors.ProtocolError(f"invalid exception payload: {value!r}")
+            return value
+
+
+class _StreamResult:
+    """The client side of a remote iterator: fetches items one call at a time."""
+
+    def __init__(self, proxy: Proxy, stream_id: str) -> None:
+        self.proxy = proxy
+        self.stream_id = stream_id
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        if self.proxy is None:
+            raise StopIteration
+        try:
+            return self.proxy._pyroInvoke("get_next_stream_item", [self.stream_id], {}, objectId=DAEMON_NAME)
+        except (StopIteration, GeneratorExit):
+            self.proxy = None
+            raise StopIteration from None
+        except errors.ConnectionClosedError:
+            self.proxy = None
+            raise
+
+    def close(self) -> None:
+        """Stop early: tell the daemon to drop the iterator (a oneway call)."""
+        proxy, self.proxy = self.proxy, None
+        if proxy is not None and proxy._pyroConnection is not None:
+            try:
+                proxy._pyroInvoke("close_stream", [self.stream_id], {}, _wire.FLAGS_ONEWAY, objectId=DAEMON_NAME)
+            except errors.PyroError:
+                pass
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class _BatchedMethod:
+    __slots__ = ("_calls", "_name")
+
+    def __init__(self, calls: list, name: str) -> None:
+        self._calls = calls
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        self._calls.append((self._name, args, kwargs))
+
+
+class BatchProxy:
+    """Records calls on a proxy, then sends them as one message when called."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.__proxy = proxy
+        self.__calls: list = []
+
+    def __getattr__(self, name: str) -> _BatchedMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _BatchedMethod(self.__calls, name)
+
+    def __enter__(self) -> "BatchProxy":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def __call__(self, oneway: bool = False) -> Iterator[Any] | None:
+        """Send the recorded calls; returns an iterator over their results
+        (raising the first exception where it occurred), or None for oneway."""
+        calls, self.__calls = self.__calls, []
+        flags = _wire.FLAGS_BATCH | (_wire.FLAGS_ONEWAY if oneway else 0)
+        results = self.__proxy._pyroInvoke("<batch>", calls, None, flags)
+        if oneway:
+            return None
+        return _batch_results(results)
+
+
+def _batch_results(results: list) -> Iterator[Any]:
+    for result in results:
+        if isinstance(result, ExceptionWrapper):
+            result.raiseIt()
+        yield result
+
+
+def batch(proxy: Proxy) -> BatchProxy:
+    """Collect calls on ``proxy`` and send them in one message: ``b = batch(p); b.f(); b.g(); results = b()``."""
+    return BatchProxy(proxy)
+
+
+def _connect_socket(uri: URI, timeout: float | None) -> socket.socket:
+    try:
+        if uri.sockname:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(uri.sockname)
+        else:
+            sock = socket.create_connection((uri.host, uri.port), timeout=timeout)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if config.SOCK_NODELAY:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except socket.timeout:
+        raise errors.TimeoutError(f"connecting to {uri.location}: timeout") from None
+    except OSError as exc:
+        raise errors.CommunicationError(f"cannot connect to {uri.location}: {exc}") from None
+    return sock
+
+
+def _proxy_state(proxy: Proxy) -> tuple:
+    key = proxy._pyroHmacKeyBytes
+    hmac = "b64:" + base64.b64encode(key).decode("ascii") if key else None
+    return (str(proxy._pyroUri), tuple(proxy._pyroOneway), tuple(proxy._pyroMethods), tuple(proxy._pyroAttrs),
+            proxy._pyroTimeout or 0.0, hmac, proxy._pyroHandshake, proxy._pyroMaxRetries,
+            proxy._pyroSerializer)
+
+
+def _restore_proxy(proxy: Proxy, state: tuple) -> None:
+    Proxy.__init__(proxy, state[0])
+    object.__setattr__(proxy, "_pyroOneway", set(state[1]))
+    object.__setattr__(proxy, "_pyroMethods", set(state[2]))
+    object.__setattr__(proxy, "_pyroAttrs", set(state[3]))
+    object.__setattr__(proxy, "_pyroMetaKnown", bool(state[2] or state[3]))
+    hmac = state[5]
+    if isinstance(hmac, str) and hmac.startswith("b64:"):
+        object.__setattr__(proxy, "_pyroHmacKeyBytes", base64.b64decode(hmac[4:]))
+    elif hmac:
+        object.__setattr__(proxy, "_pyroHmacKeyBytes", hmac if isinstance(hmac, bytes) else str(hmac).encode())
+    object.__setattr__(proxy, "_pyroHandshake", state[6])
+    if len(state) > 8 and state[8]:
+        object.__setattr__(proxy, "_pyroSerializer", state[8])
+
+
+def _proxy_from_dict(_classname: str, data: dict) -> Proxy:
+    proxy = Proxy.__new__(Proxy)
+    _restore_proxy(proxy, tuple(data["state"]))
+    return proxy
+
+
+register_class_to_dict(Proxy, lambda p: {"__class__": "Pyro4.core.Proxy", "state": _proxy_state(p)})
+register_dict_to_class("Pyro4.core.Proxy", _proxy_from_dict)
+register_dict_to_class("Pyro4.core.Daemon", lambda _name, _data: None)

@@ -1,0 +1,409 @@
+"""The Qt adapter serving real clients from a real (offscreen) QApplication.
+
+Clients run in threads while the test pumps the Qt event loop through
+``qtbot.waitUntil``. Notifier checks look at the real Qt objects the adapter
+created, found under its owner object in the application tree.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+pytest.importorskip("PyQt5")
+import Pyro4  # noqa: E402
+import Pyro4.message  # noqa: E402
+import Pyro4.util  # noqa: E402
+from PyQt5.QtCore import QCoreApplication, QEvent, QEventLoop, QObject, QSocketNotifier, QTimer  # noqa: E402
+
+import pyro_loops  # noqa: E402
+from pyro_loops.adapters import qt as qt_adapter  # noqa: E402
+
+WAIT_MS = 10_000
+WAIT_S = WAIT_MS / 1000
+BIG_REPLY = 8 * 1024 * 1024
+OWNER_NAME = "pyro_loops.adapters.qt"
+READ_TYPE = QSocketNotifier.Type.Read
+WRITE_TYPE = QSocketNotifier.Type.Write
+
+
+@pyro_loops.expose
+class Service:
+    def __init__(self) -> None:
+        self.worker_started = threading.Event()
+        self.release = threading.Event()
+        self.nested_loop: QEventLoop | None = None
+        self.nested_loop_started = threading.Event()
+
+    def echo(self, value):
+        return value
+
+    def fail(self):
+        raise ValueError("boom")
+
+    def in_main_thread(self):
+        return threading.current_thread() is threading.main_thread()
+
+    def big(self):
+        return "x" * BIG_REPLY
+
+    @pyro_loops.in_worker
+    def wait_in_worker(self):
+        self.worker_started.set()
+        return self.release.wait(WAIT_S), self.in_main_thread()
+
+    def run_nested_loop(self):
+        """Like a modal dialog: a nested Qt loop until quit_nested_loop() is called."""
+        self.nested_loop = QEventLoop()
+        self.nested_loop_started.set()
+        self.nested_loop.exec_()
+        self.nested_loop = None
+        return "nested loop ended"
+
+    def in_nested_loop(self):
+        return self.nested_loop is not None and self.nested_loop.isRunning()
+
+    def quit_nested_loop(self):
+        self.nested_loop.quit()
+
+
+class ThreadedCall:
+    """A client function running in its own thread; ``result()`` re-raises its error."""
+
+    def __init__(self, fn, *args) -> None:
+        self._outcome: dict = {}
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args) -> None:
+        try:
+            self._outcome["value"] = fn(*args)
+        except BaseException as exc:  # handed to the test thread
+            self._outcome["error"] = exc
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self):
+        self._thread.join(WAIT_S)
+        assert not self._thread.is_alive(), "client thread still running"
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["value"]
+
+
+def proxy(uri) -> pyro_loops.Proxy:
+    p = pyro_loops.Proxy(uri)
+    p._pyroTimeout = WAIT_S
+    return p
+
+
+def call_once(uri, method, *args):
+    with proxy(uri) as p:
+        return getattr(p, method)(*args)
+
+
+def run(qtbot, fn, *args):
+    """Run a client function in a thread while Qt serves; return its result."""
+    call = ThreadedCall(fn, *args)
+    qtbot.waitUntil(call.done, timeout=WAIT_MS)
+    return call.result()
+
+
+def half_frame_client(uri) -> socket.socket:
+    """A raw client that sends 10 of the 24 header bytes of a CONNECT and stalls."""
+    sock = socket.create_connection((uri.host, uri.port), timeout=WAIT_S)
+    sock.sendall(b"PYRO\x00\x30\x00\x01\x00\x00")
+    return sock
+
+
+def pyro4_send_big_request(uri) -> Pyro4.Proxy:
+    """A Pyro4 client that asks for ``big()`` and does not read the reply yet."""
+    p = Pyro4.Proxy(str(uri))
+    p._pyroTimeout = WAIT_S
+    p._pyroBind()
+    conn = p._pyroConnection
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ser = Pyro4.util.get_serializer("serpent")
+    data, _ = ser.serializeCall(Pyro4.URI(str(uri)).object, "big", (), {})
+    conn.send(Pyro4.message.Message(Pyro4.message.MSG_INVOKE, data, ser.serializer_id, 0, 1).to_bytes())
+    return p
+
+
+def pyro4_receive_result(p: Pyro4.Proxy):
+    msg = Pyro4.message.Message.recv(p._pyroConnection, [Pyro4.message.MSG_RESULT])
+    return Pyro4.util.get_serializer_by_id(msg.serializer_id).deserializeData(msg.data)
+
+
+def owners(app) -> list[QObject]:
+    return app.findChildren(QObject, OWNER_NAME)
+
+
+def notifiers(app, kind=None) -> list[QSocketNotifier]:
+    """The enabled notifiers of every attached Qt adapter."""
+    return [n for owner in owners(app) for n in owner.findChildren(QSocketNotifier)
+            if n.isEnabled() and (kind is None or n.type() == kind)]
+
+
+def read_fds(app) -> list[int]:
+    return sorted(int(n.socket()) for n in notifiers(app, READ_TYPE))
+
+
+def deadline_timer_active(app) -> bool:
+    return any(t.isActive() for owner in owners(app) for t in owner.findChildren(QTimer))
+
+
+def daemon_fds(daemon) -> list[int]:
+    return sorted(s.fileno() for s in daemon.sockets)
+
+
+def leftovers(app) -> list[QObject]:
+    """What the adapters left in the application once pending deletions ran."""
+    QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+    return owners(app)
+
+
+@pytest.fixture
+def daemon(qapp):
+    with pyro_loops.Daemon(host="127.0.0.1", port=0) as d:
+        yield d
+    assert leftovers(qapp) == []
+
+
+@pytest.fixture
+def service() -> Service:
+    return Service()
+
+
+@pytest.fixture
+def uri(qapp, daemon, service):
+    """The URI of ``service`` in ``daemon``, attached to the application."""
+    uri = daemon.register(service)
+    with qt_adapter.attach(daemon, qapp):
+        yield uri
+
+
+def test_many_sequential_calls_are_answered(qtbot, uri):
+    def client():
+        with proxy(uri) as p:
+            return [p.echo(i) for i in range(300)]
+
+    assert run(qtbot, client) == list(range(300))
+
+
+def test_each_socket_has_one_read_notifier_and_closed_connections_lose_theirs(qtbot, qapp, daemon, uri):
+    idle = daemon_fds(daemon)
+    assert read_fds(qapp) == idle
+    holding = threading.Event()
+    release = threading.Event()
+
+    def clients():
+        proxies = [proxy(uri) for _ in range(5)]
+        for p in proxies:
+            p.echo("hello")
+        holding.set()
+        release.wait(WAIT_S)
+        for p in proxies:
+            p._pyroRelease()
+
+    call = ThreadedCall(clients)
+    qtbot.waitUntil(holding.is_set, timeout=WAIT_MS)
+    assert len(daemon_fds(daemon)) == len(idle) + 5
+    assert read_fds(qapp) == daemon_fds(daemon)
+    connection_fds = set(daemon_fds(daemon)) - set(idle)
+    release.set()
+    qtbot.waitUntil(call.done, timeout=WAIT_MS)
+    call.result()
+    qtbot.waitUntil(lambda: daemon_fds(daemon) == idle, timeout=WAIT_MS)
+    assert read_fds(qapp) == idle
+    assert not connection_fds & {int(n.socket()) for n in notifiers(qapp)}
+
+
+def test_client_stalled_mid_header_does_not_hold_up_others(qtbot, uri):
+    stalled = half_frame_client(uri)
+    try:
+        def client():
+            with proxy(uri) as p:
+                return [p.echo(i) for i in range(20)]
+
+        assert run(qtbot, client) == list(range(20))
+    finally:
+        stalled.close()
+
+
+def test_deadline_timer_runs_only_while_a_deadline_exists(qtbot, qapp, daemon, uri):
+    pyro_loops.config.HALF_FRAME_TIMEOUT = 0.2
+    assert run(qtbot, call_once, uri, "echo", 1) == 1
+    qtbot.waitUntil(lambda: not deadline_timer_active(qapp), timeout=WAIT_MS)
+    idle = daemon_fds(daemon)
+    stalled = half_frame_client(uri)
+    try:
+        qtbot.waitUntil(lambda: deadline_timer_active(qapp), timeout=WAIT_MS)
+        # The deadline is due: the daemon drops the stalled client and no timer is left.
+        qtbot.waitUntil(lambda: daemon_fds(daemon) == idle and not deadline_timer_active(qapp), timeout=WAIT_MS)
+        assert read_fds(qapp) == idle
+    finally:
+        stalled.close()
+
+
+def test_worker_call_leaves_the_gui_timer_ticking(qtbot, uri, service):
+    ticks_during_call = []
+
+    def tick():
+        if service.worker_started.is_set():
+            ticks_during_call.append(1)
+            if len(ticks_during_call) == 3:
+                service.release.set()  # the call only finishes if the GUI thread kept running
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(5)
+    try:
+        released, in_main_thread = run(qtbot, call_once, uri, "wait_in_worker")
+    finally:
+        timer.stop()
+    assert released is True
+    assert in_main_thread is False
+    assert len(ticks_during_call) >= 3
+
+
+def test_calls_run_in_the_gui_thread_by_default(qtbot, uri):
+    assert run(qtbot, call_once, uri, "in_main_thread") is True
+
+
+def test_method_exception_reaches_the_caller_and_serving_goes_on(qtbot, uri):
+    def client():
+        with proxy(uri) as p:
+            with pytest.raises(ValueError, match="boom"):
+                p.fail()
+            return p.echo("after")
+
+    assert run(qtbot, client) == "after"
+
+
+def test_internal_error_goes_to_the_hook_not_into_qt(qtbot, uri, daemon, monkeypatch):
+    reported = []
+    pyro_loops.set_error_hook(lambda exc, where: reported.append((exc, where)))
+    real_handle_event = daemon.handle_event
+    faults = [RuntimeError("injected daemon fault")]
+
+    def handle_event(sock, events):
+        # Injected fault: the daemon's entry point raises once, as a bug in it would.
+        if faults:
+            raise faults.pop()
+        real_handle_event(sock, events)
+
+    monkeypatch.setattr(daemon, "handle_event", handle_event)
+    try:
+        assert run(qtbot, call_once, uri, "echo", "served anyway") == "served anyway"
+    finally:
+        pyro_loops.set_error_hook(None)
+    assert [str(exc) for exc, _ in reported] == ["injected daemon fault"]
+    assert "qt" in reported[0][1]
+
+
+def test_detach_leaves_nothing_and_reattach_serves_the_waiting_client(qtbot, qapp, daemon):
+    uri = daemon.register(Service())
+    handle = qt_adapter.attach(daemon, qapp)
+    assert run(qtbot, call_once, uri, "echo", 1) == 1
+    handle.detach()
+    assert not handle.attached
+    assert notifiers(qapp) == []
+    assert leftovers(qapp) == []
+
+    waiting = ThreadedCall(call_once, uri, "echo", 2)
+    qtbot.wait(200)
+    assert not waiting.done()  # nothing serves a detached daemon
+    with qt_adapter.attach(daemon, qapp):
+        qtbot.waitUntil(waiting.done, timeout=WAIT_MS)
+        assert waiting.result() == 2
+
+
+def test_two_daemons_share_one_application(qtbot, qapp, daemon):
+    with pyro_loops.Daemon(host="127.0.0.1", port=0) as other:
+        uri1 = daemon.register(Service())
+        uri2 = other.register(Service())
+        with qt_adapter.attach(daemon, qapp), qt_adapter.attach(other, qapp):
+            def client():
+                with proxy(uri1) as p1, proxy(uri2) as p2:
+                    return [(p1.echo(i), p2.echo(-i)) for i in range(10)]
+
+            assert run(qtbot, client) == [(i, -i) for i in range(10)]
+            assert read_fds(qapp) == sorted(daemon_fds(daemon) + daemon_fds(other))
+    assert leftovers(qapp) == []
+
+
+def test_large_reply_drains_through_write_notifier_while_others_are_served(qtbot, qapp, uri):
+    stalled = run(qtbot, pyro4_send_big_request, uri)
+    try:
+        qtbot.waitUntil(lambda: len(notifiers(qapp, WRITE_TYPE)) == 1, timeout=WAIT_MS)
+        writer_fd = int(notifiers(qapp, WRITE_TYPE)[0].socket())
+
+        def client():
+            with proxy(uri) as p:
+                return [p.echo(i) for i in range(10)]
+
+        assert run(qtbot, client) == list(range(10))
+        assert [int(n.socket()) for n in notifiers(qapp, WRITE_TYPE)] == [writer_fd]  # reply still pending
+        assert len(run(qtbot, pyro4_receive_result, stalled)) == BIG_REPLY
+    finally:
+        stalled._pyroRelease()
+    qtbot.waitUntil(lambda: not notifiers(qapp, WRITE_TYPE), timeout=WAIT_MS)
+
+
+def test_nested_event_loop_in_a_call_keeps_serving_other_clients(qtbot, uri, service):
+    modal = ThreadedCall(call_once, uri, "run_nested_loop")
+
+    def other_client():
+        assert service.nested_loop_started.wait(WAIT_S)
+        with proxy(uri) as p:
+            answers = [(p.echo(i), p.in_nested_loop()) for i in range(5)]
+            p.quit_nested_loop()
+            return answers
+
+    other = ThreadedCall(other_client)
+    qtbot.waitUntil(lambda: modal.done() and other.done(), timeout=WAIT_MS)
+    assert other.result() == [(i, True) for i in range(5)]
+    assert modal.result() == "nested loop ended"
+    assert run(qtbot, call_once, uri, "echo", "still serving") == "still serving"
+
+
+def test_daemon_close_while_attached_detaches(qtbot, qapp):
+    daemon = pyro_loops.Daemon(host="127.0.0.1", port=0)
+    uri = daemon.register(Service())
+    handle = qt_adapter.attach(daemon, qapp)
+    assert run(qtbot, call_once, uri, "echo", "x") == "x"
+    daemon.close()
+    assert not handle.attached
+    assert notifiers(qapp) == []
+    assert leftovers(qapp) == []
+    handle.detach()  # detaching again is harmless
+
+
+def test_application_quit_closes_the_daemon(qapp):
+    daemon = pyro_loops.Daemon(host="127.0.0.1", port=0)
+    sockets = list(daemon.sockets)
+    handle = qt_adapter.attach(daemon, qapp)
+    QTimer.singleShot(0, qapp.quit)
+    qapp.exec_()
+    assert not handle.attached
+    assert [s.fileno() for s in sockets] == [-1] * len(sockets)
+    assert leftovers(qapp) == []
+
+
+def test_attach_from_another_thread_is_refused(qapp):
+    errors = []
+
+    def attach_from_thread():
+        with pyro_loops.Daemon(host="127.0.0.1", port=0) as daemon:
+            try:
+                qt_adapter.attach(daemon, qapp)
+            except RuntimeError as exc:
+                errors.append(exc)
+
+    thread = threading.Thread(target=attach_from_thread)
+    thread.start()
+    thread.join(WAIT_S)
+    assert len(errors) == 1 and "thread" in str(errors[0])
