@@ -306,6 +306,7 @@ def machine_facts() -> dict:
         "cpu_count": os.cpu_count(),
         "usable_cpus": sorted(USABLE_CPUS),
         "pinned": can_pin(),
+        "loadavg_1min": round(os.getloadavg()[0], 2),
     }
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:

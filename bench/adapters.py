@@ -124,7 +124,7 @@ def serve_selectloop(_: argparse.Namespace) -> None:
 
     pyro_loops, daemon = _our_daemon()
     loop = selectloop.SelectLoop()
-    selectloop.attach(daemon, loop) if hasattr(selectloop, "attach") else loop.attach(daemon)
+    selectloop.attach(daemon, loop)
     publish(daemon, pyro_loops.expose, repeating(loop.call_later, lambda t: t.cancel()))
     loop.run()
 
@@ -178,36 +178,42 @@ def serve_tk(_: argparse.Namespace) -> None:
     root.mainloop()
 
 
-def serve_pyro4_tk_poll(args: argparse.Namespace) -> None:
+def serve_pyro4_tk_poll(select_timeout: float) -> Callable[[argparse.Namespace], None]:
     """Pyro4's documented way into a Tk GUI without threads: poll the sockets from a 50 Hz timer.
 
-    Each tick drains whatever is ready (select, events, repeat until nothing
-    is ready), as Pyro4's own Tk example does, then re-arms the timer.
+    Each tick drains whatever is ready (select, events, repeat until select
+    finds nothing within ``select_timeout``), then re-arms the timer. Pyro4's
+    own Tk example waits 10 ms in that select; with 0 the tick returns as soon
+    as no request is already waiting.
     """
-    import select
-    import tkinter
 
-    import Pyro4
+    def serve(_: argparse.Namespace) -> None:
+        import select
+        import tkinter
 
-    Pyro4.config.SERVERTYPE = "multiplex"
-    Pyro4.config.SOCK_NODELAY = True
-    root = tkinter.Tk()
-    daemon = Pyro4.Daemon(host=common.LOCALHOST)
-    interval_ms = 1000 // POLL_HZ
+        import Pyro4
 
-    def poll() -> None:
-        try:
-            while True:
-                ready, _, _ = select.select(daemon.sockets, [], [], args.poll_select_timeout)
-                if not ready:
-                    break
-                daemon.events(ready)
-        finally:
-            root.after(interval_ms, poll)
+        Pyro4.config.SERVERTYPE = "multiplex"
+        Pyro4.config.SOCK_NODELAY = True
+        root = tkinter.Tk()
+        daemon = Pyro4.Daemon(host=common.LOCALHOST)
+        interval_ms = 1000 // POLL_HZ
 
-    root.after(interval_ms, poll)
-    publish(daemon, Pyro4.expose, _tk_timer(root))
-    root.mainloop()
+        def poll() -> None:
+            try:
+                while True:
+                    ready, _, _ = select.select(daemon.sockets, [], [], select_timeout)
+                    if not ready:
+                        break
+                    daemon.events(ready)
+            finally:
+                root.after(interval_ms, poll)
+
+        root.after(interval_ms, poll)
+        publish(daemon, Pyro4.expose, _tk_timer(root))
+        root.mainloop()
+
+    return serve
 
 
 def serve_sleep(_: argparse.Namespace) -> None:
@@ -223,7 +229,8 @@ HOSTS: dict[str, tuple[Callable[[argparse.Namespace], None], str | None, str]] =
     "asyncio": (serve_asyncio, None, "pyro_loops"),
     "qt": (serve_qt, "qt", "pyro_loops"),
     "tk": (serve_tk, "display", "pyro_loops"),
-    "pyro4-tk-poll": (serve_pyro4_tk_poll, "display", "Pyro4"),
+    "pyro4-tk-poll": (serve_pyro4_tk_poll(0.0), "display", "Pyro4"),
+    "pyro4-tk-poll-10ms": (serve_pyro4_tk_poll(0.010), "display", "Pyro4"),
 }
 ADAPTER_MODULES = {"selectloop": "selectloop", "asyncio": "asyncio", "qt": "qt", "tk": "tk"}
 
@@ -245,7 +252,7 @@ def unavailable(name: str) -> str | None:
             module = importlib.import_module(f"pyro_loops.adapters.{ADAPTER_MODULES[name]}")
             if name == "selectloop" and not hasattr(module, "SelectLoop"):
                 return "pyro_loops.adapters.selectloop has no SelectLoop yet"
-            if name != "selectloop" and not hasattr(module, "attach"):
+            if not hasattr(module, "attach"):
                 return f"pyro_loops.adapters.{name} has no attach() yet"
         if HOSTS[name][1] == "qt":
             import PyQt5.QtWidgets  # noqa: F401
@@ -368,8 +375,7 @@ def run_burst(lib: str, where: dict, args: argparse.Namespace) -> dict:
 def measure_host(name: str, args: argparse.Namespace, env: dict[str, str]) -> dict:
     serve, _, lib = HOSTS[name]
     result: dict[str, Any] = {}
-    with common.child([SCRIPT, "--serve", name, "--poll-select-timeout", str(args.poll_select_timeout)],
-                      common.SERVER_CPU, env) as server:
+    with common.child([SCRIPT, "--serve", name], common.SERVER_CPU, env) as server:
         where = json.loads(common.read_tagged_line(server, common.READY, 30))
         print(f"  {name}: sequential calls", flush=True)
         result["seq"] = common.run_client(
@@ -447,8 +453,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst-clients", type=int, default=4, help="client processes in the burst")
     parser.add_argument("--idle-seconds", type=float, default=None, help="idle period (default 10)")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds between the burst and the idle period")
-    parser.add_argument("--poll-select-timeout", type=float, default=0.0,
-                        help="select() timeout of the Pyro4 polling tick (default 0; Pyro4's example uses 0.01)")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the isolated-call spacing")
     parser.add_argument("--timeout", type=float, default=300, help="seconds one client run may take")
     parser.add_argument("--json", default=None, metavar="OUT.json", help="also write all figures as JSON")
@@ -479,8 +483,9 @@ def main(argv: list[str] | None = None) -> int:
         "idle_seconds": args.idle_seconds,
         "placement": f"server on CPU {common.SERVER_CPU}, clients on CPU {common.CLIENT_CPU}"
                      if common.can_pin() else "not pinned (cannot pin here)",
-        "pyro4_poll": f"Tk after({1000 // POLL_HZ} ms) tick draining select(sockets, timeout="
-                      f"{args.poll_select_timeout:g}) + daemon.events()",
+        "pyro4_poll": f"Pyro4 multiplex daemon, Tk after({1000 // POLL_HZ} ms) tick draining "
+                      "select(daemon.sockets, timeout 0 (pyro4-tk-poll) or 10 ms (pyro4-tk-poll-10ms)) "
+                      "+ daemon.events()",
         "versions": common.versions("pyro-loops", "Pyro4", "PyQt5", "serpent"),
     })
 
