@@ -103,12 +103,12 @@ class Peer:
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Close stdin (peers take that as "exit"), then terminate, then kill."""
+    def stop(self, grace: float = 5.0, timeout: float = 5.0) -> None:
+        """Close stdin (our peer scripts take that as "exit"), wait ``grace`` s, then terminate, then kill."""
         if self.proc.poll() is None:
             try:
                 self.proc.stdin.close()
-                self.proc.wait(timeout)
+                self.proc.wait(grace)
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.terminate()
                 try:

@@ -64,12 +64,21 @@ class OurServer:
         self.daemon.close()
 
 
-def start_server(kind: str, port: int = 0, hmac: str | None = None, compression: bool = False):
+def start_server(kind: str, port: int = 0, hmac: str | None = None, compression: bool = False,
+                 max_message_size: int = 0):
     """A fresh server of ``kind``: "pyro4" (the reference) or one of our server types."""
     if kind == "pyro4":
-        return Pyro4Server(port=port, hmac=hmac, PYRO_COMPRESSION=str(compression))
+        return Pyro4Server(port=port, hmac=hmac, PYRO_COMPRESSION=str(compression),
+                           PYRO_MAX_MESSAGE_SIZE=str(max_message_size))
     pyro_loops.config.COMPRESSION = compression
+    pyro_loops.config.MAX_MESSAGE_SIZE = max_message_size
     return OurServer(kind, port=port, hmac=hmac.encode() if hmac is not None else None)
+
+
+def known_core_bug(request, applies: bool, reason: str) -> None:
+    """Mark this test run as an expected failure (strict: it fails once the core is fixed)."""
+    if applies:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="core bug: " + reason))
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +155,9 @@ def test_bytes_argument_comes_back_as_pyro4_would_return_it(pyro4, server, ser):
 
 
 @pytest.mark.parametrize("ser", ALL_SERIALIZERS)
-def test_bytes_results_reach_the_client_as_pyro4_would_send_them(pyro4, server, ser):
+def test_bytes_results_reach_the_client_as_pyro4_would_send_them(request, pyro4, server, ser):
+    known_core_bug(request, ser == "json" and isinstance(server, OurServer),
+                   "json result holding bytes is sent as a base64 dict; Pyro4 sends a SerializeError")
     code = "p = proxy(uri, ser)\np.blob(3)"
     if ser == "json":  # json cannot carry bytes: the daemon answers with a SerializeError (PROTOCOL.md 2.3)
         with pytest.raises(PeerError) as failure:
@@ -384,6 +395,15 @@ def test_server_with_compression_compresses_large_replies(pyro4, servers, kind, 
 
 
 @pytest.mark.parametrize("kind", SERVER_KINDS)
+def test_server_size_limit_applies_to_the_compressed_reply(request, pyro4, servers, kind):
+    # PROTOCOL.md 1.8: MAX_MESSAGE_SIZE bounds data_len + ann_len as sent, i.e. after compression.
+    known_core_bug(request, kind != "pyro4",
+                   "daemon compares MAX_MESSAGE_SIZE with the reply before compressing it")
+    server = servers(kind, compression=True, max_message_size=20000)
+    assert pyro4.run("p = proxy(uri, 'serpent')\nlen(p.fill('x', 100000))", uri=server.uri) == 100000
+
+
+@pytest.mark.parametrize("kind", SERVER_KINDS)
 def test_client_reconnects_after_the_server_restarts_on_the_same_port(pyro4, servers, kind):
     first = servers(kind)
     assert pyro4.run("p = proxy(uri, 'serpent')\np.add(1, 1)", uri=first.uri) == 2
@@ -402,3 +422,19 @@ def test_client_configured_by_env_var_uses_that_serializer(server):
         assert client.run("p = Pyro4.Proxy(uri)\ntuple(p.describe((1, 2)))", uri=server.uri) == ("list", [1, 2])
     finally:
         client.stop()
+
+
+@pytest.mark.parametrize("servertype", ["multiplex", "thread"])
+def test_client_reaches_our_daemon_on_a_unix_socket(pyro4, tmp_path, servertype):
+    pyro_loops.config.SERVERTYPE = servertype
+    service_class, _ = build(pyro_loops.expose, pyro_loops.oneway)
+    with pyro_loops.Daemon(unixsocket=str(tmp_path / "d.sock")) as daemon:
+        uri = str(daemon.register(service_class(), "service"))
+        assert uri == f"PYRO:service@./u:{tmp_path / 'd.sock'}"
+        loop = threading.Thread(target=daemon.requestLoop, daemon=True)
+        loop.start()
+        try:
+            assert pyro4.run("p = proxy(uri, 'serpent')\np.add(1, 2)", uri=uri) == 3
+        finally:
+            daemon.shutdown()
+            loop.join(TIMEOUT)
