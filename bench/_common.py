@@ -344,6 +344,11 @@ def print_header(title: str, extra: dict[str, Any]) -> None:
     print()
 
 
+def print_footer() -> None:
+    """Repeat the command under the tables, with the load now, for copying figures with their command."""
+    print(f"\ncommand: {command_line()}   (1-min load average at the end: {os.getloadavg()[0]:.2f})")
+
+
 def fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"

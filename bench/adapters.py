@@ -511,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     results["sleep"] = measure_sleeper(args)
 
     report(names, results, failures, args)
+    common.print_footer()
     common.write_json(args.json, {"results": results, "failures": failures, "args": vars(args)})
     return 0
 

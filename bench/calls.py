@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                        [[r[0], r[1], r[2], r[3], common.fmt(r[4], 2), common.fmt(r[5], 2), r[6]] for r in rows])
     for name, reason in failures.items():
         print(f"{name}: {reason}")
+    common.print_footer()
     common.write_json(args.json, {"rounds": rounds, "median": medians, "failures": failures,
                                   "calls": args.calls, "warmup": warmup})
     return 0
