@@ -108,7 +108,6 @@ def pyro4_send_big_request(uri) -> Pyro4.Proxy:
     p._pyroTimeout = WAIT_S
     p._pyroBind()
     conn = p._pyroConnection
-    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     ser = Pyro4.util.get_serializer("serpent")
     data, _ = ser.serializeCall(Pyro4.URI(str(uri)).object, "big", (), {})
     conn.send(Pyro4.message.Message(Pyro4.message.MSG_INVOKE, data, ser.serializer_id, 0, 1).to_bytes())
@@ -156,8 +155,8 @@ def test_each_socket_is_watched_and_closed_connections_are_forgotten(daemon, uri
             assert {fd: watched(loop)[fd] for fd in idle} == dict.fromkeys(idle, selectors.EVENT_READ)
             proxies = [proxy(uri) for _ in range(5)]
             try:
-                for p in proxies:
-                    assert await in_thread(p.echo, "hello") == "hello"
+                for p in proxies:  # attribute access connects: do all of it in the client thread
+                    assert await in_thread(lambda: p.echo("hello")) == "hello"
                 connection_fds = daemon_fds(daemon) - idle
                 assert len(connection_fds) == 5
                 assert connection_fds <= watched(loop).keys()

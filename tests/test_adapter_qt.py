@@ -125,7 +125,6 @@ def pyro4_send_big_request(uri) -> Pyro4.Proxy:
     p._pyroTimeout = WAIT_S
     p._pyroBind()
     conn = p._pyroConnection
-    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     ser = Pyro4.util.get_serializer("serpent")
     data, _ = ser.serializeCall(Pyro4.URI(str(uri)).object, "big", (), {})
     conn.send(Pyro4.message.Message(Pyro4.message.MSG_INVOKE, data, ser.serializer_id, 0, 1).to_bytes())
