@@ -3,6 +3,9 @@
 Clients run in threads while the test pumps the Qt event loop through
 ``qtbot.waitUntil``. Notifier checks look at the real Qt objects the adapter
 created, found under its owner object in the application tree.
+
+The binding is pytest-qt's (PyQt5 by default); ``-o qt_api=pyside6`` or
+``pyqt6`` runs the same tests against those bindings.
 """
 
 from __future__ import annotations
@@ -10,16 +13,21 @@ from __future__ import annotations
 import socket
 import threading
 
+import Pyro4
+import Pyro4.message
+import Pyro4.util
 import pytest
+from pytestqt.qt_compat import qt_api
 
-pytest.importorskip("PyQt5")
-import Pyro4  # noqa: E402
-import Pyro4.message  # noqa: E402
-import Pyro4.util  # noqa: E402
-from PyQt5.QtCore import QCoreApplication, QEvent, QEventLoop, QObject, QSocketNotifier, QTimer  # noqa: E402
+import pyro_loops
+from pyro_loops.adapters import qt as qt_adapter
 
-import pyro_loops  # noqa: E402
-from pyro_loops.adapters import qt as qt_adapter  # noqa: E402
+QCoreApplication = qt_api.QtCore.QCoreApplication
+QEvent = qt_api.QtCore.QEvent
+QEventLoop = qt_api.QtCore.QEventLoop
+QObject = qt_api.QtCore.QObject
+QSocketNotifier = qt_api.QtCore.QSocketNotifier
+QTimer = qt_api.QtCore.QTimer
 
 WAIT_MS = 10_000
 WAIT_S = WAIT_MS / 1000
@@ -34,7 +42,7 @@ class Service:
     def __init__(self) -> None:
         self.worker_started = threading.Event()
         self.release = threading.Event()
-        self.nested_loop: QEventLoop | None = None
+        self.nested_loop = None
         self.nested_loop_started = threading.Event()
 
     def echo(self, value):
@@ -58,7 +66,7 @@ class Service:
         """Like a modal dialog: a nested Qt loop until quit_nested_loop() is called."""
         self.nested_loop = QEventLoop()
         self.nested_loop_started.set()
-        self.nested_loop.exec_()
+        self.nested_loop.exec()
         self.nested_loop = None
         return "nested loop ended"
 
@@ -160,7 +168,7 @@ def daemon_fds(daemon) -> list[int]:
 
 def leftovers(app) -> list[QObject]:
     """What the adapters left in the application once pending deletions ran."""
-    QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
     return owners(app)
 
 
@@ -386,7 +394,7 @@ def test_application_quit_closes_the_daemon(qapp):
     sockets = list(daemon.sockets)
     handle = qt_adapter.attach(daemon, qapp)
     QTimer.singleShot(0, qapp.quit)
-    qapp.exec_()
+    qapp.exec()
     assert not handle.attached
     assert [s.fileno() for s in sockets] == [-1] * len(sockets)
     assert leftovers(qapp) == []
