@@ -138,6 +138,13 @@ def get_exposed_members(obj: Any, only_exposed: bool | None = None, as_lists: bo
 
 def reset_metadata_cache() -> None:
     _exposed_members.cache_clear()
+    _class_exposes.cache_clear()
+
+
+@functools.lru_cache(maxsize=4096)
+def _class_exposes(cls: type, name: str) -> bool:
+    member = inspect.getattr_static(cls, name, None)
+    return member is not None and _exposed(member, True)
 
 
 def get_attribute(obj: Any, name: str, only_exposed: bool | None = None) -> Any:
@@ -147,10 +154,9 @@ def get_attribute(obj: Any, name: str, only_exposed: bool | None = None) -> Any:
     if is_private_attribute(name):
         raise AttributeError(f"attempt to access private attribute '{name}'")
     value = getattr(obj, name)
-    if only_exposed:
-        member = inspect.getattr_static(obj if inspect.isclass(obj) else type(obj), name, value)
-        if not _exposed(member, True) and not getattr(value, "_pyroExposed", False):
-            raise AttributeError(f"attempt to access unexposed attribute '{name}'")
+    if only_exposed and not getattr(value, "_pyroExposed", False) and \
+            not _class_exposes(obj if inspect.isclass(obj) else type(obj), name):
+        raise AttributeError(f"attempt to access unexposed attribute '{name}'")
     return value
 
 

@@ -21,7 +21,20 @@ class _CallContext(threading.local):
         self.serializer_id = 0
         self.annotations: dict[str, bytes] = {}
         self.response_annotations: dict[str, bytes] = {}
-        self.correlation_id: uuid.UUID | None = None
+        self.correlation_bytes: bytes | None = None
+        self._correlation_id: uuid.UUID | None = None
+
+    @property
+    def correlation_id(self) -> uuid.UUID | None:
+        # made on demand: most calls never look at it
+        if self.correlation_bytes is not None:
+            return uuid.UUID(bytes=self.correlation_bytes)
+        return self._correlation_id
+
+    @correlation_id.setter
+    def correlation_id(self, value: uuid.UUID | None) -> None:
+        self.correlation_bytes = None
+        self._correlation_id = value
 
 
 current_context = _CallContext()

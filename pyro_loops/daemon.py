@@ -733,7 +733,7 @@ class Daemon:
             self._close_conn(conn, "protocol error: " + event.reason)
 
     def _reply_annotations(self, request: _wire.Message, corr: bytes | None = None) -> dict[str, bytes]:
-        annotations = {"CORR": corr or request.annotations.get("CORR") or uuid.uuid4().bytes}
+        annotations = {"CORR": corr or request.annotations.get("CORR") or os.urandom(16)}
         annotations.update(self.annotations())
         return annotations
 
@@ -874,8 +874,7 @@ class Daemon:
         ctx.serializer_id = msg.serializer_id
         ctx.annotations = msg.annotations
         ctx.response_annotations = {}
-        corr = msg.annotations.get("CORR")
-        ctx.correlation_id = uuid.UUID(bytes=corr) if corr else uuid.uuid4()
+        ctx.correlation_bytes = msg.annotations.get("CORR")
 
     def _run_call(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                   call: Callable[[], Any]) -> bytes:

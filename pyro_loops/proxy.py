@@ -327,11 +327,7 @@ class Proxy:
             self.__connect()
             return
         try:
-            sock.setblocking(False)
-            try:
-                peeked = sock.recv(1, socket.MSG_PEEK)
-            finally:
-                sock.settimeout(self._pyroTimeout)
+            peeked = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return  # alive and quiet, the normal case
         except OSError:

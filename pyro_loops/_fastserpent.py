@@ -1,0 +1,160 @@
+"""A fast path for the serpent payloads that almost every call consists of.
+
+serpent writes Python literals and reads them with ``ast.literal_eval``; both
+are pure-Python walks that dominate the cost of a small call. Most payloads
+are plain tuples, lists and dicts of str, int, float, bool and None. For those
+``repr()`` already produces exactly the literal serpent would write (spacing
+aside, which no reader cares about), and a small tokenizer reads them back
+several times faster than ``literal_eval``.
+
+Both functions return ``None`` when a value or text is outside that subset,
+and the caller falls back to serpent itself. They never guess: a token they
+do not know ends the fast path.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from typing import Any
+
+HEADER = b"# serpent utf-8 python3.2\n"
+_MAX_DEPTH = 64
+_MAX_TEXT = 64 * 1024
+
+_SCALARS = (str, int, bool, type(None))
+
+
+def _plain(value: Any, depth: int) -> bool:
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if depth > _MAX_DEPTH:
+        return False
+    if kind is tuple or kind is list:
+        return all(_plain(item, depth + 1) for item in value)
+    if kind is dict:
+        return all(type(k) in (str, int) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def dumps(value: Any) -> bytes | None:
+    """The serpent payload for ``value``, or None if it needs serpent's full rules."""
+    if not _plain(value, 0):
+        return None
+    try:
+        return HEADER + repr(value).encode("utf-8")
+    except ValueError:  # e.g. an int beyond sys.get_int_max_str_digits()
+        return None
+
+
+# One C-level pass splits the text into tokens; the catch-all "\S" turns any
+# character outside the subset into a token the parser rejects.
+_TOKENS = re.compile(r"""\s*('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"|-?\d[\d.eE+\-]*|[()\[\]{},:]|True|False|None|\S)""")
+_NAMES = {"True": True, "False": False, "None": None}
+FAIL = object()
+
+
+class _GiveUp(Exception):
+    pass
+
+
+def loads(data: bytes) -> Any:
+    """The value of a serpent payload, or ``FAIL`` if it is outside the fast subset."""
+    if len(data) > _MAX_TEXT or not data.startswith(b"#"):
+        return FAIL
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return FAIL
+    start = text.find("\n")
+    if start < 0 or "\x00" in text:
+        return FAIL
+    tokens = iter(_TOKENS.findall(text, start + 1))
+    try:
+        value = _value(next(tokens), tokens, 0)
+    except (_GiveUp, StopIteration, ValueError, TypeError, SyntaxError):
+        return FAIL
+    for _ in tokens:
+        return FAIL  # something after the value
+    return value
+
+
+def _value(token: str, tokens: Any, depth: int) -> Any:
+    first = token[0]
+    if first == "'" or first == '"':
+        return token[1:-1] if "\\" not in token else ast.literal_eval(token)
+    if first in "-0123456789":
+        if "." in token or "e" in token or "E" in token:
+            return float(token)
+        if len(token) > 4000:
+            raise _GiveUp  # leave int digit limits to the full parser's error handling
+        return int(token)
+    if depth > _MAX_DEPTH:
+        raise _GiveUp
+    if token == "(":
+        items, trailing = _sequence(tokens, ")", depth)
+        if len(items) == 1 and not trailing:
+            return items[0]  # "(x)" is x, as in Python
+        return tuple(items)
+    if token == "[":
+        return _sequence(tokens, "]", depth)[0]
+    if token == "{":
+        return _braces(tokens, depth)
+    if token in _NAMES:
+        return _NAMES[token]
+    raise _GiveUp
+
+
+def _sequence(tokens: Any, close: str, depth: int) -> tuple[list, bool]:
+    items: list = []
+    trailing = False
+    token = next(tokens)
+    while token != close:
+        items.append(_value(token, tokens, depth + 1))
+        token = next(tokens)
+        if token == ",":
+            trailing = True
+            token = next(tokens)
+        elif token == close:
+            trailing = False
+        else:
+            raise _GiveUp
+    return items, trailing
+
+
+def _braces(tokens: Any, depth: int) -> Any:
+    token = next(tokens)
+    if token == "}":
+        return {}
+    first = _value(token, tokens, depth + 1)
+    token = next(tokens)
+    if token == ":":
+        result = {}
+        key = first
+        while True:
+            result[key] = _value(next(tokens), tokens, depth + 1)
+            token = next(tokens)
+            if token == "}":
+                return result
+            if token != ",":
+                raise _GiveUp
+            token = next(tokens)
+            if token == "}":
+                return result
+            key = _value(token, tokens, depth + 1)
+            if next(tokens) != ":":
+                raise _GiveUp
+    items = [first]
+    while token != "}":
+        if token != ",":
+            raise _GiveUp
+        token = next(tokens)
+        if token == "}":
+            break
+        items.append(_value(token, tokens, depth + 1))
+        token = next(tokens)
+    return set(items)
