@@ -8,6 +8,7 @@ proxy may be shared between threads.
 from __future__ import annotations
 
 import base64
+import select
 import socket
 import threading
 import time
@@ -27,7 +28,7 @@ _LOCAL_ATTRS = frozenset((
     "_pyroUri", "_pyroConnection", "_pyroSeq", "_pyroTimeout", "_pyroMaxRetries", "_pyroHmacKey",
     "_pyroHandshake", "_pyroSerializer", "_pyroMethods", "_pyroAttrs", "_pyroOneway",
     "_pyroRawWireResponse", "_pyroLock", "_pyroResolved", "_pyroReader", "_pyroMetaKnown",
-    "_pyroHmacKeyBytes"))
+    "_pyroHmacKeyBytes", "_pyroPoller"))
 
 
 class _RemoteMethod:
@@ -71,6 +72,7 @@ class Proxy:
         set_(self, "_pyroLock", threading.RLock())
         set_(self, "_pyroResolved", None)
         set_(self, "_pyroReader", None)
+        set_(self, "_pyroPoller", None)
 
     # --- attribute plumbing -----------------------------------------------------------
 
@@ -236,6 +238,9 @@ class Proxy:
                 "the calling method @pyro_loops.in_worker, or call the object directly")
         sock = _connect_socket(uri, self._pyroTimeout)
         object.__setattr__(self, "_pyroReader", _wire.FrameReader())
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        object.__setattr__(self, "_pyroPoller", poller)
         object.__setattr__(self, "_pyroConnection", sock)
         try:
             self.__handshake(uri)
@@ -326,10 +331,10 @@ class Proxy:
         if sock is None:
             self.__connect()
             return
-        try:
-            peeked = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
+        if not self._pyroPoller.poll(0):
             return  # alive and quiet, the normal case
+        try:
+            peeked = sock.recv(1, socket.MSG_PEEK)
         except OSError:
             peeked = b""
         if not peeked:
