@@ -49,6 +49,7 @@ import socket
 import threading
 import time
 import tkinter
+import weakref
 from typing import Any, Callable, Literal
 
 from pyro_loops import _hosting
@@ -286,7 +287,8 @@ class _ThreadWatcher(_TkWatcher):
         # not created yet (a fresh or withdrawn root); asking for its id creates it.
         root.winfo_id()
         self._bind_id = root.bind(self._virtual, self._on_wake, add="+")
-        self._selector = _SelectorThread(self._wake_tk)
+        self._selector = _SelectorThread(weakref.WeakMethod(self._wake_tk))
+        _forget_retired()
 
     def started(self) -> None:
         super().started()
@@ -299,7 +301,9 @@ class _ThreadWatcher(_TkWatcher):
         self._selector.watch(fd, None, 0)
 
     def _stop(self) -> None:
-        self._selector.stop()
+        if not self._selector.stop():
+            _retired.append(self)
+        _forget_retired()
         try:
             _unbind(self._root, self._virtual, self._bind_id)
         except tkinter.TclError:
@@ -320,6 +324,20 @@ class _ThreadWatcher(_TkWatcher):
                 self._selector.resume(fd)
 
 
+# Thread-strategy watchers whose helper thread was still waking Tk when they
+# were detached (stop() cannot wait for it: it waits for the Tk thread). A Tcl
+# interpreter must be deleted in its own thread (else Tcl aborts the process),
+# so the helper holds its watcher -- and through it the root -- only weakly,
+# and strongly just while it wakes Tk; parking such watchers here until their
+# helper has ended (checked at the next attach or detach) means the helper
+# never drops the last reference to a root.
+_retired: list[_ThreadWatcher] = []
+
+
+def _forget_retired() -> None:
+    _retired[:] = [w for w in _retired if w._selector.thread.is_alive()]
+
+
 class _SelectorThread:
     """Watches sockets with a selector in a daemon thread for the Tk thread.
 
@@ -331,8 +349,9 @@ class _SelectorThread:
     """
 
     RETRY_AFTER_FAILED_WAKEUP = 1.0
+    JOIN_TIMEOUT = 1.0  # only a hung error hook could hold the thread this long
 
-    def __init__(self, notify: Callable[[], None]) -> None:
+    def __init__(self, notify: "weakref.WeakMethod[Callable[[], None]]") -> None:
         self._notify = notify
         self._lock = threading.Lock()
         self._wanted: dict[int, tuple[socket.socket, int]] = {}
@@ -340,6 +359,7 @@ class _SelectorThread:
         self._ready: dict[int, tuple[socket.socket, int]] = {}
         self._held: set[int] = set()  # reported and not yet resumed
         self._wakeup_pending = False
+        self._waking_tk = False  # inside notify(), which waits for the Tk thread
         self._stopping = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -381,14 +401,20 @@ class _SelectorThread:
                 self._dirty.add(fd)
                 self._poke()
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """End the thread; True once it has ended, False if it is still waking Tk
+        (it ends by itself as soon as the Tk thread has taken that wakeup)."""
         with self._lock:
             self._stopping = True
             if self._thread.ident is None:  # never started: nobody else will close the pair
                 self._wake_r.close()
                 self._wake_w.close()
-            else:
-                self._poke()
+                return True
+            self._poke()
+            waking_tk = self._waking_tk
+        if not waking_tk:
+            self._thread.join(self.JOIN_TIMEOUT)
+        return not self._thread.is_alive()
 
     def _poke(self) -> None:
         if self._wake_w.fileno() < 0:
@@ -450,8 +476,14 @@ class _SelectorThread:
 
     def _deliver(self) -> bool:
         """Wake the Tk thread; False (after reporting) if tkinter refused."""
+        with self._lock:
+            if self._stopping:
+                return True
+            self._waking_tk = True
         try:
-            self._notify()
+            notify = self._notify()
+            if notify is not None:  # None: the watcher is gone, and stop() with it
+                notify()
             return True
         except (RuntimeError, tkinter.TclError) as exc:
             with self._lock:
@@ -460,6 +492,9 @@ class _SelectorThread:
             if not stopping:
                 report_error(exc, "tk adapter: waking the Tk thread")
             return False
+        finally:
+            with self._lock:
+                self._waking_tk = False
 
 
 def _apply(selector: selectors.BaseSelector, fd: int, wanted: tuple[socket.socket, int] | None) -> None:

@@ -1,0 +1,546 @@
+"""The Tk adapter serving real clients from a real Tk root under Xvfb.
+
+Both strategies run on Linux: "filehandler" (Tcl file handlers, the default
+here) and "thread" (the selector-thread fallback meant for Tk on Windows).
+Clients run in threads while the test runs ``root.mainloop()``; the test's own
+``after`` timer ends the loop once the clients are done (or a safety timeout
+passed). Tk cannot list its file handlers, so leaks are caught by their effect:
+a handler left on a readable descriptor keeps Tk busy for ever
+(``tk_settles``). Any exception that escapes into Tk fails the test.
+"""
+
+from __future__ import annotations
+
+import _tkinter
+import gc
+import socket
+import threading
+import time
+import weakref
+import tkinter
+from typing import Any, Callable
+
+import pytest
+
+import pyro_loops
+from pyro_loops import _wire
+from pyro_loops._serializers import get_serializer
+from pyro_loops.adapters import tk as tk_adapter
+
+WAIT_S = 10.0
+BIG_REPLY = 8 * 1024 * 1024
+HELPER_THREAD = "pyro_loops-tk-selector"
+
+
+@pyro_loops.expose
+class Service:
+    def __init__(self, root: tkinter.Tk) -> None:
+        self.root = root
+        self.release = threading.Event()
+        self.worker_started = threading.Event()
+        self.nested_open = threading.Event()
+        self.leave_nested: Callable[[], None] | None = None
+        self.log: list[str] = []
+
+    def echo(self, value):
+        return value
+
+    def in_tk_thread(self):
+        return threading.current_thread() is threading.main_thread()
+
+    def fail(self):
+        raise ValueError("boom")
+
+    def big(self):
+        return "x" * BIG_REPLY
+
+    @pyro_loops.in_worker
+    def wait_in_worker(self):
+        self.worker_started.set()
+        return self.release.wait(WAIT_S), threading.current_thread() is threading.main_thread()
+
+    def open_dialog(self):
+        """Block in a nested Tk loop (a modal dialog) until another call closes it."""
+        dialog = tkinter.Toplevel(self.root)
+        self.leave_nested = dialog.destroy
+        self.log.append("opened")
+        self.nested_open.set()
+        self.root.wait_window(dialog)
+        self.log.append("returned")
+        return "closed"
+
+    def spin_nested(self):
+        """Block in a hand-written nested loop until another call ends it."""
+        done = []
+        self.leave_nested = lambda: done.append(True)
+        self.log.append("opened")
+        self.nested_open.set()
+        while not done:
+            self.root.tk.dooneevent(_tkinter.ALL_EVENTS)
+        self.log.append("returned")
+        return "closed"
+
+    def close_nested(self):
+        self.log.append("closing")
+        self.leave_nested()
+
+
+class DisconnectFails(pyro_loops.Daemon):
+    """A daemon whose ``clientDisconnect`` hook raises: an error inside the machinery."""
+
+    def clientDisconnect(self, conn):  # noqa: N802 - Pyro4's name
+        raise RuntimeError("disconnect hook failed")
+
+
+class FirstEventFails(pyro_loops.Daemon):
+    """A daemon that breaks its promise never to raise from handle_event, once."""
+
+    failed = False
+
+    def handle_event(self, sock, events):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("escaped from the daemon")
+        super().handle_event(sock, events)
+
+
+# --- fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def root():
+    root = tkinter.Tk()
+    root.withdraw()
+    escaped: list[BaseException] = []
+    root.report_callback_exception = lambda exc_type, exc, tb: escaped.append(exc)
+    yield root
+    try:
+        root.destroy()
+    except tkinter.TclError:
+        pass  # the test destroyed it
+    # A Tcl interpreter must be deleted in its own thread: free this one here,
+    # not in whichever client thread the garbage collector would next run in.
+    del root
+    gc.collect()
+    assert not escaped, f"exceptions escaped into Tk: {escaped}"
+
+
+@pytest.fixture
+def reported():
+    """Errors sent to the error hook; a test that expects some clears the list."""
+    seen: list[tuple[BaseException, str]] = []
+    pyro_loops.set_error_hook(lambda exc, where: seen.append((exc, where)))
+    yield seen
+    pyro_loops.set_error_hook(None)
+    assert not seen, f"unexpected internal errors: {seen}"
+
+
+@pytest.fixture(params=["filehandler", "thread"])
+def strategy(request):
+    return request.param
+
+
+@pytest.fixture
+def daemon():
+    with pyro_loops.Daemon(host="127.0.0.1") as daemon:
+        yield daemon
+
+
+@pytest.fixture
+def service(daemon, root):
+    service = Service(root)
+    service.uri = daemon.register(service, "service")
+    return service
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def proxy(uri) -> pyro_loops.Proxy:
+    p = pyro_loops.Proxy(uri)
+    p._pyroTimeout = WAIT_S
+    return p
+
+
+def call_once(uri, method: str, *args: Any) -> Any:
+    with proxy(uri) as p:
+        return getattr(p, method)(*args)
+
+
+def run_mainloop_until(root: tkinter.Tk, condition: Callable[[], Any], timeout: float = WAIT_S) -> None:
+    """Run ``root.mainloop()`` until ``condition()`` holds, checked by the test's own timer."""
+    deadline = time.monotonic() + timeout
+
+    def check() -> None:
+        if condition() or time.monotonic() > deadline:
+            root.quit()
+        else:
+            root.after(5, check)
+
+    root.after(5, check)
+    root.mainloop()
+    assert condition(), f"not reached within {timeout} s"
+
+
+def serve_clients(root: tkinter.Tk, *clients: Callable[[], Any]) -> list[Any]:
+    """Run each client in a thread while Tk runs; return their results, re-raise their errors."""
+    results: list[Any] = [None] * len(clients)
+    failures: list[BaseException] = []
+
+    def run(index: int, client: Callable[[], Any]) -> None:
+        try:
+            results[index] = client()
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i, c), daemon=True) for i, c in enumerate(clients)]
+    for thread in threads:
+        thread.start()
+    run_mainloop_until(root, lambda: not any(t.is_alive() for t in threads))
+    if failures:
+        raise failures[0]
+    return results
+
+
+def tk_settles(root: tkinter.Tk, rounds: int = 500) -> bool:
+    """True once Tk has nothing left to do; False if some handler keeps firing."""
+    for _ in range(rounds):
+        if not root.tk.dooneevent(_tkinter.ALL_EVENTS | _tkinter.DONT_WAIT):
+            return True
+    return False
+
+
+def watched(handle: tk_adapter.TkHandle) -> set[socket.socket]:
+    """The sockets the adapter keeps Tk handlers (or helper-thread registrations) for."""
+    socks = set(handle._watcher._socks.values())
+    helper = getattr(handle._watcher, "_selector", None)
+    if helper is not None:
+        assert {sock for sock, _ in helper._wanted.values()} == socks
+    return socks
+
+
+def helper_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == HELPER_THREAD]
+
+
+def helper_threads_end(root: tkinter.Tk) -> bool:
+    deadline = time.monotonic() + WAIT_S
+    while helper_threads() and time.monotonic() < deadline:
+        root.tk.dooneevent(_tkinter.ALL_EVENTS | _tkinter.DONT_WAIT)  # delivers a wakeup in flight
+        for thread in helper_threads():
+            thread.join(0.01)
+    return not helper_threads()
+
+
+def adapter_timers(root: tkinter.Tk) -> list[str]:
+    """Pending Tcl ``after`` timers (the test's own are gone once mainloop returned)."""
+    return list(root.tk.splitlist(root.tk.call("after", "info")))
+
+
+def reuse_descriptors_readably(count: int = 8) -> list[socket.socket]:
+    """Socket pairs that likely take the lowest free descriptor numbers (those of
+    just-closed sockets), each made readable, so a handler left on one fires."""
+    pairs = [socket.socketpair() for _ in range(count)]
+    for a, b in pairs:
+        b.send(b"stale?")
+    return [s for pair in pairs for s in pair]
+
+
+class SlowReader:
+    """A raw protocol client that asks for a big reply and reads it only when told,
+    so the reply waits in the daemon's output buffer meanwhile."""
+
+    def __init__(self, uri) -> None:
+        self.serializer = get_serializer("serpent")
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        self.sock.settimeout(WAIT_S)
+        self.sock.connect((uri.host, uri.port))
+        self.reader = _wire.FrameReader()
+        self.object = uri.object
+        self._send(_wire.MSG_CONNECT, self.serializer.dumps({"handshake": "hello"}), 0)
+
+    def _send(self, msg_type: int, payload: bytes, seq: int) -> None:
+        msg = _wire.Message(msg_type, payload, self.serializer.serializer_id, 0, seq)
+        self.sock.sendall(_wire.encode(msg))
+
+    def call(self, method: str) -> None:
+        self._send(_wire.MSG_INVOKE, self.serializer.dumps_call(self.object, method, (), {}), 1)
+
+    def receive(self) -> _wire.Message:
+        while (msg := self.reader.next_message()) is None:
+            chunk = self.sock.recv(1 << 20)
+            assert chunk, "connection closed"
+            self.reader.feed(chunk)
+        return msg
+
+    def result(self) -> Any:
+        assert self.receive().type == _wire.MSG_CONNECTOK
+        reply = self.receive()
+        assert reply.type == _wire.MSG_RESULT
+        return self.serializer.loads(reply.payload())
+
+
+# --- tests ----------------------------------------------------------------------------
+
+
+def test_auto_strategy_uses_file_handlers_where_tk_has_them(root, daemon, reported):
+    with tk_adapter.attach(daemon, root) as handle:
+        assert handle.strategy == "filehandler"
+        assert not helper_threads()
+
+
+def test_many_sequential_calls_run_in_the_tk_thread(root, daemon, service, strategy, reported):
+    with tk_adapter.attach(daemon, root, strategy=strategy):
+        def client():
+            with proxy(service.uri) as p:
+                return [p.echo(i) for i in range(300)], p.in_tk_thread()
+
+        [(values, in_tk_thread)] = serve_clients(root, client)
+    assert values == list(range(300))
+    assert in_tk_thread
+
+
+def test_clients_coming_and_going_leave_no_handler_behind(root, daemon, service, strategy, reported):
+    with tk_adapter.attach(daemon, root, strategy=strategy) as handle:
+        def client(n):
+            return lambda: [call_once(service.uri, "echo", (n, i)) for i in range(5)]
+
+        results = serve_clients(root, *(client(n) for n in range(12)))
+        assert results == [[(n, i) for i in range(5)] for n in range(12)]
+        # the daemon notices each disconnect when it reads the end of the stream
+        run_mainloop_until(root, lambda: len(daemon.sockets) == 2)
+        assert watched(handle) == set(daemon.sockets)
+        reused = reuse_descriptors_readably()
+        try:
+            assert tk_settles(root)
+            assert watched(handle) == set(daemon.sockets)
+        finally:
+            for sock in reused:
+                sock.close()
+        assert serve_clients(root, lambda: call_once(service.uri, "echo", "still served")) == ["still served"]
+
+
+def test_half_sent_frame_does_not_stall_others_and_times_out(root, daemon, service, strategy, reported):
+    pyro_loops.config.HALF_FRAME_TIMEOUT = 0.3
+    with tk_adapter.attach(daemon, root, strategy=strategy), \
+            socket.create_connection((service.uri.host, service.uri.port), timeout=WAIT_S) as stalled:
+        stalled.sendall(b"PYRO\x00\x30\x00\x01\x00\x00")  # 10 bytes of a 24-byte header
+
+        def other_client():
+            with proxy(service.uri) as p:
+                return [p.echo(i) for i in range(20)]
+
+        assert serve_clients(root, other_client) == [list(range(20))]
+        # the stalled client is cut off by the daemon's deadline, a Tk timer
+        assert serve_clients(root, lambda: stalled.recv(100)) == [b""]
+    assert adapter_timers(root) == []
+
+
+def test_idle_daemon_keeps_no_tk_timer(root, daemon, service, strategy, reported):
+    with tk_adapter.attach(daemon, root, strategy=strategy), proxy(service.uri) as p:
+        assert serve_clients(root, lambda: p.echo(1)) == [1]
+        assert adapter_timers(root) == []
+        with socket.create_connection((service.uri.host, service.uri.port), timeout=WAIT_S) as stalled:
+            stalled.sendall(b"PYRO")
+            run_mainloop_until(root, lambda: daemon.next_deadline() is not None)
+            assert len(adapter_timers(root)) == 1  # a half frame has a deadline
+
+
+def test_long_worker_call_leaves_tk_timers_ticking(root, daemon, service, strategy, reported):
+    ticks_during_call = []
+
+    def tick():
+        if service.worker_started.is_set() and not service.release.is_set():
+            ticks_during_call.append(1)
+            if len(ticks_during_call) >= 5:
+                service.release.set()  # the call may end only after Tk ticked meanwhile
+        root.after(10, tick)
+
+    with tk_adapter.attach(daemon, root, strategy=strategy):
+        root.after(10, tick)
+        [(released, in_tk_thread)] = serve_clients(root, lambda: call_once(service.uri, "wait_in_worker"))
+        assert serve_clients(root, lambda: call_once(service.uri, "echo", "after")) == ["after"]
+    assert released, "the worker call ended without the Tk timer ticking 5 times meanwhile"
+    assert not in_tk_thread
+    assert len(ticks_during_call) == 5
+
+
+def test_exception_in_a_method_goes_back_to_its_caller(root, daemon, service, strategy, reported):
+    def client():
+        with proxy(service.uri) as p:
+            with pytest.raises(ValueError, match="boom"):
+                p.fail()
+            return p.echo("after")
+
+    with tk_adapter.attach(daemon, root, strategy=strategy):
+        assert serve_clients(root, client) == ["after"]
+
+
+def test_internal_error_goes_to_the_hook_and_serving_goes_on(root, strategy, reported):
+    with DisconnectFails(host="127.0.0.1") as daemon:
+        uri = daemon.register(Service(root), "service")
+        with tk_adapter.attach(daemon, root, strategy=strategy):
+            assert serve_clients(root, lambda: call_once(uri, "echo", 1)) == [1]
+            run_mainloop_until(root, lambda: reported)
+            [(exc, where)] = reported
+            assert isinstance(exc, RuntimeError) and "clientDisconnect" in where
+            reported.clear()
+            assert serve_clients(root, lambda: call_once(uri, "echo", 2)) == [2]
+            run_mainloop_until(root, lambda: reported)
+            reported.clear()
+
+
+def test_exception_escaping_the_daemon_is_reported_not_raised_into_tk(root, strategy, reported):
+    with FirstEventFails(host="127.0.0.1") as daemon:
+        uri = daemon.register(Service(root), "service")
+        with tk_adapter.attach(daemon, root, strategy=strategy):
+            # the failed event was the accept: the listening socket stays readable
+            assert serve_clients(root, lambda: call_once(uri, "echo", 1)) == [1]
+    [(exc, where)] = reported
+    assert str(exc) == "escaped from the daemon" and "tk adapter" in where
+    reported.clear()
+
+
+@pytest.mark.parametrize("nested", ["open_dialog", "spin_nested"])
+def test_call_in_a_nested_loop_lets_other_clients_through(root, daemon, service, strategy, nested, reported):
+    def second_client():
+        assert service.nested_open.wait(WAIT_S)
+        return call_once(service.uri, "close_nested")
+
+    with tk_adapter.attach(daemon, root, strategy=strategy):
+        results = serve_clients(root, lambda: call_once(service.uri, nested), second_client)
+        assert results == ["closed", None]
+        assert service.log == ["opened", "closing", "returned"]
+        assert serve_clients(root, lambda: call_once(service.uri, "echo", "after")) == ["after"]
+
+
+def test_detach_and_reattach(root, daemon, service, strategy, reported):
+    handle = tk_adapter.attach(daemon, root, strategy=strategy)
+    assert serve_clients(root, lambda: call_once(service.uri, "echo", 1)) == [1]
+    handle.detach()
+    assert not handle.attached
+    assert helper_threads_end(root)
+    with socket.create_connection((service.uri.host, service.uri.port), timeout=WAIT_S):
+        # the listening socket is now readable, and nothing may watch it
+        assert tk_settles(root)
+        assert len(daemon.sockets) == 2  # not accepted
+    assert adapter_timers(root) == []
+    with tk_adapter.attach(daemon, root, strategy=strategy) as again:
+        assert again.attached
+        assert serve_clients(root, lambda: call_once(service.uri, "echo", 2)) == [2]
+    assert helper_threads_end(root)
+
+
+def test_two_daemons_on_one_root(root, daemon, service, strategy, reported):
+    with pyro_loops.Daemon(host="127.0.0.1") as second:
+        other_uri = second.register(Service(root), "other")
+        with tk_adapter.attach(daemon, root, strategy=strategy), \
+                tk_adapter.attach(second, root, strategy=strategy) as second_handle:
+            def client(uri):
+                with proxy(uri) as p:
+                    return [p.echo(str(uri.object) + str(i)) for i in range(50)]
+
+            first_calls, second_calls = serve_clients(root, lambda: client(service.uri), lambda: client(other_uri))
+            assert first_calls == [f"service{i}" for i in range(50)]
+            assert second_calls == [f"other{i}" for i in range(50)]
+            second_handle.detach()
+            assert serve_clients(root, lambda: client(service.uri)) == [first_calls]
+
+
+def test_big_reply_drains_while_another_client_is_served(root, daemon, service, strategy, reported):
+    with tk_adapter.attach(daemon, root, strategy=strategy):
+        slow = SlowReader(service.uri)
+        try:
+            slow.call("big")
+
+            def other_client():
+                with proxy(service.uri) as p:
+                    return [p.echo(i) for i in range(50)]
+
+            # the slow reader has not read a byte of its reply yet
+            assert serve_clients(root, other_client) == [list(range(50))]
+            [reply] = serve_clients(root, slow.result)
+        finally:
+            slow.sock.close()
+    assert reply == "x" * BIG_REPLY
+
+
+def test_daemon_close_while_attached_leaves_nothing(root, daemon, service, strategy, reported):
+    handle = tk_adapter.attach(daemon, root, strategy=strategy)
+    with proxy(service.uri) as p:
+        assert serve_clients(root, lambda: p.echo(1)) == [1]
+        daemon.close()
+        assert not handle.attached
+        assert watched(handle) == set()
+        assert helper_threads_end(root)
+        reused = reuse_descriptors_readably()
+        try:
+            assert tk_settles(root)
+        finally:
+            for sock in reused:
+                sock.close()
+        assert adapter_timers(root) == []
+        with pytest.raises(pyro_loops.errors.CommunicationError):
+            p.echo(2)
+    handle.detach()  # harmless once the daemon let go
+
+
+def test_destroying_the_root_closes_the_daemon(root, daemon, service, strategy, reported):
+    handle = tk_adapter.attach(daemon, root, strategy=strategy)
+    user_saw_destroy = []
+    root.bind("<Destroy>", lambda e: user_saw_destroy.append(e.widget), add="+")
+    with proxy(service.uri) as p:
+        assert serve_clients(root, lambda: p.echo(1)) == [1]
+        root.destroy()
+        assert not handle.attached
+        assert daemon.sockets == []
+        assert helper_threads_end(root)
+        with pytest.raises(pyro_loops.errors.CommunicationError):
+            p.echo(2)
+    assert root in user_saw_destroy  # the program's own binding survived ours
+
+
+def test_destroying_the_root_can_leave_the_daemon_open(root, daemon, service, strategy, reported):
+    handle = tk_adapter.attach(daemon, root, strategy=strategy, close_on_destroy=False)
+    root.destroy()
+    assert not handle.attached
+    assert len(daemon.sockets) == 2
+
+
+def test_thread_strategy_waits_for_mainloop_when_pumped_with_update(root, daemon, service, reported):
+    """The documented limit: tkinter refuses calls from other threads outside mainloop()."""
+    with tk_adapter.attach(daemon, root, strategy="thread"):
+        client = threading.Thread(target=lambda: results.append(call_once(service.uri, "echo", 1)))
+        results: list[Any] = []
+        client.start()
+        deadline = time.monotonic() + WAIT_S
+        while not reported and time.monotonic() < deadline:
+            root.update()
+            time.sleep(0.01)
+        [(exc, where)] = reported
+        assert "main thread is not in main loop" in str(exc) and "waking the Tk thread" in where
+        reported.clear()
+        run_mainloop_until(root, lambda: not client.is_alive())
+        assert results == [1]
+
+
+@pytest.mark.parametrize("end", ["detach", "daemon_close", "root_destroy"])
+def test_adapter_leaves_no_cycle_keeping_the_root(daemon, strategy, end, reported):
+    """A root kept alive by a reference cycle would be freed by the garbage
+    collector in whatever thread it runs in; Tcl aborts the process when an
+    interpreter is deleted outside its own thread."""
+    gc.disable()
+    try:
+        root = tkinter.Tk()
+        root.withdraw()
+        handle = tk_adapter.attach(daemon, root, strategy=strategy)
+        {"detach": handle.detach, "daemon_close": daemon.close, "root_destroy": root.destroy}[end]()
+        if end != "root_destroy":
+            root.destroy()
+        assert helper_threads_end(root)
+        root_ref = weakref.ref(root)
+        del root, handle
+        assert root_ref() is None
+    finally:
+        gc.enable()
