@@ -235,6 +235,51 @@ def test_batch_naming_an_unexposed_method_fails_as_a_whole(pyro4, server, ser):
     assert "attempt to access unexposed attribute 'hidden'" in failure.value.str
 
 
+@pytest.mark.parametrize("ser", FULL_SERIALIZERS)
+def test_oneway_batch_gets_no_reply_and_runs(pyro4, server, ser):
+    # A reply to a oneway batch would be read as the answer to the next call (PROTOCOL.md 4.7, 11.1).
+    tag = f"batch-{ser}-{free_port()}"
+    assert pyro4.run("p = proxy(uri, ser)\nb = Pyro4.batch(p)\nb.record(tag + '-1')\nb.record(tag + '-2')\n"
+                     "(b(oneway=True), p.add(2, 3))", uri=server.uri, ser=ser, tag=tag) == (None, 5)
+    wait_until(lambda: {f"{tag}-1", f"{tag}-2"} <= set(pyro4.run("p.recorded()")))
+
+
+@pytest.mark.parametrize("ser", ALL_SERIALIZERS)
+def test_sequence_numbers_wrap_after_65535(pyro4, server, ser):
+    # The client checks that each reply echoes its request's seq (PROTOCOL.md 4.1, 4.5).
+    assert pyro4.run("p = proxy(uri, ser)\np._pyroBind()\np._pyroSeq = 65533\n"
+                     "[p.add(i, 0) for i in range(4)] + [p._pyroSeq]", uri=server.uri, ser=ser) == [0, 1, 2, 3, 1]
+
+
+@pytest.mark.parametrize("ser", ALL_SERIALIZERS)
+def test_reply_echoes_the_callers_correlation_id(pyro4, server, ser):
+    got = pyro4.run("""
+import uuid
+seen = []
+
+class Watching(Pyro4.Proxy):
+    def _pyroResponseAnnotations(self, annotations, msgtype):
+        seen.append((msgtype, annotations.get("CORR")))
+
+corr = uuid.UUID("12345678-1234-5678-1234-567812345678")
+Pyro4.current_context.correlation_id = corr
+try:
+    w = Watching(uri)
+    w._pyroSerializer = ser
+    w._pyroTimeout = 10
+    result = w.add(1, 2)
+finally:
+    Pyro4.current_context.correlation_id = None
+(result, [(t, c == corr.bytes) for t, c in seen])""", uri=server.uri, ser=ser)
+    assert got == (3, [(2, True), (5, True)])  # CONNECTOK, then RESULT
+
+
+@pytest.mark.parametrize("ser", ALL_SERIALIZERS)
+def test_client_without_metadata_can_still_call(pyro4, server, ser):
+    assert pyro4.run("Pyro4.config.METADATA = False\np = proxy(uri, ser)\n(p.add(4, 5), p._pyroMethods)",
+                     uri=server.uri, ser=ser) == (9, set())
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 

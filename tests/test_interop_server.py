@@ -156,6 +156,27 @@ def test_batch_that_raises_midway_yields_earlier_results_then_the_exception(pyro
     assert p.add(2, 2) == 4
 
 
+@pytest.mark.parametrize("ser", FULL_SERIALIZERS)
+def test_oneway_batch_gets_no_reply_and_runs(pyro4_server, make_proxy, ser):
+    p = make_proxy(pyro4_server.uri, ser)
+    tag = f"batch-{ser}-{free_port()}"
+    b = pyro_loops.batch(p)
+    b.record(f"{tag}-1")
+    b.record(f"{tag}-2")
+    assert b(oneway=True) is None
+    assert p.add(2, 3) == 5
+    wait_until(lambda: {f"{tag}-1", f"{tag}-2"} <= set(p.recorded()))
+
+
+@pytest.mark.parametrize("ser", ALL_SERIALIZERS)
+def test_sequence_numbers_wrap_after_65535(pyro4_server, make_proxy, ser):
+    p = make_proxy(pyro4_server.uri, ser)
+    p._pyroBind()
+    p._pyroSeq = 65533
+    assert [p.add(i, 0) for i in range(4)] == [0, 1, 2, 3]
+    assert p._pyroSeq == 1
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 
