@@ -123,15 +123,21 @@ def logged(method: Callable) -> Callable:
 
     if inspect.iscoroutinefunction(method):
         @functools.wraps(method)
-        async def async_wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        def async_wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            # Described now, while current_context is about this call: by the time
+            # the coroutine runs, the loop thread may have dispatched other calls.
             call, where = describe(args, kwargs)
-            try:
-                result = await method(self, *args, **kwargs)
-            except Exception as exc:
-                self.log.write(f"{call} {outcome(exc=exc)}{where}")
-                raise
-            self.log.write(f"{call} {outcome(result)}{where}")
-            return result
+
+            async def run() -> Any:
+                try:
+                    result = await method(self, *args, **kwargs)
+                except Exception as exc:
+                    self.log.write(f"{call} {outcome(exc=exc)}{where}")
+                    raise
+                self.log.write(f"{call} {outcome(result)}{where}")
+                return result
+
+            return run()
 
         return async_wrapper
 

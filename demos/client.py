@@ -184,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # raised by the remote method: show where, on the server
-        sys.stderr.write("".join(pyro_loops.util.getPyroTraceback(exc)))
+        if getattr(exc, "_pyroTraceback", None):
+            sys.stderr.write("".join(pyro_loops.util.getPyroTraceback(exc)))
+        else:
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0
 
