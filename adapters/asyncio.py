@@ -96,8 +96,9 @@ class AsyncioHandle:
     def _set_interest(self, sock: socket.socket, events: int) -> None:
         fd = sock.fileno()
         known, had = self._socks.get(fd, (sock, 0))
-        if known is not sock:  # the fd now belongs to another socket: forget the old one's interest
-            self._set_interest(known, 0)
+        if known is not sock:  # the fd now belongs to another socket: drop what was registered for the old one
+            self.loop.remove_reader(fd)
+            self.loop.remove_writer(fd)
             had = 0
         if events & READ and not had & READ:
             self.loop.add_reader(fd, self._on_ready, fd, sock, READ)

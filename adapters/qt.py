@@ -75,10 +75,11 @@ def _guarded(where: str) -> Callable:
 class _Watch:
     """One notifier for one (socket, direction); ``busy`` while its callback runs."""
 
-    __slots__ = ("sock", "direction", "notifier", "busy")
+    __slots__ = ("sock", "fd", "direction", "notifier", "busy")
 
     def __init__(self, sock: socket.socket, direction: int, notifier: Any) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.direction = direction
         self.notifier = notifier
         self.busy = False
@@ -122,9 +123,16 @@ class QtHandle:
         return self._attached
 
     def detach(self) -> None:
-        """Stop serving the daemon from this loop; nothing of it stays in Qt."""
-        if self._attached:
-            self.daemon.detach_watcher()
+        """Stop serving the daemon from this loop; nothing of it stays in Qt.
+
+        Call it from the GUI thread (notifiers belong to it). From another
+        thread, ``daemon.close()`` is the way: the daemon hands it to the loop.
+        """
+        if not self._attached:
+            return
+        if self._qt.QThread.currentThread() != self._app.thread():
+            raise RuntimeError("detach from the thread the Qt application runs in (or call daemon.close())")
+        self.daemon.detach_watcher()
 
     def __enter__(self) -> "QtHandle":
         return self
@@ -196,7 +204,7 @@ class QtHandle:
 
     @_guarded("qt adapter: socket notifier")
     def _on_activated(self, watch: _Watch) -> None:
-        key = (watch.sock.fileno(), watch.direction)
+        key = (watch.fd, watch.direction)
         if self._watches.get(key) is not watch:
             return  # a notifier that outlived its registration: the fd may be someone else's now
         # Disabled while the daemon works: a level-triggered notifier must not

@@ -228,6 +228,31 @@ def test_each_socket_has_one_read_notifier_and_closed_connections_lose_theirs(qt
     assert not connection_fds & {int(n.socket()) for n in notifiers(qapp)}
 
 
+def test_reused_descriptors_get_one_fresh_notifier_each_time(qtbot, qapp, daemon, uri):
+    idle = daemon_fds(daemon)
+    connection_fds = []
+    for round_no in range(8):
+        connected, release = threading.Event(), threading.Event()
+
+        def client():
+            with proxy(uri) as p:
+                p.echo(round_no)
+                connected.set()
+                release.wait(WAIT_S)
+
+        call = ThreadedCall(client)
+        qtbot.waitUntil(connected.is_set, timeout=WAIT_MS)
+        assert read_fds(qapp) == daemon_fds(daemon)  # exactly one enabled notifier per socket
+        connection_fds += set(daemon_fds(daemon)) - set(idle)
+        release.set()
+        qtbot.waitUntil(call.done, timeout=WAIT_MS)
+        call.result()
+        qtbot.waitUntil(lambda: daemon_fds(daemon) == idle, timeout=WAIT_MS)
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+        assert len([n for owner in owners(qapp) for n in owner.findChildren(QSocketNotifier)]) == len(idle)
+    assert len(set(connection_fds)) < len(connection_fds)  # the kernel did hand out the same fds again
+
+
 def test_client_stalled_mid_header_does_not_hold_up_others(qtbot, uri):
     stalled = half_frame_client(uri)
     try:
@@ -414,3 +439,26 @@ def test_attach_from_another_thread_is_refused(qapp):
     thread.start()
     thread.join(WAIT_S)
     assert len(errors) == 1 and "thread" in str(errors[0])
+
+
+def test_other_threads_close_the_daemon_through_the_loop_but_cannot_detach(qtbot, qapp):
+    daemon = pyro_loops.Daemon(host="127.0.0.1", port=0)
+    handle = qt_adapter.attach(daemon, qapp)
+    errors = []
+
+    def detach_from_thread():
+        try:
+            handle.detach()
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=detach_from_thread)
+    thread.start()
+    thread.join(WAIT_S)
+    assert len(errors) == 1 and handle.attached
+    thread = threading.Thread(target=daemon.close)
+    thread.start()
+    thread.join(WAIT_S)
+    qtbot.waitUntil(lambda: not handle.attached, timeout=WAIT_MS)
+    assert daemon.sockets == []
+    assert leftovers(qapp) == []
