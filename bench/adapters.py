@@ -405,6 +405,22 @@ def measure_sleeper(args: argparse.Namespace) -> dict:
         return {"idle": measure_idle(proc, args)}
 
 
+# Each phase is its own measurement, so each takes its median round by its own main figure.
+PHASE_KEYS = {"seq": "calls_per_s", "isolated": "p99_us", "burst": "max_gap_ms", "idle": "cpu_s"}
+
+
+def median_phases(host_rounds: list[dict]) -> dict:
+    """Per phase, the round with the median main figure (see PHASE_KEYS)."""
+    merged = {}
+    for phase, key in PHASE_KEYS.items():
+        runs = [r[phase] for r in host_rounds if phase in r]
+        if runs:
+            if any(run.get(key) is None for run in runs):
+                key = "calls_per_s"  # a host without a timer: no gap to rank by
+            merged[phase] = common.median_round(runs, key)
+    return merged
+
+
 def report(names: list[str], results: dict[str, dict], failures: dict[str, str], args: argparse.Namespace) -> None:
     plain_p50 = results.get("requestloop", {}).get("seq", {}).get("p50_us")
     print("\ncalls (sequential: back to back from one client; isolated: 5-15 ms apart):")
@@ -453,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst-clients", type=int, default=4, help="client processes in the burst")
     parser.add_argument("--idle-seconds", type=float, default=None, help="idle period (default 10)")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds between the burst and the idle period")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat every host this often, order rotated; each phase reports its median round")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the isolated-call spacing")
     parser.add_argument("--timeout", type=float, default=300, help="seconds one client run may take")
     parser.add_argument("--json", default=None, metavar="OUT.json", help="also write all figures as JSON")
@@ -480,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     common.print_header("serving from a host loop", {
         "sequential_calls": args.calls, "isolated_calls": args.isolated,
         "burst": f"{args.burst_calls} calls from {args.burst_clients} clients",
-        "idle_seconds": args.idle_seconds,
+        "idle_seconds": args.idle_seconds, "rounds": args.rounds,
         "placement": f"server on CPU {common.SERVER_CPU}, clients on CPU {common.CLIENT_CPU}"
                      if common.can_pin() else "not pinned (cannot pin here)",
         "pyro4_poll": f"Pyro4 multiplex daemon, Tk after({1000 // POLL_HZ} ms) tick draining "
@@ -490,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     })
 
     failures = {n: f"not available: {r}" for n in names if (r := unavailable(n))}
-    results: dict[str, dict] = {}
+    rounds: dict[str, list[dict]] = {n: [] for n in [*names, "sleep"]}
     with contextlib.ExitStack() as stack:
         env = {"QT_QPA_PLATFORM": "offscreen"}
         if any(HOSTS[n][1] == "display" for n in names if n not in failures):
@@ -499,20 +517,23 @@ def main(argv: list[str] | None = None) -> int:
             except common.ChildFailed as exc:
                 failures.update({n: f"not available: {exc}" for n in names if HOSTS[n][1] == "display"})
         print(f"display for Tk: {env.get('DISPLAY', '-')}\n")
-        for name in names:
-            if name in failures:
-                continue
-            print(f"{name}:", flush=True)
-            try:
-                results[name] = measure_host(name, args, env)
-            except Exception as exc:  # one broken host must not hide the others' figures
-                failures[name] = f"failed: {type(exc).__name__}: {exc}"
-    print("sleep (reference): idle", flush=True)
-    results["sleep"] = measure_sleeper(args)
+        for r in range(args.rounds):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                if name in failures:
+                    continue
+                print(f"round {r + 1}/{args.rounds} {name}:", flush=True)
+                try:
+                    rounds[name].append(measure_host(name, args, env))
+                except Exception as exc:  # one broken host must not hide the others' figures
+                    failures[name] = f"failed in round {r + 1}: {type(exc).__name__}: {exc}"
+            print(f"round {r + 1}/{args.rounds} sleep (reference): idle", flush=True)
+            rounds["sleep"].append(measure_sleeper(args))
 
+    results = {n: median_phases(rs) for n, rs in rounds.items() if rs and n not in failures}
     report(names, results, failures, args)
     common.print_footer()
-    common.write_json(args.json, {"results": results, "failures": failures, "args": vars(args)})
+    common.write_json(args.json, {"rounds": rounds, "median": results, "failures": failures, "args": vars(args)})
     return 0
 
 
