@@ -1,0 +1,137 @@
+"""Regenerate docs/qt_demo.png and docs/tk_demo.png from the real demo programs.
+
+Each demo is started as a user would start it, registers with a name server
+started for the occasion, and is driven by ``demos/client.py`` (the tour, then
+a few calls), so the pictures show real remote calls. The Qt window runs on
+Qt's offscreen platform and photographs itself (``widget.grab()``, triggered
+by SIGUSR1); the Tk window runs under a private Xvfb server and is captured
+with ImageMagick's ``import`` (or ``xwd`` + ``convert``).
+
+Needs: PyQt5, Xvfb, and ImageMagick (``apt-get install -y xvfb imagemagick``).
+Run from anywhere: ``python docs/make_screenshots.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+DEMOS = DOCS.parent / "demos"
+WAIT = 20.0
+
+
+class Program:
+    """A background process whose stdout we can wait on, line by line."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+    def wait_for(self, pattern: str) -> re.Match:
+        # Our own short-lived helper: a blocking readline is fine, the deadline is checked per line.
+        deadline = time.monotonic() + WAIT
+        for line in self.proc.stdout:
+            match = re.search(pattern, line)
+            if match:
+                return match
+            if time.monotonic() > deadline:
+                break
+        raise RuntimeError(f"{self.proc.args[1]}: no line matching {pattern!r}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=WAIT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+
+
+def drive(target: str, ns: str) -> None:
+    """What a visitor would do: the client's tour, then a few more calls."""
+    client = [sys.executable, str(DEMOS / "client.py"), target, "--ns", ns]
+    subprocess.run(client, check=True, stdout=subprocess.DEVNULL, timeout=60)
+    subprocess.run(client + ["--call", "add_message", "The window stayed responsive during long_task",
+                             "--call", "increment", "39", "--call", "set_progress", "60"],
+                   check=True, stdout=subprocess.DEVNULL, timeout=60)
+
+
+def qt_screenshot(ns: str, target: Path) -> None:
+    target.unlink(missing_ok=True)
+    demo = Program([sys.executable, str(DEMOS / "qt_app.py"), "--ns", ns, "--screenshot", str(target)],
+                   env={"QT_QPA_PLATFORM": "offscreen"})
+    try:
+        demo.wait_for("^ready")
+        drive("qt", ns)
+        demo.proc.send_signal(signal.SIGUSR1)
+        demo.wait_for("^screenshot saved")
+    finally:
+        demo.stop()
+
+
+def start_xvfb() -> tuple[subprocess.Popen, str]:
+    """A private X server on a free display number (Xvfb picks it and tells us)."""
+    read_end, write_end = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write_end), "-screen", "0", "1024x768x24",
+                             "-nolisten", "tcp"], pass_fds=(write_end,), stderr=subprocess.DEVNULL)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        number = pipe.readline().strip()
+    if not number:
+        xvfb.kill()
+        raise RuntimeError("Xvfb did not start")
+    return xvfb, f":{number}"
+
+
+def capture_window(window_id: str, display: str, target: Path) -> None:
+    env = {**os.environ, "DISPLAY": display}
+    if shutil.which("import"):
+        subprocess.run(["import", "-window", window_id, str(target)], check=True, env=env, timeout=60)
+        return
+    with tempfile.NamedTemporaryFile(suffix=".xwd") as dump:
+        subprocess.run(["xwd", "-silent", "-id", window_id, "-out", dump.name], check=True, env=env, timeout=60)
+        subprocess.run(["convert", dump.name, str(target)], check=True, timeout=60)
+
+
+def tk_screenshot(ns: str, target: Path) -> None:
+    xvfb, display = start_xvfb()
+    try:
+        demo = Program([sys.executable, str(DEMOS / "tk_app.py"), "--ns", ns], env={"DISPLAY": display})
+        try:
+            window_id = demo.wait_for(r"^window id = (\S+)").group(1)
+            demo.wait_for("^ready")
+            drive("tk", ns)
+            time.sleep(0.5)  # let Tk redraw after the last call before the picture is taken
+            capture_window(window_id, display, target)
+        finally:
+            demo.stop()
+    finally:
+        xvfb.terminate()
+        xvfb.wait()
+
+
+def main() -> int:
+    ns = Program([sys.executable, "-m", "pyro_loops.naming", "-n", "127.0.0.1", "-p", "0", "-x"])
+    try:
+        location = ns.wait_for(r"NS running on (\S+)").group(1)
+        qt_screenshot(location, DOCS / "qt_demo.png")
+        print(f"wrote {DOCS / 'qt_demo.png'}")
+        tk_screenshot(location, DOCS / "tk_demo.png")
+        print(f"wrote {DOCS / 'tk_demo.png'}")
+    finally:
+        ns.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
