@@ -136,7 +136,7 @@ def test_daemon_interface_of_a_name_server_lists_its_two_objects(name_server):
 def test_hand_written_select_loop_serves_several_clients_and_large_replies(seed_server):
     uri = seed_server("seed_eventloop_server.py")
     size = 16 * 1024 * 1024  # far beyond a socket buffer: the loop only waits for readability
-    clients = [subprocess.Popen([sys.executable, str(PEERS / "seed_eventloop_client.py"), uri, str(size), "8"],
+    clients = [subprocess.Popen([sys.executable, str(PEERS / "seed_eventloop_client.py"), uri, str(size), "5"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=peer_env())
                for _ in range(2)]
     for client in clients:
