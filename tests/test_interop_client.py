@@ -23,7 +23,7 @@ FULL_SERIALIZERS = ["serpent", "json"]
 SERVER_KINDS = ["multiplex", "thread", "pyro4"]
 
 SERVICE_METHODS = {"add", "echo", "describe", "types_of", "record", "recorded", "divide", "lookup",
-                   "make_child", "fill", "length", "blob", "ticker", "stream_events", "sleep"}
+                   "make_child", "fill", "length", "fail_custom", "blob", "ticker", "stream_events", "sleep"}
 
 # Defined once in the Pyro4 client process; every test makes its proxies with it.
 PRELUDE = """
@@ -295,6 +295,16 @@ def test_remote_exception_is_raised_with_the_remote_traceback(pyro4, server, ser
     assert "Remote traceback" in failure.value.traceback
     assert f"in {function}" in failure.value.traceback
     assert pyro4.run("p.add(3, 4)") == 7, "the connection must survive a remote exception"
+
+
+@pytest.mark.parametrize("ser", ALL_SERIALIZERS)
+def test_exception_of_a_class_the_client_cannot_rebuild_gives_serialize_error(pyro4, server, ser):
+    # PROTOCOL.md 5.2: the 4.82 client refuses unknown exception classes and drops the connection.
+    with pytest.raises(PeerError) as failure:
+        pyro4.run("p = proxy(uri, ser)\np.fail_custom('boom')", uri=server.uri, ser=ser)
+    assert failure.value.type == "Pyro4.errors.SerializeError"
+    assert "unsupported serialized class" in failure.value.str and "ServiceError" in failure.value.str
+    assert pyro4.run("p._pyroReconnect(tries=5)\np.add(3, 4)") == 7
 
 
 @pytest.mark.parametrize("ser", ALL_SERIALIZERS)

@@ -18,7 +18,7 @@ ALL_SERIALIZERS = ["serpent", "json", "marshal"]
 FULL_SERIALIZERS = ["serpent", "json"]
 
 SERVICE_METHODS = {"add", "echo", "describe", "types_of", "record", "recorded", "divide", "lookup",
-                   "make_child", "fill", "length", "blob", "ticker", "stream_events", "sleep"}
+                   "make_child", "fill", "length", "fail_custom", "blob", "ticker", "stream_events", "sleep"}
 
 
 @pytest.fixture(scope="module", params=["thread", "multiplex"])
@@ -196,6 +196,14 @@ def test_remote_exception_is_raised_with_the_remote_traceback(pyro4_server, make
             assert f"in {function}" in tb
             raise
     assert p.add(3, 4) == 7, "the connection must survive a remote exception"
+
+
+@pytest.mark.parametrize("ser", ALL_SERIALIZERS)
+def test_exception_of_a_class_we_cannot_rebuild_gives_serialize_error(pyro4_server, make_proxy, ser):
+    p = make_proxy(pyro4_server.uri, ser)
+    with pytest.raises(errors.SerializeError, match="unsupported serialized class: service.ServiceError"):
+        p.fail_custom("boom")
+    assert p.add(3, 4) == 7
 
 
 @pytest.mark.parametrize("ser", ALL_SERIALIZERS)

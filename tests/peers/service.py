@@ -8,6 +8,10 @@ the same behaviour and a test can hold one daemon's answers against the other's.
 import time
 
 
+class ServiceError(Exception):
+    """An exception class only the server knows; a Pyro4 client cannot rebuild it."""
+
+
 def build(expose, oneway):
     """Return ``(Service, Child)`` decorated with the given ``expose``/``oneway``."""
 
@@ -74,6 +78,10 @@ def build(expose, oneway):
         @expose
         def divide(self, a, b):
             return a / b
+
+        @expose
+        def fail_custom(self, text):
+            raise ServiceError(text)
 
         @expose
         def lookup(self, key):
