@@ -544,3 +544,14 @@ def test_adapter_leaves_no_cycle_keeping_the_root(daemon, strategy, end, reporte
         assert root_ref() is None
     finally:
         gc.enable()
+
+
+def test_refused_attach_leaves_the_daemons_real_loop_alone(root, daemon, service, strategy, reported):
+    handle = tk_adapter.attach(daemon, root, strategy=strategy)
+    with pytest.raises(pyro_loops.errors.DaemonError):
+        tk_adapter.attach(daemon, root, strategy=strategy)
+    assert handle.attached
+    assert serve_clients(root, lambda: call_once(service.uri, "echo", 1)) == [1]
+    handle.detach()
+    assert helper_threads_end(root)
+    assert adapter_timers(root) == []
