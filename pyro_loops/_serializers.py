@@ -14,6 +14,7 @@ import builtins
 import json
 import marshal
 import pickle
+import re
 import sqlite3
 import uuid
 from typing import Any, Callable
@@ -202,16 +203,27 @@ class Serializer:
         raise NotImplementedError
 
     def loads(self, data: bytes) -> Any:
+        """The value in ``data``. Whatever is wrong with a payload comes out as
+        SerializeError (SecurityError for refused class names), never as the
+        decoder's own exception: the daemon turns it into an error reply.
+
+        Nesting needs no pre-scan on CPython 3.11: the tokenizer refuses more
+        than 200 open brackets, the parser reports stack exhaustion (long
+        unary-operator chains) as MemoryError, json and ``_rebuild`` hit the
+        recursion limit, marshal stops at its own depth limit. Those exceptions
+        are translated here, including the ones raised while rebuilding
+        ``__class__`` dicts (a URI dict without "state" is a KeyError there).
+        """
         try:
             value = self._loads(data)
-        except (errors.PyroError, MemoryError):
+            if any(marker in data for marker in self._markers):
+                value = _rebuild(value)
+        except errors.PyroError:
             raise
-        except RecursionError:
-            raise errors.SerializeError("payload is nested too deeply") from None
+        except (RecursionError, MemoryError):
+            raise errors.SerializeError(f"{self.name} payload is nested too deeply or too large to decode") from None
         except Exception as exc:
-            raise errors.SerializeError(f"invalid {self.name} payload: {exc}") from exc
-        if any(marker in data for marker in self._markers):
-            value = _rebuild(value)
+            raise errors.SerializeError(f"invalid {self.name} payload: {type(exc).__name__}: {exc}") from exc
         return value
 
     def dumps_call(self, obj: str, method: str, vargs: Any, kwargs: Any) -> bytes:
@@ -306,6 +318,78 @@ def _marshalable(value: Any, depth: int = 0) -> Any:
     return _marshalable(class_to_dict(value), depth + 1)
 
 
+# marshal type codes (the 0x80 "remember this object" flag masked off), by what follows them
+_MARSHAL_FIXED = {ord(c): size for c, size in
+                  (("0", 0), ("N", 0), ("F", 0), ("T", 0), ("S", 0), (".", 0),
+                   ("i", 4), ("r", 4), ("g", 8), ("y", 16))}
+_MARSHAL_TEXT4 = frozenset(b"stuaA")   # 4-byte length, then that many bytes
+_MARSHAL_TEXT1 = frozenset(b"zZf")     # 1-byte length, then that many bytes
+_MARSHAL_SEQ4 = frozenset(b"([<>")     # 4-byte count, then that many objects
+# a tuple or list code followed by a count of 256 or more (or bytes that look like one)
+_MARSHAL_BIG_COUNT = re.compile(rb"[(\[\xa8\xdb](?=.[^\x00]|..[^\x00]|...[^\x00])", re.DOTALL)
+
+
+def _check_marshal_counts(data: bytes) -> None:
+    """Refuse marshal data that announces more items than it holds.
+
+    ``marshal.loads`` allocates a tuple or list of the announced size before
+    reading any item, and releases it slot by slot when the data runs out:
+    the five bytes ``(\\xff\\xff\\xff\\x7f`` keep the loop busy for over a
+    minute. Every item takes at least one byte, so the counts of all
+    containers together can never exceed the payload's length. Only payloads
+    with a possible count of 256 or more are walked (a regex finds them), so
+    small calls pay nothing; a walk refuses what it cannot follow, such as
+    code objects, which Pyro never sends.
+    """
+    if not _MARSHAL_BIG_COUNT.search(data):
+        return
+    end = len(data)
+    pos = announced = 0
+    todo = [1]  # objects still to read per open container; -1 for a dict (ended by "0")
+    while todo:
+        if todo[-1] == 0:
+            todo.pop()
+            continue
+        if pos >= end:
+            raise errors.SerializeError("marshal data too short")
+        code = data[pos] & 0x7F
+        pos += 1
+        if todo[-1] > 0:
+            todo[-1] -= 1
+        elif code == 0x30:  # "0": the end of a dict
+            todo.pop()
+            continue
+        if code in _MARSHAL_FIXED:
+            pos += _MARSHAL_FIXED[code]
+        elif code in _MARSHAL_TEXT4:
+            pos += 4 + int.from_bytes(data[pos:pos + 4], "little")
+        elif code in _MARSHAL_TEXT1:
+            pos += 1 + (data[pos] if pos < end else 0)
+        elif code == 0x78:  # "x": complex as two 1-byte-length texts
+            for _ in range(2):
+                pos += 1 + (data[pos] if pos < end else 0)
+        elif code == 0x6C:  # "l": long, 4-byte digit count, 2 bytes per digit
+            pos += 4 + 2 * abs(int.from_bytes(data[pos:pos + 4], "little", signed=True))
+        elif code == 0x29:  # ")": small tuple, 1-byte count
+            count = data[pos] if pos < end else 0
+            pos += 1
+            announced += count
+            todo.append(count)
+        elif code in _MARSHAL_SEQ4:
+            count = int.from_bytes(data[pos:pos + 4], "little", signed=True)
+            pos += 4
+            if count < 0:
+                raise errors.SerializeError("marshal data with a negative item count")
+            announced += count
+            todo.append(count)
+        elif code == 0x7B:  # "{"
+            todo.append(-1)
+        else:
+            raise errors.SerializeError(f"marshal type {chr(code)!r} is not accepted")
+        if announced > end or pos > end:
+            raise errors.SerializeError("marshal data announces more than it holds")
+
+
 class MarshalSerializer(Serializer):
     serializer_id = 3
     name = "marshal"
@@ -317,6 +401,7 @@ class MarshalSerializer(Serializer):
             raise errors.SerializeError(str(exc)) from exc
 
     def _loads(self, data: bytes) -> Any:
+        _check_marshal_counts(data)
         return marshal.loads(data)
 
     def dumps_call(self, obj, method, vargs, kwargs):
