@@ -9,6 +9,7 @@ runs is written out in the test (see ``_util.CodePeer``).
 
 from __future__ import annotations
 
+import base64
 import threading
 
 import pytest
@@ -165,7 +166,6 @@ def test_bytes_results_reach_the_client_as_pyro4_would_send_them(request, pyro4,
         assert failure.value.type == "Pyro4.errors.SerializeError"
         assert pyro4.run("p.add(1, 1)") == 2
     elif ser == "serpent":
-        import base64
         assert pyro4.run(code, uri=server.uri, ser=ser) == {
             "data": base64.b64encode(b"\x00\x01\x02").decode(), "encoding": "base64"}
     else:
