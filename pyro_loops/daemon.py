@@ -14,6 +14,7 @@ import collections
 import inspect
 import logging
 import os
+import select
 import socket
 import sys
 import threading
@@ -168,6 +169,7 @@ class Daemon:
         self._closed = False
         self._close_requested = False
         self._dispatching = 0
+        self._write_waiter: threading.Thread | None = None
         self._workers: WorkerPool | None = None
         self.coroutine_runner: Callable[[Any, Callable[[Any, BaseException | None], None]], None] | None = None
         self._servertype = config.SERVERTYPE
@@ -345,10 +347,31 @@ class Daemon:
         """
         for sock in list(eventsockets):
             self.handle_event(sock, READ)
-        for conn in [c for c in self._conns.values() if c.out]:
-            self.handle_event(conn.sock, WRITE)
+        pending = [c.sock for c in self._conns.values() if c.out]
+        for sock in pending:
+            self.handle_event(sock, WRITE)
         if self._deadline is not None and self._deadline <= time.monotonic():
             self.handle_deadline()
+        if self._watcher is None:
+            self._wake_when_writable([c.sock for c in self._conns.values() if c.out])
+
+    def _wake_when_writable(self, socks: list[socket.socket]) -> None:
+        """For loops that only watch readability: a short-lived thread waits until
+        one of ``socks`` can take more output, then makes the wakeup socket
+        readable so the loop calls ``events()`` again and the output drains."""
+        if not socks or self._write_waiter is not None:
+            return
+        poller = select.poll()
+        for sock in socks:
+            poller.register(sock, select.POLLOUT)
+
+        def wait() -> None:
+            poller.poll(max(1, int(config.HALF_FRAME_TIMEOUT * 1000)))
+            self._write_waiter = None  # before the wakeup, so the next events() may start another
+            self._wake()
+
+        self._write_waiter = threading.Thread(target=wait, daemon=True, name="pyro_loops-write-waiter")
+        self._write_waiter.start()
 
     def requestLoop(self, loopCondition: Callable[[], bool] = _always) -> None:  # noqa: N802
         """Serve requests until ``loopCondition()`` is false or the daemon shuts down.
@@ -953,11 +976,11 @@ class Daemon:
         except Exception as exc:
             return self._exception_reply(conn, msg, serializer, errors.SerializeError(
                 f"result of {type(result).__name__} could not be serialized with {serializer.name}: {exc}"))
+        if config.COMPRESSION:
+            data, flags = _wire.compress_if_useful(data, flags)
         if config.MAX_MESSAGE_SIZE and len(data) > config.MAX_MESSAGE_SIZE:
             return self._exception_reply(conn, msg, serializer, errors.MessageTooLargeError(
                 f"reply of {len(data)} bytes exceeds MAX_MESSAGE_SIZE ({config.MAX_MESSAGE_SIZE})"))
-        if config.COMPRESSION:
-            data, flags = _wire.compress_if_useful(data, flags)
         return conn.protocol.result_bytes(msg, data, flags, annotations)
 
     def _exception_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,

@@ -237,7 +237,7 @@ class Proxy:
                 "daemon cannot answer while this thread waits. Make the call from another thread, mark "
                 "the calling method @pyro_loops.in_worker, or call the object directly")
         sock = _connect_socket(uri, self._pyroTimeout)
-        object.__setattr__(self, "_pyroReader", _wire.FrameReader())
+        object.__setattr__(self, "_pyroReader", _wire.FrameReader(config.MAX_MESSAGE_SIZE))
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         object.__setattr__(self, "_pyroPoller", poller)

@@ -157,8 +157,6 @@ def test_bytes_argument_comes_back_as_pyro4_would_return_it(pyro4, server, ser):
 
 @pytest.mark.parametrize("ser", ALL_SERIALIZERS)
 def test_bytes_results_reach_the_client_as_pyro4_would_send_them(request, pyro4, server, ser):
-    known_core_bug(request, ser == "json" and isinstance(server, OurServer),
-                   "json result holding bytes is sent as a base64 dict; Pyro4 sends a SerializeError")
     code = "p = proxy(uri, ser)\np.blob(3)"
     if ser == "json":  # json cannot carry bytes: the daemon answers with a SerializeError (PROTOCOL.md 2.3)
         with pytest.raises(PeerError) as failure:
@@ -452,8 +450,6 @@ def test_server_with_compression_compresses_large_replies(pyro4, servers, kind, 
 @pytest.mark.parametrize("kind", SERVER_KINDS)
 def test_server_size_limit_applies_to_the_compressed_reply(request, pyro4, servers, kind):
     # PROTOCOL.md 1.8: MAX_MESSAGE_SIZE bounds data_len + ann_len as sent, i.e. after compression.
-    known_core_bug(request, kind != "pyro4",
-                   "daemon compares MAX_MESSAGE_SIZE with the reply before compressing it")
     server = servers(kind, compression=True, max_message_size=20000)
     assert pyro4.run("p = proxy(uri, 'serpent')\nlen(p.fill('x', 100000))", uri=server.uri) == 100000
 

@@ -326,7 +326,6 @@ def test_large_reply_from_a_compressing_pyro4_daemon_is_decompressed(servers, ma
     assert make_proxy(server.uri, ser).fill("x", 100000) == "x" * 100000
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: Proxy does not apply config.MAX_MESSAGE_SIZE to replies")
 def test_proxy_refuses_a_reply_larger_than_max_message_size(pyro4_server, make_proxy):
     # Pyro4 checks MAX_MESSAGE_SIZE on every message it receives, right after the header (PROTOCOL.md 1.8).
     pyro_loops.config.MAX_MESSAGE_SIZE = 20000

@@ -130,9 +130,6 @@ def test_daemon_interface_of_a_name_server_lists_its_two_objects(name_server):
 # -- your own event loop, autoproxy -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: Daemon.events() leaves a reply larger than the socket "
-                   "buffer unsent until the next readable event, which a select() loop on daemon.sockets "
-                   "never reports: the client waits forever")
 def test_hand_written_select_loop_serves_several_clients_and_large_replies(seed_server):
     uri = seed_server("seed_eventloop_server.py")
     size = 16 * 1024 * 1024  # far beyond a socket buffer: the loop only waits for readability
