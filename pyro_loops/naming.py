@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import re
+import signal
 import socket
 import sys
 import threading
@@ -618,6 +619,10 @@ def resolve(uri: URI | str, hmac_key: bytes | None = None) -> URI:
 # --- the pyro-loops-ns command ----------------------------------------------
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(args: list[str] | None = None) -> int:
     """``pyro-loops-ns``: run a name server until interrupted (HMAC key from PYRO_HMAC_KEY)."""
     parser = argparse.ArgumentParser(prog="pyro-loops-ns", description="Run a Pyro4-compatible name server.")
@@ -633,6 +638,8 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--natport", type=int, help="external port, when behind NAT")
     options = parser.parse_args(args)
     logging.basicConfig(level=logging.WARNING)
+    # A service manager stops us with SIGTERM: shut down as cleanly as on Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         startNSloop(options.host, options.port, options.enablebc, options.bchost, options.bcport,
                     options.unixsocket, options.nathost, options.natport, options.storage,

@@ -131,7 +131,8 @@ def main(args: list[str] | None = None) -> int:
     try:
         nameserver = locateNS(host, options.port, hmac_key=hmac_key.encode("utf-8") if hmac_key else None)
     except PyroError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        print(f"Error: {exc}{cause}", file=sys.stderr)
         return 1
     try:
         return options.handler(nameserver, options)
