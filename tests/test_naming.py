@@ -18,7 +18,7 @@ import threading
 import pytest
 
 import pyro_loops
-from _util import TIMEOUT, peer_env
+from _util import TIMEOUT, peer_env, wait_until
 from pyro_loops import _hosting, errors
 from pyro_loops._eventloop import SelectLoop
 from pyro_loops._nsstorage import MemoryStorage, SqlStorage, open_storage
@@ -472,22 +472,23 @@ def test_broadcast_responder_answers_get_nsuri_with_the_name_server_uri(served):
     assert _ask(served.bc.getPort()) == str(served.uri).encode("latin-1")
 
 
-def test_broadcast_responder_ignores_anything_but_the_exact_request(served):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(TIMEOUT)
-        target = ("127.0.0.1", served.bc.getPort())
-        for junk in (b"GET_NSURI\n", b"get_nsuri", b"", b"GET_NSURI" * 20):
-            sock.sendto(junk, target)
-        sock.sendto(b"GET_NSURI", target)
-        assert sock.recv(200) == str(served.uri).encode()
-        # Datagrams on loopback are handled in order: had any junk been answered,
-        # that answer would be queued before this second one.
-        sock.sendto(b"GET_NSURI", target)
-        assert sock.recv(200) == str(served.uri).encode()
-        sock.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            sock.recv(200)
-    assert served.daemon.nameserver.count() == 1
+def test_broadcast_responder_ignores_anything_but_the_exact_request():
+    # Driven by hand, so that every datagram is queued before the responder runs
+    # and every answer is queued when handle_event returns: the count is exact.
+    bc = BroadcastServer("PYRO:Pyro.NameServer@127.0.0.1:4321", bchost="127.0.0.1", bcport=0)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            for junk in (b"GET_NSURI\n", b"get_nsuri", b"", b"GET_NSURI" * 20, b" GET_NSURI", b"GET_NSUR"):
+                client.sendto(junk, ("127.0.0.1", bc.getPort()))
+            client.sendto(b"GET_NSURI", ("127.0.0.1", bc.getPort()))
+            assert select.select([bc.sock], [], [], TIMEOUT)[0]
+            bc.handle_event(bc.sock, _hosting.READ)
+            client.setblocking(False)
+            assert client.recv(200) == b"PYRO:Pyro.NameServer@127.0.0.1:4321"
+            with pytest.raises(BlockingIOError):
+                client.recv(200)
+    finally:
+        bc.close()
 
 
 class RecordingWatcher:
@@ -657,3 +658,45 @@ def test_one_select_loop_hosts_name_server_responder_and_app_for_a_client_in_ano
         out, err = client.communicate(timeout=TIMEOUT)
         assert client.returncode == 0, err
         assert out.split() == ["42", str(uri)]
+
+
+def test_one_qt_application_hosts_name_server_responder_and_app_for_a_client_in_another_process(qtbot):
+    from pyro_loops.adapters import qt as qt_adapter
+
+    uri, ns_daemon, bc = startNS(host="127.0.0.1", port=0, bchost="127.0.0.1", bcport=0)
+    app = Daemon(host="127.0.0.1", port=0)
+    with contextlib.ExitStack() as stack:
+        stack.callback(bc.close)
+        stack.callback(ns_daemon.close)
+        stack.callback(app.close)
+        for hosted in (ns_daemon, bc, app):
+            stack.callback(qt_adapter.attach(hosted).detach)
+        ns_daemon.nameserver.register("app.thing", app.register(Thing()))
+        env = peer_env(PYRO_NS_HOST="127.0.0.1", PYRO_NS_PORT=str(_refusing_tcp_port(stack)),
+                       PYRO_BROADCAST_ADDRS="127.0.0.1", PYRO_NS_BCPORT=str(bc.getPort()))
+        client = subprocess.Popen([sys.executable, "-c", CLIENT], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stack.callback(client.kill)
+        qtbot.waitUntil(lambda: client.poll() is not None, timeout=int(TIMEOUT * 1000))
+        out, err = client.communicate(timeout=TIMEOUT)
+        assert client.returncode == 0, err
+        assert out.split() == ["42", str(uri)]
+
+
+def test_serve_simple_registers_its_objects_with_the_located_name_server(served):
+    pyro_loops.config.NS_HOST = "127.0.0.1"
+    pyro_loops.config.NS_PORT = served.port
+    daemon = Daemon(host="127.0.0.1", port=0)
+    serving = threading.Thread(target=Daemon.serveSimple, args=({Thing(): "simple.thing"},),
+                               kwargs={"daemon": daemon, "ns": True, "verbose": False}, daemon=True)
+    serving.start()
+    try:
+        with locateNS() as ns:
+            wait_until(lambda: "simple.thing" in ns.list())
+        with Proxy("PYRONAME:simple.thing") as thing:
+            thing._pyroTimeout = TIMEOUT
+            assert thing.double(5) == 10
+    finally:
+        daemon.shutdown()
+        serving.join(TIMEOUT)
+    assert not serving.is_alive()
