@@ -129,7 +129,11 @@ class _ClientPipe:
         *lines, self.buffer = self.buffer.split(b"\n")
         for line in lines:
             if line.strip():
-                self.on_record(json.loads(line))
+                try:
+                    record = json.loads(line)
+                except ValueError:  # not one of ours (a stray print, a warning): show it as it is
+                    record = {"text": line.decode(errors="replace")}
+                self.on_record(record)
 
 
 class Report:
@@ -150,6 +154,8 @@ class Report:
             self.line(f"  [{mark}] {record['step']:<9} {record['text']}")
         elif "summary" in record:
             self.summary = record["summary"]
+        else:
+            self.line(f"  client says: {record.get('text', record)}")
 
 
 def _thread_summary(service: DemoService, loop_thread: str) -> str:
