@@ -31,7 +31,7 @@ from ._nsstorage import MemoryStorage, Storage, open_storage
 from ._uri import URI
 from .configuration import config
 from .constants import NAMESERVER_NAME
-from .daemon import Daemon
+from .daemon import Daemon, daemon_served_by_current_thread
 from .errors import NamingError, PyroError
 
 log = logging.getLogger("pyro_loops")
@@ -540,6 +540,64 @@ def _ask_by_broadcast() -> URI | None:
     return None
 
 
+def _same_thread_name_server(uri: URI, local_ok: bool) -> NameServer | None:
+    """The NameServer behind ``uri`` if this very thread runs its daemon's loop.
+
+    A proxy from that thread would wait for an answer the blocked loop can
+    never give. ``resolve`` then asks the object directly (so an application
+    that hosts the name server on its GUI loop can still use ``PYRONAME:``);
+    ``locateNS``, which must return a proxy, says so plainly instead.
+    """
+    local = daemon_served_by_current_thread(uri)
+    if local is None:
+        return None
+    nameserver = getattr(local, "nameserver", None)
+    if local_ok and nameserver is not None:
+        return nameserver
+    raise PyroError(f"cannot use the name server at {uri} through a proxy from the thread that runs its own "
+                    "loop: that would deadlock. Call it from another thread, or use daemon.nameserver directly")
+
+
+def _locate(host: str | None, port: int | None, broadcast: bool, hmac_key: bytes | None,
+            local_ok: bool) -> Any:
+    """locateNS, optionally accepting the NameServer object itself (see _same_thread_name_server)."""
+    port = port or config.NS_PORT
+    if host:
+        attempts = [host]
+    else:
+        ns_host = config.ns_host()
+        attempts = []
+        if ns_host in ("localhost", "::1") or ns_host.startswith("127."):
+            attempts.append(ns_host)
+            if ns_host == "localhost":
+                try:
+                    socket.gethostbyaddr("127.0.1.1")
+                    attempts.append("127.0.1.1")
+                except OSError:
+                    pass
+        # then the broadcast (None), then NS_HOST directly if not tried yet
+        if broadcast and config.PREFER_IP_VERSION != 6:
+            attempts.append(None)
+        if ns_host not in attempts:
+            attempts.append(ns_host)
+    last_error: BaseException | None = None
+    for attempt in attempts:
+        if attempt is None:
+            uri = _ask_by_broadcast()
+            if uri is None:
+                continue
+        else:
+            uri = URI(f"PYRO:{NAMESERVER_NAME}@{_ns_location(attempt, port)}")
+        local = _same_thread_name_server(uri, local_ok)
+        if local is not None:
+            return local
+        try:
+            return _bind(uri, hmac_key)
+        except PyroError as exc:
+            last_error = exc
+    raise NamingError("Failed to locate the nameserver") from last_error
+
+
 def locateNS(host: str | None = None, port: int | None = None, broadcast: bool = True,  # noqa: N802
              hmac_key: bytes | None = None):
     """A bound proxy for a name server.
@@ -552,41 +610,7 @@ def locateNS(host: str | None = None, port: int | None = None, broadcast: bool =
     on NS_BCPORT; then NS_HOST:port directly. ``port`` is always the name
     server's TCP port. Raises ``NamingError("Failed to locate the nameserver")``.
     """
-    port = port or config.NS_PORT
-    if host:
-        try:
-            return _bind(f"PYRO:{NAMESERVER_NAME}@{_ns_location(host, port)}", hmac_key)
-        except PyroError as exc:
-            raise NamingError("Failed to locate the nameserver") from exc
-    ns_host = config.ns_host()
-    candidates = []
-    if ns_host in ("localhost", "::1") or ns_host.startswith("127."):
-        candidates.append(ns_host)
-        if ns_host == "localhost":
-            try:
-                socket.gethostbyaddr("127.0.1.1")
-                candidates.append("127.0.1.1")
-            except OSError:
-                pass
-    last_error: BaseException | None = None
-    for candidate in candidates:
-        try:
-            return _bind(f"PYRO:{NAMESERVER_NAME}@{_ns_location(candidate, port)}", hmac_key)
-        except PyroError as exc:
-            last_error = exc
-    if broadcast and config.PREFER_IP_VERSION != 6:
-        found = _ask_by_broadcast()
-        if found is not None:
-            try:
-                return _bind(found, hmac_key)
-            except PyroError as exc:
-                last_error = exc
-    if ns_host not in candidates:
-        try:
-            return _bind(f"PYRO:{NAMESERVER_NAME}@{_ns_location(ns_host, port)}", hmac_key)
-        except PyroError as exc:
-            last_error = exc
-    raise NamingError("Failed to locate the nameserver") from last_error
+    return _locate(host, port, broadcast, hmac_key, local_ok=False)
 
 
 def resolve(uri: URI | str, hmac_key: bytes | None = None) -> URI:
@@ -603,9 +627,11 @@ def resolve(uri: URI | str, hmac_key: bytes | None = None) -> URI:
     if uri.protocol == "PYRO":
         return uri
     ns_host = "./u:" + uri.sockname if uri.sockname else uri.host
-    nameserver = locateNS(ns_host, uri.port, hmac_key=hmac_key)
+    nameserver = _locate(ns_host, uri.port, True, hmac_key, local_ok=True)
+    remote = not isinstance(nameserver, NameServer)
     try:
-        nameserver._pyroTimeout = _RESOLVE_TIMEOUT
+        if remote:
+            nameserver._pyroTimeout = _RESOLVE_TIMEOUT
         if uri.protocol == "PYRONAME":
             return nameserver.lookup(uri.object)
         candidates = nameserver.list(metadata_all=sorted(uri.object))
@@ -613,7 +639,8 @@ def resolve(uri: URI | str, hmac_key: bytes | None = None) -> URI:
             raise NamingError(f"no registrations available with desired metadata properties {uri.object}")
         return URI(random.choice(list(candidates.values())))
     finally:
-        nameserver._pyroRelease()
+        if remote:
+            nameserver._pyroRelease()
 
 
 # --- the pyro-loops-ns command ----------------------------------------------

@@ -700,3 +700,42 @@ def test_serve_simple_registers_its_objects_with_the_located_name_server(served)
         daemon.shutdown()
         serving.join(TIMEOUT)
     assert not serving.is_alive()
+
+
+@pyro_loops.expose
+class Relay:
+    """Runs in the thread of the loop that also hosts the name server."""
+
+    def __init__(self, ns_port):
+        self._ns_port = ns_port
+
+    def relay(self, name, value):
+        with Proxy(f"PYRONAME:{name}@127.0.0.1:{self._ns_port}") as target:
+            target._pyroTimeout = TIMEOUT
+            return target.double(value)
+
+    def locate(self):
+        try:
+            locateNS("127.0.0.1", self._ns_port)
+        except errors.PyroError as exc:
+            return type(exc).__name__, str(exc)
+        return None
+
+
+def test_pyroname_resolves_on_the_loop_thread_that_hosts_the_name_server(app_daemon):
+    relay_daemon = Daemon(host="127.0.0.1", port=0)
+    served = Served(relay_daemon)
+    app_loop = LoopThread(app_daemon)
+    try:
+        served.daemon.nameserver.register("app.thing", app_daemon.register(Thing()))
+        with Proxy(relay_daemon.register(Relay(served.port))) as relay:
+            relay._pyroTimeout = TIMEOUT
+            # resolve() asks the name server object directly instead of deadlocking on it
+            assert relay.relay("app.thing", 8) == 16
+            # locateNS() must return a proxy, which could never be answered there: a clear error
+            kind, message = relay.locate()
+            assert kind == "PyroError" and "deadlock" in message
+    finally:
+        app_loop.stop()
+        served.close()
+        relay_daemon.close()
