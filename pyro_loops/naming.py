@@ -464,7 +464,7 @@ def startNSloop(host: str | None = None, port: int | None = None, enableBroadcas
             print(f"internal URI = {internal_uri}")
             print(f"external URI = {ns_uri}")
         else:
-            print(f"URI = {ns_uri}", flush=True)
+            print(f"URI = {ns_uri}")
         sys.stdout.flush()
         loop.run()
     except KeyboardInterrupt:

@@ -739,3 +739,31 @@ def test_pyroname_resolves_on_the_loop_thread_that_hosts_the_name_server(app_dae
         app_loop.stop()
         served.close()
         relay_daemon.close()
+
+
+def test_threaded_name_server_with_sql_storage_takes_concurrent_registrations(tmp_path):
+    pyro_loops.config.SERVERTYPE = "thread"  # calls run in worker threads, not the loop's
+    served = Served(storage="sql:" + str(tmp_path / "ns.sqlite"))
+    failures = []
+
+    def register_many(worker):
+        try:
+            with locateNS("127.0.0.1", served.port) as ns:
+                ns._pyroTimeout = TIMEOUT
+                for i in range(20):
+                    ns.register(f"w{worker}.n{i}", THING, metadata={f"worker{worker}"})
+        except Exception as exc:  # reported below, with the worker it came from
+            failures.append((worker, exc))
+
+    try:
+        workers = [threading.Thread(target=register_many, args=(w,)) for w in range(6)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(TIMEOUT)
+        assert failures == []
+        with locateNS("127.0.0.1", served.port) as ns:
+            assert ns.count() == 1 + 6 * 20
+            assert len(ns.list(metadata_any={"worker3"})) == 20
+    finally:
+        served.close()
