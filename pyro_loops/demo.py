@@ -32,7 +32,10 @@ from typing import Any, Callable
 
 import pyro_loops
 from pyro_loops import errors
-from pyro_loops.adapters.selectloop import SelectLoop, attach
+# The loop that pyro_loops.adapters.selectloop publishes, imported from where it lives:
+# ``python -m pyro_loops.demo`` run in a source checkout imports the package from
+# the checkout, where the adapters are not a subpackage (setup maps them in).
+from pyro_loops._eventloop import SelectLoop
 from pyro_loops.naming import locateNS, startNS
 
 OBJECT_NAME = "demo.service"
@@ -180,16 +183,16 @@ def serve(burst: int = DEFAULT_BURST, timeout: float = DEFAULT_TIMEOUT, out: Any
         uri = daemon.register(service, OBJECT_NAME)
         # The name server object lives in this process: register directly, no proxy needed.
         ns_daemon.nameserver.register(OBJECT_NAME, uri)
-        attach(ns_daemon, loop)
-        attach(daemon, loop)
+        loop.attach(ns_daemon)
+        loop.attach(daemon)
         selector = selectors.DefaultSelector.__name__
         report.line("pyro_loops demo")
         report.line(f"  server process {os.getpid()}: one SelectLoop ({selector}) in thread "
                     f"{threading.current_thread().name} hosts")
         report.line(f"    name server  {ns_uri}  (free port, broadcast off)")
         report.line(f"    app daemon   {uri}  registered as '{OBJECT_NAME}'")
-        report.line(f"  adapter: pyro_loops.adapters.selectloop; the loop sleeps in select() until a socket is "
-                    f"ready -- no polling timer")
+        report.line("  adapter: the SelectLoop of pyro_loops.adapters.selectloop; it sleeps in select() until "
+                    "a socket is ready -- no polling timer")
 
         child = subprocess.Popen([sys.executable, "-m", "pyro_loops.demo", "--client", str(ns_uri),
                                   "--burst", str(burst)], stdout=subprocess.PIPE)

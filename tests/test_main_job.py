@@ -53,6 +53,16 @@ def test_main_job_reports_every_step_working_and_exits_0():
     assert_gone(int(re.search(r"client process (\d+)", report).group(1)))
 
 
+def test_main_job_runs_where_the_adapters_subpackage_is_not_importable():
+    # README's first command, ``pip install . && python -m pyro_loops.demo`` in the
+    # checkout, imports pyro_loops from the checkout, where adapters/ is no subpackage.
+    code = ("import runpy, sys; sys.modules['pyro_loops.adapters'] = None; "
+            "sys.argv[1:] = ['--burst', '50']; runpy.run_module('pyro_loops.demo', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=LIMIT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.rstrip().endswith("all steps worked")
+
+
 def test_main_job_fails_and_stops_its_client_when_the_client_overruns():
     done = run_demo("--timeout", "0.05")
     assert done.returncode == 1
