@@ -176,9 +176,7 @@ class Daemon:
         if self._servertype not in ("thread", "multiplex"):
             raise errors.PyroError("invalid server type: " + str(self._servertype))
         self.register(interface(self), DAEMON_NAME)
-        if host in ("", "0.0.0.0", "::") and not unixsocket:
-            log.warning("daemon bound on all interfaces (%s) without HMAC key: anyone who can reach "
-                        "this machine can call its objects; set daemon._pyroHmacKey", self.locationStr)
+        self._open_to_all = host in ("", "0.0.0.0", "::") and not unixsocket
 
     # --- binding ---------------------------------------------------------------------
 
@@ -421,6 +419,10 @@ class Daemon:
             except Exception:
                 pass
 
+    def onClose(self) -> None:  # noqa: N802
+        """Override to release resources when the daemon has really closed its sockets
+        (``close()`` from another thread or from inside a call happens a moment later)."""
+
     def _close_now(self) -> None:
         self._closed = True
         for conn in list(self._conns.values()):
@@ -444,6 +446,10 @@ class Daemon:
                 except OSError:
                     pass
         self._streams.clear()
+        try:
+            self.onClose()
+        except Exception as exc:
+            report_error(exc, "Daemon.onClose")
 
     # --- the hosting interface ------------------------------------------------------------
 
@@ -453,6 +459,10 @@ class Daemon:
             raise errors.DaemonError("daemon is closed")
         if self._watcher is not None:
             raise errors.DaemonError("daemon is already attached to a loop; detach it first")
+        if self._open_to_all and not self._hmac_key:
+            # said when serving starts, so a key set after construction counts
+            log.warning("daemon bound on all interfaces (%s) without HMAC key: anyone who can reach "
+                        "this machine can call its objects; set daemon._pyroHmacKey", self.locationStr)
         self._watcher = watcher
         self._loop_thread = threading.get_ident()
         with _serving_lock:

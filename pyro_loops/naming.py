@@ -222,11 +222,10 @@ class NameServerDaemon(Daemon):
         self.register(self.nameserver, NAMESERVER_NAME)
         self.nameserver.register(NAMESERVER_NAME, self.uriFor(NAMESERVER_NAME), metadata=NAMESERVER_METADATA)
 
-    def _close_now(self) -> None:
+    def onClose(self) -> None:  # noqa: N802
         # Daemon.close() may defer the real close to the loop's next turn (when
         # called from another thread or from inside a call); the storage must
         # stay usable until then, so it is closed here rather than in close().
-        super()._close_now()
         nameserver, self.nameserver = getattr(self, "nameserver", None), None
         if nameserver is not None:
             nameserver._close()
