@@ -307,6 +307,7 @@ def machine_facts() -> dict:
         "usable_cpus": sorted(USABLE_CPUS),
         "pinned": can_pin(),
         "loadavg_1min": round(os.getloadavg()[0], 2),
+        "source": source_state(),
     }
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
@@ -315,6 +316,24 @@ def machine_facts() -> dict:
                     facts["cpu_model"] = line.split(":", 1)[1].strip()
                     break
     return facts
+
+
+def source_state() -> str:
+    """The commit the measured code is at, and whether library files differ from it.
+
+    Figures belong to a commit; uncommitted edits to the core or the adapters
+    make them belong to nothing anyone can check out again, so say so.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "pyro_loops", "adapters"],
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown (no git)"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return f"{head or 'unknown'}" + (f" plus uncommitted changes in {', '.join(changed)}" if changed else " (clean)")
 
 
 def versions(*modules: str) -> dict[str, str]:
