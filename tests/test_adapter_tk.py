@@ -337,14 +337,22 @@ def test_half_sent_frame_does_not_stall_others_and_times_out(root, daemon, servi
     assert adapter_timers(root) == []
 
 
-def test_idle_daemon_keeps_no_tk_timer(root, daemon, service, strategy, reported):
-    with tk_adapter.attach(daemon, root, strategy=strategy), proxy(service.uri) as p:
+def test_tk_timer_exists_only_while_the_daemon_has_a_deadline(root, daemon, service, strategy, reported):
+    address = (service.uri.host, service.uri.port)
+    with tk_adapter.attach(daemon, root, strategy=strategy) as handle, proxy(service.uri) as p:
         assert serve_clients(root, lambda: p.echo(1)) == [1]
-        assert adapter_timers(root) == []
-        with socket.create_connection((service.uri.host, service.uri.port), timeout=WAIT_S) as stalled:
+        assert adapter_timers(root) == []  # idle, though a client is connected
+        with socket.create_connection(address, timeout=WAIT_S) as stalled:
             stalled.sendall(b"PYRO")
             run_mainloop_until(root, lambda: daemon.next_deadline() is not None)
             assert len(adapter_timers(root)) == 1  # a half frame has a deadline
+        run_mainloop_until(root, lambda: daemon.next_deadline() is None)
+        assert adapter_timers(root) == []  # its client left: the timer went with it
+        with socket.create_connection(address, timeout=WAIT_S) as stalled:
+            stalled.sendall(b"PYRO")
+            run_mainloop_until(root, lambda: daemon.next_deadline() is not None)
+            handle.detach()
+            assert adapter_timers(root) == []
 
 
 def test_long_worker_call_leaves_tk_timers_ticking(root, daemon, service, strategy, reported):
