@@ -212,13 +212,14 @@ class Serializer:
         unary-operator chains) as MemoryError, json and ``_rebuild`` hit the
         recursion limit, marshal stops at its own depth limit. Those exceptions
         are translated here, including the ones raised while rebuilding
-        ``__class__`` dicts (a URI dict without "state" is a KeyError there).
+        ``__class__`` dicts (a URI dict without "state" is a KeyError there, a
+        proxy dict with a bad URI string a PyroError).
         """
         try:
             value = self._loads(data)
             if any(marker in data for marker in self._markers):
                 value = _rebuild(value)
-        except errors.PyroError:
+        except (errors.SerializeError, errors.SecurityError):
             raise
         except (RecursionError, MemoryError):
             raise errors.SerializeError(f"{self.name} payload is nested too deeply or too large to decode") from None

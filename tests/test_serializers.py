@@ -231,6 +231,7 @@ def test_unknown_or_non_exception_classes_are_refused_as_serialize_error(ser, va
     {"__class__": "Pyro4.core.URI"},                                        # no state
     {"__class__": "Pyro4.core.URI", "state": ["PYRO", "x"]},                # wrong length
     {"__class__": "Pyro4.core.Proxy", "state": []},
+    {"__class__": "Pyro4.core.Proxy", "state": ["not a uri", [], [], [], 0.0, None, "hello", 0]},
     {"__class__": "Pyro4.futures._ExceptionWrapper"},
     {"__class__": "builtins.ValueError", "__exception__": True, "args": 5},  # args not a sequence
     {"__class__": "builtins.ValueError", "__exception__": True, "args": [], "attributes": [1, 2]},
