@@ -11,6 +11,7 @@ import asyncio
 import selectors
 import socket
 import threading
+import time
 
 import Pyro4
 import Pyro4.message
@@ -77,9 +78,10 @@ async def in_thread(fn, *args):
 
 async def until(condition) -> None:
     """Let the loop run until ``condition()`` holds (bounded)."""
-    async with asyncio.timeout(WAIT_S):
-        while not condition():
-            await asyncio.sleep(0.005)
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
 
 
 def run(scenario) -> None:
