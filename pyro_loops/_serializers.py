@@ -16,6 +16,7 @@ import marshal
 import pickle
 import re
 import sqlite3
+import sys
 import uuid
 from typing import Any, Callable
 
@@ -256,6 +257,26 @@ class _SerpentWriter(serpent.Serializer):
     dispatch[URI] = _ser_other
 
 
+# Python 3.10 converts the parser's tree to Python objects without a recursion
+# check: a left-associative chain some 200,000 deep ("1+1+1...", "x.a.a...",
+# "(1,)[0][0]...", a payload of well under a megabyte) crashes the interpreter
+# inside ast.literal_eval. 3.11 raises RecursionError instead. serpent writes
+# nothing but literals, so on 3.10 the text is checked to be literals only
+# (strings blanked out first) before it is parsed. Regexes only: linear time.
+_SERPENT_STRINGS = re.compile(r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*\"""")
+_SERPENT_NUMBER = r"(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][-+]?\d[\d_]*)?[jJ]?"
+_SERPENT_LITERALS = re.compile(
+    rf"(?:\s+|#[^\n]*|[\[({{,:]"
+    rf"|(?:[\])}}]|''|True|False|None|[-+]?{_SERPENT_NUMBER}(?:[-+]{_SERPENT_NUMBER})?)(?=\s*(?:[,:\])}}]|\Z)))*")
+_NEEDS_LITERAL_CHECK = sys.version_info < (3, 11)
+
+
+def _only_literals(text: str) -> bool:
+    """True if ``text`` holds nothing but the literals serpent writes (no operators, calls, names)."""
+    stripped = _SERPENT_STRINGS.sub("''", text)
+    return _SERPENT_LITERALS.match(stripped).end() == len(stripped)
+
+
 class SerpentSerializer(Serializer):
     serializer_id = 1
     name = "serpent"
@@ -270,6 +291,8 @@ class SerpentSerializer(Serializer):
             raise errors.SerializeError(str(exc)) from exc
 
     def _loads(self, data: bytes) -> Any:
+        if _NEEDS_LITERAL_CHECK and not _only_literals(data.decode("utf-8")):
+            raise errors.SerializeError("serpent payload holds more than literals")
         return serpent.loads(data)
 
 

@@ -323,3 +323,18 @@ def test_fast_serpent_reader_never_accepts_what_serpent_reads_differently(text):
 @pytest.mark.parametrize("text", ["'", '"', "['x',']", "01", "[007]", "1\u0661"])
 def test_fast_serpent_reader_refuses_what_serpent_refuses(text):
     assert _fastserpent.loads(SERPENT_HEAD + text.encode("utf-8")) is _fastserpent.FAIL
+
+
+serpent_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.complex_numbers() | st.text() | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner) | st.frozensets(st.integers() | st.text(), max_size=3)
+    | st.dictionaries(st.integers() | st.text(max_size=5), inner, max_size=4),
+    max_leaves=25)
+
+
+@FAST
+@given(serpent_values)
+def test_the_python_3_10_literal_check_accepts_all_that_serpent_writes(value):
+    import serpent
+    from pyro_loops._serializers import _only_literals
+    assert _only_literals(serpent.dumps(value, module_in_classname=True).decode("utf-8"))

@@ -494,3 +494,37 @@ def test_marshal_payloads_that_need_the_count_check_still_decode(version):
              [1.5, 2j, None, True, False, b"x" * 300, "\u00e9" * 300, 10 ** 50, -(10 ** 50), {1, 2}, frozenset([3])] * 30,
              ("(" * 1000, "[" * 400), [()] * 300, [[]] * 300, {"k": [1] * 256}, [StopIteration, Ellipsis] * 200]
     assert get_serializer("marshal").loads(marshal.dumps(value, version)) == value
+
+
+# --- the literal-only check that guards ast.literal_eval on Python 3.10 ------------------------
+
+
+@pytest.mark.parametrize("value", [
+    ("thing", "add", (1, 2), {}), {"a": [1, 2.5, -3e-10, 1 + 2j, -1.5 - 2e3j, float("inf"), -float("inf")]},
+    (), (1,), {1, 2}, set(), [[[]]], float("nan"), "quote ' and \" and \\ and \n", b"\x00bytes", 10 ** 300,
+    {"nested": {"__class__": "x", "y": [None, True, False]}}, ValueError("e", 1), URI("PYRO:x@127.0.0.1:1"),
+])
+def test_everything_serpent_writes_counts_as_literals(value):
+    from pyro_loops._serializers import _only_literals
+    import serpent
+    assert _only_literals(serpent.dumps(value, module_in_classname=True).decode("utf-8"))
+
+
+@pytest.mark.parametrize("text", [
+    "1+1+1", "1-2-3", "1*2", "(1,)[0]", "[1][0]", "{}[1]", "'a'[0]", "x.a", "f()", "()()", "-(1)", "--1",
+    "not 1", "~1", "lambda:1", "1 if 1 else 2", "1<2", "1 and 2", "1 2", "None.x", "__import__('os')",
+])
+def test_expressions_beyond_literals_are_not_literals(text):
+    from pyro_loops._serializers import _only_literals
+    assert not _only_literals(text)
+
+
+def test_on_python_3_10_non_literal_serpent_is_refused_before_parsing(monkeypatch):
+    # on 3.10 this payload would crash the interpreter inside ast.literal_eval
+    import pyro_loops._serializers as module
+    monkeypatch.setattr(module, "_NEEDS_LITERAL_CHECK", True)
+    with pytest.raises(errors.SerializeError, match="more than literals"):
+        get_serializer("serpent").loads(SERPENT_HEAD + b"1+" * 300_000 + b"1")
+    value = {"still": [1, 2.5, (1 + 2j), b"works"]}
+    ser = get_serializer("serpent")
+    assert ser.loads(ser.dumps(value)) == value
