@@ -14,6 +14,10 @@ The loop must support ``add_reader``: on Windows the default
 ``SelectorEventLoop`` there (``asyncio.run(main(), loop_factory=asyncio.SelectorEventLoop)``
 from Python 3.12, or ``asyncio.set_event_loop_policy(asyncio.WindowsSelectorEventLoopPolicy())``).
 
+Call ``attach`` in the loop's thread. asyncio has no hook for "the loop
+stopped", so end serving yourself: leave the ``with attach(...)`` block or
+close the daemon before the loop closes.
+
 Errors raised inside the machinery are sent to ``pyro_loops.set_error_hook``
 rather than to the loop's exception handler.
 """
