@@ -29,6 +29,7 @@ from pyro_loops.adapters import tk as tk_adapter
 
 WAIT_S = 10.0
 BIG_REPLY = 8 * 1024 * 1024
+FLOOD = 600  # pipelined calls, about 60 kB: fits the socket buffers on both ends
 HELPER_THREAD = "pyro_loops-tk-selector"
 
 
@@ -41,9 +42,13 @@ class Service:
         self.nested_open = threading.Event()
         self.leave_nested: Callable[[], None] | None = None
         self.log: list[str] = []
+        self.ticks = 0
 
     def echo(self, value):
         return value
+
+    def ticks_seen(self):
+        return self.ticks
 
     def in_tk_thread(self):
         return threading.current_thread() is threading.main_thread()
@@ -246,39 +251,52 @@ def reuse_descriptors_readably(count: int = 8) -> list[socket.socket]:
     return [s for pair in pairs for s in pair]
 
 
-class SlowReader:
-    """A raw protocol client that asks for a big reply and reads it only when told,
-    so the reply waits in the daemon's output buffer meanwhile."""
+class RawClient:
+    """A protocol client built from the wire module that sends and reads only
+    when told: it can pipeline many calls at once, or leave a big reply
+    waiting in the daemon's output buffer (a small receive buffer helps)."""
 
-    def __init__(self, uri) -> None:
+    def __init__(self, uri, receive_buffer: int | None = None) -> None:
         self.serializer = get_serializer("serpent")
         self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        if receive_buffer:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         self.sock.settimeout(WAIT_S)
         self.sock.connect((uri.host, uri.port))
         self.reader = _wire.FrameReader()
         self.object = uri.object
+        self.sent = 0
         self._send(_wire.MSG_CONNECT, self.serializer.dumps({"handshake": "hello"}), 0)
+        self.connected = False
 
     def _send(self, msg_type: int, payload: bytes, seq: int) -> None:
         msg = _wire.Message(msg_type, payload, self.serializer.serializer_id, 0, seq)
         self.sock.sendall(_wire.encode(msg))
 
-    def call(self, method: str) -> None:
-        self._send(_wire.MSG_INVOKE, self.serializer.dumps_call(self.object, method, (), {}), 1)
+    def call(self, method: str, count: int = 1) -> None:
+        """Send ``count`` calls in one go, without waiting for any reply."""
+        payload = self.serializer.dumps_call(self.object, method, (), {})
+        frames = b"".join(_wire.encode(_wire.Message(_wire.MSG_INVOKE, payload, self.serializer.serializer_id,
+                                                     0, self.sent + i + 1)) for i in range(count))
+        self.sent += count
+        self.sock.sendall(frames)
 
-    def receive(self) -> _wire.Message:
+    def _receive(self) -> _wire.Message:
         while (msg := self.reader.next_message()) is None:
             chunk = self.sock.recv(1 << 20)
             assert chunk, "connection closed"
             self.reader.feed(chunk)
         return msg
 
-    def result(self) -> Any:
-        assert self.receive().type == _wire.MSG_CONNECTOK
-        reply = self.receive()
-        assert reply.type == _wire.MSG_RESULT
-        return self.serializer.loads(reply.payload())
+    def results(self) -> list[Any]:
+        """Read the handshake reply (once) and the replies to every call sent, in order."""
+        if not self.connected:
+            assert self._receive().type == _wire.MSG_CONNECTOK
+            self.connected = True
+        replies = [self._receive() for _ in range(self.sent)]
+        assert [r.type for r in replies] == [_wire.MSG_RESULT] * self.sent
+        assert [r.seq for r in replies] == list(range(1, self.sent + 1))
+        return [self.serializer.loads(r.payload()) for r in replies]
 
 
 # --- tests ----------------------------------------------------------------------------
@@ -374,6 +392,28 @@ def test_long_worker_call_leaves_tk_timers_ticking(root, daemon, service, strate
     assert len(ticks_during_call) == 5
 
 
+def test_flood_of_pipelined_calls_leaves_tk_its_turns(root, daemon, service, strategy, reported):
+    running = [True]
+
+    def tick():  # advances once per turn of the Tk loop, whatever the clock says
+        service.ticks += 1
+        if running[0]:
+            root.after(0, tick)
+
+    with tk_adapter.attach(daemon, root, strategy=strategy):
+        flood = RawClient(service.uri)
+        try:
+            # sent before the loop runs, so it all waits in one receive buffer
+            flood.call("ticks_seen", FLOOD)
+            root.after(0, tick)
+            [seen] = serve_clients(root, flood.results)
+        finally:
+            running[0] = False
+            flood.sock.close()
+    assert len(seen) == FLOOD
+    assert seen[-1] > seen[0], "the whole flood was served without Tk getting a turn"
+
+
 def test_exception_in_a_method_goes_back_to_its_caller(root, daemon, service, strategy, reported):
     def client():
         with proxy(service.uri) as p:
@@ -426,6 +466,7 @@ def test_call_in_a_nested_loop_lets_other_clients_through(root, daemon, service,
 def test_detach_and_reattach(root, daemon, service, strategy, reported):
     handle = tk_adapter.attach(daemon, root, strategy=strategy)
     assert serve_clients(root, lambda: call_once(service.uri, "echo", 1)) == [1]
+    run_mainloop_until(root, lambda: len(daemon.sockets) == 2)  # that client is gone
     handle.detach()
     assert not handle.attached
     assert helper_threads_end(root)
@@ -458,7 +499,7 @@ def test_two_daemons_on_one_root(root, daemon, service, strategy, reported):
 
 def test_big_reply_drains_while_another_client_is_served(root, daemon, service, strategy, reported):
     with tk_adapter.attach(daemon, root, strategy=strategy):
-        slow = SlowReader(service.uri)
+        slow = RawClient(service.uri, receive_buffer=64 * 1024)
         try:
             slow.call("big")
 
@@ -468,10 +509,10 @@ def test_big_reply_drains_while_another_client_is_served(root, daemon, service, 
 
             # the slow reader has not read a byte of its reply yet
             assert serve_clients(root, other_client) == [list(range(50))]
-            [reply] = serve_clients(root, slow.result)
+            [reply] = serve_clients(root, slow.results)
         finally:
             slow.sock.close()
-    assert reply == "x" * BIG_REPLY
+    assert reply == ["x" * BIG_REPLY]
 
 
 def test_daemon_close_while_attached_leaves_nothing(root, daemon, service, strategy, reported):
