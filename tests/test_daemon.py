@@ -310,6 +310,13 @@ def test_unix_socket_daemon_serves_calls(tmp_path):
             assert proxy.echo("over unix") == "over unix"
 
 
+def test_bytes_arrive_as_bytes_between_pyro_loops_peers_on_serpent(daemon):
+    uri = daemon.register(Service(), "svc")
+    with serving(daemon), proxy_for(uri) as proxy:
+        assert proxy.echo(b"\x00\xffbytes") == b"\x00\xffbytes"
+        assert proxy.echo({"nested": [b"a", (b"b",)]}) == {"nested": [b"a", (b"b",)]}
+
+
 # --- life cycle ---------------------------------------------------------------------------
 
 
