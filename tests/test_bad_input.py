@@ -70,8 +70,19 @@ class Service:
 
 
 class HiddenService(Service):
+    getter_ran = False
+
     def not_exposed(self):  # a subclass member: not covered by the base class's @expose
         return "nope"
+
+    @property
+    def unexposed_property(self):
+        HiddenService.getter_ran = True
+        return lambda: "leaked"
+
+    @property
+    def unexposed_alias(self):
+        return self.echo  # an exposed method, under a name that is not exposed
 
 
 @pytest.fixture(params=["multiplex", "thread"])
@@ -298,6 +309,38 @@ def test_unknown_private_or_unexposed_names_get_an_exception_reply(served, obj, 
         assert error["__class__"] == cls and text in str(error["args"][0])
         assert error["attributes"]["_pyroTraceback"]
         assert client.call("svc", "echo", (2,)) == (False, 2)  # the connection stays usable
+    check()
+
+
+UNEXPOSED_GETTER_BUG = (
+    "core bug: _expose.get_attribute() does getattr(obj, name) before checking exposure, and accepts the "
+    "name when the *value* carries _pyroExposed; so calling an unexposed property's name as a method runs "
+    "its getter, and if the getter returns an exposed bound method, that method is called. The check "
+    "should look only at the class member (inspect.getattr_static) before any getattr")
+
+
+@pytest.mark.xfail(strict=True, reason=UNEXPOSED_GETTER_BUG)
+def test_calling_an_unexposed_property_as_a_method_does_not_run_its_getter(served):
+    _, port, check = served
+    HiddenService.getter_ran = False
+    with RawClient(port) as client:
+        client.handshake()
+        client.send_call("svc", "unexposed_property")
+        error = remote_error(client, client.read_message())
+        assert "attempt to access unexposed attribute 'unexposed_property'" in error["args"][0]
+    check()
+    assert not HiddenService.getter_ran
+
+
+@pytest.mark.xfail(strict=True, reason=UNEXPOSED_GETTER_BUG)
+def test_an_exposed_method_is_not_reachable_through_an_unexposed_property(served):
+    _, port, check = served
+    with RawClient(port) as client:
+        client.handshake()
+        client.send_call("svc", "unexposed_alias", ("through the back door",))
+        reply = client.read_message()
+        assert reply.flags & _wire.FLAGS_EXCEPTION, "the call went through"
+        assert "unexposed" in remote_error(client, reply)["args"][0]
     check()
 
 
