@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 import pytest
 
@@ -89,6 +90,22 @@ def test_slowloris_half_open_connections_do_not_delay_a_client_and_are_closed(se
                 sock.close()
         wait_for(lambda: len(daemon._conns) == 0)
     assert logs.text.count("message incomplete after 0.5 s") == 200
+
+
+def test_frame_trickling_in_byte_by_byte_is_closed_at_the_half_frame_deadline(service, logs):
+    daemon, uri = start(service, HALF_FRAME_TIMEOUT=0.4)
+    frame = _wire.encode(_wire.Message(_wire.MSG_CONNECT, SERPENT.dumps({"handshake": "hello"}), 1))
+    with serving(daemon), RawClient(uri.port) as trickler:
+        try:
+            for byte in frame:  # one byte every 50 ms: 2.5 s for the frame, each byte "on time"
+                trickler.send(bytes([byte]))
+                time.sleep(0.05)
+        except OSError:  # the daemon closed the connection under us
+            pass
+        assert trickler.closed_by_peer()
+        with proxy_for(uri) as good:
+            assert good.echo("served") == "served"
+    assert "message incomplete after 0.4 s" in logs.text
 
 
 def test_client_that_never_reads_its_replies_is_cut_off_at_the_output_limit(service, logs):
