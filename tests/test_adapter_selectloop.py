@@ -496,3 +496,20 @@ def test_seed_select_pattern_serves_clients_coming_and_going(daemon, service, re
         threads, results, failures = in_threads(lambda: p.fail(), lambda: p.echo("after"), when_done=lambda: None)
         seed_loop(daemon, lambda: not any(t.is_alive() for t in threads))
     assert [type(f) for f in failures] == [ValueError] and results[1] == "after"
+
+
+def test_seed_select_pattern_delivers_a_big_reply_without_waiting_for_a_timeout(daemon, service, reported):
+    """Pyro4's examples select() for reading with timeouts of seconds; a reply
+    bigger than the socket takes at once must not wait for that timeout."""
+    def client():
+        with proxy(service.uri) as p:
+            p._pyroTimeout = 1.0  # far below the loop's select() timeout
+            return len(p.big())
+
+    threads, results, failures = in_threads(client, when_done=lambda: None)
+    deadline = time.monotonic() + WAIT_S
+    while threads[0].is_alive() and time.monotonic() < deadline:
+        readable, _, _ = select.select(daemon.sockets, [], [], 3.0)
+        daemon.events(readable)
+    assert not failures
+    assert results == [BIG_REPLY]

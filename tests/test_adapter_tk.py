@@ -14,6 +14,8 @@ from __future__ import annotations
 import _tkinter
 import gc
 import socket
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -604,3 +606,29 @@ def test_refused_attach_leaves_the_daemons_real_loop_alone(root, daemon, service
     handle.detach()
     assert helper_threads_end(root)
     assert adapter_timers(root) == []
+
+
+EXIT_SCRIPT = """
+import sys, tkinter, pyro_loops
+from pyro_loops.adapters import tk as tk_adapter
+
+strategy, ending = sys.argv[1:]
+root = tkinter.Tk()
+root.withdraw()
+daemon = pyro_loops.Daemon(host="127.0.0.1")
+tk_adapter.attach(daemon, root, strategy=strategy)
+if ending == "destroy":
+    root.after(0, root.destroy)
+    root.mainloop()
+else:  # the program just ends, attached
+    root.update()
+print("end of program", flush=True)
+"""
+
+
+@pytest.mark.parametrize("ending", ["destroy", "just_exit"])
+def test_no_thread_keeps_the_process_alive(strategy, ending):
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, strategy, ending], capture_output=True,
+                          text=True, timeout=WAIT_S)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "end of program\n"
