@@ -111,8 +111,8 @@ class SelectLoop:
     def attach(self, daemon: Any) -> _Hosted:
         """Serve ``daemon`` from this loop until the returned handle is detached."""
         hosted = _Hosted(self, daemon)
+        daemon.attach_watcher(hosted)  # may refuse (already attached elsewhere): then keep nothing
         self._hosted.add(hosted)
-        daemon.attach_watcher(hosted)
         return hosted
 
     # --- the program's own sockets and timers ---
@@ -140,10 +140,15 @@ class SelectLoop:
         if self._timers:
             due_in = max(0.0, self._timers[0][0] - time.monotonic())
             timeout = due_in if timeout is None else min(timeout, due_in)
-        for key, events in self._selector.select(timeout):
-            callback = key.data
+        ready = self._selector.select(timeout)
+        registered = self._selector.get_map()
+        for key, events in ready:
+            # an earlier callback of this pass may have removed (and closed) this one
+            current = registered.get(key.fd)
+            if current is None or current.fileobj is not key.fileobj or not events & current.events:
+                continue
             try:
-                callback(key.fileobj, events)
+                current.data(current.fileobj, events & current.events)
             except Exception as exc:
                 report_error(exc, "select loop callback")
         now = time.monotonic()

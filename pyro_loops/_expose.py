@@ -139,6 +139,7 @@ def get_exposed_members(obj: Any, only_exposed: bool | None = None, as_lists: bo
 def reset_metadata_cache() -> None:
     _exposed_members.cache_clear()
     _class_exposes.cache_clear()
+    _class_property.cache_clear()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -147,17 +148,34 @@ def _class_exposes(cls: type, name: str) -> bool:
     return member is not None and _exposed(member, True)
 
 
+@functools.lru_cache(maxsize=4096)
+def _class_property(cls: type, name: str) -> bool:
+    return inspect.isdatadescriptor(inspect.getattr_static(cls, name, None))
+
+
 def get_attribute(obj: Any, name: str, only_exposed: bool | None = None) -> Any:
-    """The bound method a remote call named ``name`` may invoke, or AttributeError."""
+    """The method a remote call named ``name`` may invoke, or AttributeError.
+
+    Exposure is decided from the class before anything is looked up on the
+    object, so a call can never run a property getter, nor reach a method
+    through what some attribute happens to return.
+    """
     if only_exposed is None:
         only_exposed = config.REQUIRE_EXPOSE
     if is_private_attribute(name):
         raise AttributeError(f"attempt to access private attribute '{name}'")
-    value = getattr(obj, name)
-    if only_exposed and not getattr(value, "_pyroExposed", False) and \
-            not _class_exposes(obj if inspect.isclass(obj) else type(obj), name):
-        raise AttributeError(f"attempt to access unexposed attribute '{name}'")
-    return value
+    cls = obj if inspect.isclass(obj) else type(obj)
+    is_property = _class_property(cls, name)
+    if only_exposed and not _class_exposes(cls, name):
+        if is_property:
+            raise AttributeError(f"attempt to access unexposed attribute '{name}'")
+        value = getattr(obj, name)  # a function stored on the instance may carry @expose itself
+        if not (inspect.isfunction(value) or inspect.ismethod(value)) or not getattr(value, "_pyroExposed", False):
+            raise AttributeError(f"attempt to access unexposed attribute '{name}'")
+        return value
+    if is_property:
+        raise AttributeError(f"attempt to call attribute '{name}', which is a property, not a method")
+    return getattr(obj, name)
 
 
 def find_property(obj: Any, name: str, only_exposed: bool | None = None) -> property | None:

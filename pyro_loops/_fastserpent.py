@@ -53,7 +53,7 @@ def dumps(value: Any) -> bytes | None:
 
 # One C-level pass splits the text into tokens; the catch-all "\S" turns any
 # character outside the subset into a token the parser rejects.
-_TOKENS = re.compile(r"""\s*('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"|-?\d[\d.eE+\-]*|[()\[\]{},:]|True|False|None|\S)""")
+_TOKENS = re.compile(r"""[ \t\n]*('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"|-?[0-9][0-9.eE+\-]*|[()\[\]{},:]|True|False|None|\S)""")
 _NAMES = {"True": True, "False": False, "None": None}
 FAIL = object()
 
@@ -86,12 +86,15 @@ def loads(data: bytes) -> Any:
 def _value(token: str, tokens: Any, depth: int) -> Any:
     first = token[0]
     if first == "'" or first == '"':
+        if len(token) < 2 or token[-1] != first:
+            raise _GiveUp  # a lone quote (the catch-all token)
         return token[1:-1] if "\\" not in token else ast.literal_eval(token)
     if first in "-0123456789":
         if "." in token or "e" in token or "E" in token:
             return float(token)
-        if len(token) > 4000:
-            raise _GiveUp  # leave int digit limits to the full parser's error handling
+        digits = token.lstrip("-")
+        if len(digits) > 4000 or len(digits) > 1 and digits[0] == "0":
+            raise _GiveUp  # digit limits and "01" (a syntax error) are the full parser's to report
         return int(token)
     if depth > _MAX_DEPTH:
         raise _GiveUp

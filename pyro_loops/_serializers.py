@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import serpent
 
-from . import errors
+from . import _fastserpent, errors
 from ._uri import URI
 from .configuration import config
 
@@ -89,7 +89,8 @@ def class_to_dict(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset)):
         return tuple(obj)
     if isinstance(obj, (bytes, bytearray, memoryview)):
-        return {"data": base64.b64encode(bytes(obj)).decode("ascii"), "encoding": "base64"}
+        # only json gets here (the others write bytes themselves); Pyro4 refuses it too
+        raise errors.SerializeError("json cannot serialize bytes; use the serpent or marshal serializer")
     if isinstance(obj, uuid.UUID):
         return str(obj)
     getstate = getattr(type(obj), "__getstate__", None)
@@ -283,6 +284,9 @@ class SerpentSerializer(Serializer):
     _markers = (b"__class__", b"'base64'")
 
     def dumps(self, obj: Any) -> bytes:
+        fast = _fastserpent.dumps(obj)
+        if fast is not None:
+            return fast
         try:
             return _SerpentWriter(module_in_classname=True).serialize(obj)
         except errors.SerializeError:
@@ -291,9 +295,12 @@ class SerpentSerializer(Serializer):
             raise errors.SerializeError(str(exc)) from exc
 
     def _loads(self, data: bytes) -> Any:
-        if _NEEDS_LITERAL_CHECK and not _only_literals(data.decode("utf-8")):
-            raise errors.SerializeError("serpent payload holds more than literals")
-        return serpent.loads(data)
+        value = _fastserpent.loads(data)
+        if value is _fastserpent.FAIL:
+            if _NEEDS_LITERAL_CHECK and not _only_literals(data.decode("utf-8")):
+                raise errors.SerializeError("serpent payload holds more than literals")
+            value = serpent.loads(data)
+        return value
 
 
 class JsonSerializer(Serializer):

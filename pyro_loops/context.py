@@ -1,17 +1,25 @@
-"""``current_context``: per-thread facts about the call being served or made."""
+"""``current_context``: facts about the call being served (or the calls being made).
+
+Inside a served call: who called (``client``, ``client_sock_addr``), the
+message's ``seq``, ``msg_flags``, ``serializer_id`` and ``annotations``; set
+``response_annotations`` to add annotations to the reply. On the client side,
+set ``correlation_id`` (a uuid.UUID) to send it with every call.
+
+The values live in a ``contextvars.ContextVar``, not a thread-local: an
+``async def`` method keeps seeing its own caller after an ``await``, while
+other calls are dispatched on the same thread.
+"""
 
 from __future__ import annotations
 
-import threading
+import contextvars
 import uuid
 from typing import Any
 
 
-class _CallContext(threading.local):
-    """Inside a served call: who called (``client``, ``client_sock_addr``), the
-    message's ``seq``, ``msg_flags``, ``serializer_id`` and ``annotations``; set
-    ``response_annotations`` to add annotations to the reply. On the client
-    side, set ``correlation_id`` (a uuid.UUID) to send it with every call."""
+class _Facts:
+    __slots__ = ("client", "client_sock_addr", "seq", "msg_flags", "serializer_id", "annotations",
+                 "response_annotations", "correlation_bytes", "correlation_uuid")
 
     def __init__(self) -> None:
         self.client: Any = None
@@ -22,19 +30,69 @@ class _CallContext(threading.local):
         self.annotations: dict[str, bytes] = {}
         self.response_annotations: dict[str, bytes] = {}
         self.correlation_bytes: bytes | None = None
-        self._correlation_id: uuid.UUID | None = None
+        self.correlation_uuid: uuid.UUID | None = None
 
-    @property
-    def correlation_id(self) -> uuid.UUID | None:
-        # made on demand: most calls never look at it
-        if self.correlation_bytes is not None:
-            return uuid.UUID(bytes=self.correlation_bytes)
-        return self._correlation_id
 
-    @correlation_id.setter
-    def correlation_id(self, value: uuid.UUID | None) -> None:
-        self.correlation_bytes = None
-        self._correlation_id = value
+_facts: contextvars.ContextVar[_Facts] = contextvars.ContextVar("pyro_loops_call_context")
+
+
+def _current() -> _Facts:
+    facts = _facts.get(None)
+    if facts is None:
+        facts = _Facts()
+        _facts.set(facts)
+    return facts
+
+
+class _CallContext:
+    """Attribute access to the facts of the current call; see the module docstring."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "correlation_id":
+            facts = _current()
+            if facts.correlation_bytes is not None:
+                return uuid.UUID(bytes=facts.correlation_bytes)  # made on demand: rarely read
+            return facts.correlation_uuid
+        try:
+            return getattr(_current(), name)
+        except AttributeError:
+            raise AttributeError(f"current_context has no attribute '{name}'") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        facts = _current()
+        if name == "correlation_id":
+            facts.correlation_bytes, facts.correlation_uuid = None, value
+        else:
+            setattr(facts, name, value)
+
+    def facts(self) -> _Facts:
+        """The object holding the current call's facts (kept by deferred replies)."""
+        return _current()
 
 
 current_context = _CallContext()
+
+
+def set_call_context(client: Any, addr: Any, seq: int, flags: int, serializer_id: int,
+                     annotations: dict[str, bytes]) -> contextvars.Token:
+    facts = _Facts()
+    facts.client = client
+    facts.client_sock_addr = addr
+    facts.seq = seq
+    facts.msg_flags = flags
+    facts.serializer_id = serializer_id
+    facts.annotations = annotations
+    facts.correlation_bytes = annotations.get("CORR")
+    return _facts.set(facts)
+
+
+def reset_call_context(token: contextvars.Token) -> None:
+    try:
+        _facts.reset(token)
+    except ValueError:  # set in another context (a nested loop ran in between): leave it
+        pass
+
+
+def enter_call_context(facts: _Facts) -> contextvars.Token:
+    """Make ``facts`` current again, e.g. while a coroutine's task is created."""
+    return _facts.set(facts)

@@ -33,7 +33,7 @@ from ._uri import URI
 from ._workers import WorkerPool
 from .configuration import config
 from .constants import DAEMON_NAME
-from .context import current_context
+from .context import current_context, enter_call_context, reset_call_context, set_call_context
 
 _RECV_SIZE = 256 * 1024
 _SEND_BUDGET = 4 * 1024 * 1024     # bytes written per writable event, for fairness
@@ -141,12 +141,12 @@ class Daemon:
         if natport is None:
             natport = config.NATPORT or None
         self._hmac_key: bytes | None = None
-        self.sock, self.locationStr = self._bind(host, port, unixsocket)
-        bound_port = None if unixsocket else self.sock.getsockname()[1]
         if nathost and unixsocket:
             raise ValueError("cannot use nathost together with unixsocket")
         if natport is not None and not nathost:
             raise ValueError("must provide natport with nathost")
+        self.sock, self.locationStr = self._bind(host, port, unixsocket)
+        bound_port = None if unixsocket else self.sock.getsockname()[1]
         if nathost:
             nat_port = natport or bound_port
             self.natLocationStr = f"[{nathost}]:{nat_port}" if ":" in nathost else f"{nathost}:{nat_port}"
@@ -591,8 +591,19 @@ class Daemon:
 
     def _read(self, conn: ClientConnection) -> None:
         if conn.busy:
-            # level-triggered loops would fire again and again: stop watching
-            # the socket until the running call is done (keeps per-connection order)
+            # A client that hung up mid-call is noticed now, so its reply can be
+            # dropped with a reason; anything else waits until the call is done
+            # (per-connection order), unwatched, or level-triggered loops would
+            # fire again and again.
+            try:
+                alive = conn.sock.recv(1, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                alive = True
+            except OSError:
+                alive = False
+            if not alive:
+                self._close_conn(conn, "client disconnected while its call was running")
+                return
             conn.read_paused = True
             self._set_interest(conn)
             return
@@ -749,7 +760,13 @@ class Daemon:
             return
         if data is not None:
             self._send(conn, data)
-        self._process(conn)
+        if conn.protocol.partial:
+            # More requests wait. Not run from here: this runs in the callback
+            # of the wakeup socket that every worker shares, and a call that
+            # starts a nested loop would keep that socket unwatched meanwhile.
+            self._soon.add(conn)
+        elif not conn.closed:
+            self._set_interest(conn)
 
     # --- protocol events ---------------------------------------------------------------
 
@@ -898,50 +915,48 @@ class Daemon:
         instance._pyroId = obj_id
         return instance
 
-    def _set_context(self, conn: ClientConnection, msg: _wire.Message) -> None:
-        ctx = current_context
-        ctx.client = conn
-        ctx.client_sock_addr = conn.addr
-        ctx.seq = msg.seq
-        ctx.msg_flags = msg.flags
-        ctx.serializer_id = msg.serializer_id
-        ctx.annotations = msg.annotations
-        ctx.response_annotations = {}
-        ctx.correlation_bytes = msg.annotations.get("CORR")
+    def _set_context(self, conn: ClientConnection, msg: _wire.Message) -> Any:
+        return set_call_context(conn, conn.addr, msg.seq, msg.flags, msg.serializer_id, msg.annotations)
 
     def _run_call(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                   call: Callable[[], Any]) -> bytes:
         """Run a call where we are (loop or worker) and return its reply bytes."""
-        self._set_context(conn, msg)
+        token = self._set_context(conn, msg)
+        facts = current_context.facts()
         try:
             result = call()
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
             return self._exception_reply(conn, msg, serializer, exc)
+        finally:
+            reset_call_context(token)
         if inspect.iscoroutine(result):
-            return self._await(conn, msg, serializer, result)
-        return self._result_reply(conn, msg, serializer, result)
+            return self._await(conn, msg, serializer, result, facts)
+        return self._result_reply(conn, msg, serializer, result, facts.response_annotations)
 
-    def _await(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer, coro: Any) -> bytes:
+    def _await(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer, coro: Any,
+               facts: Any) -> bytes:
         runner = self.coroutine_runner
         if runner is None or threading.get_ident() != self._loop_thread:
             coro.close()
             return self._exception_reply(conn, msg, serializer, TypeError(
                 "async def methods need a daemon hosted by the asyncio adapter "
                 "(pyro_loops.adapters.asyncio)"))
-        annotations = dict(current_context.response_annotations)
 
         def done(result: Any, exc: BaseException | None) -> None:
-            current_context.response_annotations = annotations
             if exc is not None:
                 data = self._exception_reply(conn, msg, serializer, exc)
             else:
-                data = self._result_reply(conn, msg, serializer, result)
+                data = self._result_reply(conn, msg, serializer, result, facts.response_annotations)
             self._finish_call(conn, data)
             self._update_deadline()
 
-        runner(coro, done)
+        token = enter_call_context(facts)  # the task copies the context it is created in
+        try:
+            runner(coro, done)
+        finally:
+            reset_call_context(token)
         raise _Deferred()
 
     def _run_in_worker(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
@@ -954,7 +969,7 @@ class Daemon:
         self._wake()
 
     def _run_oneway(self, conn: ClientConnection, msg: _wire.Message, call: Callable[[], Any]) -> None:
-        self._set_context(conn, msg)
+        token = self._set_context(conn, msg)
         try:
             result = call()
             if inspect.iscoroutine(result):
@@ -966,6 +981,8 @@ class Daemon:
             raise
         except BaseException as exc:
             log.info("oneway call from %s raised %s: %s", conn.addr, type(exc).__name__, exc)
+        finally:
+            reset_call_context(token)
 
     def _pool(self) -> WorkerPool:
         if self._workers is None:
@@ -973,10 +990,11 @@ class Daemon:
         return self._workers
 
     def _result_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
-                      result: Any) -> bytes:
+                      result: Any, response_annotations: dict[str, bytes] | None = None) -> bytes:
         flags = 0
         annotations = self._reply_annotations(msg)
-        annotations.update(getattr(current_context, "response_annotations", None) or {})
+        if response_annotations:
+            annotations.update(response_annotations)
         if msg.flags & _wire.FLAGS_BATCH:
             flags |= _wire.FLAGS_BATCH
         elif _is_stream(result):

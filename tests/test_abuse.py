@@ -231,10 +231,6 @@ def test_busy_connection_is_not_closed_as_idle(service):
         assert SERPENT.loads(reply.data) == "done"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: daemon.py _read() stops watching a busy connection (read_paused), so a client that "
-    "disconnects while its call runs is not noticed; _finish_call() then writes the reply into the dead "
-    "socket and the connection is closed on EOF with no log line, never reaching the 'reply ... dropped' log"))
 @pytest.mark.parametrize("servertype", ["multiplex", "thread"])
 def test_client_gone_while_its_call_runs_is_closed_with_a_logged_reason(service, logs, servertype):
     daemon, uri = start(service, SERVERTYPE=servertype)

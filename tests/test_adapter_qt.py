@@ -408,11 +408,6 @@ def test_nested_event_loop_in_a_call_keeps_serving_other_clients(qtbot, uri, ser
     assert run(qtbot, call_once, uri, "echo", "still serving") == "still serving"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core: Daemon._drain_wakeups -> _finish_call -> _process dispatches a client's next pipelined call "
-    "inside the wakeup socket's callback, while the adapter keeps that notifier disabled (as notifiers "
-    "must be during their callback); if the call runs a nested loop, no worker result is delivered "
-    "until it ends. Fix: queue the connection in _soon (deadline path) instead of processing inline"))
 def test_nested_loop_started_after_a_worker_call_still_gets_worker_results(qtbot, uri, service):
     # One connection pipelines a worker call and a nested-loop call: the second is
     # dispatched when the worker's result comes back through the daemon's wakeup socket.

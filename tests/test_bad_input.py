@@ -312,14 +312,6 @@ def test_unknown_private_or_unexposed_names_get_an_exception_reply(served, obj, 
     check()
 
 
-UNEXPOSED_GETTER_BUG = (
-    "core bug: _expose.get_attribute() does getattr(obj, name) before checking exposure, and accepts the "
-    "name when the *value* carries _pyroExposed; so calling an unexposed property's name as a method runs "
-    "its getter, and if the getter returns an exposed bound method, that method is called. The check "
-    "should look only at the class member (inspect.getattr_static) before any getattr")
-
-
-@pytest.mark.xfail(strict=True, reason=UNEXPOSED_GETTER_BUG)
 def test_calling_an_unexposed_property_as_a_method_does_not_run_its_getter(served):
     _, port, check = served
     HiddenService.getter_ran = False
@@ -332,7 +324,6 @@ def test_calling_an_unexposed_property_as_a_method_does_not_run_its_getter(serve
     assert not HiddenService.getter_ran
 
 
-@pytest.mark.xfail(strict=True, reason=UNEXPOSED_GETTER_BUG)
 def test_an_exposed_method_is_not_reachable_through_an_unexposed_property(served):
     _, port, check = served
     with RawClient(port) as client:
