@@ -284,7 +284,9 @@ class _ThreadWatcher(_TkWatcher):
         # ``event generate`` silently drops events for a window that Tk has
         # not created yet (a fresh or withdrawn root); asking for its id creates it.
         root.winfo_id()
-        self._bind_id = root.bind(self._virtual, self._on_wake, add="+")
+        # A plain command rather than root.bind(): no event fields to substitute.
+        self._wake_cmd = root.register(self._on_wake)
+        root.tk.call("bind", root._w, self._virtual, "+" + self._wake_cmd)
         self._selector = _SelectorThread(weakref.WeakMethod(self._wake_tk))
         _forget_retired()
 
@@ -303,7 +305,7 @@ class _ThreadWatcher(_TkWatcher):
             _retired.append(self)
         _forget_retired()
         try:
-            _unbind(self._root, self._virtual, self._bind_id)
+            _unbind(self._root, self._virtual, self._wake_cmd)
         except tkinter.TclError:
             pass  # the root is already gone
 
@@ -311,7 +313,7 @@ class _ThreadWatcher(_TkWatcher):
         """Called in the helper thread; tkinter marshals this into the Tk thread."""
         self._root.event_generate(self._virtual, when="tail")
 
-    def _on_wake(self, _event: tkinter.Event) -> None:
+    def _on_wake(self) -> None:
         # Take one socket at a time: if serving it opens a nested loop, the
         # rest are taken (and served) by the wakeups that loop delivers.
         while self.attached and (item := self._selector.take()) is not None:
