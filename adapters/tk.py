@@ -506,10 +506,15 @@ def _apply(selector: selectors.BaseSelector, fd: int, wanted: tuple[socket.socke
         key = None
     if not events:
         return
-    if key is None:
-        selector.register(fd, events, sock)
-    elif key.events != events:
-        selector.modify(fd, events, sock)
+    try:
+        if key is None:
+            selector.register(fd, events, sock)
+        elif key.events != events:
+            selector.modify(fd, events, sock)
+    except OSError:
+        # The Tk thread removed and closed the socket after this change was
+        # read; the removal queued another change, which the next pass applies.
+        pass
 
 
 def _drain(sock: socket.socket) -> None:

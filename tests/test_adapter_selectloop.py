@@ -439,9 +439,6 @@ def test_stop_from_another_thread_ends_run(loop, daemon, reported):
     stopper.join()
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: SelectLoop.attach keeps the handle of a refused attach "
-                                       "in loop._hosted, so loop.close() later detaches the daemon from "
-                                       "the loop it really is attached to")
 def test_refused_attach_leaves_the_daemons_real_loop_alone(loop, daemon, reported):
     handle = attach(daemon, loop)
     with SelectLoop() as other:
@@ -450,9 +447,6 @@ def test_refused_attach_leaves_the_daemons_real_loop_alone(loop, daemon, reporte
     assert handle.attached
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: SelectLoop.poll calls the callback of every socket "
-                                       "select() reported, even one an earlier callback of the same pass "
-                                       "removed (and closed)")
 def test_reader_removed_during_a_pass_is_not_called(loop, reported):
     first, first_peer = socket.socketpair()
     second, second_peer = socket.socketpair()
