@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import statistics
 import sys
 from typing import Callable
 
@@ -259,25 +260,38 @@ def main(argv: list[str] | None = None) -> int:
             except common.ChildFailed as exc:
                 failures[name] = f"failed in round {r + 1}: {exc}"
                 continue
+            result["round"] = r + 1
             rounds[name].append(result)
             print(f"round {r + 1}/{args.rounds}  {name:22s} {result['calls_per_s']:10,.0f} calls/s"
                   f"  p50 {result['p50_us']:7.1f} us  p99 {result['p99_us']:7.1f} us", flush=True)
 
     medians = {n: common.median_round(rs) for n, rs in rounds.items() if rs and n not in failures}
-    base5 = medians.get("pyro5", {}).get("calls_per_s")
-    base_raw = medians.get("raw", {}).get("calls_per_s")
+
+    def ratio(name: str, base: str) -> str:
+        if name not in medians or base not in medians:
+            return "-"
+        return common.fmt(medians[name]["calls_per_s"] / medians[base]["calls_per_s"], 2)
+
+    def paired(name: str, base: str) -> str:
+        """Median over rounds of the same-round ratio: robust against the machine's load drifting."""
+        if name not in medians or base not in medians:
+            return "-"
+        by_round = {r["round"]: r["calls_per_s"] for r in rounds[base]}
+        ratios = [r["calls_per_s"] / by_round[r["round"]] for r in rounds[name] if r["round"] in by_round]
+        return common.fmt(statistics.median(ratios), 2) if ratios else "-"
+
     rows = []
     for name in names:
         if name in medians:
             m = medians[name]
             spread = [r["calls_per_s"] for r in rounds[name]]
             rows.append([name, round(m["calls_per_s"]), m["p50_us"], m["p99_us"],
-                         m["calls_per_s"] / base5 if base5 else None,
-                         m["calls_per_s"] / base_raw if base_raw else None,
+                         ratio(name, "pyro5"), ratio(name, "raw"), paired(name, "pyro5"), paired(name, "raw"),
                          f"{min(spread):,.0f}..{max(spread):,.0f}"])
-    print("\nmedian round per implementation (ratios are calls/s divided by pyro5's and raw's):")
-    common.print_table(["implementation", "calls/s", "p50 us", "p99 us", "x pyro5", "x raw", "calls/s range"],
-                       [[r[0], r[1], r[2], r[3], common.fmt(r[4], 2), common.fmt(r[5], 2), r[6]] for r in rows])
+    print("\nmedian round per implementation (x: calls/s divided by pyro5's and raw's median round;"
+          " paired: median of same-round ratios):")
+    common.print_table(["implementation", "calls/s", "p50 us", "p99 us", "x pyro5", "x raw",
+                        "paired x pyro5", "paired x raw", "calls/s range"], rows)
     for name, reason in failures.items():
         print(f"{name}: {reason}")
     common.print_footer()
