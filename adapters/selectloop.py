@@ -5,7 +5,7 @@ device controller -- that want to serve calls next to their own sockets and
 timers::
 
     loop = SelectLoop()
-    attach(daemon, loop)               # as many daemons as you like
+    attach(daemon, loop)                # as many daemons as you like
     loop.add_reader(sensor, on_sensor)  # the program's own sockets
     loop.call_later(1.0, tick)          # and timers
     loop.run(until=lambda: done)        # or, once per frame: loop.poll(0)
@@ -17,20 +17,22 @@ the ``attach(daemon, loop)`` shape every adapter shares.
 
 The seed's hand-written pattern needs no loop object at all and keeps
 working: ``select(daemon.sockets, [], [], timeout)`` then
-``daemon.events(readable)``. Its limits are the ones ``Daemon.events``
-documents: no write interest (pending output is flushed on every call) and
-deadlines handled only when ``events`` runs.
+``daemon.events(readable)``. It gives up what a watcher brings: the daemon's
+deadlines (such as the half-frame timeout) are only checked when ``events``
+runs, so the ``select()`` timeout bounds how late they come, and a reply too
+big for the socket drains with the help of a short-lived thread that wakes
+the loop when the socket can take more.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pyro_loops._eventloop import SelectLoop, Timer
+from pyro_loops._eventloop import SelectLoop, Timer, _Hosted
 
 __all__ = ["SelectLoop", "Timer", "attach"]
 
 
-def attach(daemon: Any, loop: SelectLoop) -> Any:
+def attach(daemon: Any, loop: SelectLoop) -> _Hosted:
     """Serve ``daemon`` from ``loop``; the handle has ``detach()`` and is a context manager."""
     return loop.attach(daemon)

@@ -18,8 +18,8 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 import tkinter
+import weakref
 from typing import Any, Callable
 
 import pytest
