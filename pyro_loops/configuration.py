@@ -118,7 +118,7 @@ class Configuration:
         return self.NS_HOST or self.HOST
 
     def dump(self) -> str:
-        lines = [f"pyro_loops configuration:"]
+        lines = ["pyro_loops configuration:"]
         lines += [f"  {name} = {getattr(self, name)!r}" for name in sorted(_DEFAULTS)]
         return "\n".join(lines)
 

@@ -12,65 +12,30 @@ from __future__ import annotations
 
 import collections
 import inspect
-import logging
 import os
 import select
 import socket
 import sys
 import threading
 import time
-import traceback
 import uuid
 from typing import Any, Callable, Iterable
 
-from . import _wire, errors
-from ._expose import (expose, find_property, get_attribute, get_exposed_members, marked_in_worker,
-                      reset_metadata_cache)
+from . import errors
+from ._expose import (expose, get_exposed_members, reset_metadata_cache)
 from ._hosting import READ, WRITE, Watcher, log, report_error
-from ._protocol import ConnectRequest, InvokeRequest, PingRequest, ServerProtocol, Violation
-from ._serializers import ExceptionWrapper, Serializer, get_serializer
+from ._calls import CallHandling
+from ._connection import ClientConnection
+from ._protocol import ServerProtocol
 from ._uri import URI
 from ._workers import WorkerPool
 from .configuration import config
 from .constants import DAEMON_NAME
-from .context import current_context, enter_call_context, reset_call_context, set_call_context
 
 _RECV_SIZE = 256 * 1024
 _SEND_BUDGET = 4 * 1024 * 1024     # bytes written per writable event, for fairness
 _ACCEPT_BUDGET = 64                # connections accepted per readable event
 _OUTPUT_HIGH_WATER = 1024 * 1024   # stop reading a connection whose replies pile up
-
-
-class ClientConnection:
-    """One accepted client connection: its socket, protocol state and buffers.
-
-    User code sees it as ``current_context.client`` and in
-    ``validateHandshake(conn, data)`` / ``clientDisconnect(conn)``.
-    """
-
-    __slots__ = ("sock", "addr", "protocol", "out", "busy", "read_paused", "interest", "closed",
-                 "partial_since", "last_active", "pyroInstances", "tracked_resources", "__weakref__")
-
-    def __init__(self, sock: socket.socket, addr: Any, protocol: ServerProtocol) -> None:
-        self.sock = sock
-        self.addr = addr
-        self.protocol = protocol
-        self.out = bytearray()
-        self.busy = False           # a call of this connection is running (or awaited)
-        self.read_paused = False    # readiness arrived while busy: stop watching until done
-        self.interest = READ
-        self.closed = False
-        self.partial_since: float | None = None
-        self.last_active = time.monotonic()
-        self.pyroInstances: dict = {}   # per-connection instances of registered classes
-        self.tracked_resources: set = set()
-
-    def __repr__(self) -> str:
-        return f"<ClientConnection {self.addr} {'closed' if self.closed else 'open'}>"
-
-
-class _Deferred(Exception):
-    """Raised by a dispatch step whose reply is sent later (a coroutine being awaited)."""
 
 
 @expose
@@ -128,7 +93,7 @@ def daemon_served_by_current_thread(uri: URI) -> "Daemon | None":
     return None
 
 
-class Daemon:
+class Daemon(CallHandling):
     """Publishes objects to remote callers; see the module docstring."""
 
     def __init__(self, host: str | None = None, port: int = 0, unixsocket: str | None = None,
@@ -768,302 +733,10 @@ class Daemon:
         elif not conn.closed:
             self._set_interest(conn)
 
-    # --- protocol events ---------------------------------------------------------------
-
-    def _handle(self, conn: ClientConnection, event: Any) -> None:
-        if isinstance(event, InvokeRequest):
-            self._invoke(conn, event.msg)
-        elif isinstance(event, PingRequest):
-            self._send(conn, conn.protocol.pong_bytes(event.msg, self._reply_annotations(event.msg)))
-        elif isinstance(event, ConnectRequest):
-            self._handshake(conn, event.msg)
-        elif isinstance(event, Violation):
-            if event.reply is not None:
-                self._send(conn, event.reply)
-            self._close_conn(conn, "protocol error: " + event.reason)
-
-    def _reply_annotations(self, request: _wire.Message, corr: bytes | None = None) -> dict[str, bytes]:
-        annotations = {"CORR": corr or request.annotations.get("CORR") or os.urandom(16)}
-        annotations.update(self.annotations())
-        return annotations
-
-    def _handshake(self, conn: ClientConnection, msg: _wire.Message) -> None:
-        serializer = None
-        try:
-            serializer = get_serializer(msg.serializer_id)
-            if serializer.name not in config.SERIALIZERS_ACCEPTED:
-                serializer = None
-                raise errors.SerializeError(f"message used serializer that is not accepted: {msg.serializer_id}")
-            corr = msg.annotations.get("CORR")
-            if corr is not None and len(corr) != 16:
-                raise ValueError("bytes is not a 16-char string")
-            data = serializer.loads(msg.payload(config.MAX_MESSAGE_SIZE))
-            response = self.validateHandshake(conn, data["handshake"])
-            flags = 0
-            if msg.flags & _wire.FLAGS_META_ON_CONNECT:
-                flags = _wire.FLAGS_META_ON_CONNECT
-                meta = self.objectsById[DAEMON_NAME].get_metadata(data["object"], as_lists=True)
-                response = {"handshake": response, "meta": meta}
-            payload = serializer.dumps(response)
-        except Exception as exc:
-            text = str(exc)
-            log.info("refused connection from %s: %s", conn.addr, text)
-            fail_data = None
-            if serializer is not None:
-                try:
-                    fail_data = serializer.dumps(text)
-                except Exception:
-                    pass
-            self._send(conn, conn.protocol.connect_fail_bytes(text, msg, fail_data))
-            self._close_conn(conn, None)
-            return
-        if config.COMPRESSION:
-            payload, flags = _wire.compress_if_useful(payload, flags)
-        self._send(conn, conn.protocol.connect_ok_bytes(msg, payload, flags,
-                                                        self._reply_annotations(msg, corr)))
-
-    def _invoke(self, conn: ClientConnection, msg: _wire.Message) -> None:
-        oneway = bool(msg.flags & _wire.FLAGS_ONEWAY)
-        try:
-            serializer = get_serializer(msg.serializer_id)
-        except errors.SerializeError:
-            self._close_conn(conn, f"protocol error: unknown serializer id {msg.serializer_id}")
-            return
-        try:
-            if serializer.name not in config.SERIALIZERS_ACCEPTED:
-                raise errors.SerializeError(f"message used serializer that is not accepted: {msg.serializer_id}")
-            corr = msg.annotations.get("CORR")
-            if corr is not None and len(corr) != 16:
-                raise ValueError("bytes is not a 16-char string")
-            obj_id, method, vargs, kwargs = serializer.loads_call(msg.payload(config.MAX_MESSAGE_SIZE))
-            call, target, in_worker = self._prepare_call(conn, msg, obj_id, method, vargs, kwargs)
-        except Exception as exc:
-            if not oneway:
-                self._send(conn, self._exception_reply(conn, msg, serializer, exc))
-            else:
-                log.info("oneway call from %s failed before it ran: %s", conn.addr, exc)
-            return
-        if oneway:
-            if in_worker or (config.oneway_threaded() and not msg.flags & _wire.FLAGS_BATCH):
-                self._pool().submit(lambda: self._run_oneway(conn, msg, call))
-            else:
-                self._dispatching += 1
-                try:
-                    self._run_oneway(conn, msg, call)
-                finally:
-                    self._dispatching -= 1
-            return
-        conn.busy = True
-        if in_worker:
-            self._pool().submit(lambda: self._run_in_worker(conn, msg, serializer, call))
-            return
-        self._dispatching += 1
-        try:
-            data = self._run_call(conn, msg, serializer, call)
-        except _Deferred:
-            return  # a coroutine runs on the host loop; its reply comes later
-        finally:
-            self._dispatching -= 1
-        conn.busy = False
-        if conn.closed:
-            return
-        self._send(conn, data)
-        if conn.read_paused:
-            self._set_interest(conn)
-
-    def _prepare_call(self, conn: ClientConnection, msg: _wire.Message, obj_id: str, method: str,
-                      vargs: Any, kwargs: Any) -> tuple[Callable[[], Any], Any, bool]:
-        obj = self._target(conn, obj_id)
-        if msg.flags & _wire.FLAGS_BATCH and method == "<batch>":
-            calls = [(get_attribute(obj, name), args, kw) for name, args, kw in vargs]
-            run_in_worker = any(marked_in_worker(obj, func) for func, _, _ in calls)
-            return (lambda: _run_batch(calls)), obj, self._servertype == "thread" or run_in_worker
-        if kwargs is None and method in ("__getattr__", "__setattr__"):
-            name = vargs[0]
-            prop = find_property(obj, name)
-            if prop is None or (method == "__setattr__" and prop.fset is None):
-                raise AttributeError(f"attempt to access unexposed or unknown remote attribute '{name}'")
-            if method == "__getattr__":
-                return (lambda: prop.__get__(obj, type(obj))), obj, self._servertype == "thread"
-            value = vargs[1]
-            return (lambda: prop.__set__(obj, value)), obj, self._servertype == "thread"
-        func = get_attribute(obj, method)
-        if not callable(func):
-            raise AttributeError(f"attempt to access unexposed or unknown remote attribute '{method}'")
-        run_in_worker = self._servertype == "thread" or marked_in_worker(obj, func)
-        return (lambda: func(*vargs, **kwargs)), obj, run_in_worker
-
-    def _target(self, conn: ClientConnection, obj_id: str) -> Any:
-        obj = self.objectsById.get(obj_id) if isinstance(obj_id, str) else None
-        if obj is None:
-            raise errors.DaemonError("unknown object")
-        if not inspect.isclass(obj):
-            return obj
-        mode, creator = obj._pyroInstancing
-        make = (lambda: creator(obj)) if creator else obj
-        if mode == "percall":
-            instance = make()
-        elif mode == "single":
-            instance = self._single_instances.get(obj)
-            if instance is None:
-                instance = self._single_instances[obj] = make()
-        else:
-            instance = conn.pyroInstances.get(obj)
-            if instance is None:
-                instance = conn.pyroInstances[obj] = make()
-        instance._pyroDaemon = self
-        instance._pyroId = obj_id
-        return instance
-
-    def _set_context(self, conn: ClientConnection, msg: _wire.Message) -> Any:
-        return set_call_context(conn, conn.addr, msg.seq, msg.flags, msg.serializer_id, msg.annotations)
-
-    def _run_call(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
-                  call: Callable[[], Any]) -> bytes:
-        """Run a call where we are (loop or worker) and return its reply bytes."""
-        token = self._set_context(conn, msg)
-        facts = current_context.facts()
-        try:
-            result = call()
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:
-            return self._exception_reply(conn, msg, serializer, exc)
-        finally:
-            reset_call_context(token)
-        if inspect.iscoroutine(result):
-            return self._await(conn, msg, serializer, result, facts)
-        return self._result_reply(conn, msg, serializer, result, facts.response_annotations)
-
-    def _await(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer, coro: Any,
-               facts: Any) -> bytes:
-        runner = self.coroutine_runner
-        if runner is None or threading.get_ident() != self._loop_thread:
-            coro.close()
-            return self._exception_reply(conn, msg, serializer, TypeError(
-                "async def methods need a daemon hosted by the asyncio adapter "
-                "(pyro_loops.adapters.asyncio)"))
-
-        def done(result: Any, exc: BaseException | None) -> None:
-            if exc is not None:
-                data = self._exception_reply(conn, msg, serializer, exc)
-            else:
-                data = self._result_reply(conn, msg, serializer, result, facts.response_annotations)
-            self._finish_call(conn, data)
-            self._update_deadline()
-
-        token = enter_call_context(facts)  # the task copies the context it is created in
-        try:
-            runner(coro, done)
-        finally:
-            reset_call_context(token)
-        raise _Deferred()
-
-    def _run_in_worker(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
-                       call: Callable[[], Any]) -> None:
-        try:
-            data = self._run_call(conn, msg, serializer, call)
-        except BaseException as exc:  # even SystemExit in a worker must not lose the reply
-            data = self._exception_reply(conn, msg, serializer, exc)
-        self._completed.append((conn, data))
-        self._wake()
-
-    def _run_oneway(self, conn: ClientConnection, msg: _wire.Message, call: Callable[[], Any]) -> None:
-        token = self._set_context(conn, msg)
-        try:
-            result = call()
-            if inspect.iscoroutine(result):
-                if self.coroutine_runner is not None and threading.get_ident() == self._loop_thread:
-                    self.coroutine_runner(result, lambda _r, e: e and log.info("oneway coroutine failed: %r", e))
-                else:
-                    result.close()
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:
-            log.info("oneway call from %s raised %s: %s", conn.addr, type(exc).__name__, exc)
-        finally:
-            reset_call_context(token)
-
     def _pool(self) -> WorkerPool:
         if self._workers is None:
             self._workers = WorkerPool(config.THREADPOOL_SIZE)
         return self._workers
-
-    def _result_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
-                      result: Any, response_annotations: dict[str, bytes] | None = None) -> bytes:
-        flags = 0
-        annotations = self._reply_annotations(msg)
-        if response_annotations:
-            annotations.update(response_annotations)
-        if msg.flags & _wire.FLAGS_BATCH:
-            flags |= _wire.FLAGS_BATCH
-        elif _is_stream(result):
-            return self._start_stream(conn, msg, serializer, result)
-        try:
-            data = serializer.dumps(result)
-        except Exception as exc:
-            return self._exception_reply(conn, msg, serializer, errors.SerializeError(
-                f"result of {type(result).__name__} could not be serialized with {serializer.name}: {exc}"))
-        if config.COMPRESSION:
-            data, flags = _wire.compress_if_useful(data, flags)
-        if config.MAX_MESSAGE_SIZE and len(data) > config.MAX_MESSAGE_SIZE:
-            return self._exception_reply(conn, msg, serializer, errors.MessageTooLargeError(
-                f"reply of {len(data)} bytes exceeds MAX_MESSAGE_SIZE ({config.MAX_MESSAGE_SIZE})"))
-        return conn.protocol.result_bytes(msg, data, flags, annotations)
-
-    def _exception_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
-                         exc: BaseException, flags: int = _wire.FLAGS_EXCEPTION,
-                         annotations: dict[str, bytes] | None = None) -> bytes:
-        if not hasattr(exc, "_pyroTraceback"):
-            try:
-                exc._pyroTraceback = _format_traceback(exc)
-            except AttributeError:
-                pass
-        annotations = annotations if annotations is not None else dict(self.annotations())
-        try:
-            data = serializer.dumps(exc)
-        except Exception as ser_exc:
-            replacement = errors.PyroError(f"Error serializing exception: {ser_exc}. "
-                                           f"Original exception: {type(exc)}: {exc}")
-            replacement._pyroTraceback = getattr(exc, "_pyroTraceback", None)
-            data = serializer.dumps(replacement)
-        return conn.protocol.result_bytes(msg, data, flags, annotations)
-
-    # --- streams ------------------------------------------------------------------------
-
-    def _start_stream(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
-                      iterator: Any) -> bytes:
-        flags = _wire.FLAGS_EXCEPTION | _wire.FLAGS_ITEMSTREAMRESULT
-        annotations = dict(self.annotations())
-        if config.ITER_STREAMING:
-            stream_id = str(uuid.uuid4())
-            self._streams[stream_id] = [iterator, conn, time.monotonic(), None]
-            annotations["STRM"] = stream_id.encode("ascii")
-        marker = errors.ProtocolError("result of call is an iterator")
-        marker._pyroTraceback = None  # tells the client this is no real error
-        return self._exception_reply(conn, msg, serializer, marker, flags, annotations)
-
-    def _next_stream_item(self, stream_id: str) -> Any:
-        stream = self._streams.get(stream_id)
-        if stream is None:
-            raise errors.PyroError("item stream terminated")
-        client = getattr(current_context, "client", None)
-        if client is not None and stream[1] is not client:
-            stream[1], stream[3] = client, None
-        try:
-            return next(stream[0])
-        except StopIteration:
-            self._streams.pop(stream_id, None)
-            raise StopIteration() from None
-        except BaseException:
-            self._streams.pop(stream_id, None)
-            raise
-
-    def _expire_streams(self, now: float) -> None:
-        for stream_id, (_, _, created, linger_since) in list(self._streams.items()):
-            if (config.ITER_STREAM_LIFETIME and now - created >= config.ITER_STREAM_LIFETIME) or \
-                    (linger_since is not None and now - linger_since >= config.ITER_STREAM_LINGER):
-                del self._streams[stream_id]
 
     # --- misc --------------------------------------------------------------------------
 
@@ -1098,36 +771,3 @@ class Daemon:
             if verbose:
                 print("Pyro daemon running.", flush=True)
             daemon.requestLoop()
-
-
-def _is_stream(result: Any) -> bool:
-    return inspect.isgenerator(result) or (
-        isinstance(result, collections.abc.Iterator) and not isinstance(result, (str, bytes, dict)))
-
-
-def _run_batch(calls: list) -> list:
-    results: list[Any] = []
-    for func, args, kwargs in calls:
-        try:
-            results.append(func(*args, **(kwargs or {})))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:
-            exc._pyroTraceback = _format_traceback(exc)
-            results.append(ExceptionWrapper(exc))
-            break
-    return results
-
-
-def _format_traceback(exc: BaseException) -> list[str]:
-    if config.DETAILED_TRACEBACK:
-        lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        frames = []
-        tb = exc.__traceback__
-        while tb is not None:
-            frame = tb.tb_frame
-            local_vars = ", ".join(f"{k}={v!r:.80}" for k, v in frame.f_locals.items() if not k.startswith("__"))
-            frames.append(f"  locals in {frame.f_code.co_name}: {local_vars}\n")
-            tb = tb.tb_next
-        return lines + frames
-    return traceback.format_exception(type(exc), exc, exc.__traceback__)

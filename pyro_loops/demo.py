@@ -23,7 +23,6 @@ import functools
 import json
 import os
 import selectors
-import statistics
 import subprocess
 import sys
 import threading

@@ -1,0 +1,38 @@
+"""The daemon's record of one accepted client connection."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from ._hosting import READ
+from ._protocol import ServerProtocol
+
+
+class ClientConnection:
+    """One accepted client connection: its socket, protocol state and buffers.
+
+    User code sees it as ``current_context.client`` and in
+    ``validateHandshake(conn, data)`` / ``clientDisconnect(conn)``.
+    """
+
+    __slots__ = ("sock", "addr", "protocol", "out", "busy", "read_paused", "interest", "closed",
+                 "partial_since", "last_active", "pyroInstances", "tracked_resources", "__weakref__")
+
+    def __init__(self, sock: socket.socket, addr: Any, protocol: ServerProtocol) -> None:
+        self.sock = sock
+        self.addr = addr
+        self.protocol = protocol
+        self.out = bytearray()
+        self.busy = False           # a call of this connection is running (or awaited)
+        self.read_paused = False    # readiness arrived while busy: stop watching until done
+        self.interest = READ
+        self.closed = False
+        self.partial_since: float | None = None
+        self.last_active = time.monotonic()
+        self.pyroInstances: dict = {}   # per-connection instances of registered classes
+        self.tracked_resources: set = set()
+
+    def __repr__(self) -> str:
+        return f"<ClientConnection {self.addr} {'closed' if self.closed else 'open'}>"
