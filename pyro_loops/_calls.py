@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections.abc
 import inspect
-import os
+import random
 import threading
 import time
 import traceback
@@ -48,7 +48,8 @@ class CallHandling:
             self._close_conn(conn, "protocol error: " + event.reason)
 
     def _reply_annotations(self, request: _wire.Message, corr: bytes | None = None) -> dict[str, bytes]:
-        annotations = {"CORR": corr or request.annotations.get("CORR") or os.urandom(16)}
+        # a correlation id needs to be unique, not secret: no system call per reply
+        annotations = {"CORR": corr or request.annotations.get("CORR") or random.randbytes(16)}
         annotations.update(self.annotations())
         return annotations
 

@@ -219,8 +219,10 @@ class Serializer:
         """
         try:
             value = self._loads(data)
-            if any(marker in data for marker in self._markers):
-                value = _rebuild(value)
+            for marker in self._markers:  # most payloads hold neither: skip the walk
+                if marker in data:
+                    value = _rebuild(value)
+                    break
         except (errors.SerializeError, errors.SecurityError):
             raise
         except (RecursionError, MemoryError):
