@@ -23,7 +23,7 @@ open fds and RSS while the phase ran (the RSS difference is the memory cost
 of the idle connections). File descriptor limits (RLIMIT_NOFILE) are raised
 to the hard limit where needed.
 
-Run ``python bench/connections.py --help``; bench/README.rst has the details.
+Run ``python bench/connections.py --help`` for the options.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ checked. At the end it reports:
   /proc from outside the process: before any client, early and late under
   load, and after the clients left. Flat means no leak.
 
-Run ``python bench/soak.py --help``; bench/README.rst has the details.
+Run ``python bench/soak.py --help`` for the options.
 """
 
 from __future__ import annotations

@@ -274,12 +274,14 @@ def call_case(proxy, case: str):
             return "returned", [next(items), next(items)]
         return "returned", getattr(proxy, case)()
     except errors.TimeoutError:
-        raise AssertionError(f"{case}: no answer within {proxy._pyroTimeout} s: the call was lost")
+        raise AssertionError(f"{case}: no answer within {proxy._pyroTimeout} s: the call was lost") from None
     except BaseException as exc:  # noqa: BLE001 - BaseException subclasses are the point here
         return "raised", exc
 
 
 def is_answered(exc) -> bool:
+    """An exception reply reached the caller: anything but a failed connection (a SerializeError
+    counts, since the reply arrived and only its class could not be rebuilt)."""
     return not isinstance(exc, errors.CommunicationError) or isinstance(exc, errors.SerializeError)
 
 
@@ -331,7 +333,7 @@ def raising_params():
 @pytest.mark.parametrize("case, mode", raising_params())
 def test_server_object_raising_gives_its_caller_a_clear_error_and_others_are_served(case, mode, logs):
     check = RAISING_CASES[case][0]
-    daemon, uri, obj = start(mode, Raiser)
+    daemon, uri, _ = start(mode, Raiser)
     with serving(daemon), proxy_for(uri) as caller, proxy_for(uri) as other:
         assert other.ping() == "pong"
         caller._pyroTimeout = 3  # the lost-call bugs would otherwise cost TIMEOUT each

@@ -17,7 +17,7 @@ import logging
 
 import pytest
 
-from pyro_loops import Daemon, Proxy, config, errors, expose, oneway
+from pyro_loops import Daemon, Proxy, config, errors, expose
 from pyro_loops import _wire
 from pyro_loops._serializers import get_serializer
 from _util import PeerError, Pyro4Server, pyro4_client
