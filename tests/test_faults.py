@@ -136,10 +136,10 @@ def test_daemon_keeps_serving_others_when_a_client_process_is_killed_mid_call(mo
 @pytest.mark.parametrize("mode", MODES)
 def test_reply_to_a_killed_client_is_dropped_with_a_log_line(request, mode, logs):
     for marker in core_bug(mode, ("multiplex",), (
-            "daemon.py Daemon._invoke(): a call run inline on the loop thread cannot notice its client "
+            "_calls.py _invoke(): a call run inline on the loop thread cannot notice its client "
             "hang up (nothing is read meanwhile); afterwards the reply is written into the dead socket "
-            "without a check (a MSG_PEEK for EOF, as _read() now does for busy connections, would do) and "
-            "_read() closes on the EOF with reason None, so no line names the dropped reply")):
+            "without a check (a MSG_PEEK for EOF, as daemon.py _read() now does for busy connections, would do) "
+            "and _read() closes on the EOF with reason None, so no line names the dropped reply")):
         request.applymarker(marker)
     daemon, uri, obj = start(mode, Blocking)
     with serving(daemon):
@@ -285,12 +285,12 @@ def is_answered(exc) -> bool:
     return not isinstance(exc, errors.CommunicationError) or isinstance(exc, errors.SerializeError)
 
 
-LOST_IN_LOOP = ("daemon.py Daemon._exception_reply(): an error raised while building the exception reply "
+LOST_IN_LOOP = ("_calls.py _exception_reply(): an error raised while building the exception reply "
                 "(str(exc) failing in the 'Error serializing exception' text, or exc._pyroTraceback = ... "
                 "raising TypeError) escapes _run_call(); handle_event() reports it as an internal error but "
                 "the call is never answered and the connection stays busy forever")
-LOOP_KILLED = ("daemon.py: a BaseException subclass raised while serializing a reply on the loop thread "
-               "(_result_reply/_exception_reply catch only Exception) escapes handle_event() and "
+LOOP_KILLED = ("_calls.py: a BaseException subclass raised while serializing a reply on the loop thread "
+               "(_result_reply/_exception_reply catch only Exception) escapes daemon.py handle_event() and "
                "SelectLoop.poll() (both catch only Exception), so requestLoop's thread dies and no one is "
                "served any more")
 
