@@ -30,10 +30,12 @@ import socket
 import time
 from typing import Any, Callable
 
-from pyro_loops._hosting import READ, WRITE, report_error
+from pyro_loops._hosting import READ, WRITE
+
+from ._common import WatcherHandle, attach_watcher, guarded
 
 
-class AsyncioHandle:
+class AsyncioHandle(WatcherHandle):
     """A daemon attached to an asyncio loop; the daemon's watcher.
 
     ``detach()`` (or leaving the ``with`` block) stops serving and removes
@@ -49,38 +51,10 @@ class AsyncioHandle:
         self._timer: _asyncio.TimerHandle | None = None
         self._tasks: set[_asyncio.Task] = set()  # the loop keeps only weak references to tasks
         self._attached = True
-        try:
-            daemon.attach_watcher(self)
-        except BaseException:
-            self.detached()
-            raise
+        attach_watcher(daemon, self)
         daemon.coroutine_runner = self._run_coroutine
 
-    @property
-    def attached(self) -> bool:
-        return self._attached
-
-    def detach(self) -> None:
-        """Stop serving the daemon from this loop; nothing of it stays registered."""
-        if self._attached:
-            self.daemon.detach_watcher()
-
-    def __enter__(self) -> "AsyncioHandle":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.detach()
-
-    # -- the watcher interface (called by the daemon, in the loop's thread) --
-
-    def add(self, sock: socket.socket, events: int) -> None:
-        self._set_interest(sock, events)
-
-    def modify(self, sock: socket.socket, events: int) -> None:
-        self._set_interest(sock, events)
-
-    def remove(self, sock: socket.socket) -> None:
-        self._set_interest(sock, 0)
+    # -- the rest of the watcher interface (called by the daemon, in the loop's thread) --
 
     def set_deadline(self, when: float | None) -> None:
         self._when = when
@@ -117,13 +91,11 @@ class AsyncioHandle:
         else:
             self._socks.pop(fd, None)
 
+    @guarded("asyncio adapter: socket ready")
     def _on_ready(self, fd: int, sock: socket.socket, direction: int) -> None:
-        try:
-            known, events = self._socks.get(fd, (None, 0))
-            if known is sock and events & direction:  # else a callback that outlived its registration
-                self.daemon.handle_event(sock, direction)
-        except BaseException as exc:  # noqa: BLE001 - keep it out of the loop's exception handler
-            report_error(exc, "asyncio adapter: socket ready")
+        known, events = self._socks.get(fd, (None, 0))
+        if known is sock and events & direction:  # else a callback that outlived its registration
+            self.daemon.handle_event(sock, direction)
 
     # -- deadline --
 
@@ -135,19 +107,16 @@ class AsyncioHandle:
             # Deadlines are time.monotonic() values; the loop has its own clock.
             self._timer = self.loop.call_at(self.loop.time() + (self._when - time.monotonic()), self._on_timer)
 
+    @guarded("asyncio adapter: deadline")
     def _on_timer(self) -> None:
-        try:
-            self._timer = None
-            if self._when is None:
-                return
-            if time.monotonic() < self._when:  # the loop runs timers up to one clock tick early
-                self._arm()
-                return
-            self._when = None
-            self.daemon.handle_deadline()
-        except BaseException as exc:  # noqa: BLE001
-            report_error(exc, "asyncio adapter: deadline")
-
+        self._timer = None
+        if self._when is None:
+            return
+        if time.monotonic() < self._when:  # the loop runs timers up to one clock tick early
+            self._arm()
+            return
+        self._when = None
+        self.daemon.handle_deadline()
 
     # -- async def methods --
 
@@ -162,17 +131,15 @@ class AsyncioHandle:
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._coroutine_done, done))
 
+    @guarded("asyncio adapter: coroutine reply")
     def _coroutine_done(self, done: Callable[[Any, BaseException | None], None], task: _asyncio.Task) -> None:
         self._tasks.discard(task)
-        try:
-            if task.cancelled():
-                done(None, _asyncio.CancelledError("the task running this call was cancelled"))
-            elif task.exception() is not None:
-                done(None, task.exception())
-            else:
-                done(task.result(), None)
-        except BaseException as exc:  # noqa: BLE001
-            report_error(exc, "asyncio adapter: coroutine reply")
+        if task.cancelled():
+            done(None, _asyncio.CancelledError("the task running this call was cancelled"))
+        elif task.exception() is not None:
+            done(None, task.exception())
+        else:
+            done(task.result(), None)
 
 
 def _check_loop(loop: _asyncio.AbstractEventLoop) -> None:

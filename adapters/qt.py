@@ -22,16 +22,17 @@ none escapes into Qt, where PyQt5 would abort the process.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import math
 import socket
 import sys
 import time
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
-from pyro_loops._hosting import READ, WRITE, report_error
+from pyro_loops._hosting import READ, WRITE
+
+from ._common import WatcherHandle, attach_watcher, guarded
 
 _BINDINGS = ("PyQt5", "PySide6", "PyQt6")
 _MAX_TIMER_MS = 2**31 - 1  # QTimer takes a signed 32-bit interval
@@ -56,22 +57,6 @@ def _qtcore(app: Any) -> ModuleType:
     raise ImportError("pyro_loops.adapters.qt needs PyQt5, PySide6 or PyQt6")
 
 
-def _guarded(where: str) -> Callable:
-    """Wrap a slot so that nothing it raises reaches Qt (PyQt5 would abort)."""
-
-    def decorate(slot: Callable) -> Callable:
-        @functools.wraps(slot)
-        def wrapper(*args: Any) -> None:
-            try:
-                slot(*args)
-            except BaseException as exc:  # noqa: BLE001 - a slot must not raise at all
-                report_error(exc, where)
-
-        return wrapper
-
-    return decorate
-
-
 class _Watch:
     """One notifier for one (socket, direction); ``busy`` while its callback runs."""
 
@@ -85,7 +70,7 @@ class _Watch:
         self.busy = False
 
 
-class QtHandle:
+class QtHandle(WatcherHandle):
     """A daemon attached to a Qt application; the daemon's watcher.
 
     Use ``detach()`` (or the ``with`` statement) to stop serving; the daemon
@@ -112,15 +97,7 @@ class QtHandle:
         self._quit_slot = self._on_quit if close_on_quit else None
         if self._quit_slot is not None:
             app.aboutToQuit.connect(self._quit_slot)
-        try:
-            daemon.attach_watcher(self)
-        except BaseException:
-            self.detached()
-            raise
-
-    @property
-    def attached(self) -> bool:
-        return self._attached
+        attach_watcher(daemon, self)
 
     def detach(self) -> None:
         """Stop serving the daemon from this loop; nothing of it stays in Qt.
@@ -128,28 +105,11 @@ class QtHandle:
         Call it from the GUI thread (notifiers belong to it). From another
         thread, ``daemon.close()`` is the way: the daemon hands it to the loop.
         """
-        if not self._attached:
-            return
-        if self._qt.QThread.currentThread() != self._app.thread():
+        if self._attached and self._qt.QThread.currentThread() != self._app.thread():
             raise RuntimeError("detach from the thread the Qt application runs in (or call daemon.close())")
-        self.daemon.detach_watcher()
+        super().detach()
 
-    def __enter__(self) -> "QtHandle":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.detach()
-
-    # -- the watcher interface (called by the daemon, in the GUI thread) --
-
-    def add(self, sock: socket.socket, events: int) -> None:
-        self._set_interest(sock, events)
-
-    def modify(self, sock: socket.socket, events: int) -> None:
-        self._set_interest(sock, events)
-
-    def remove(self, sock: socket.socket) -> None:
-        self._set_interest(sock, 0)
+    # -- the rest of the watcher interface (called by the daemon, in the GUI thread) --
 
     def set_deadline(self, when: float | None) -> None:
         self._when = when
@@ -202,7 +162,7 @@ class QtHandle:
         watch.notifier.activated.disconnect()
         watch.notifier.deleteLater()
 
-    @_guarded("qt adapter: socket notifier")
+    @guarded("qt adapter: socket notifier")
     def _on_activated(self, watch: _Watch) -> None:
         key = (watch.fd, watch.direction)
         if self._watches.get(key) is not watch:
@@ -224,7 +184,7 @@ class QtHandle:
         # Rounded up: a timer that fires early would only make the daemon find nothing due.
         self._timer.start(min(_MAX_TIMER_MS, max(0, math.ceil(delay * 1000))))
 
-    @_guarded("qt adapter: deadline timer")
+    @guarded("qt adapter: deadline timer")
     def _on_timer(self) -> None:
         if self._when is None:
             return
@@ -235,7 +195,7 @@ class QtHandle:
         self._when = None
         self.daemon.handle_deadline()
 
-    @_guarded("qt adapter: application quit")
+    @guarded("qt adapter: application quit")
     def _on_quit(self) -> None:
         self.daemon.close()
 

@@ -55,6 +55,8 @@ from typing import Any, Callable, Literal
 
 from pyro_loops._hosting import READ, WRITE, report_error
 
+from ._common import attach_watcher
+
 __all__ = ["attach", "TkHandle"]
 
 Strategy = Literal["auto", "filehandler", "thread"]
@@ -80,11 +82,7 @@ def attach(daemon: Any, root: tkinter.Tk, *, strategy: Strategy = "auto",
         watcher = _ThreadWatcher(daemon, root, close_on_destroy)
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
-    try:
-        daemon.attach_watcher(watcher)
-    except BaseException:
-        watcher.detached()
-        raise
+    attach_watcher(daemon, watcher)
     watcher.started()
     return TkHandle(watcher, strategy)
 
