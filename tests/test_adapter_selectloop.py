@@ -18,48 +18,16 @@ from typing import Any, Callable
 import pytest
 
 import pyro_loops
-from pyro_loops import _wire
-from pyro_loops._serializers import get_serializer
 from pyro_loops.adapters.selectloop import SelectLoop, attach
 
-WAIT_S = 10.0
-BIG_REPLY = 8 * 1024 * 1024
-FLOOD = 600  # pipelined calls, about 60 kB: fits the socket buffers on both ends
+from _adapter_support import (BIG_REPLY, FLOOD, WAIT_S, BaseService, DisconnectFails, RawClient, call_once,
+                              errors_reported, half_frame_client, in_threads, proxy)
 
 
 @pyro_loops.expose
-class Service:
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.worker_started = threading.Event()
-        self.ticks = 0
-
-    def echo(self, value):
-        return value
-
-    def ticks_seen(self):
-        return self.ticks
-
+class Service(BaseService):
     def in_loop_thread(self):
         return threading.current_thread() is threading.main_thread()
-
-    def fail(self):
-        raise ValueError("boom")
-
-    def big(self):
-        return "x" * BIG_REPLY
-
-    @pyro_loops.in_worker
-    def wait_in_worker(self):
-        self.worker_started.set()
-        return self.release.wait(WAIT_S), threading.current_thread() is threading.main_thread()
-
-
-class DisconnectFails(pyro_loops.Daemon):
-    """A daemon whose ``clientDisconnect`` hook raises: an error inside the machinery."""
-
-    def clientDisconnect(self, conn):  # noqa: N802 - Pyro4's name
-        raise RuntimeError("disconnect hook failed")
 
 
 # --- fixtures -------------------------------------------------------------------------
@@ -74,11 +42,8 @@ def loop():
 @pytest.fixture
 def reported():
     """Errors sent to the error hook; a test that expects some clears the list."""
-    seen: list[tuple[BaseException, str]] = []
-    pyro_loops.set_error_hook(lambda exc, where: seen.append((exc, where)))
-    yield seen
-    pyro_loops.set_error_hook(None)
-    assert not seen, f"unexpected internal errors: {seen}"
+    with errors_reported() as seen:
+        yield seen
 
 
 @pytest.fixture
@@ -97,47 +62,12 @@ def service(daemon):
 # --- helpers --------------------------------------------------------------------------
 
 
-def proxy(uri) -> pyro_loops.Proxy:
-    p = pyro_loops.Proxy(uri)
-    p._pyroTimeout = WAIT_S
-    return p
-
-
-def call_once(uri, method: str, *args: Any) -> Any:
-    with proxy(uri) as p:
-        return getattr(p, method)(*args)
-
-
 def run_until(loop: SelectLoop, condition: Callable[[], Any]) -> None:
     """Run the loop until ``condition()`` holds, re-checked at least every 10 ms."""
     safety = loop.call_later(WAIT_S, loop.stop)
     loop.run(until=condition, max_wait=0.01)
     safety.cancel()
     assert condition(), f"not reached within {WAIT_S} s"
-
-
-def in_threads(*clients: Callable[[], Any], when_done: Callable[[], None]):
-    """Start each client in a thread; ``when_done()`` runs after the last one ends."""
-    results: list[Any] = [None] * len(clients)
-    failures: list[BaseException] = []
-    remaining = [len(clients)]
-    lock = threading.Lock()
-
-    def run(index: int, client: Callable[[], Any]) -> None:
-        try:
-            results[index] = client()
-        except BaseException as exc:
-            failures.append(exc)
-        finally:
-            with lock:
-                remaining[0] -= 1
-                if not remaining[0]:
-                    when_done()
-
-    threads = [threading.Thread(target=run, args=(i, c), daemon=True) for i, c in enumerate(clients)]
-    for thread in threads:
-        thread.start()
-    return threads, results, failures
 
 
 def serve_clients(loop: SelectLoop, *clients: Callable[[], Any]) -> list[Any]:
@@ -157,54 +87,6 @@ def serve_clients(loop: SelectLoop, *clients: Callable[[], Any]) -> list[Any]:
 def watched(loop: SelectLoop) -> set[Any]:
     """The sockets registered in the loop's selector, its own wakeup socket left out."""
     return {key.fileobj for key in loop._selector.get_map().values()} - {loop._wake_r}
-
-
-class RawClient:
-    """A protocol client built from the wire module that sends and reads only
-    when told: it can pipeline many calls at once, or leave a big reply
-    waiting in the daemon's output buffer (a small receive buffer helps)."""
-
-    def __init__(self, uri, receive_buffer: int | None = None) -> None:
-        self.serializer = get_serializer("serpent")
-        self.sock = socket.socket()
-        if receive_buffer:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        self.sock.settimeout(WAIT_S)
-        self.sock.connect((uri.host, uri.port))
-        self.reader = _wire.FrameReader()
-        self.object = uri.object
-        self.sent = 0
-        self._send(_wire.MSG_CONNECT, self.serializer.dumps({"handshake": "hello"}), 0)
-        self.connected = False
-
-    def _send(self, msg_type: int, payload: bytes, seq: int) -> None:
-        msg = _wire.Message(msg_type, payload, self.serializer.serializer_id, 0, seq)
-        self.sock.sendall(_wire.encode(msg))
-
-    def call(self, method: str, count: int = 1) -> None:
-        """Send ``count`` calls in one go, without waiting for any reply."""
-        payload = self.serializer.dumps_call(self.object, method, (), {})
-        frames = b"".join(_wire.encode(_wire.Message(_wire.MSG_INVOKE, payload, self.serializer.serializer_id,
-                                                     0, self.sent + i + 1)) for i in range(count))
-        self.sent += count
-        self.sock.sendall(frames)
-
-    def _receive(self) -> _wire.Message:
-        while (msg := self.reader.next_message()) is None:
-            chunk = self.sock.recv(1 << 20)
-            assert chunk, "connection closed"
-            self.reader.feed(chunk)
-        return msg
-
-    def results(self) -> list[Any]:
-        """Read the handshake reply (once) and the replies to every call sent, in order."""
-        if not self.connected:
-            assert self._receive().type == _wire.MSG_CONNECTOK
-            self.connected = True
-        replies = [self._receive() for _ in range(self.sent)]
-        assert [r.type for r in replies] == [_wire.MSG_RESULT] * self.sent
-        assert [r.seq for r in replies] == list(range(1, self.sent + 1))
-        return [self.serializer.loads(r.payload()) for r in replies]
 
 
 # --- the loop hosting daemons ----------------------------------------------------------
@@ -238,8 +120,7 @@ def test_clients_coming_and_going_leave_no_registration_behind(loop, daemon, ser
 def test_half_sent_frame_does_not_stall_others_and_times_out(loop, daemon, service, reported):
     pyro_loops.config.HALF_FRAME_TIMEOUT = 0.3
     attach(daemon, loop)
-    with socket.create_connection((service.uri.host, service.uri.port), timeout=WAIT_S) as stalled:
-        stalled.sendall(b"PYRO\x00\x30\x00\x01\x00\x00")  # 10 bytes of a 24-byte header
+    with half_frame_client(service.uri) as stalled:
 
         def other_client():
             with proxy(service.uri) as p:
@@ -414,8 +295,7 @@ def test_frame_loop_pumping_poll_zero_keeps_running_during_a_long_call(loop, dae
     attach(daemon, loop)
     for _ in range(100):
         loop.poll(0)  # nothing to do: must return at once, or this test hangs
-    threads, results, failures = in_threads(lambda: call_once(service.uri, "wait_in_worker"),
-                                            when_done=lambda: None)
+    threads, results, failures = in_threads(lambda: call_once(service.uri, "wait_in_worker"))
     frames_during_call = 0
     while threads[0].is_alive():
         loop.poll(0)  # one frame
@@ -481,13 +361,12 @@ def seed_loop(daemon, until: Callable[[], bool]) -> None:
 
 def test_seed_select_pattern_serves_clients_coming_and_going(daemon, service, reported):
     threads, results, failures = in_threads(
-        *(lambda n=n: [call_once(service.uri, "echo", (n, i)) for i in range(5)] for n in range(8)),
-        when_done=lambda: None)
+        *(lambda n=n: [call_once(service.uri, "echo", (n, i)) for i in range(5)] for n in range(8)))
     seed_loop(daemon, lambda: not any(t.is_alive() for t in threads) and len(daemon.sockets) == 2)
     assert not failures
     assert results == [[(n, i) for i in range(5)] for n in range(8)]
     with proxy(service.uri) as p:
-        threads, results, failures = in_threads(lambda: p.fail(), lambda: p.echo("after"), when_done=lambda: None)
+        threads, results, failures = in_threads(lambda: p.fail(), lambda: p.echo("after"))
         seed_loop(daemon, lambda: not any(t.is_alive() for t in threads))
     assert [type(f) for f in failures] == [ValueError] and results[1] == "after"
 
@@ -500,7 +379,7 @@ def test_seed_select_pattern_delivers_a_big_reply_without_waiting_for_a_timeout(
             p._pyroTimeout = 1.0  # far below the loop's select() timeout
             return len(p.big())
 
-    threads, results, failures = in_threads(client, when_done=lambda: None)
+    threads, results, failures = in_threads(client)
     deadline = time.monotonic() + WAIT_S
     while threads[0].is_alive() and time.monotonic() < deadline:
         readable, _, _ = select.select(daemon.sockets, [], [], 3.0)

@@ -25,46 +25,25 @@ from typing import Any, Callable
 import pytest
 
 import pyro_loops
-from pyro_loops import _wire
-from pyro_loops._serializers import get_serializer
 from pyro_loops.adapters import tk as tk_adapter
 
-WAIT_S = 10.0
-BIG_REPLY = 8 * 1024 * 1024
-FLOOD = 600  # pipelined calls, about 60 kB: fits the socket buffers on both ends
+from _adapter_support import (BIG_REPLY, FLOOD, WAIT_S, BaseService, DisconnectFails, RawClient, call_once,
+                              errors_reported, half_frame_client, in_threads, proxy)
+
 HELPER_THREAD = "pyro_loops-tk-selector"
 
 
 @pyro_loops.expose
-class Service:
+class Service(BaseService):
     def __init__(self, root: tkinter.Tk) -> None:
+        super().__init__()
         self.root = root
-        self.release = threading.Event()
-        self.worker_started = threading.Event()
         self.nested_open = threading.Event()
         self.leave_nested: Callable[[], None] | None = None
         self.log: list[str] = []
-        self.ticks = 0
-
-    def echo(self, value):
-        return value
-
-    def ticks_seen(self):
-        return self.ticks
 
     def in_tk_thread(self):
         return threading.current_thread() is threading.main_thread()
-
-    def fail(self):
-        raise ValueError("boom")
-
-    def big(self):
-        return "x" * BIG_REPLY
-
-    @pyro_loops.in_worker
-    def wait_in_worker(self):
-        self.worker_started.set()
-        return self.release.wait(WAIT_S), threading.current_thread() is threading.main_thread()
 
     def open_dialog(self):
         """Block in a nested Tk loop (a modal dialog) until another call closes it."""
@@ -90,13 +69,6 @@ class Service:
     def close_nested(self):
         self.log.append("closing")
         self.leave_nested()
-
-
-class DisconnectFails(pyro_loops.Daemon):
-    """A daemon whose ``clientDisconnect`` hook raises: an error inside the machinery."""
-
-    def clientDisconnect(self, conn):  # noqa: N802 - Pyro4's name
-        raise RuntimeError("disconnect hook failed")
 
 
 class FirstEventFails(pyro_loops.Daemon):
@@ -135,11 +107,8 @@ def root():
 @pytest.fixture
 def reported():
     """Errors sent to the error hook; a test that expects some clears the list."""
-    seen: list[tuple[BaseException, str]] = []
-    pyro_loops.set_error_hook(lambda exc, where: seen.append((exc, where)))
-    yield seen
-    pyro_loops.set_error_hook(None)
-    assert not seen, f"unexpected internal errors: {seen}"
+    with errors_reported() as seen:
+        yield seen
 
 
 @pytest.fixture(params=["filehandler", "thread"])
@@ -163,17 +132,6 @@ def service(daemon, root):
 # --- helpers --------------------------------------------------------------------------
 
 
-def proxy(uri) -> pyro_loops.Proxy:
-    p = pyro_loops.Proxy(uri)
-    p._pyroTimeout = WAIT_S
-    return p
-
-
-def call_once(uri, method: str, *args: Any) -> Any:
-    with proxy(uri) as p:
-        return getattr(p, method)(*args)
-
-
 def run_mainloop_until(root: tkinter.Tk, condition: Callable[[], Any], timeout: float = WAIT_S) -> None:
     """Run ``root.mainloop()`` until ``condition()`` holds, checked by the test's own timer."""
     deadline = time.monotonic() + timeout
@@ -191,18 +149,7 @@ def run_mainloop_until(root: tkinter.Tk, condition: Callable[[], Any], timeout: 
 
 def serve_clients(root: tkinter.Tk, *clients: Callable[[], Any]) -> list[Any]:
     """Run each client in a thread while Tk runs; return their results, re-raise their errors."""
-    results: list[Any] = [None] * len(clients)
-    failures: list[BaseException] = []
-
-    def run(index: int, client: Callable[[], Any]) -> None:
-        try:
-            results[index] = client()
-        except BaseException as exc:
-            failures.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i, c), daemon=True) for i, c in enumerate(clients)]
-    for thread in threads:
-        thread.start()
+    threads, results, failures = in_threads(*clients)
     run_mainloop_until(root, lambda: not any(t.is_alive() for t in threads))
     if failures:
         raise failures[0]
@@ -253,54 +200,6 @@ def reuse_descriptors_readably(count: int = 8) -> list[socket.socket]:
     return [s for pair in pairs for s in pair]
 
 
-class RawClient:
-    """A protocol client built from the wire module that sends and reads only
-    when told: it can pipeline many calls at once, or leave a big reply
-    waiting in the daemon's output buffer (a small receive buffer helps)."""
-
-    def __init__(self, uri, receive_buffer: int | None = None) -> None:
-        self.serializer = get_serializer("serpent")
-        self.sock = socket.socket()
-        if receive_buffer:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        self.sock.settimeout(WAIT_S)
-        self.sock.connect((uri.host, uri.port))
-        self.reader = _wire.FrameReader()
-        self.object = uri.object
-        self.sent = 0
-        self._send(_wire.MSG_CONNECT, self.serializer.dumps({"handshake": "hello"}), 0)
-        self.connected = False
-
-    def _send(self, msg_type: int, payload: bytes, seq: int) -> None:
-        msg = _wire.Message(msg_type, payload, self.serializer.serializer_id, 0, seq)
-        self.sock.sendall(_wire.encode(msg))
-
-    def call(self, method: str, count: int = 1) -> None:
-        """Send ``count`` calls in one go, without waiting for any reply."""
-        payload = self.serializer.dumps_call(self.object, method, (), {})
-        frames = b"".join(_wire.encode(_wire.Message(_wire.MSG_INVOKE, payload, self.serializer.serializer_id,
-                                                     0, self.sent + i + 1)) for i in range(count))
-        self.sent += count
-        self.sock.sendall(frames)
-
-    def _receive(self) -> _wire.Message:
-        while (msg := self.reader.next_message()) is None:
-            chunk = self.sock.recv(1 << 20)
-            assert chunk, "connection closed"
-            self.reader.feed(chunk)
-        return msg
-
-    def results(self) -> list[Any]:
-        """Read the handshake reply (once) and the replies to every call sent, in order."""
-        if not self.connected:
-            assert self._receive().type == _wire.MSG_CONNECTOK
-            self.connected = True
-        replies = [self._receive() for _ in range(self.sent)]
-        assert [r.type for r in replies] == [_wire.MSG_RESULT] * self.sent
-        assert [r.seq for r in replies] == list(range(1, self.sent + 1))
-        return [self.serializer.loads(r.payload()) for r in replies]
-
-
 # --- tests ----------------------------------------------------------------------------
 
 
@@ -344,8 +243,7 @@ def test_clients_coming_and_going_leave_no_handler_behind(root, daemon, service,
 def test_half_sent_frame_does_not_stall_others_and_times_out(root, daemon, service, strategy, reported):
     pyro_loops.config.HALF_FRAME_TIMEOUT = 0.3
     with tk_adapter.attach(daemon, root, strategy=strategy), \
-            socket.create_connection((service.uri.host, service.uri.port), timeout=WAIT_S) as stalled:
-        stalled.sendall(b"PYRO\x00\x30\x00\x01\x00\x00")  # 10 bytes of a 24-byte header
+            half_frame_client(service.uri) as stalled:
 
         def other_client():
             with proxy(service.uri) as p:
