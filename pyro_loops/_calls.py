@@ -71,8 +71,10 @@ class CallHandling:
                 meta = self.objectsById[DAEMON_NAME].get_metadata(data["object"], as_lists=True)
                 response = {"handshake": response, "meta": meta}
             payload = serializer.dumps(response)
-        except Exception as exc:
-            text = str(exc)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # any other error, even a BaseException subclass
+            text = _describe(exc)
             log.info("refused connection from %s: %s", conn.addr, text)
             fail_data = None
             if serializer is not None:
@@ -103,7 +105,9 @@ class CallHandling:
                 raise ValueError("bytes is not a 16-char string")
             obj_id, method, vargs, kwargs = serializer.loads_call(msg.payload(config.MAX_MESSAGE_SIZE))
             call, target, in_worker = self._prepare_call(conn, msg, obj_id, method, vargs, kwargs)
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # any other error, even a BaseException subclass
             if not oneway:
                 self._send(conn, self._exception_reply(conn, msg, serializer, exc))
             else:
@@ -132,6 +136,11 @@ class CallHandling:
             self._dispatching -= 1
         conn.busy = False
         if conn.closed:
+            return
+        if self._client_gone(conn):
+            # nothing was read while the call ran here; a client that hung up
+            # meanwhile is told apart now (one cheap peek), so its reply is not lost silently
+            self._close_conn(conn, "client disconnected while its call was running; reply dropped")
             return
         self._send(conn, data)
         if conn.read_paused:
@@ -262,7 +271,9 @@ class CallHandling:
             return self._start_stream(conn, msg, serializer, result)
         try:
             data = serializer.dumps(result)
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # any other error, even a BaseException subclass
             return self._exception_reply(conn, msg, serializer, errors.SerializeError(
                 f"result of {type(result).__name__} could not be serialized with {serializer.name}: {exc}"))
         if config.COMPRESSION:
@@ -275,18 +286,18 @@ class CallHandling:
     def _exception_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                          exc: BaseException, flags: int = _wire.FLAGS_EXCEPTION,
                          annotations: dict[str, bytes] | None = None) -> bytes:
-        if not hasattr(exc, "_pyroTraceback"):
-            try:
-                exc._pyroTraceback = _format_traceback(exc)
-            except AttributeError:
-                pass
+        # Whatever the exception does wrong (a failing __str__ or __setattr__,
+        # unserializable attributes), the caller must still get an answer.
+        traceback_lines = _attach_traceback(exc)
         annotations = annotations if annotations is not None else dict(self.annotations())
         try:
             data = serializer.dumps(exc)
-        except Exception as ser_exc:
-            replacement = errors.PyroError(f"Error serializing exception: {ser_exc}. "
-                                           f"Original exception: {type(exc)}: {exc}")
-            replacement._pyroTraceback = getattr(exc, "_pyroTraceback", None)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as ser_exc:
+            replacement = errors.PyroError(f"Error serializing exception: {_describe(ser_exc)}. "
+                                           f"Original exception: {type(exc)}: {_describe(exc)}")
+            replacement._pyroTraceback = traceback_lines if isinstance(traceback_lines, list) else None
             data = serializer.dumps(replacement)
         return conn.protocol.result_bytes(msg, data, flags, annotations)
 
@@ -327,6 +338,33 @@ class CallHandling:
                 del self._streams[stream_id]
 
 
+_MISSING = object()
+
+
+def _attach_traceback(exc: BaseException) -> Any:
+    """Give ``exc`` its ``_pyroTraceback`` (unless it has one) and return it."""
+    lines = getattr(exc, "_pyroTraceback", _MISSING)
+    if lines is _MISSING:
+        lines = _format_traceback(exc)
+        try:
+            exc._pyroTraceback = lines
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # an exception that refuses attributes still gets answered
+            pass
+    return lines
+
+
+def _describe(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when the exception cannot even say that."""
+    try:
+        return str(exc)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:
+        return f"<{type(exc).__name__} whose str() failed>"
+
+
 def _is_stream(result: Any) -> bool:
     return inspect.isgenerator(result) or (
         isinstance(result, collections.abc.Iterator) and not isinstance(result, (str, bytes, dict)))
@@ -340,13 +378,22 @@ def _run_batch(calls: list) -> list:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
-            exc._pyroTraceback = _format_traceback(exc)
+            _attach_traceback(exc)
             results.append(ExceptionWrapper(exc))
             break
     return results
 
 
 def _format_traceback(exc: BaseException) -> list[str]:
+    try:
+        return _traceback_lines(exc)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # e.g. a local whose repr() fails in a detailed traceback
+        return [f"{type(exc).__name__} (its traceback could not be formatted)\n"]
+
+
+def _traceback_lines(exc: BaseException) -> list[str]:
     if config.DETAILED_TRACEBACK:
         lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
         frames = []

@@ -158,7 +158,9 @@ class SelectLoop:
                 continue
             try:
                 timer.callback()
-            except Exception as exc:
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # any other error, even a BaseException subclass
                 report_error(exc, "select loop timer")
 
     def run(self, until: Callable[[], bool] | None = None, max_wait: float | None = None) -> None:

@@ -413,7 +413,9 @@ class Daemon(CallHandling):
         self._streams.clear()
         try:
             self.onClose()
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # any other error, even a BaseException subclass
             report_error(exc, "Daemon.onClose")
 
     # --- the hosting interface ------------------------------------------------------------
@@ -560,13 +562,7 @@ class Daemon(CallHandling):
             # dropped with a reason; anything else waits until the call is done
             # (per-connection order), unwatched, or level-triggered loops would
             # fire again and again.
-            try:
-                alive = conn.sock.recv(1, socket.MSG_PEEK)
-            except (BlockingIOError, InterruptedError):
-                alive = True
-            except OSError:
-                alive = False
-            if not alive:
+            if self._client_gone(conn):
                 self._close_conn(conn, "client disconnected while its call was running")
                 return
             conn.read_paused = True
@@ -585,6 +581,16 @@ class Daemon(CallHandling):
         conn.last_active = time.monotonic()
         conn.protocol.receive_data(data)
         self._process(conn)
+
+    @staticmethod
+    def _client_gone(conn: ClientConnection) -> bool:
+        """True if the client has hung up (its end of the stream is closed or reset)."""
+        try:
+            return not conn.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
 
     def _process(self, conn: ClientConnection) -> None:
         """Handle the complete messages buffered for ``conn``, a bounded number at a time."""
@@ -691,11 +697,15 @@ class Daemon(CallHandling):
             if callable(closer):
                 try:
                     closer()
-                except Exception as exc:
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # any other error, even a BaseException subclass
                     report_error(exc, "_pyroClose of a session instance")
         try:
             self.clientDisconnect(conn)
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # any other error, even a BaseException subclass
             report_error(exc, "clientDisconnect")
 
     def _wake(self) -> None:

@@ -339,7 +339,13 @@ class Proxy:
             peeked = b""
         if not peeked:
             self._pyroRelease()
-            self.__connect()
+            try:
+                self.__connect()
+            except errors.ConnectionClosedError:
+                raise
+            except errors.CommunicationError as exc:
+                # the daemon closed our connection and is not back: say so as Pyro4 does
+                raise errors.ConnectionClosedError(f"connection closed by the daemon; reconnecting failed: {exc}") from exc
 
     # --- calls -----------------------------------------------------------------------
 

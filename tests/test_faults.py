@@ -73,11 +73,6 @@ def reset(sock: socket.socket) -> None:
     sock.close()
 
 
-def core_bug(mode: str, modes: tuple[str, ...], reason: str):
-    """An xfail marker for the modes a known core bug affects, none otherwise."""
-    return [pytest.mark.xfail(strict=True, reason="core bug: " + reason)] if mode in modes else []
-
-
 # --- a client process killed mid-call ------------------------------------------------------------
 
 
@@ -134,13 +129,7 @@ def test_daemon_keeps_serving_others_when_a_client_process_is_killed_mid_call(mo
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_reply_to_a_killed_client_is_dropped_with_a_log_line(request, mode, logs):
-    for marker in core_bug(mode, ("multiplex",), (
-            "_calls.py _invoke(): a call run inline on the loop thread cannot notice its client "
-            "hang up (nothing is read meanwhile); afterwards the reply is written into the dead socket "
-            "without a check (a MSG_PEEK for EOF, as daemon.py _read() now does for busy connections, would do) "
-            "and _read() closes on the EOF with reason None, so no line names the dropped reply")):
-        request.applymarker(marker)
+def test_reply_to_a_killed_client_is_dropped_with_a_log_line(mode, logs):
     daemon, uri, obj = start(mode, Blocking)
     with serving(daemon):
         port = kill_client_mid_call(daemon, uri, obj)
@@ -285,54 +274,33 @@ def is_answered(exc) -> bool:
     return not isinstance(exc, errors.CommunicationError) or isinstance(exc, errors.SerializeError)
 
 
-LOST_IN_LOOP = ("_calls.py _exception_reply(): an error raised while building the exception reply "
-                "(str(exc) failing in the 'Error serializing exception' text, or exc._pyroTraceback = ... "
-                "raising TypeError) escapes _run_call(); handle_event() reports it as an internal error but "
-                "the call is never answered and the connection stays busy forever")
-LOOP_KILLED = ("_calls.py: a BaseException subclass raised while serializing a reply on the loop thread "
-               "(_result_reply/_exception_reply catch only Exception) escapes daemon.py handle_event() and "
-               "SelectLoop.poll() (both catch only Exception), so requestLoop's thread dies and no one is "
-               "served any more")
-
-# case -> (check of the outcome, modes that lose the call through a core bug, which bug)
+# case -> check of the outcome
 RAISING_CASES = {
     "value_error": (lambda kind, exc: type(exc) is ValueError and exc.args == ("bad value", 7)
-                    and "value_error" in "".join(exc._pyroTraceback), (), ""),
+                    and "value_error" in "".join(exc._pyroTraceback)),
     # the caller cannot rebuild a class of the server's module: a clear SerializeError naming it
-    "abort": (lambda kind, exc: isinstance(exc, errors.SerializeError) and "Abort" in str(exc), (), ""),
-    "generator_exit": (lambda kind, exc: type(exc) is GeneratorExit, (), ""),
-    "stop_iteration": (lambda kind, exc: type(exc) is StopIteration and exc.args == ("early",), (), ""),
-    "recursion": (lambda kind, exc: type(exc) is RecursionError, (), ""),
+    "abort": (lambda kind, exc: isinstance(exc, errors.SerializeError) and "Abort" in str(exc)),
+    "generator_exit": (lambda kind, exc: type(exc) is GeneratorExit),
+    "stop_iteration": (lambda kind, exc: type(exc) is StopIteration and exc.args == ("early",)),
+    "recursion": (lambda kind, exc: type(exc) is RecursionError),
     "locked": (lambda kind, exc: type(exc) is errors.PyroError and "Error serializing exception" in str(exc)
-               and "has a lock" in str(exc), (), ""),
-    "locked_abort": (lambda kind, exc: type(exc) is errors.PyroError and "LockedAbort" in str(exc), (), ""),
-    "mute": (lambda kind, exc: kind == "raised" and is_answered(exc), ("multiplex",), LOST_IN_LOOP),
-    "frozen": (lambda kind, exc: kind == "raised" and is_answered(exc), ("multiplex",), LOST_IN_LOOP),
+               and "has a lock" in str(exc)),
+    "locked_abort": (lambda kind, exc: type(exc) is errors.PyroError and "LockedAbort" in str(exc)),
+    "mute": (lambda kind, exc: kind == "raised" and is_answered(exc)),
+    "frozen": (lambda kind, exc: kind == "raised" and is_answered(exc)),
     "result_fails": (lambda kind, exc: isinstance(exc, errors.SerializeError)
-                     and "while serializing the result" in str(exc), (), ""),
-    "result_aborts": (lambda kind, exc: kind == "raised" and is_answered(exc), ("multiplex",), LOOP_KILLED),
-    "property_get": (lambda kind, exc: type(exc) is KeyError and exc.args == ("getter",), (), ""),
-    "property_set": (lambda kind, exc: isinstance(exc, errors.SerializeError) and "Abort" in str(exc), (), ""),
-    "stream": (lambda kind, exc: isinstance(exc, errors.SerializeError) and "Abort" in str(exc), (), ""),
+                     and "while serializing the result" in str(exc)),
+    "result_aborts": (lambda kind, exc: kind == "raised" and is_answered(exc)),
+    "property_get": (lambda kind, exc: type(exc) is KeyError and exc.args == ("getter",)),
+    "property_set": (lambda kind, exc: isinstance(exc, errors.SerializeError) and "Abort" in str(exc)),
+    "stream": (lambda kind, exc: isinstance(exc, errors.SerializeError) and "Abort" in str(exc)),
 }
 
 
-# the loop thread's death is reported by pytest as an unhandled thread exception: expected there
-THREAD_DEATH = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-
-
-def raising_params():
-    for case, (_, buggy_modes, bug) in RAISING_CASES.items():
-        for mode in MODES:
-            marks = core_bug(mode, buggy_modes, bug)
-            if marks and bug is LOOP_KILLED:
-                marks.append(THREAD_DEATH)
-            yield pytest.param(case, mode, marks=marks, id=f"{case}-{mode}")
-
-
-@pytest.mark.parametrize("case, mode", raising_params())
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", RAISING_CASES)
 def test_server_object_raising_gives_its_caller_a_clear_error_and_others_are_served(case, mode, logs):
-    check = RAISING_CASES[case][0]
+    check = RAISING_CASES[case]
     daemon, uri, _ = start(mode, Raiser)
     with serving(daemon), proxy_for(uri) as caller, proxy_for(uri) as other:
         assert other.ping() == "pong"
@@ -406,10 +374,6 @@ def test_open_proxy_reconnects_transparently_after_the_server_restarts_on_the_sa
             assert proxy.which() == before + 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: proxy.py Proxy.__ensure_fresh_connection() sees the daemon closed the open connection and "
-    "reconnects; when the server is gone the connect's CommunicationError('cannot connect ...') escapes, "
-    "not the ConnectionClosedError issue 6 asks for (and Pyro4 4.82 raises: 'receiving: not enough data')"))
 def test_call_on_an_open_proxy_after_its_server_is_gone_raises_connection_closed_error():
     daemon, uri, _ = start("multiplex", Generation)
     with proxy_for(uri) as proxy:

@@ -251,11 +251,6 @@ def test_pyro4_proxy_needs_the_token_too(pyro4, token_daemon, logs, token, serve
     assert logged(logs, "handshake token required, got 'guess'"), logs.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: _calls.py _handshake() catches only Exception around validateHandshake(), so a "
-    "BaseException subclass escapes daemon.py handle_event() and SelectLoop.poll() (which catch only Exception) and "
-    "requestLoop's thread dies: the client times out and no one else is served"))
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # that death, expected
 def test_validate_handshake_raising_a_base_exception_refuses_only_that_client(token_daemon):
     with proxy_for(token_daemon) as proxy:
         proxy._pyroTimeout = 3
