@@ -9,43 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-import socket
 import threading
 import time
 
-import Pyro4
-import Pyro4.message
-import Pyro4.util
 import pytest
 
 import pyro_loops
 from pyro_loops.adapters import asyncio as asyncio_adapter
 
-WAIT_S = 10.0
-BIG_REPLY = 8 * 1024 * 1024
+from _adapter_support import (BIG_REPLY, WAIT_S, BaseService, call_once, fail_first_event, half_frame_client,
+                              proxy, pyro4_receive_result, pyro4_send_requests)
 
 
 @pyro_loops.expose
-class Service:
+class Service(BaseService):
     def __init__(self) -> None:
-        self.worker_started = threading.Event()
-        self.release = threading.Event()
+        super().__init__()
         self.awaiting = threading.Event()
         self.wake_up: asyncio.Event | None = None
-
-    def echo(self, value):
-        return value
-
-    def fail(self):
-        raise ValueError("boom")
-
-    def big(self):
-        return "x" * BIG_REPLY
-
-    @pyro_loops.in_worker
-    def wait_in_worker(self):
-        self.worker_started.set()
-        return self.release.wait(WAIT_S), threading.current_thread() is threading.main_thread()
 
     async def wait_for_wake_up(self):
         self.wake_up = asyncio.Event()
@@ -59,17 +40,6 @@ class Service:
     async def fail_after_await(self):
         await asyncio.sleep(0)
         raise KeyError("async boom")
-
-
-def proxy(uri) -> pyro_loops.Proxy:
-    p = pyro_loops.Proxy(uri)
-    p._pyroTimeout = WAIT_S
-    return p
-
-
-def call_once(uri, method, *args):
-    with proxy(uri) as p:
-        return getattr(p, method)(*args)
 
 
 async def in_thread(fn, *args):
@@ -95,30 +65,6 @@ def watched(loop) -> dict[int, int]:
 
 def daemon_fds(daemon) -> set[int]:
     return {s.fileno() for s in daemon.sockets}
-
-
-def half_frame_client(uri) -> socket.socket:
-    """A raw client that sends 10 of the 24 header bytes of a CONNECT and stalls."""
-    sock = socket.create_connection((uri.host, uri.port), timeout=WAIT_S)
-    sock.sendall(b"PYRO\x00\x30\x00\x01\x00\x00")
-    return sock
-
-
-def pyro4_send_big_request(uri) -> Pyro4.Proxy:
-    """A Pyro4 client that asks for ``big()`` and does not read the reply yet."""
-    p = Pyro4.Proxy(str(uri))
-    p._pyroTimeout = WAIT_S
-    p._pyroBind()
-    conn = p._pyroConnection
-    ser = Pyro4.util.get_serializer("serpent")
-    data, _ = ser.serializeCall(Pyro4.URI(str(uri)).object, "big", (), {})
-    conn.send(Pyro4.message.Message(Pyro4.message.MSG_INVOKE, data, ser.serializer_id, 0, 1).to_bytes())
-    return p
-
-
-def pyro4_receive_result(p: Pyro4.Proxy):
-    msg = Pyro4.message.Message.recv(p._pyroConnection, [Pyro4.message.MSG_RESULT])
-    return Pyro4.util.get_serializer_by_id(msg.serializer_id).deserializeData(msg.data)
 
 
 @pytest.fixture
@@ -243,16 +189,7 @@ def test_method_exception_reaches_the_caller_and_serving_goes_on(daemon, uri):
 
 def test_internal_error_goes_to_the_hook_not_to_the_loop(daemon, uri, monkeypatch):
     reported, loop_errors = [], []
-    real_handle_event = daemon.handle_event
-    faults = [RuntimeError("injected daemon fault")]
-
-    def handle_event(sock, events):
-        # Injected fault: the daemon's entry point raises once, as a bug in it would.
-        if faults:
-            raise faults.pop()
-        real_handle_event(sock, events)
-
-    monkeypatch.setattr(daemon, "handle_event", handle_event)
+    fail_first_event(monkeypatch, daemon)
 
     async def scenario():
         asyncio.get_running_loop().set_exception_handler(lambda loop, context: loop_errors.append(context))
@@ -314,7 +251,7 @@ def test_large_reply_drains_through_writer_while_others_are_served(daemon, uri):
             return [fd for fd, events in watched(loop).items() if events & selectors.EVENT_WRITE]
 
         with asyncio_adapter.attach(daemon):
-            stalled = await in_thread(pyro4_send_big_request, uri)
+            stalled = await in_thread(pyro4_send_requests, uri, ("big", ()))
             try:
                 await until(lambda: len(writers()) == 1)
                 writer_fd = writers()[0]

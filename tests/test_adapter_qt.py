@@ -10,17 +10,16 @@ The binding is pytest-qt's (PyQt5 by default); ``-o qt_api=pyside6`` or
 
 from __future__ import annotations
 
-import socket
 import threading
 
-import Pyro4
-import Pyro4.message
-import Pyro4.util
 import pytest
 from pytestqt.qt_compat import qt_api
 
 import pyro_loops
 from pyro_loops.adapters import qt as qt_adapter
+
+from _adapter_support import (BIG_REPLY, WAIT_S, BaseService, call_once, fail_first_event, half_frame_client,
+                              proxy, pyro4_receive_result, pyro4_send_requests)
 
 QCoreApplication = qt_api.QtCore.QCoreApplication
 QEvent = qt_api.QtCore.QEvent
@@ -29,38 +28,21 @@ QObject = qt_api.QtCore.QObject
 QSocketNotifier = qt_api.QtCore.QSocketNotifier
 QTimer = qt_api.QtCore.QTimer
 
-WAIT_MS = 10_000
-WAIT_S = WAIT_MS / 1000
-BIG_REPLY = 8 * 1024 * 1024
+WAIT_MS = int(WAIT_S * 1000)
 OWNER_NAME = "pyro_loops.adapters.qt"
 READ_TYPE = QSocketNotifier.Type.Read
 WRITE_TYPE = QSocketNotifier.Type.Write
 
 
 @pyro_loops.expose
-class Service:
+class Service(BaseService):
     def __init__(self) -> None:
-        self.worker_started = threading.Event()
-        self.release = threading.Event()
+        super().__init__()
         self.nested_loop = None
         self.nested_loop_started = threading.Event()
 
-    def echo(self, value):
-        return value
-
-    def fail(self):
-        raise ValueError("boom")
-
     def in_main_thread(self):
         return threading.current_thread() is threading.main_thread()
-
-    def big(self):
-        return "x" * BIG_REPLY
-
-    @pyro_loops.in_worker
-    def wait_in_worker(self):
-        self.worker_started.set()
-        return self.release.wait(WAIT_S), self.in_main_thread()
 
     @pyro_loops.in_worker
     def echo_in_worker(self, value):
@@ -106,48 +88,11 @@ class ThreadedCall:
         return self._outcome["value"]
 
 
-def proxy(uri) -> pyro_loops.Proxy:
-    p = pyro_loops.Proxy(uri)
-    p._pyroTimeout = WAIT_S
-    return p
-
-
-def call_once(uri, method, *args):
-    with proxy(uri) as p:
-        return getattr(p, method)(*args)
-
-
 def run(qtbot, fn, *args):
     """Run a client function in a thread while Qt serves; return its result."""
     call = ThreadedCall(fn, *args)
     qtbot.waitUntil(call.done, timeout=WAIT_MS)
     return call.result()
-
-
-def half_frame_client(uri) -> socket.socket:
-    """A raw client that sends 10 of the 24 header bytes of a CONNECT and stalls."""
-    sock = socket.create_connection((uri.host, uri.port), timeout=WAIT_S)
-    sock.sendall(b"PYRO\x00\x30\x00\x01\x00\x00")
-    return sock
-
-
-def pyro4_send_requests(uri, *calls) -> Pyro4.Proxy:
-    """A Pyro4 client that pipelines ``(method, args)`` requests and reads no reply yet."""
-    p = Pyro4.Proxy(str(uri))
-    p._pyroTimeout = WAIT_S
-    p._pyroBind()
-    ser = Pyro4.util.get_serializer("serpent")
-    messages = []
-    for seq, (method, args) in enumerate(calls, 1):
-        data, _ = ser.serializeCall(Pyro4.URI(str(uri)).object, method, args, {})
-        messages.append(Pyro4.message.Message(Pyro4.message.MSG_INVOKE, data, ser.serializer_id, 0, seq).to_bytes())
-    p._pyroConnection.send(b"".join(messages))  # one send: the daemon receives them together
-    return p
-
-
-def pyro4_receive_result(p: Pyro4.Proxy):
-    msg = Pyro4.message.Message.recv(p._pyroConnection, [Pyro4.message.MSG_RESULT])
-    return Pyro4.util.get_serializer_by_id(msg.serializer_id).deserializeData(msg.data)
 
 
 def owners(app) -> list[QObject]:
@@ -324,16 +269,7 @@ def test_method_exception_reaches_the_caller_and_serving_goes_on(qtbot, uri):
 def test_internal_error_goes_to_the_hook_not_into_qt(qtbot, uri, daemon, monkeypatch):
     reported = []
     pyro_loops.set_error_hook(lambda exc, where: reported.append((exc, where)))
-    real_handle_event = daemon.handle_event
-    faults = [RuntimeError("injected daemon fault")]
-
-    def handle_event(sock, events):
-        # Injected fault: the daemon's entry point raises once, as a bug in it would.
-        if faults:
-            raise faults.pop()
-        real_handle_event(sock, events)
-
-    monkeypatch.setattr(daemon, "handle_event", handle_event)
+    fail_first_event(monkeypatch, daemon)
     try:
         assert run(qtbot, call_once, uri, "echo", "served anyway") == "served anyway"
     finally:
