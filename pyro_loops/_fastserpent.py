@@ -21,7 +21,7 @@ from typing import Any
 
 HEADER = b"# serpent utf-8 python3.2\n"
 _MAX_DEPTH = 64
-_MAX_TEXT = 64 * 1024
+_MAX_TEXT = 64 * 1024 * 1024
 
 _SCALARS = (str, int, bool, type(None))
 
@@ -53,7 +53,7 @@ def dumps(value: Any) -> bytes | None:
 
 # One C-level pass splits the text into tokens; the catch-all "\S" turns any
 # character outside the subset into a token the parser rejects.
-_TOKENS = re.compile(r"""[ \t\n]*('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"|-?[0-9][0-9.eE+\-]*|[()\[\]{},:]|True|False|None|\S)""")
+_TOKENS = re.compile(r"""[ \t\n]*('[^'\\\n]*(?:\\.[^'\\\n]*)*'|"[^"\\\n]*(?:\\.[^"\\\n]*)*"|-?[0-9][0-9.eE+\-]*|[()\[\]{},:]|True|False|None|\S)""")
 _NAMES = {"True": True, "False": False, "None": None}
 FAIL = object()
 
