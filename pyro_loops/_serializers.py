@@ -336,10 +336,11 @@ class JsonSerializer(Serializer):
 
 
 _MARSHAL_NATIVE = (type(None), bool, int, float, complex, str, bytes)
+_MARSHAL_MAX_DEPTH = 200  # marshal itself refuses deeper values; say so before recursing that far
 
 
 def _marshalable(value: Any, depth: int = 0) -> Any:
-    if depth > config.SERIALIZE_MAX_DEPTH:
+    if depth > _MARSHAL_MAX_DEPTH:
         raise errors.SerializeError("value is nested too deeply")
     kind = type(value)
     if kind in _MARSHAL_NATIVE:

@@ -59,7 +59,6 @@ _DEFAULTS: dict[str, Any] = {
     "MAX_CONNECTIONS": 1024,      # accepted connections per daemon; further ones are closed at once
     "MAX_OUTPUT_BUFFER": 256 * 1024 * 1024,  # bytes of unsent replies per connection
     "MAX_CALLS_PER_WAKEUP": 32,   # messages handled per connection per readiness event
-    "SERIALIZE_MAX_DEPTH": 200,   # nesting refused before the parser could exhaust the C stack
 }
 
 
