@@ -1,7 +1,8 @@
 """What the demos share and what is not the point of any of them: command-line
-options, finding a name server without waiting long, and the log of incoming
+options, finding a name server without waiting long, the log of incoming
 calls (kept for the ``log_lines()`` query and echoed to stdout, so a test or a
-terminal sees what the window shows).
+terminal sees what the window shows), the queries every demo answers, and
+waking a sleeping loop when a signal arrives.
 
 Not a demo itself: the demos import it from their own directory.
 """
@@ -12,6 +13,8 @@ import argparse
 import collections
 import functools
 import inspect
+import signal
+import socket
 import threading
 import time
 from typing import Any, Callable
@@ -103,6 +106,49 @@ class CallLog:
     def last(self, count: int) -> list[str]:
         with self._lock:
             return list(self.lines)[-count:] if count > 0 else []
+
+
+@pyro_loops.expose
+class DemoQueries:
+    """What ``demos/client.py`` (and the demo tests) ask every demo's published
+    object besides its own methods; the object keeps its ``CallLog`` in ``self.log``."""
+
+    log: CallLog
+
+    def log_lines(self, count: int = 20) -> list[str]:
+        return self.log.last(int(count))
+
+    def ping(self) -> None:
+        pass
+
+
+class SignalWakeup:
+    """A socket that becomes readable when a signal arrives.
+
+    Python runs signal handlers only when the interpreter gets control, which a
+    loop sleeping in C (Qt, Tcl, ``select()``) never gives it:
+    ``signal.set_wakeup_fd`` makes each signal write a byte to a socket, and a
+    loop that watches ``reader`` wakes up and lets the handler run.
+    """
+
+    def __init__(self) -> None:
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+        signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+
+    def drain(self, *_: object) -> None:
+        """Read the bytes the signals wrote (a callback for the loop: takes any arguments)."""
+        try:
+            while self.reader.recv(512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self.reader.close()
+        self._writer.close()
 
 
 def logged(method: Callable) -> Callable:

@@ -29,11 +29,11 @@ import time
 import pyro_loops
 from pyro_loops.adapters import asyncio as asyncio_adapter
 
-from _support import CallLog, add_server_options, logged, register_name
+from _support import CallLog, DemoQueries, add_server_options, logged, register_name
 
 
 @pyro_loops.expose
-class AsyncService:
+class AsyncService(DemoQueries):
     """The published object; every method runs on the asyncio loop."""
 
     def __init__(self) -> None:
@@ -78,12 +78,6 @@ class AsyncService:
             "most_waiting": self.most_waiting,
             "log": self.log.last(20),
         }
-
-    def log_lines(self, count: int = 20) -> list[str]:
-        return self.log.last(int(count))
-
-    def ping(self) -> None:
-        pass
 
 
 async def ticker(service: AsyncService, interval: float) -> None:

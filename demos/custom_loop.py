@@ -37,7 +37,7 @@ from typing import Any, Callable
 import pyro_loops
 from pyro_loops.naming import startNS
 
-from _support import CallLog, logged
+from _support import CallLog, DemoQueries, SignalWakeup, logged
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
@@ -149,7 +149,7 @@ class UdpEcho:
 
 
 @pyro_loops.expose
-class LoopService:
+class LoopService(DemoQueries):
     """The published object; runs in the loop's thread like everything else here."""
 
     def __init__(self, loop: MainLoop, udp: UdpEcho, ns_uri: pyro_loops.URI, log: CallLog) -> None:
@@ -190,12 +190,6 @@ class LoopService:
             "log": self.log.last(20),
         }
 
-    def log_lines(self, count: int = 20) -> list[str]:
-        return self.log.last(int(count))
-
-    def ping(self) -> None:
-        pass
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A hand-written selectors main loop hosting a name server, "
@@ -223,11 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         loop.add_reader(udp.sock, udp.readable)
 
         # Ctrl+C and SIGTERM: the handler clears the flag, the wakeup socket makes select() return.
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        loop.add_reader(wake_r, lambda sock: sock.recv(512))
+        wakeup = SignalWakeup()
+        loop.add_reader(wakeup.reader, lambda sock: sock.recv(512))
 
         def stop(*_: object) -> None:
             loop.running = False
@@ -240,9 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"udp = {udp.sock.getsockname()[0]}:{udp.sock.getsockname()[1]}", flush=True)
         print(f"ready (pid {os.getpid()})", flush=True)
         loop.run()
-        signal.set_wakeup_fd(-1)
-        wake_r.close()
-        wake_w.close()
+        wakeup.close()
         print(f"stopped after {loop.iterations} loop iterations", flush=True)
     finally:
         daemon.close()

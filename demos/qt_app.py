@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -36,7 +35,7 @@ from PyQt5 import QtCore, QtGui, QtWidgets
 import pyro_loops
 from pyro_loops.adapters import qt as qt_adapter
 
-from _support import CallLog, add_server_options, logged, register_name
+from _support import CallLog, DemoQueries, SignalWakeup, add_server_options, logged, register_name
 
 
 class Bridge(QtCore.QObject):
@@ -107,7 +106,7 @@ class Window(QtWidgets.QMainWindow):
 
 
 @pyro_loops.expose
-class Board:
+class Board(DemoQueries):
     """The published object. Its methods run in the GUI thread, so they use widgets directly."""
 
     def __init__(self, window: Window, bridge: Bridge) -> None:
@@ -158,35 +157,17 @@ class Board:
             "name_server": window.ns_status.text(),
         }
 
-    def log_lines(self, count: int = 20) -> list[str]:
-        return self.log.last(int(count))
-
-    def ping(self) -> None:
-        pass
-
 
 def route_signals(app: QtWidgets.QApplication, window: Window, screenshot: str | None) -> Callable[[], None]:
     """Let Ctrl+C / SIGTERM quit and SIGUSR1 save a screenshot, without a polling timer.
 
-    Python runs signal handlers only when the interpreter gets control, which a
-    Qt loop sleeping in C++ never gives it; ``set_wakeup_fd`` makes the signal
-    write a byte to a socket, and a socket notifier turns that into a Qt event.
+    A Qt loop sleeping in C++ never lets Python run its signal handlers; a
+    socket notifier on a ``SignalWakeup`` turns each signal into a Qt event.
     Returns the function that undoes all this.
     """
-    reader, writer = socket.socketpair()
-    reader.setblocking(False)
-    writer.setblocking(False)
-    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-    notifier = QtCore.QSocketNotifier(reader.fileno(), QtCore.QSocketNotifier.Read, app)
-
-    def drain() -> None:
-        try:
-            while reader.recv(512):
-                pass
-        except BlockingIOError:
-            pass
-
-    notifier.activated.connect(drain)
+    wakeup = SignalWakeup()
+    notifier = QtCore.QSocketNotifier(wakeup.reader.fileno(), QtCore.QSocketNotifier.Read, app)
+    notifier.activated.connect(wakeup.drain)
     signal.signal(signal.SIGINT, lambda *_: app.quit())
     signal.signal(signal.SIGTERM, lambda *_: app.quit())
     if screenshot:
@@ -197,10 +178,8 @@ def route_signals(app: QtWidgets.QApplication, window: Window, screenshot: str |
         signal.signal(signal.SIGUSR1, save)
 
     def undo() -> None:
-        signal.set_wakeup_fd(-1)
         notifier.setEnabled(False)
-        reader.close()
-        writer.close()
+        wakeup.close()
 
     return undo
 

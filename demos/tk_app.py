@@ -26,7 +26,6 @@ import argparse
 import os
 import queue
 import signal
-import socket
 import sys
 import threading
 import time
@@ -37,7 +36,7 @@ from typing import Callable
 import pyro_loops
 from pyro_loops.adapters import tk as tk_adapter
 
-from _support import CallLog, add_server_options, logged, register_name
+from _support import CallLog, DemoQueries, SignalWakeup, add_server_options, logged, register_name
 
 WORKER_EVENT = "<<DemoWorkerNews>>"
 
@@ -130,7 +129,7 @@ class WorkerNews:
 
 
 @pyro_loops.expose
-class Board:
+class Board(DemoQueries):
     """The published object. Its methods run in the Tk thread, so they use widgets directly."""
 
     def __init__(self, window: Window, news: WorkerNews) -> None:
@@ -180,47 +179,28 @@ class Board:
             "name_server": window.ns_status.get(),
         }
 
-    def log_lines(self, count: int = 20) -> list[str]:
-        return self.log.last(int(count))
-
-    def ping(self) -> None:
-        pass
-
 
 def route_signals(root: tkinter.Tk) -> Callable[[], None]:
     """Let Ctrl+C / SIGTERM close the window, without a polling timer.
 
     Tk sleeping in Tcl's notifier never gives Python a chance to run its signal
-    handlers; ``set_wakeup_fd`` makes a signal write a byte to a socket that
-    Tcl watches, which wakes the loop. Returns the function that undoes this.
+    handlers; Tcl watches the socket of a ``SignalWakeup``, to which each signal
+    writes a byte, and that wakes the loop. Returns the function that undoes this.
     """
     if not hasattr(root.tk, "createfilehandler"):  # Tk on Windows: Ctrl+C waits for the next event
         signal.signal(signal.SIGINT, lambda *_: root.destroy())
         return lambda: None
-    reader, writer = socket.socketpair()
-    reader.setblocking(False)
-    writer.setblocking(False)
-    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-
-    def drain(*_: object) -> None:
-        try:
-            while reader.recv(512):
-                pass
-        except BlockingIOError:
-            pass
-
-    root.tk.createfilehandler(reader, tkinter.READABLE, drain)
+    wakeup = SignalWakeup()
+    root.tk.createfilehandler(wakeup.reader, tkinter.READABLE, wakeup.drain)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: root.destroy())
 
     def undo() -> None:
-        signal.set_wakeup_fd(-1)
         try:
-            root.tk.deletefilehandler(reader)
+            root.tk.deletefilehandler(wakeup.reader)
         except tkinter.TclError:
             pass
-        reader.close()
-        writer.close()
+        wakeup.close()
 
     return undo
 
