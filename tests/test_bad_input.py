@@ -13,6 +13,7 @@ import pickle
 import socket
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -197,16 +198,21 @@ def test_connectfail_is_logged(served, caplog):
     assert "invalid data or unsupported protocol version" in caplog.text
 
 
+class Trap:
+    """Unpickling it creates ``marker``: proof that a payload was unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
 def test_pickle_connect_payload_is_never_unpickled(served, tmp_path):
     _, port, check = served
     marker = tmp_path / "unpickled"
-
-    class Trap:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
     with RawClient(port) as client:
-        client.send_message(_wire.MSG_CONNECT, pickle.dumps({"handshake": Trap()}), 4)
+        client.send_message(_wire.MSG_CONNECT, pickle.dumps({"handshake": Trap(marker)}), 4)
         assert "not accepted: 4" in connect_fail_text(client.read_message())
     check()
     assert not marker.exists()
@@ -251,14 +257,9 @@ def test_ping_after_the_handshake_gets_pong_with_its_serializer_id_and_seq(serve
 def test_pickle_invoke_gets_a_pickled_serialize_error_and_is_not_unpickled(served, tmp_path):
     _, port, check = served
     marker = tmp_path / "unpickled"
-
-    class Trap:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
     with RawClient(port) as client:
         client.handshake()
-        client.send_message(_wire.MSG_INVOKE, pickle.dumps(("svc", "echo", (Trap(),), {})), 4, seq=1)
+        client.send_message(_wire.MSG_INVOKE, pickle.dumps(("svc", "echo", (Trap(marker),), {})), 4, seq=1)
         reply = client.read_message()
         assert reply.serializer_id == 4 and reply.flags & _wire.FLAGS_EXCEPTION  # as Pyro4 answers
         exc = pickle.loads(reply.data)

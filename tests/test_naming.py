@@ -634,6 +634,17 @@ CLIENT = textwrap.dedent("""
 """)
 
 
+def start_client(stack: contextlib.ExitStack, bc) -> subprocess.Popen:
+    """CLIENT in another process; its configured name server port refuses, so
+    only the broadcast responder ``bc`` can lead it to the name server."""
+    env = peer_env(PYRO_NS_HOST="127.0.0.1", PYRO_NS_PORT=str(_refusing_tcp_port(stack)),
+                   PYRO_BROADCAST_ADDRS="127.0.0.1", PYRO_NS_BCPORT=str(bc.getPort()))
+    client = subprocess.Popen([sys.executable, "-c", CLIENT], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stack.callback(client.kill)
+    return client
+
+
 def test_one_select_loop_hosts_name_server_responder_and_app_for_a_client_in_another_process():
     uri, ns_daemon, bc = startNS(host="127.0.0.1", port=0, bchost="127.0.0.1", bcport=0)
     app = Daemon(host="127.0.0.1", port=0)
@@ -647,11 +658,7 @@ def test_one_select_loop_hosts_name_server_responder_and_app_for_a_client_in_ano
             loop.attach(hosted)
         # Registering from the loop's own thread goes to the object, not through a proxy.
         ns_daemon.nameserver.register("app.thing", app.register(Thing()))
-        env = peer_env(PYRO_NS_HOST="127.0.0.1", PYRO_NS_PORT=str(_refusing_tcp_port(stack)),
-                       PYRO_BROADCAST_ADDRS="127.0.0.1", PYRO_NS_BCPORT=str(bc.getPort()))
-        client = subprocess.Popen([sys.executable, "-c", CLIENT], env=env, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        stack.callback(client.kill)
+        client = start_client(stack, bc)
         guard = loop.call_later(TIMEOUT, loop.stop)
         loop.run(until=lambda: client.poll() is not None, max_wait=0.05)
         guard.cancel()
@@ -672,11 +679,7 @@ def test_one_qt_application_hosts_name_server_responder_and_app_for_a_client_in_
         for hosted in (ns_daemon, bc, app):
             stack.callback(qt_adapter.attach(hosted).detach)
         ns_daemon.nameserver.register("app.thing", app.register(Thing()))
-        env = peer_env(PYRO_NS_HOST="127.0.0.1", PYRO_NS_PORT=str(_refusing_tcp_port(stack)),
-                       PYRO_BROADCAST_ADDRS="127.0.0.1", PYRO_NS_BCPORT=str(bc.getPort()))
-        client = subprocess.Popen([sys.executable, "-c", CLIENT], env=env, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        stack.callback(client.kill)
+        client = start_client(stack, bc)
         qtbot.waitUntil(lambda: client.poll() is not None, timeout=int(TIMEOUT * 1000))
         out, err = client.communicate(timeout=TIMEOUT)
         assert client.returncode == 0, err
