@@ -23,7 +23,8 @@ HEADER = b"# serpent utf-8 python3.2\n"
 _MAX_DEPTH = 64
 _MAX_TEXT = 64 * 1024 * 1024
 
-_SCALARS = (str, int, bool, type(None))
+_SCALARS = frozenset((str, int, bool, type(None)))
+_KEYS = frozenset((str, int))
 
 
 def _plain(value: Any, depth: int) -> bool:
@@ -35,9 +36,15 @@ def _plain(value: Any, depth: int) -> bool:
     if depth > _MAX_DEPTH:
         return False
     if kind is tuple or kind is list:
-        return all(_plain(item, depth + 1) for item in value)
+        for item in value:  # a loop, not all(): this runs for every call's arguments
+            if type(item) not in _SCALARS and not _plain(item, depth + 1):
+                return False
+        return True
     if kind is dict:
-        return all(type(k) in (str, int) and _plain(v, depth + 1) for k, v in value.items())
+        for key, item in value.items():
+            if type(key) not in _KEYS or type(item) not in _SCALARS and not _plain(item, depth + 1):
+                return False
+        return True
     return False
 
 

@@ -299,14 +299,13 @@ class Proxy:
         reader = self._pyroReader
         sock = self._pyroConnection
         try:
-            while True:
-                msg = reader.next_message()
-                if msg is not None:
-                    break
+            msg = None
+            while msg is None:  # one request in flight: nothing is buffered before we read
                 chunk = sock.recv(_RECV_SIZE)
                 if not chunk:
                     raise errors.ConnectionClosedError("receiving: connection lost")
                 reader.feed(chunk)
+                msg = reader.next_message()
             _wire.check_hmac(msg, self._pyroHmacKeyBytes)
         except socket.timeout:
             self._pyroRelease()
