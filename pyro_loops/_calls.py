@@ -33,6 +33,8 @@ class _Deferred(Exception):
 
 
 class CallHandling:
+    """The request-handling half of ``Daemon`` (see the module docstring)."""
+
     # --- protocol events ---------------------------------------------------------------
 
     def _handle(self, conn: ClientConnection, event: Any) -> None:
@@ -104,14 +106,14 @@ class CallHandling:
             if corr is not None and len(corr) != 16:
                 raise ValueError("bytes is not a 16-char string")
             obj_id, method, vargs, kwargs = serializer.loads_call(msg.payload(config.MAX_MESSAGE_SIZE))
-            call, target, in_worker = self._prepare_call(conn, msg, obj_id, method, vargs, kwargs)
+            call, in_worker = self._prepare_call(conn, msg, obj_id, method, vargs, kwargs)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # any other error, even a BaseException subclass
             if not oneway:
                 self._send(conn, self._exception_reply(conn, msg, serializer, exc))
             else:
-                log.info("oneway call from %s failed before it ran: %s", conn.addr, exc)
+                log.info("oneway call from %s failed before it ran: %s", conn.addr, _describe(exc))
             return
         if oneway:
             if in_worker or (config.oneway_threaded() and not msg.flags & _wire.FLAGS_BATCH):
@@ -147,26 +149,27 @@ class CallHandling:
             self._set_interest(conn)
 
     def _prepare_call(self, conn: ClientConnection, msg: _wire.Message, obj_id: str, method: str,
-                      vargs: Any, kwargs: Any) -> tuple[Callable[[], Any], Any, bool]:
+                      vargs: Any, kwargs: Any) -> tuple[Callable[[], Any], bool]:
+        """The call to make for this request, and whether it must run in a worker."""
         obj = self._target(conn, obj_id)
         if msg.flags & _wire.FLAGS_BATCH and method == "<batch>":
             calls = [(get_attribute(obj, name), args, kw) for name, args, kw in vargs]
             run_in_worker = any(marked_in_worker(obj, func) for func, _, _ in calls)
-            return (lambda: _run_batch(calls)), obj, self._servertype == "thread" or run_in_worker
+            return (lambda: _run_batch(calls)), self._servertype == "thread" or run_in_worker
         if kwargs is None and method in ("__getattr__", "__setattr__"):
             name = vargs[0]
             prop = find_property(obj, name)
             if prop is None or (method == "__setattr__" and prop.fset is None):
                 raise AttributeError(f"attempt to access unexposed or unknown remote attribute '{name}'")
             if method == "__getattr__":
-                return (lambda: prop.__get__(obj, type(obj))), obj, self._servertype == "thread"
+                return (lambda: prop.__get__(obj, type(obj))), self._servertype == "thread"
             value = vargs[1]
-            return (lambda: prop.__set__(obj, value)), obj, self._servertype == "thread"
+            return (lambda: prop.__set__(obj, value)), self._servertype == "thread"
         func = get_attribute(obj, method)
         if not callable(func):
             raise AttributeError(f"attempt to access unexposed or unknown remote attribute '{method}'")
         run_in_worker = self._servertype == "thread" or marked_in_worker(obj, func)
-        return (lambda: func(*vargs, **kwargs)), obj, run_in_worker
+        return (lambda: func(*vargs, **kwargs)), run_in_worker
 
     def _target(self, conn: ClientConnection, obj_id: str) -> Any:
         obj = self.objectsById.get(obj_id) if isinstance(obj_id, str) else None
@@ -255,7 +258,7 @@ class CallHandling:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
-            log.info("oneway call from %s raised %s: %s", conn.addr, type(exc).__name__, exc)
+            log.info("oneway call from %s raised %s: %s", conn.addr, type(exc).__name__, _describe(exc))
         finally:
             reset_call_context(token)
 
