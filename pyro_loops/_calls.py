@@ -9,6 +9,7 @@ socket themselves; replies go through ``Daemon._send``.
 from __future__ import annotations
 
 import collections.abc
+import functools
 import inspect
 import random
 import threading
@@ -93,28 +94,63 @@ class CallHandling:
                                                         self._reply_annotations(msg, corr)))
 
     def _invoke(self, conn: ClientConnection, msg: _wire.Message) -> None:
-        oneway = bool(msg.flags & _wire.FLAGS_ONEWAY)
         try:
             serializer = get_serializer(msg.serializer_id)
         except errors.SerializeError:
             self._close_conn(conn, f"protocol error: unknown serializer id {msg.serializer_id}")
             return
+        if len(msg.data) >= _LARGE and self._watcher is not None:
+            # Decoding a large payload takes the loop's time in proportion to
+            # its size: a worker does it, the loop only runs the call.
+            conn.busy = True
+            self._pool().submit(lambda: self._decode_in_worker(conn, msg, serializer))
+            return
         try:
-            if serializer.name not in config.SERIALIZERS_ACCEPTED:
-                raise errors.SerializeError(f"message used serializer that is not accepted: {msg.serializer_id}")
-            corr = msg.annotations.get("CORR")
-            if corr is not None and len(corr) != 16:
-                raise ValueError("bytes is not a 16-char string")
-            obj_id, method, vargs, kwargs = serializer.loads_call(msg.payload(config.MAX_MESSAGE_SIZE))
-            call, in_worker = self._prepare_call(conn, msg, obj_id, method, vargs, kwargs)
+            request = _decode_call(msg, serializer)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # any other error, even a BaseException subclass
-            if not oneway:
-                self._send(conn, self._exception_reply(conn, msg, serializer, exc))
-            else:
-                log.info("oneway call from %s failed before it ran: %s", conn.addr, _describe(exc))
+            self._refuse_call(conn, msg, serializer, exc, now=True)
             return
+        self._dispatch(conn, msg, serializer, request)
+
+    def _decode_in_worker(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer) -> None:
+        try:
+            request = _decode_call(msg, serializer)
+        except BaseException as exc:
+            self._post(functools.partial(self._refuse_call, conn, msg, serializer, exc, now=False))
+            return
+        self._post(lambda: self._dispatch(conn, msg, serializer, request, decoded_in_worker=True))
+
+    def _refuse_call(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
+                     exc: BaseException, now: bool) -> None:
+        """Answer a call that cannot be made with its error (oneway calls only get a log line)."""
+        data = None
+        if msg.flags & _wire.FLAGS_ONEWAY:
+            log.info("oneway call from %s failed before it ran: %s", conn.addr, _describe(exc))
+        else:
+            data = self._exception_reply(conn, msg, serializer, exc)
+        if now:
+            if data is not None:
+                self._send(conn, data)
+        else:
+            self._finish_call(conn, data)
+
+    def _dispatch(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
+                  request: tuple, decoded_in_worker: bool = False) -> None:
+        """Run a decoded call where it belongs and send its reply (or arrange for it)."""
+        oneway = bool(msg.flags & _wire.FLAGS_ONEWAY)
+        if conn.closed:
+            return
+        try:
+            call, in_worker = self._prepare_call(conn, msg, *request)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # any other error, even a BaseException subclass
+            self._refuse_call(conn, msg, serializer, exc, now=not decoded_in_worker)
+            return
+        if decoded_in_worker:
+            conn.busy = False  # dispatched like any other call from here on
         if oneway:
             if in_worker or (config.oneway_threaded() and not msg.flags & _wire.FLAGS_BATCH):
                 self._pool().submit(lambda: self._run_oneway(conn, msg, call))
@@ -124,6 +160,8 @@ class CallHandling:
                     self._run_oneway(conn, msg, call)
                 finally:
                     self._dispatching -= 1
+            if decoded_in_worker:
+                self._finish_call(conn, None)  # what the client sent meanwhile is read now
             return
         conn.busy = True
         if in_worker:
@@ -145,7 +183,9 @@ class CallHandling:
             self._close_conn(conn, "client disconnected while its call was running; reply dropped")
             return
         self._send(conn, data)
-        if conn.read_paused:
+        if decoded_in_worker:
+            self._finish_call(conn, None)  # what the client sent meanwhile is read now
+        elif conn.read_paused:
             self._set_interest(conn)
 
     def _prepare_call(self, conn: ClientConnection, msg: _wire.Message, obj_id: str, method: str,
@@ -243,8 +283,7 @@ class CallHandling:
             data = self._run_call(conn, msg, serializer, call)
         except BaseException as exc:  # even SystemExit in a worker must not lose the reply
             data = self._exception_reply(conn, msg, serializer, exc)
-        self._completed.append((conn, data))
-        self._wake()
+        self._post(lambda: self._finish_call(conn, data))
 
     def _run_oneway(self, conn: ClientConnection, msg: _wire.Message, call: Callable[[], Any]) -> None:
         token = self._set_context(conn, msg)
@@ -342,6 +381,17 @@ class CallHandling:
 
 
 _MISSING = object()
+_LARGE = 64 * 1024  # payload bytes from which a request is decoded in a worker
+
+
+def _decode_call(msg: _wire.Message, serializer: Serializer) -> tuple:
+    """(object id, method, vargs, kwargs) of an INVOKE; pure, so any thread may do it."""
+    if serializer.name not in config.SERIALIZERS_ACCEPTED:
+        raise errors.SerializeError(f"message used serializer that is not accepted: {msg.serializer_id}")
+    corr = msg.annotations.get("CORR")
+    if corr is not None and len(corr) != 16:
+        raise ValueError("bytes is not a 16-char string")
+    return serializer.loads_call(msg.payload(config.MAX_MESSAGE_SIZE))
 
 
 def _attach_traceback(exc: BaseException) -> Any:

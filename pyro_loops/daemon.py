@@ -122,7 +122,7 @@ class Daemon(CallHandling):
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._completed: collections.deque = collections.deque()
+        self._loop_jobs: collections.deque = collections.deque()  # posted by workers
         self._soon: set[ClientConnection] = set()
         self._partial: set[ClientConnection] = set()
         self._streams: dict[str, list] = {}   # id -> [iterator, conn or None, created, linger_since]
@@ -459,6 +459,7 @@ class Daemon(CallHandling):
 
     def handle_event(self, sock: socket.socket, events: int) -> None:
         """The host loop says ``sock`` is ready (READ and/or WRITE). Never raises."""
+        self._loop_thread = threading.get_ident()  # a loop may run in another thread than attached it
         try:
             if sock is self.sock:
                 self._accept()
@@ -723,9 +724,19 @@ class Daemon(CallHandling):
         if self._close_requested:
             self._close_now()
             return
-        while self._completed:
-            conn, data = self._completed.popleft()
-            self._finish_call(conn, data)
+        while self._loop_jobs:
+            job = self._loop_jobs.popleft()
+            try:
+                job()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                report_error(exc, "daemon job from a worker")
+
+    def _post(self, job: Callable[[], None]) -> None:
+        """Run ``job`` in the loop's thread soon; safe from any thread."""
+        self._loop_jobs.append(job)
+        self._wake()
 
     def _finish_call(self, conn: ClientConnection, data: bytes | None) -> None:
         conn.busy = False
