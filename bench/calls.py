@@ -31,43 +31,8 @@ NODELAY_NOTE = ("TCP_NODELAY: config.SOCK_NODELAY=True for pyro_loops, Pyro4 and
 
 # --- servers ---------------------------------------------------------------------------------
 
-def serve_pyro_loops(servertype: str) -> None:
-    import pyro_loops
-
-    pyro_loops.config.SERVERTYPE = servertype
-    pyro_loops.config.SOCK_NODELAY = True
-
-    @pyro_loops.expose
-    class Obj:
-        def method(self, x):
-            return x
-
-    daemon = pyro_loops.Daemon(host=common.LOCALHOST)
-    uri = daemon.register(Obj(), common.OBJECT_ID)
-    common.announce(common.READY, str(uri))
-    daemon.requestLoop()
-
-
-def serve_pyro4(servertype: str) -> None:
-    import Pyro4
-
-    Pyro4.config.SERVERTYPE = servertype
-    Pyro4.config.SOCK_NODELAY = True
-
-    @Pyro4.expose
-    class Obj:
-        def method(self, x):
-            return x
-
-    daemon = Pyro4.Daemon(host=common.LOCALHOST)
-    uri = daemon.register(Obj(), common.OBJECT_ID)
-    common.announce(common.READY, str(uri))
-    daemon.requestLoop()
-
-
-def serve_pyro5(servertype: str) -> None:
-    from Pyro5 import api
-
+def _serve(api, servertype: str) -> None:
+    """Serve ``method`` with a library whose API has Pyro4's shape (config, expose, Daemon)."""
     api.config.SERVERTYPE = servertype
     api.config.SOCK_NODELAY = True
 
@@ -80,6 +45,21 @@ def serve_pyro5(servertype: str) -> None:
     uri = daemon.register(Obj(), common.OBJECT_ID)
     common.announce(common.READY, str(uri))
     daemon.requestLoop()
+
+
+def serve_pyro_loops(servertype: str) -> None:
+    import pyro_loops
+    _serve(pyro_loops, servertype)
+
+
+def serve_pyro4(servertype: str) -> None:
+    import Pyro4
+    _serve(Pyro4, servertype)
+
+
+def serve_pyro5(servertype: str) -> None:
+    from Pyro5 import api
+    _serve(api, servertype)
 
 
 def _recv_exact(sock: socket.socket, buf: bytearray) -> bool:
