@@ -124,6 +124,8 @@ class SelectLoop:
         self._unregister(sock)
 
     def call_later(self, delay: float, callback: Callable[[], Any]) -> Timer:
+        """Call ``callback()`` after ``delay`` seconds. From the loop's thread only:
+        ``stop()`` is the one method other threads may call."""
         return self._call_at(time.monotonic() + delay, callback)
 
     def _call_at(self, when: float, callback: Callable[[], Any]) -> Timer:
