@@ -120,7 +120,17 @@ class CallHandling:
         except BaseException as exc:
             self._post(functools.partial(self._refuse_call, conn, msg, serializer, exc, now=False))
             return
-        self._post(lambda: self._dispatch(conn, msg, serializer, request, decoded_in_worker=True))
+        self._post(lambda: self._decoded(conn, msg, serializer, request))
+
+    def _decoded(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
+                 request: tuple) -> None:
+        """A worker decoded a request. It is dispatched from the deadline path, not
+        from here: this runs in the callback of the wakeup socket all workers share,
+        and a call that starts a nested loop would keep that socket unwatched."""
+        conn.busy = False
+        if not conn.closed:
+            conn.decoded = (msg, serializer, request)
+            self._soon.add(conn)
 
     def _refuse_call(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                      exc: BaseException, now: bool) -> None:
@@ -137,7 +147,7 @@ class CallHandling:
             self._finish_call(conn, data)
 
     def _dispatch(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
-                  request: tuple, decoded_in_worker: bool = False) -> None:
+                  request: tuple) -> None:
         """Run a decoded call where it belongs and send its reply (or arrange for it)."""
         oneway = bool(msg.flags & _wire.FLAGS_ONEWAY)
         if conn.closed:
@@ -147,10 +157,8 @@ class CallHandling:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # any other error, even a BaseException subclass
-            self._refuse_call(conn, msg, serializer, exc, now=not decoded_in_worker)
+            self._refuse_call(conn, msg, serializer, exc, now=True)
             return
-        if decoded_in_worker:
-            conn.busy = False  # dispatched like any other call from here on
         if oneway:
             if in_worker or (config.oneway_threaded() and not msg.flags & _wire.FLAGS_BATCH):
                 self._pool().submit(lambda: self._run_oneway(conn, msg, call))
@@ -160,8 +168,6 @@ class CallHandling:
                     self._run_oneway(conn, msg, call)
                 finally:
                     self._dispatching -= 1
-            if decoded_in_worker:
-                self._finish_call(conn, None)  # what the client sent meanwhile is read now
             return
         conn.busy = True
         if in_worker:
@@ -183,9 +189,7 @@ class CallHandling:
             self._close_conn(conn, "client disconnected while its call was running; reply dropped")
             return
         self._send(conn, data)
-        if decoded_in_worker:
-            self._finish_call(conn, None)  # what the client sent meanwhile is read now
-        elif conn.read_paused:
+        if conn.read_paused:
             self._set_interest(conn)
 
     def _prepare_call(self, conn: ClientConnection, msg: _wire.Message, obj_id: str, method: str,

@@ -18,7 +18,8 @@ class ClientConnection:
     """
 
     __slots__ = ("sock", "addr", "protocol", "out", "busy", "read_paused", "interest", "closed",
-                 "partial_since", "last_active", "pyroInstances", "tracked_resources", "__weakref__")
+                 "partial_since", "last_active", "decoded", "pyroInstances", "tracked_resources",
+                 "__weakref__")
 
     def __init__(self, sock: socket.socket, addr: Any, protocol: ServerProtocol) -> None:
         self.sock = sock
@@ -27,6 +28,7 @@ class ClientConnection:
         self.out = bytearray()
         self.busy = False           # a call of this connection is running (or awaited)
         self.read_paused = False    # readiness arrived while busy: stop watching until done
+        self.decoded: tuple | None = None  # a request a worker decoded, waiting to be dispatched
         self.interest = READ
         self.closed = False
         self.partial_since: float | None = None

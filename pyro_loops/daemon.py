@@ -602,10 +602,15 @@ class Daemon(CallHandling):
             if budget <= 0:
                 self._soon.add(conn)
                 break
+            budget -= 1
+            if conn.decoded is not None:  # comes before anything the client sent after it
+                msg, serializer, request = conn.decoded
+                conn.decoded = None
+                self._dispatch(conn, msg, serializer, request)
+                continue
             event = conn.protocol.next_event()
             if event is None:
                 break
-            budget -= 1
             self._handle(conn, event)
         self._track_partial(conn)
         if not conn.closed:

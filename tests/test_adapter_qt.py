@@ -48,6 +48,10 @@ class Service(BaseService):
     def echo_in_worker(self, value):
         return value
 
+    def run_nested_loop_after_upload(self, payload):
+        """A large request (decoded by a worker) whose call then opens a nested loop."""
+        return self.run_nested_loop()
+
     def run_nested_loop(self):
         """Like a modal dialog: a nested Qt loop until quit_nested_loop() is called."""
         self.nested_loop = QEventLoop()
@@ -365,6 +369,29 @@ def test_nested_loop_started_after_a_worker_call_still_gets_worker_results(qtbot
     qtbot.waitUntil(lambda: pipelined.done() and other.done(), timeout=WAIT_MS)
     pipelined.result()._pyroRelease()
     assert other.result() == 2
+
+
+def test_nested_loop_in_a_large_request_still_gets_worker_results(qtbot, uri, service):
+    # A request of 64 KiB or more is decoded by a worker and handed back through the
+    # daemon's wakeup socket; the nested loop its call starts must not leave that socket
+    # unwatched, or no worker result would come back until the loop ends.
+    upload = ThreadedCall(pyro4_send_requests, uri, ("run_nested_loop_after_upload", (list(range(30000)),)))
+
+    def other_client():
+        assert service.nested_loop_started.wait(WAIT_S)
+        with proxy(uri) as p:
+            p._pyroTimeout = 1.0
+            try:
+                answer = p.echo_in_worker(3)
+            except pyro_loops.errors.TimeoutError:
+                answer = "no worker result during the nested loop"
+        call_once(uri, "quit_nested_loop")
+        return answer
+
+    other = ThreadedCall(other_client)
+    qtbot.waitUntil(lambda: upload.done() and other.done(), timeout=WAIT_MS)
+    upload.result()._pyroRelease()
+    assert other.result() == 3
 
 
 def test_daemon_close_while_attached_detaches(qtbot, qapp):
