@@ -37,6 +37,9 @@ FLAGS_META_ON_CONNECT = 1 << 4
 FLAGS_ITEMSTREAMRESULT = 1 << 5
 FLAGS_KEEPSERIALIZED = 1 << 6
 
+#: Bound on a decompressed payload when MAX_MESSAGE_SIZE is 0 ("unlimited").
+DECOMPRESSED_LIMIT = 256 * 1024 * 1024
+
 #: Payloads shorter than this are never compressed (Pyro4's rule).
 COMPRESSION_THRESHOLD = 200
 
@@ -55,18 +58,18 @@ class Message:
     def payload(self, max_size: int = 0) -> bytes:
         """The payload, decompressed if the COMPRESSED flag says so.
 
-        ``max_size`` (when non-zero) bounds the decompressed size, so a small
-        compressed frame cannot expand into an unbounded amount of memory.
+        The decompressed size is bounded by ``max_size``, or by
+        ``DECOMPRESSED_LIMIT`` when that is 0 ("unlimited"): zlib expands up to
+        about a thousandfold, so without a bound a frame of a few megabytes
+        could claim gigabytes of memory.
         """
         if not self.flags & FLAGS_COMPRESSED:
             return self.data
+        limit = max_size or DECOMPRESSED_LIMIT
         inflater = zlib.decompressobj()
-        if max_size:
-            out = inflater.decompress(self.data, max_size)
-            if inflater.unconsumed_tail:
-                raise MessageTooLargeError(f"decompressed payload exceeds {max_size} bytes")
-        else:
-            out = inflater.decompress(self.data)
+        out = inflater.decompress(self.data, limit)
+        if inflater.unconsumed_tail:
+            raise MessageTooLargeError(f"decompressed payload exceeds {limit} bytes")
         if not inflater.eof:
             raise zlib.error("incomplete or truncated compressed payload")
         return out

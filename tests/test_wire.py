@@ -351,3 +351,14 @@ def test_decompression_is_bounded_by_the_size_limit():
     with pytest.raises(errors.MessageTooLargeError, match="decompressed payload exceeds 100000 bytes"):
         msg.payload(max_size=100_000)
     assert len(msg.payload(max_size=10_000_000)) == 10_000_000
+
+
+def test_decompression_is_bounded_even_without_a_size_limit(monkeypatch):
+    # MAX_MESSAGE_SIZE 0 means "unlimited", but a small frame must not inflate into gigabytes
+    monkeypatch.setattr(_wire, "DECOMPRESSED_LIMIT", 1024 * 1024)
+    bomb = zlib.compress(b"\0" * (2 * 1024 * 1024))
+    msg = _wire.Message(_wire.MSG_INVOKE, bomb, 1, _wire.FLAGS_COMPRESSED)
+    with pytest.raises(errors.MessageTooLargeError):
+        msg.payload(0)
+    small = _wire.Message(_wire.MSG_INVOKE, zlib.compress(b"\0" * 1000), 1, _wire.FLAGS_COMPRESSED)
+    assert small.payload(0) == b"\0" * 1000
