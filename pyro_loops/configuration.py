@@ -113,6 +113,10 @@ class Configuration:
             return self.SERVERTYPE == "thread"
         return bool(self.ONEWAY_THREADED)
 
+    def idle_timeout(self) -> float:
+        """IDLE_TIMEOUT, or else Pyro4's COMMTIMEOUT, whose daemons drop clients idle that long."""
+        return self.IDLE_TIMEOUT or self.COMMTIMEOUT
+
     def ns_host(self) -> str:
         return self.NS_HOST or self.HOST
 

@@ -491,10 +491,11 @@ class Daemon(CallHandling):
             for conn in list(self._partial):
                 if conn.partial_since is not None and now - conn.partial_since >= config.HALF_FRAME_TIMEOUT:
                     self._close_conn(conn, f"message incomplete after {config.HALF_FRAME_TIMEOUT} s")
-            if config.IDLE_TIMEOUT and self._idle_check_at is not None and now >= self._idle_check_at:
+            idle_timeout = config.idle_timeout()
+            if idle_timeout and self._idle_check_at is not None and now >= self._idle_check_at:
                 for conn in list(self._conns.values()):
-                    if not conn.busy and now - conn.last_active >= config.IDLE_TIMEOUT:
-                        self._close_conn(conn, f"idle for {config.IDLE_TIMEOUT} s")
+                    if not conn.busy and now - conn.last_active >= idle_timeout:
+                        self._close_conn(conn, f"idle for {idle_timeout} s")
                 self._idle_check_at = None
             self._expire_streams(now)
         except Exception as exc:
@@ -516,9 +517,10 @@ class Daemon(CallHandling):
                 if conn.partial_since is not None:
                     due = conn.partial_since + config.HALF_FRAME_TIMEOUT
                     when = due if when is None or due < when else when
-            if config.IDLE_TIMEOUT and self._conns:
+            idle_timeout = config.idle_timeout()
+            if idle_timeout and self._conns:
                 if self._idle_check_at is None:
-                    self._idle_check_at = time.monotonic() + config.IDLE_TIMEOUT / 2
+                    self._idle_check_at = time.monotonic() + idle_timeout / 2
                 when = self._idle_check_at if when is None else min(when, self._idle_check_at)
             for _, _, created, linger_since in self._streams.values():
                 for start, span in ((created, config.ITER_STREAM_LIFETIME),

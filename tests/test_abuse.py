@@ -220,6 +220,15 @@ def test_idle_connections_are_closed_after_idle_timeout_and_logged(service, logs
     assert "idle for 0.3 s" in logs.text
 
 
+def test_pyro4_commtimeout_also_closes_idle_connections(service, logs):
+    # Pyro4's daemons drop clients idle longer than COMMTIMEOUT; IDLE_TIMEOUT 0 defers to it
+    daemon, uri = start(service, COMMTIMEOUT=0.3)
+    with serving(daemon), RawClient(uri.port) as idle:
+        idle.handshake()
+        assert idle.closed_by_peer()
+    assert "idle for 0.3 s" in logs.text
+
+
 def test_busy_connection_is_not_closed_as_idle(service):
     daemon, uri = start(service, IDLE_TIMEOUT=0.3)
     with serving(daemon), RawClient(uri.port) as client:
