@@ -348,11 +348,11 @@ def test_nested_event_loop_in_a_call_keeps_serving_other_clients(qtbot, uri, ser
     assert run(qtbot, call_once, uri, "echo", "still serving") == "still serving"
 
 
-def test_nested_loop_started_after_a_worker_call_still_gets_worker_results(qtbot, uri, service):
-    # One connection pipelines a worker call and a nested-loop call: the second is
-    # dispatched when the worker's result comes back through the daemon's wakeup socket.
+def worker_result_during_nested_loop(qtbot, uri, service, *requests) -> object:
+    """Pipeline ``requests`` on one Pyro4 connection (one of them opens a nested loop),
+    and meanwhile call a worker method from another client: what that client got."""
     # Both clients start before the test pumps Qt: the nested loop will run inside that pumping.
-    pipelined = ThreadedCall(pyro4_send_requests, uri, ("echo_in_worker", (1,)), ("run_nested_loop", ()))
+    pipelined = ThreadedCall(pyro4_send_requests, uri, *requests)
 
     def other_client():
         assert service.nested_loop_started.wait(WAIT_S)
@@ -368,30 +368,22 @@ def test_nested_loop_started_after_a_worker_call_still_gets_worker_results(qtbot
     other = ThreadedCall(other_client)
     qtbot.waitUntil(lambda: pipelined.done() and other.done(), timeout=WAIT_MS)
     pipelined.result()._pyroRelease()
-    assert other.result() == 2
+    return other.result()
+
+
+def test_nested_loop_started_after_a_worker_call_still_gets_worker_results(qtbot, uri, service):
+    # One connection pipelines a worker call and a nested-loop call: the second is
+    # dispatched when the worker's result comes back through the daemon's wakeup socket.
+    assert worker_result_during_nested_loop(
+        qtbot, uri, service, ("echo_in_worker", (1,)), ("run_nested_loop", ())) == 2
 
 
 def test_nested_loop_in_a_large_request_still_gets_worker_results(qtbot, uri, service):
     # A request of 64 KiB or more is decoded by a worker and handed back through the
     # daemon's wakeup socket; the nested loop its call starts must not leave that socket
     # unwatched, or no worker result would come back until the loop ends.
-    upload = ThreadedCall(pyro4_send_requests, uri, ("run_nested_loop_after_upload", (list(range(30000)),)))
-
-    def other_client():
-        assert service.nested_loop_started.wait(WAIT_S)
-        with proxy(uri) as p:
-            p._pyroTimeout = 1.0
-            try:
-                answer = p.echo_in_worker(3)
-            except pyro_loops.errors.TimeoutError:
-                answer = "no worker result during the nested loop"
-        call_once(uri, "quit_nested_loop")
-        return answer
-
-    other = ThreadedCall(other_client)
-    qtbot.waitUntil(lambda: upload.done() and other.done(), timeout=WAIT_MS)
-    upload.result()._pyroRelease()
-    assert other.result() == 3
+    assert worker_result_during_nested_loop(
+        qtbot, uri, service, ("run_nested_loop_after_upload", (list(range(30000)),))) == 2
 
 
 def test_daemon_close_while_attached_detaches(qtbot, qapp):
