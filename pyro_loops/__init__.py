@@ -12,21 +12,10 @@ from ._uri import URI
 from .configuration import config
 from .context import current_context
 from .daemon import Daemon, DaemonObject
+from .naming import locateNS, resolve
 from .proxy import Proxy, batch
 
 __version__ = constants.VERSION
-
-
-def locateNS(host=None, port=None, broadcast=True, hmac_key=None):  # noqa: N802 - Pyro4's name
-    """Find the name server; see ``pyro_loops.naming.locateNS``."""
-    from .naming import locateNS as locate
-    return locate(host, port, broadcast, hmac_key)
-
-
-def resolve(uri, hmac_key=None):
-    """Turn a PYRONAME:/PYROMETA: URI into a PYRO: URI; see ``pyro_loops.naming.resolve``."""
-    from .naming import resolve as resolve_uri
-    return resolve_uri(uri, hmac_key)
 
 
 __all__ = ["Daemon", "DaemonObject", "Proxy", "URI", "batch", "behavior", "config", "constants",

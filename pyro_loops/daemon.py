@@ -26,11 +26,15 @@ from ._expose import (expose, get_exposed_members, reset_metadata_cache)
 from ._hosting import READ, WRITE, Watcher, log, report_error
 from ._calls import CallHandling
 from ._connection import ClientConnection
+from ._eventloop import SelectLoop
 from ._protocol import ServerProtocol
+from ._resolve import locate_ns
+from ._serving import serving as _serving, serving_lock as _serving_lock  # under the names the body uses
 from ._uri import URI
 from ._workers import WorkerPool
 from .configuration import config
 from .constants import DAEMON_NAME
+from .proxy import Proxy
 
 _RECV_SIZE = 64 * 1024  # larger requests allocate through mmap on every recv: several times slower
 _SEND_BUDGET = 4 * 1024 * 1024     # bytes written per writable event, for fairness
@@ -75,22 +79,6 @@ class DaemonObject:
 
 def _always() -> bool:
     return True
-
-
-#: every daemon that a loop thread serves, for the proxy's deadlock check
-_serving: "dict[int, Daemon]" = {}
-_serving_lock = threading.Lock()
-
-
-def daemon_served_by_current_thread(uri: URI) -> "Daemon | None":
-    """The local daemon behind ``uri`` if the calling thread is the loop serving it."""
-    with _serving_lock:
-        daemons = list(_serving.values())
-    me = threading.get_ident()
-    for daemon in daemons:
-        if daemon._loop_thread == me and daemon._serves(uri):
-            return daemon
-    return None
 
 
 class Daemon(CallHandling):
@@ -255,7 +243,6 @@ class Daemon(CallHandling):
 
     def proxyFor(self, objectOrId: Any, nat: bool = True) -> Any:  # noqa: N802 - Pyro4's name
         """A proxy for a registered object, with its metadata filled in (used by autoproxy)."""
-        from .proxy import Proxy
         uri = self.uriFor(objectOrId, nat)
         proxy = Proxy(uri)
         obj = self.objectsById.get(uri.object)
@@ -342,7 +329,6 @@ class Daemon(CallHandling):
         A custom ``loopCondition`` is re-checked at least every POLLTIMEOUT
         seconds; with the default the loop sleeps until there is work.
         """
-        from ._eventloop import SelectLoop
         with SelectLoop() as loop:
             hosted = loop.attach(self)
             try:
@@ -784,8 +770,7 @@ class Daemon(CallHandling):
         with daemon:
             nameserver = None
             if ns:
-                from .naming import locateNS
-                nameserver = locateNS()
+                nameserver = locate_ns(None, None, True, None, Proxy)
             for obj, name in objects.items():
                 if ns and name:
                     uri = daemon.register(obj, name)
