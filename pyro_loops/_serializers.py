@@ -465,7 +465,7 @@ class MsgpackSerializer(Serializer):
     _markers = (b"__class__",)
 
     def __init__(self) -> None:
-        import msgpack
+        import msgpack  # an optional dependency: imported only when someone asks for this serializer
         self._msgpack = msgpack
 
     def dumps(self, obj: Any) -> bytes:

@@ -50,7 +50,5 @@ def resolve(uri: URI | str, hmac_key: bytes | None = None) -> URI:
     return _resolve.resolve(uri, hmac_key, Proxy)
 
 
-if __name__ == "__main__":
-    from pyro_loops.naming import main as _main  # the package's module, not a second copy as __main__
-
-    sys.exit(_main())
+if __name__ == "__main__":  # python -m pyro_loops.naming, as with Pyro4
+    sys.exit(main())
