@@ -5,17 +5,45 @@ in Qt, Tk, asyncio or a selectors loop with ``pyro_loops.adapters``, or run
 ``daemon.requestLoop()``.
 """
 
-from . import constants, errors, socketutil, util
+from __future__ import annotations
+
+from typing import Any
+
+from . import _resolve, constants, errors, socketutil, util
 from ._expose import behavior, expose, in_worker, oneway
 from ._hosting import set_error_hook
 from ._uri import URI
 from .configuration import config
 from .context import current_context
 from .daemon import Daemon, DaemonObject
-from .naming import locateNS, resolve
 from .proxy import Proxy, batch
 
 __version__ = constants.VERSION
+
+
+def locateNS(host: str | None = None, port: int | None = None, broadcast: bool = True,  # noqa: N802
+             hmac_key: bytes | None = None) -> Any:
+    """A bound proxy for a name server.
+
+    With a host (a name, an IP address or ``./u:<socket path>``) it connects
+    there directly (port: ``port`` or NS_PORT). Without one it tries, each
+    attempt bounded by a short timeout: NS_HOST:port if NS_HOST is a
+    loopback address (and 127.0.1.1 when NS_HOST is "localhost", where some
+    systems map the host name); then a GET_NSURI broadcast to BROADCAST_ADDRS
+    on NS_BCPORT; then NS_HOST:port directly. ``port`` is always the name
+    server's TCP port. Raises ``NamingError("Failed to locate the nameserver")``.
+    """
+    return _resolve.locate_ns(host, port, broadcast, hmac_key, Proxy)
+
+
+def resolve(uri: URI | str, hmac_key: bytes | None = None) -> URI:
+    """Turn a ``PYRONAME:``/``PYROMETA:`` URI into the ``PYRO:`` URI it names.
+
+    ``PYRO:`` URIs come back unchanged. A name server location in the URI is
+    used directly; otherwise the name server is located. ``PYROMETA:`` picks
+    one of the registrations carrying all the tags, at random.
+    """
+    return _resolve.resolve(uri, hmac_key, Proxy)
 
 
 __all__ = ["Daemon", "DaemonObject", "Proxy", "URI", "batch", "behavior", "config", "constants",

@@ -15,7 +15,7 @@ import socket
 import time
 from typing import Any, Iterable
 
-from . import _hosting
+from . import _hosting, socketutil
 from ._uri import URI
 from .configuration import config
 from .errors import PyroError
@@ -54,6 +54,7 @@ class BroadcastServer:
             bchost = config.NS_BCHOST
         if ipv6 is None:
             ipv6 = ":" in (bchost or self.nsUri.host or "")
+        socketutil.check_port(bcport, "bcport")
         if len(str(self.nsUri).encode("latin-1")) > _MAX_DATAGRAM:
             log.warning("name server URI longer than %d bytes; broadcast clients will get it cut short", _MAX_DATAGRAM)
         sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
@@ -62,7 +63,7 @@ class BroadcastServer:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if not ipv6:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            sock.bind((bchost or ("::" if ipv6 else ""), bcport))
+            socketutil.bind(sock, (bchost or ("::" if ipv6 else ""), bcport))
             sock.setblocking(False)
         except BaseException:
             sock.close()

@@ -15,8 +15,9 @@ from typing import Any
 
 from ._eventloop import SelectLoop
 from ._nameserver import build_name_server
-from ._nsstorage import Storage
+from ._nsstorage import Storage, open_storage
 from .configuration import config
+from .socketutil import check_port
 from .constants import NAMESERVER_NAME
 from .errors import PyroError
 
@@ -72,26 +73,44 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _port(text: str) -> int:
+    """An argparse type: a port number, 0..65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    try:
+        check_port(port)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return port
+
+
 def main(args: list[str] | None = None) -> int:
     """``pyro-loops-ns``: run a name server until interrupted (HMAC key from PYRO_HMAC_KEY)."""
     parser = argparse.ArgumentParser(prog="pyro-loops-ns", description="Run a Pyro4-compatible name server.")
     parser.add_argument("-n", "--host", help="hostname or IP address to bind the server on")
-    parser.add_argument("-p", "--port", type=int, help=f"port to bind the server on (0 = any free port; "
+    parser.add_argument("-p", "--port", type=_port, help=f"port to bind the server on (0 = any free port; "
                                                        f"default {config.NS_PORT})")
     parser.add_argument("-u", "--unixsocket", help="Unix domain socket to bind the server on instead")
     parser.add_argument("-s", "--storage", default="memory", help="'memory' (default) or 'sql:<file>'")
     parser.add_argument("-x", "--nobc", dest="enablebc", action="store_false", help="don't start a broadcast server")
     parser.add_argument("--bchost", help="address to bind the broadcast server on (default: all)")
-    parser.add_argument("--bcport", type=int, help=f"port of the broadcast server (default {config.NS_BCPORT})")
+    parser.add_argument("--bcport", type=_port, help=f"port of the broadcast server (default {config.NS_BCPORT})")
     parser.add_argument("--nathost", help="external hostname, when behind NAT")
-    parser.add_argument("--natport", type=int, help="external port, when behind NAT")
+    parser.add_argument("--natport", type=_port, help="external port, when behind NAT")
     options = parser.parse_args(args)
+    try:
+        # opened here so that a bad -s is a usage error (exit 2) like a bad -p
+        storage = open_storage(options.storage)
+    except (ValueError, PyroError) as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.WARNING)
     # A service manager stops us with SIGTERM: shut down as cleanly as on Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         startNSloop(options.host, options.port, options.enablebc, options.bchost, options.bcport,
-                    options.unixsocket, options.nathost, options.natport, options.storage,
+                    options.unixsocket, options.nathost, options.natport, storage,
                     os.environ.get("PYRO_HMAC_KEY") or None)
     except (OSError, ValueError, PyroError) as exc:
         print(f"pyro-loops-ns: cannot start the name server: {exc}", file=sys.stderr)
