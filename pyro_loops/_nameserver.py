@@ -186,14 +186,9 @@ class NameServerDaemon(Daemon):
     def __init__(self, host: str | None = None, port: int | None = None, unixsocket: str | None = None,
                  nathost: str | None = None, natport: int | None = None,
                  storage: str | Storage | None = None) -> None:
-        if host is None:
-            host = config.HOST
         if port is None:
             port = config.NS_PORT
-        if nathost is None:
-            nathost = config.NATHOST
-        if natport is None:
-            natport = config.NATPORT or None
+        # host, nathost and natport default as for any Daemon
         store = open_storage(storage) if storage is None or isinstance(storage, str) else storage
         try:
             super().__init__(host, port, unixsocket, nathost=nathost, natport=natport)
