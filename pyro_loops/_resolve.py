@@ -4,7 +4,7 @@
 Resolution sits below the daemon and the proxy, which both need it: a proxy
 resolves its URI before connecting, a daemon's ``serveSimple`` registers with
 the name server. Talking to a name server takes a proxy, so the caller passes
-the proxy class in (``pyro_loops.naming.locateNS`` and ``resolve`` pass
+the proxy class in (``pyro_loops.locateNS`` and ``resolve`` pass
 ``pyro_loops.proxy.Proxy``) instead of this module importing the layer above.
 """
 
@@ -105,13 +105,13 @@ def _locate(host: str | None, port: int | None, broadcast: bool, hmac_key: bytes
 
 def locate_ns(host: str | None, port: int | None, broadcast: bool, hmac_key: bytes | None,
               proxy_class: type) -> Any:
-    """A bound ``proxy_class`` proxy for a name server; see ``pyro_loops.naming.locateNS``."""
+    """A bound ``proxy_class`` proxy for a name server; see ``pyro_loops.locateNS``."""
     return _locate(host, port, broadcast, hmac_key, proxy_class, local_ok=False)
 
 
 def resolve(uri: URI | str, hmac_key: bytes | None, proxy_class: type) -> URI:
     """The ``PYRO:`` URI that ``uri`` names, asking the name server through
-    ``proxy_class``; see ``pyro_loops.naming.resolve``."""
+    ``proxy_class``; see ``pyro_loops.resolve``."""
     if isinstance(uri, str):
         uri = URI(uri)
     elif not isinstance(uri, URI):
