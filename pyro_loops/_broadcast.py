@@ -71,7 +71,7 @@ class BroadcastServer:
         self.sock: socket.socket | None = sock
         host, port = sock.getsockname()[:2]
         host = bchost or host
-        self.locationStr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.locationStr = socketutil.location(host, port)
         self._watcher: _hosting.Watcher | None = None
         log.info("name server broadcast responder on %s", self.locationStr)
 

@@ -20,6 +20,7 @@ from ._uri import URI
 from .configuration import config
 from .constants import NAMESERVER_NAME
 from .errors import NamingError, PyroError
+from .socketutil import location
 
 _STEP_TIMEOUT = 2.0          # seconds for each attempt to reach a name server while locating it
 _RESOLVE_TIMEOUT = 10.0      # seconds a lookup during resolve() may take: a proxy connect must not hang
@@ -28,7 +29,7 @@ _RESOLVE_TIMEOUT = 10.0      # seconds a lookup during resolve() may take: a pro
 def _ns_location(host: str, port: int) -> str:
     if URI.isUnixsockLocation(host):
         return host
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return location(host, port)
 
 
 def _bind(uri: URI, hmac_key: bytes | None, proxy_class: type) -> Any:

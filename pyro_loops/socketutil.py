@@ -18,6 +18,11 @@ _BIND_ADVICE = {
 }
 
 
+def location(host: str, port: int) -> str:
+    """``host:port`` as Pyro writes it, with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def check_port(port: Any, what: str = "port") -> None:
     """Refuse an int port outside 0..65535 with a ValueError naming it.
 
@@ -37,8 +42,7 @@ def bind(sock: socket.socket, address: Any) -> None:
         sock.close()
         if isinstance(address, tuple):
             host, port = address[:2]
-            host = host or "0.0.0.0"  # what "" means to bind()
-            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            where = location(host or "0.0.0.0", port)  # "0.0.0.0": what "" means to bind()
         else:
             where = repr(address)  # a Unix socket path (or an abstract name starting with NUL)
         advice = _BIND_ADVICE.get(exc.errno)
