@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -148,4 +149,7 @@ def test_the_core_never_imports_an_adapter():
 def test_module_imports_on_its_own_in_a_fresh_interpreter(module):
     done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
                           env=peer_env(), cwd=ROOT, timeout=TIMEOUT)
+    missing = re.search(r"^ModuleNotFoundError: No module named '([^']+)'$", done.stderr, re.MULTILINE)
+    if missing and not missing.group(1).startswith("pyro_loops"):
+        pytest.skip(f"{module} needs {missing.group(1)}, which is not installed")  # e.g. tkinter
     assert done.returncode == 0, done.stderr
