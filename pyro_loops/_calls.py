@@ -180,13 +180,12 @@ class CallHandling:
             return  # a coroutine runs on the host loop; its reply comes later
         finally:
             self._dispatching -= 1
+        if not conn.closed:
+            # nothing was read while the call ran here: one cheap peek tells
+            # whether the client hung up meanwhile, so its reply is not lost silently
+            self._notice_hangup(conn)
         conn.busy = False
         if conn.closed:
-            return
-        if self._client_gone(conn):
-            # nothing was read while the call ran here; a client that hung up
-            # meanwhile is told apart now (one cheap peek), so its reply is not lost silently
-            self._close_conn(conn, "client disconnected while its call was running; reply dropped")
             return
         self._send(conn, data)
         if conn.read_paused:

@@ -19,7 +19,7 @@ class ClientConnection:
 
     __slots__ = ("sock", "addr", "protocol", "out", "busy", "read_paused", "interest", "closed",
                  "partial_since", "last_active", "decoded", "pyroInstances", "tracked_resources",
-                 "__weakref__")
+                 "eof", "close_reason", "__weakref__")
 
     def __init__(self, sock: socket.socket, addr: Any, protocol: ServerProtocol) -> None:
         self.sock = sock
@@ -31,6 +31,8 @@ class ClientConnection:
         self.decoded: tuple | None = None  # a request a worker decoded, waiting to be dispatched
         self.interest = READ
         self.closed = False
+        self.eof = False            # the client closed (or half-closed) its end: finish what arrived, then close
+        self.close_reason: str | None = None  # why the daemon closed it, for results that arrive later
         self.partial_since: float | None = None
         self.last_active = time.monotonic()
         self.pyroInstances: dict = {}   # per-connection instances of registered classes

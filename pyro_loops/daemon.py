@@ -289,7 +289,7 @@ class Daemon(CallHandling):
         """Every socket the daemon wants watched for readability."""
         if self._closed:
             return []
-        return [self.sock, self._wake_r, *self._conns]
+        return [self.sock, self._wake_r, *(sock for sock, conn in self._conns.items() if not conn.eof)]
 
     def events(self, eventsockets: Iterable[socket.socket]) -> None:
         """Handle readable sockets, as a hand-written ``select()`` loop reports them.
@@ -548,16 +548,16 @@ class Daemon(CallHandling):
             log.debug("accepted connection from %s", addr)
 
     def _read(self, conn: ClientConnection) -> None:
+        if conn.eof:
+            return  # a stale notification: nothing more comes from this client
         if conn.busy:
-            # A client that hung up mid-call is noticed now, so its reply can be
-            # dropped with a reason; anything else waits until the call is done
-            # (per-connection order), unwatched, or level-triggered loops would
-            # fire again and again.
-            if self._client_gone(conn):
-                self._close_conn(conn, "client disconnected while its call was running")
-                return
-            conn.read_paused = True
-            self._set_interest(conn)
+            # A client that hung up mid-call is noticed now; anything else waits
+            # until the call is done (per-connection order), unwatched, or
+            # level-triggered loops would fire again and again.
+            self._notice_hangup(conn)
+            if not conn.closed:
+                conn.read_paused = True
+                self._set_interest(conn)
             return
         try:
             data = conn.sock.recv(_RECV_SIZE)
@@ -567,25 +567,44 @@ class Daemon(CallHandling):
             self._close_conn(conn, f"receive failed: {exc}")
             return
         if not data:
-            self._close_conn(conn, None)
+            self._end_of_stream(conn)
+            self._process(conn)
             return
         conn.last_active = time.monotonic()
         conn.protocol.receive_data(data)
         self._process(conn)
 
-    @staticmethod
-    def _client_gone(conn: ClientConnection) -> bool:
-        """True if the client has hung up (its end of the stream is closed or reset)."""
+    def _notice_hangup(self, conn: ClientConnection) -> None:
+        """Peek whether the client of a running call hung up (nothing is read meanwhile).
+
+        A reset closes the connection: the reply has nowhere to go. An end of
+        stream only marks it: the client may have half-closed and still wait
+        for its replies, so they are sent; the connection closes after them.
+        """
         try:
-            return not conn.sock.recv(1, socket.MSG_PEEK)
+            if conn.sock.recv(1, socket.MSG_PEEK):
+                return
         except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return True
+            return
+        except OSError as exc:
+            self._close_conn(conn, f"connection lost while its call was running, reply dropped: {exc}")
+            return
+        self._end_of_stream(conn)
+
+    def _end_of_stream(self, conn: ClientConnection) -> None:
+        """The client closed its sending end: what it sent is still executed and answered."""
+        if conn.eof:
+            return
+        conn.eof = True
+        if conn.busy:
+            log.info("client %s disconnected or half-closed while its call was running: the reply "
+                     "is sent all the same, and is lost unless the client only half-closed", conn.addr)
+        self._set_interest(conn)
 
     def _process(self, conn: ClientConnection) -> None:
         """Handle the complete messages buffered for ``conn``, a bounded number at a time."""
         budget = config.MAX_CALLS_PER_WAKEUP if self._watcher is not None else sys.maxsize
+        drained = False
         while not conn.closed and not conn.busy:
             if len(conn.out) > _OUTPUT_HIGH_WATER:
                 break  # the peer is not reading its replies: wait for the output to drain
@@ -600,8 +619,14 @@ class Daemon(CallHandling):
                 continue
             event = conn.protocol.next_event()
             if event is None:
+                drained = True
                 break
             self._handle(conn, event)
+        if drained and conn.eof and not conn.out:
+            # every complete request of a client that closed its end is answered
+            self._close_conn(conn, "client closed its end in the middle of a message"
+                             if conn.protocol.partial else None)
+            return
         self._track_partial(conn)
         if not conn.closed:
             self._set_interest(conn)
@@ -616,7 +641,7 @@ class Daemon(CallHandling):
             self._partial.discard(conn)
 
     def _set_interest(self, conn: ClientConnection) -> None:
-        if conn.busy and conn.read_paused or len(conn.out) > _OUTPUT_HIGH_WATER:
+        if conn.eof or conn.busy and conn.read_paused or len(conn.out) > _OUTPUT_HIGH_WATER:
             events = 0
         else:
             events = READ
@@ -741,8 +766,8 @@ class Daemon(CallHandling):
             return
         if data is not None:
             self._send(conn, data)
-        if conn.protocol.partial:
-            # More requests wait. Not run from here: this runs in the callback
+        if conn.protocol.partial or conn.eof:
+            # More requests wait (or the connection closes once answered). Not run from here: this runs in the callback
             # of the wakeup socket that every worker shares, and a call that
             # starts a nested loop would keep that socket unwatched meanwhile.
             self._soon.add(conn)

