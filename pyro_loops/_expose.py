@@ -10,6 +10,7 @@ from typing import Any, Callable, TypeVar
 from .configuration import config
 
 T = TypeVar("T")
+_MISSING = object()
 
 _PRIVATE_DUNDERS = frozenset("""
 __init__ __init_subclass__ __class__ __module__ __weakref__ __call__ __new__ __del__ __repr__
@@ -146,7 +147,7 @@ def get_exposed_members(obj: Any, only_exposed: bool | None = None, as_lists: bo
 def reset_metadata_cache() -> None:
     _exposed_members.cache_clear()
     _class_exposes.cache_clear()
-    _class_property.cache_clear()
+    _computed_attribute.cache_clear()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -156,32 +157,45 @@ def _class_exposes(cls: type, name: str) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def _class_property(cls: type, name: str) -> bool:
-    return inspect.isdatadescriptor(inspect.getattr_static(cls, name, None))
+def _computed_attribute(cls: type, name: str) -> bool:
+    """True if ``name`` on ``cls`` is a descriptor that computes a value when read
+    (a property, ``functools.cached_property``, a slot or any other descriptor
+    that is not a method): such an attribute is never a method to call."""
+    member = inspect.getattr_static(cls, name, None)
+    if member is None or not hasattr(type(member), "__get__"):
+        return False
+    return not (inspect.isroutine(member) or
+                isinstance(member, (staticmethod, classmethod, functools.partialmethod,
+                                    functools.singledispatchmethod)))
 
 
 def get_attribute(obj: Any, name: str, only_exposed: bool | None = None) -> Any:
     """The method a remote call named ``name`` may invoke, or AttributeError.
 
-    Exposure is decided from the class before anything is looked up on the
-    object, so a call can never run a property getter, nor reach a method
-    through what some attribute happens to return.
+    Exposure is decided from the class (``inspect.getattr_static``) before
+    anything is looked up on the object, so a refused call never runs a
+    property or cached_property getter, another descriptor, or
+    ``__getattr__``, nor reaches a method through what some attribute returns.
     """
     if only_exposed is None:
         only_exposed = config.REQUIRE_EXPOSE
     if is_private_attribute(name):
         raise AttributeError(f"attempt to access private attribute '{name}'")
     cls = obj if inspect.isclass(obj) else type(obj)
-    is_property = _class_property(cls, name)
-    if only_exposed and not _class_exposes(cls, name):
-        if is_property:
+    exposed = not only_exposed or _class_exposes(cls, name)
+    if _computed_attribute(cls, name):
+        if not exposed:
             raise AttributeError(f"attempt to access unexposed attribute '{name}'")
-        value = getattr(obj, name)  # a function stored on the instance may carry @expose itself
+        raise AttributeError(f"attempt to call attribute '{name}', which is a property, not a method")
+    if not exposed:
+        # a function stored on the instance may carry @expose itself; the
+        # static lookup reads the instance dict without running anything
+        value = inspect.getattr_static(obj, name, _MISSING)
+        if value is _MISSING:  # what __getattr__ might make of it is not asked
+            raise AttributeError(f"'{cls.__name__}' object has no attribute '{name}'")
         if not (inspect.isfunction(value) or inspect.ismethod(value)) or not getattr(value, "_pyroExposed", False):
             raise AttributeError(f"attempt to access unexposed attribute '{name}'")
         return value
-    if is_property:
-        raise AttributeError(f"attempt to call attribute '{name}', which is a property, not a method")
     return getattr(obj, name)
 
 

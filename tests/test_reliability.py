@@ -10,6 +10,7 @@ Real sockets on 127.0.0.1, stock Pyro4 4.82 clients in subprocesses.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import threading
@@ -134,3 +135,69 @@ def test_incomplete_message_at_end_of_stream_is_logged_after_the_complete_ones_a
         assert SERPENT.loads(client.read_message().data) == "whole"
         assert client.closed_by_peer()
     assert "closed its end in the middle of a message" in logs.text
+
+
+# --- the exposure check evaluates nothing it refuses --------------------------------------------
+
+
+class Tripwire:
+    """A descriptor that is neither a property nor a method; reading it counts."""
+
+    def __get__(self, obj, owner=None):
+        if obj is not None:
+            obj.evaluated.append("descriptor")
+        return lambda: "from descriptor"
+
+
+@expose
+class Guarded:
+    def __init__(self) -> None:
+        self.evaluated: list[str] = []
+
+    def ping(self):
+        return "pong"
+
+
+def _unexposed_property(self):
+    self.evaluated.append("property")
+    return "secret"
+
+
+def _unexposed_cached(self):
+    self.evaluated.append("cached_property")
+    return lambda: "secret"
+
+
+def _getattr_hook(self, name):
+    if name.startswith("_"):  # the daemon's own bookkeeping (_pyroId) is no remote access
+        raise AttributeError(name)
+    self.evaluated.append("__getattr__ " + name)
+    return lambda: "made up"
+
+
+# added after @expose marked the class's own members, so none of these is exposed
+Guarded.prop = property(_unexposed_property)
+Guarded.cached = functools.cached_property(_unexposed_cached)
+Guarded.cached.__set_name__(Guarded, "cached")
+Guarded.tripwire = Tripwire()
+Guarded.__getattr__ = _getattr_hook
+
+
+@pytest.mark.parametrize("method, args", [
+    ("cached", ()), ("prop", ()), ("tripwire", ()), ("invented", ()),
+    ("__getattr__", ("cached",)), ("__getattr__", ("tripwire",)), ("__getattr__", ("prop",)),
+])
+def test_a_refused_remote_access_runs_no_getter_descriptor_or_getattr_hook(method, args):
+    obj = Guarded()
+    daemon = Daemon(host="127.0.0.1")
+    uri = daemon.register(obj, "guarded")
+    with serving(daemon), RawClient(uri.port) as client:
+        client.handshake()
+        # an attribute read goes as "__getattr__" with kwargs None, as Pyro4's proxy sends it
+        kwargs = None if method == "__getattr__" else {}
+        client.send_message(_wire.MSG_INVOKE, SERPENT.dumps_call("guarded", method, args, kwargs), seq=1)
+        reply = client.read_message()
+        assert reply.flags & _wire.FLAGS_EXCEPTION
+        assert isinstance(SERPENT.loads(reply.data), AttributeError)
+        assert client.call("guarded", "ping", seq=2) == (False, "pong")
+    assert obj.evaluated == []
