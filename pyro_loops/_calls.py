@@ -118,9 +118,9 @@ class CallHandling:
         try:
             request = _decode_call(msg, serializer)
         except BaseException as exc:
-            self._post(functools.partial(self._refuse_call, conn, msg, serializer, exc, now=False))
+            self._post(conn, functools.partial(self._refuse_call, conn, msg, serializer, exc, now=False))
             return
-        self._post(lambda: self._decoded(conn, msg, serializer, request))
+        self._post(conn, lambda: self._decoded(conn, msg, serializer, request))
 
     def _decoded(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                  request: tuple) -> None:
@@ -265,12 +265,15 @@ class CallHandling:
                 "async def methods need a daemon hosted by the asyncio adapter "
                 "(pyro_loops.adapters.asyncio)"))
 
-        def done(result: Any, exc: BaseException | None) -> None:
+        def reply(result: Any, exc: BaseException | None) -> None:
             if exc is not None:
                 data = self._exception_reply(conn, msg, serializer, exc)
             else:
                 data = self._result_reply(conn, msg, serializer, result, facts.response_annotations)
             self._finish_call(conn, data)
+
+        def done(result: Any, exc: BaseException | None) -> None:
+            self._guarded(conn, "reply of an awaited call", reply, result, exc)
             self._update_deadline()
 
         token = enter_call_context(facts)  # the task copies the context it is created in
@@ -285,8 +288,12 @@ class CallHandling:
         try:
             data = self._run_call(conn, msg, serializer, call)
         except BaseException as exc:  # even SystemExit in a worker must not lose the reply
-            data = self._exception_reply(conn, msg, serializer, exc)
-        self._post(lambda: self._finish_call(conn, data))
+            # its reply is made in the loop: should that fail too (a raising
+            # annotations() hook), the loop closes the connection
+            error = exc
+            self._post(conn, lambda: self._finish_call(conn, self._exception_reply(conn, msg, serializer, error)))
+            return
+        self._post(conn, lambda: self._finish_call(conn, data))
 
     def _run_oneway(self, conn: ClientConnection, msg: _wire.Message, call: Callable[[], Any]) -> None:
         token = self._set_context(conn, msg)

@@ -457,13 +457,28 @@ class Daemon(CallHandling):
                 conn = self._conns.get(sock)
                 if conn is None:
                     return  # a stale notification for a socket already closed
-                if events & WRITE:
-                    self._flush(conn)
-                if events & READ and not conn.closed:
-                    self._read(conn)
+                self._guarded(conn, "daemon event handling", self._serve_ready, conn, events)
         except Exception as exc:
             report_error(exc, "daemon event handling")
         self._update_deadline()
+
+    def _serve_ready(self, conn: ClientConnection, events: int) -> None:
+        if events & WRITE:
+            self._flush(conn)
+        if events & READ and not conn.closed:
+            self._read(conn)
+
+    def _guarded(self, conn: ClientConnection, where: str, work: Callable[..., None], *args: Any) -> None:
+        """Run ``work(*args)`` for ``conn``; an error raised inside the daemon closes
+        that connection at once (as Pyro4 does), so its client is never left
+        waiting for a reply that no code path will send."""
+        try:
+            work(*args)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # any other error, even from a hook such as annotations()
+            report_error(exc, where)
+            self._close_conn(conn, f"internal error in {where}: {type(exc).__name__}")
 
     def handle_deadline(self) -> None:
         """The deadline the daemon asked for is due. Never raises."""
@@ -475,7 +490,7 @@ class Daemon(CallHandling):
             now = time.monotonic()
             for conn in list(self._soon):
                 self._soon.discard(conn)
-                self._process(conn)
+                self._guarded(conn, "daemon request handling", self._process, conn)
             for conn in list(self._partial):
                 if conn.partial_since is not None and now - conn.partial_since >= config.HALF_FRAME_TIMEOUT:
                     self._close_conn(conn, f"message incomplete after {config.HALF_FRAME_TIMEOUT} s")
@@ -745,17 +760,12 @@ class Daemon(CallHandling):
             self._close_now()
             return
         while self._loop_jobs:
-            job = self._loop_jobs.popleft()
-            try:
-                job()
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:
-                report_error(exc, "daemon job from a worker")
+            conn, job = self._loop_jobs.popleft()
+            self._guarded(conn, "daemon job from a worker", job)
 
-    def _post(self, job: Callable[[], None]) -> None:
-        """Run ``job`` in the loop's thread soon; safe from any thread."""
-        self._loop_jobs.append(job)
+    def _post(self, conn: ClientConnection, job: Callable[[], None]) -> None:
+        """Run ``job`` for ``conn`` in the loop's thread soon; safe from any thread."""
+        self._loop_jobs.append((conn, job))
         self._wake()
 
     def _finish_call(self, conn: ClientConnection, data: bytes | None) -> None:

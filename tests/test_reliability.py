@@ -19,7 +19,7 @@ import pytest
 
 from pyro_loops import Daemon, _wire, config, expose, in_worker, oneway
 from pyro_loops._serializers import get_serializer
-from _util import pyro4_client, wait_until
+from _util import PeerError, pyro4_client, wait_until
 from test_daemon import TIMEOUT, RawClient, serving
 
 SERPENT = get_serializer("serpent")
@@ -201,3 +201,88 @@ def test_a_refused_remote_access_runs_no_getter_descriptor_or_getattr_hook(metho
         assert isinstance(SERPENT.loads(reply.data), AttributeError)
         assert client.call("guarded", "ping", seq=2) == (False, "pong")
     assert obj.evaluated == []
+
+
+# --- an error inside the daemon closes that connection at once ----------------------------------
+
+
+class AnnotationsFail(Daemon):
+    """A daemon whose annotations() hook raises once ``failing`` is set."""
+
+    failing = False
+
+    def annotations(self):
+        if self.failing:
+            raise RuntimeError("annotations hook broke")
+        return {}
+
+
+@expose
+class Breaker:
+    def __init__(self, daemon: AnnotationsFail) -> None:
+        self.daemon = daemon
+
+    def breaks_replies(self):
+        self.daemon.failing = True
+        return "unsent"
+
+    @in_worker
+    def breaks_replies_in_worker(self):
+        return self.breaks_replies()
+
+    @in_worker
+    def raises_in_worker(self):
+        self.daemon.failing = True
+        raise ValueError("its error reply needs the annotations too")
+
+
+def pyro4_outcome(client, uri, code: str) -> str:
+    """Run ``code`` in the Pyro4 client with proxy ``p``; the name of the exception it raised."""
+    try:
+        client.run(f"p = Pyro4.Proxy(uri)\n{code}", uri=str(uri))
+    except PeerError as exc:
+        return exc.type
+    return "no error"
+
+
+@pytest.mark.parametrize("servertype, method", [
+    ("multiplex", "breaks_replies"), ("thread", "breaks_replies"),
+    ("multiplex", "breaks_replies_in_worker"), ("multiplex", "raises_in_worker"),
+])
+def test_call_whose_reply_cannot_be_made_closes_the_connection_at_once(servertype, method, logs):
+    config.SERVERTYPE = servertype
+    daemon = AnnotationsFail(host="127.0.0.1")
+    uri = daemon.register(Breaker(daemon), "breaker")
+    # with a hanging connection the Pyro4 client would end in its own timeout instead
+    with serving(daemon), pyro4_client(PYRO_COMMTIMEOUT=str(TIMEOUT)) as client:
+        assert pyro4_outcome(client, uri, f"p.{method}()") == "Pyro4.errors.ConnectionClosedError"
+        wait_until(lambda: not daemon._conns)
+    assert "annotations hook broke" in logs.text
+
+
+def test_handshake_whose_reply_cannot_be_made_closes_the_connection_at_once():
+    daemon = AnnotationsFail(host="127.0.0.1")
+    daemon.failing = True
+    uri = daemon.register(Breaker(daemon), "breaker")
+    with serving(daemon), pyro4_client(PYRO_COMMTIMEOUT=str(TIMEOUT)) as client:
+        assert pyro4_outcome(client, uri, "p._pyroBind()") == "Pyro4.errors.ConnectionClosedError"
+
+
+def test_awaited_call_whose_reply_cannot_be_made_closes_the_connection_at_once():
+    from pyro_loops.adapters import asyncio as asyncio_adapter
+
+    daemon = AnnotationsFail(host="127.0.0.1")
+    uri = daemon.register(Service(), "svc")
+
+    def call():
+        with RawClient(uri.port) as client:
+            client.handshake()
+            daemon.failing = True
+            client.send_call("svc", "echo_async", (1,))
+            return client.closed_by_peer()
+
+    async def scenario():
+        with daemon, asyncio_adapter.attach(daemon):
+            return await asyncio.wait_for(asyncio.to_thread(call), TIMEOUT)
+
+    assert asyncio.run(scenario())
