@@ -128,7 +128,9 @@ class CallHandling:
         from here: this runs in the callback of the wakeup socket all workers share,
         and a call that starts a nested loop would keep that socket unwatched."""
         conn.busy = False
-        if not conn.closed:
+        if conn.closed:
+            log.info("call from %s dropped before it ran: %s", conn.addr, conn.close_reason)
+        else:
             conn.decoded = (msg, serializer, request)
             self._soon.add(conn)
 
@@ -185,11 +187,40 @@ class CallHandling:
             # whether the client hung up meanwhile, so its reply is not lost silently
             self._notice_hangup(conn)
         conn.busy = False
-        if conn.closed:
+        if conn.closed:  # say, the daemon closed during a nested loop the call ran
+            self._log_dropped_reply(conn)
             return
         self._send(conn, data)
         if conn.read_paused:
             self._set_interest(conn)
+
+    def _log_dropped_reply(self, conn: ClientConnection) -> None:
+        log.info("reply for %s dropped: its connection closed during the call (%s)", conn.addr, conn.close_reason)
+
+    def _refuse_queued(self, conn: ClientConnection) -> None:
+        """At daemon close: answer the complete requests still queued on ``conn``
+        with an error, so their callers learn at once that they did not run.
+        Behind a running call they cannot be answered in order: they are counted
+        in one log line, as are oneway calls."""
+        error = errors.DaemonError("the daemon closed before this call ran")
+        queued = [conn.decoded[0]] if conn.decoded is not None else []
+        conn.decoded = None
+        while (event := conn.protocol.next_event()) is not None:
+            if isinstance(event, (InvokeRequest, PingRequest)):
+                queued.append(event.msg)
+        dropped = 0
+        for msg in queued:
+            if conn.busy or msg.type != _wire.MSG_INVOKE or msg.flags & _wire.FLAGS_ONEWAY:
+                dropped += 1
+                continue
+            try:
+                serializer = get_serializer(msg.serializer_id)
+            except errors.SerializeError:
+                dropped += 1
+                continue
+            conn.out += self._exception_reply(conn, msg, serializer, error)
+        if dropped:
+            log.info("%d queued requests of %s dropped unanswered: %s", dropped, conn.addr, conn.close_reason)
 
     def _prepare_call(self, conn: ClientConnection, msg: _wire.Message, obj_id: str, method: str,
                       vargs: Any, kwargs: Any) -> tuple[Callable[[], Any], bool]:
@@ -285,6 +316,9 @@ class CallHandling:
 
     def _run_in_worker(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                        call: Callable[[], Any]) -> None:
+        if conn.closed:  # queued while the daemon or the connection closed
+            log.info("call from %s dropped before it ran: %s", conn.addr, conn.close_reason)
+            return
         try:
             data = self._run_call(conn, msg, serializer, call)
         except BaseException as exc:  # even SystemExit in a worker must not lose the reply

@@ -111,7 +111,8 @@ class Daemon(CallHandling):
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._loop_jobs: collections.deque = collections.deque()  # posted by workers
+        self._loop_jobs: collections.deque = collections.deque()  # (conn, job) posted by workers
+        self._jobs_after_close = False  # closed: posted jobs run at once (their connections are closed)
         self._soon: set[ClientConnection] = set()
         self._partial: set[ClientConnection] = set()
         self._streams: dict[str, list] = {}   # id -> [iterator, conn or None, created, linger_since]
@@ -379,6 +380,10 @@ class Daemon(CallHandling):
     def _close_now(self) -> None:
         self._closed = True
         for conn in list(self._conns.values()):
+            conn.close_reason = "the daemon closed"
+            self._receive_at_close(conn)
+            self._guarded(conn, "closing the daemon", self._refuse_queued, conn)
+            self._flush_at_close(conn)
             self._close_conn(conn, None)
         watcher, self._watcher = self._watcher, None
         for sock in (self.sock, self._wake_r):
@@ -399,6 +404,8 @@ class Daemon(CallHandling):
                 except OSError:
                     pass
         self._streams.clear()
+        self._jobs_after_close = True
+        self._run_loop_jobs()  # results that arrived meanwhile: their drop is logged
         try:
             self.onClose()
         except (KeyboardInterrupt, SystemExit):
@@ -602,7 +609,7 @@ class Daemon(CallHandling):
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self._close_conn(conn, f"connection lost while its call was running, reply dropped: {exc}")
+            self._close_conn(conn, f"connection lost while its call was running: {exc}")
             return
         self._end_of_stream(conn)
 
@@ -708,10 +715,35 @@ class Daemon(CallHandling):
         else:
             self._set_interest(conn)
 
+    def _receive_at_close(self, conn: ClientConnection) -> None:
+        """Take (one buffer's worth of) what the client sent but the daemon had not
+        read yet, say behind a running call: those requests get answered or logged too."""
+        if conn.eof:
+            return
+        try:
+            data = conn.sock.recv(_RECV_SIZE)
+        except OSError:  # nothing waiting, or the connection is gone anyway
+            return
+        conn.protocol.receive_data(data)
+
+    def _flush_at_close(self, conn: ClientConnection) -> None:
+        """Write what the socket takes now of replies already made; log what it did not take."""
+        while conn.out and not conn.closed:
+            try:
+                sent = conn.sock.send(conn.out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            del conn.out[:sent]
+        if conn.out:
+            log.info("%d bytes of replies to %s dropped: %s", len(conn.out), conn.addr, conn.close_reason)
+
     def _close_conn(self, conn: ClientConnection, reason: str | None) -> None:
         if conn.closed:
             return
         conn.closed = True
+        conn.close_reason = conn.close_reason or reason or "the client disconnected"
         if reason:
             log.info("closing connection from %s: %s", conn.addr, reason)
         self._conns.pop(conn.sock, None)
@@ -759,20 +791,33 @@ class Daemon(CallHandling):
         if self._close_requested:
             self._close_now()
             return
+        self._run_loop_jobs()
+
+    def _run_loop_jobs(self) -> None:
         while self._loop_jobs:
-            conn, job = self._loop_jobs.popleft()
+            try:
+                conn, job = self._loop_jobs.popleft()
+            except IndexError:  # taken by another thread meanwhile (only after close)
+                return
             self._guarded(conn, "daemon job from a worker", job)
 
     def _post(self, conn: ClientConnection, job: Callable[[], None]) -> None:
-        """Run ``job`` for ``conn`` in the loop's thread soon; safe from any thread."""
+        """Run ``job`` for ``conn`` in the loop's thread soon; safe from any thread.
+
+        Once the daemon has closed, no loop runs jobs any more: the job runs
+        here and now, where it finds its connection closed and logs the drop.
+        """
         self._loop_jobs.append((conn, job))
-        self._wake()
+        if self._jobs_after_close:
+            self._run_loop_jobs()
+        else:
+            self._wake()
 
     def _finish_call(self, conn: ClientConnection, data: bytes | None) -> None:
         conn.busy = False
         if conn.closed:
             if data is not None:
-                log.info("reply for %s dropped: the client disconnected during the call", conn.addr)
+                self._log_dropped_reply(conn)
             return
         if data is not None:
             self._send(conn, data)

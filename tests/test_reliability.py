@@ -67,6 +67,14 @@ def start(service, **settings) -> tuple[Daemon, object]:
     return daemon, daemon.register(service, "svc")
 
 
+def pipeline(client: RawClient, calls: list[tuple[str, tuple]]) -> None:
+    """Send calls (seq 1, 2, ...) in one write, so the daemon receives them together."""
+    client.send(b"".join(
+        _wire.encode(_wire.Message(_wire.MSG_INVOKE, SERPENT.dumps_call("svc", method, args, {}),
+                                   SERPENT.serializer_id, 0, seq))
+        for seq, (method, args) in enumerate(calls, 1)))
+
+
 def half_close_after_calls(port: int, calls: list[tuple[str, object]]) -> list:
     """Send every call in one go, shut down the sending side, and read the replies.
 
@@ -75,8 +83,7 @@ def half_close_after_calls(port: int, calls: list[tuple[str, object]]) -> list:
     """
     with RawClient(port) as client:
         client.handshake()
-        for seq, (method, arg) in enumerate(calls, 1):
-            client.send_call("svc", method, (arg,), seq=seq)
+        pipeline(client, [(method, (arg,)) for method, arg in calls])
         client.sock.shutdown(socket.SHUT_WR)
         replies = [client.read_message() for _ in calls]
         assert [r.seq for r in replies] == list(range(1, len(calls) + 1))
@@ -286,3 +293,106 @@ def test_awaited_call_whose_reply_cannot_be_made_closes_the_connection_at_once()
             return await asyncio.wait_for(asyncio.to_thread(call), TIMEOUT)
 
     assert asyncio.run(scenario())
+
+
+# --- calls caught by daemon.close() -----------------------------------------------------------
+
+
+@expose
+class Closing:
+    def __init__(self) -> None:
+        self.daemon: Daemon | None = None
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def echo(self, value):
+        return value
+
+    def close_daemon(self):
+        self.daemon.close()  # from inside a call: takes effect at the loop's next turn
+        return "closing"
+
+    @in_worker
+    def slow(self):
+        self.started.set()
+        self.release.wait(TIMEOUT)
+        return "late"
+
+
+def closing_daemon(**settings) -> tuple[Daemon, Closing]:
+    for name, value in settings.items():
+        setattr(config, name, value)
+    daemon = Daemon(host="127.0.0.1")
+    obj = Closing()
+    obj.daemon = daemon
+    daemon.register(obj, "svc")
+    return daemon, obj
+
+
+def test_requests_queued_when_the_daemon_closes_are_answered_with_an_error():
+    # one call per wakeup: the two echoes still wait in the daemon when the close comes
+    daemon, _ = closing_daemon(MAX_CALLS_PER_WAKEUP=1)
+    with serving(daemon), RawClient(daemon.sock.getsockname()[1]) as client:
+        client.handshake()
+        pipeline(client, [("close_daemon", ()), ("echo", (1,)), ("echo", (2,))])
+        replies = [client.read_message() for _ in range(3)]
+        assert client.closed_by_peer()
+    assert [r.seq for r in replies] == [1, 2, 3]
+    assert SERPENT.loads(replies[0].data) == "closing"
+    for reply in replies[1:]:
+        assert reply.flags & _wire.FLAGS_EXCEPTION
+        assert "the daemon closed before this call ran" in str(SERPENT.loads(reply.data))
+
+
+def test_worker_result_after_the_daemon_closed_is_logged_once_with_the_queued_requests(logs):
+    daemon, obj = closing_daemon()
+    with serving(daemon), RawClient(daemon.sock.getsockname()[1]) as client:
+        client.handshake()
+        pipeline(client, [("slow", ()), ("echo", ("x",)), ("echo", ("y",))])
+        assert obj.started.wait(TIMEOUT)
+        daemon.close()
+        assert client.closed_by_peer()
+        wait_until(lambda: "queued requests" in logs.text)  # the echoes behind the running call
+        obj.release.set()
+        wait_until(lambda: "reply for" in logs.text)
+    lines = [r.getMessage() for r in logs.records]
+    assert len([line for line in lines if "reply for" in line]) == 1, lines
+    assert any("reply for" in line and "the daemon closed" in line for line in lines), lines
+    assert any(line.startswith("2 queued requests") and "the daemon closed" in line for line in lines), lines
+
+
+def test_reply_of_a_nested_loop_call_cut_off_by_daemon_close_is_logged(qtbot, qapp, logs):
+    from pytestqt.qt_compat import qt_api
+
+    from pyro_loops.adapters import qt as qt_adapter
+
+    class QuitNestedOnClose(Daemon):
+        nested = None
+
+        def onClose(self):
+            self.nested.quit()
+
+    @expose
+    class Modal:
+        def run_nested_loop(self):
+            daemon.nested = qt_api.QtCore.QEventLoop()
+            daemon.close()  # happens inside the nested loop, which onClose then ends
+            daemon.nested.exec()
+            return "too late"
+
+    daemon = QuitNestedOnClose(host="127.0.0.1")
+    uri = daemon.register(Modal(), "modal")
+
+    def client():
+        with RawClient(uri.port) as raw:
+            raw.handshake()
+            raw.send_call("modal", "run_nested_loop")
+            return raw.closed_by_peer()
+
+    qt_adapter.attach(daemon, qapp)
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(client()), daemon=True)
+    thread.start()
+    qtbot.waitUntil(lambda: bool(outcome) and "reply for" in logs.text, timeout=int(TIMEOUT * 1000))
+    assert outcome == [True]
+    assert "the daemon closed" in logs.text
