@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections.abc
 import functools
 import inspect
+import logging
 import random
 import threading
 import time
@@ -78,7 +79,8 @@ class CallHandling:
             raise
         except BaseException as exc:  # any other error, even a BaseException subclass
             text = _describe(exc)
-            log.info("refused connection from %s: %s", conn.addr, text)
+            self._limited_log.log(logging.INFO, "refused handshake", "refused connection from %s: %s",
+                                  conn.addr, text)
             fail_data = None
             if serializer is not None:
                 try:

@@ -59,6 +59,8 @@ _DEFAULTS: dict[str, Any] = {
     "MAX_CONNECTIONS": 1024,      # accepted connections per daemon; further ones are closed at once
     "MAX_OUTPUT_BUFFER": 256 * 1024 * 1024,  # bytes of unsent replies per connection
     "MAX_CALLS_PER_WAKEUP": 32,   # messages handled per connection per readiness event
+    "LOG_REPEAT_LIMIT": 10,       # lines per reason and interval for errors peers can repeat; 0 = no limit
+    "LOG_REPEAT_INTERVAL": 10.0,  # seconds of that interval
 }
 
 

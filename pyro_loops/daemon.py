@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import inspect
+import logging
 import os
 import select
 import socket
@@ -28,6 +29,7 @@ from ._calls import CallHandling
 from ._connection import ClientConnection
 from ._eventloop import SelectLoop
 from ._protocol import ServerProtocol
+from ._ratelog import RateLimitedLog
 from ._resolve import locate_ns
 from ._serving import serving as _serving, serving_lock as _serving_lock  # under the names the body uses
 from ._uri import URI
@@ -122,6 +124,7 @@ class Daemon(CallHandling):
         self._loop_thread: int | None = None
         self._idle_check_at: float | None = None
         self._closed = False
+        self._limited_log = RateLimitedLog(log)  # for what peers can make the daemon say again and again
         self._close_requested = False
         self._dispatching = 0
         self._write_waiter: threading.Thread | None = None
@@ -551,11 +554,11 @@ class Daemon(CallHandling):
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # e.g. EMFILE: log, and keep serving the others
-                log.warning("accept failed: %s", exc)
+                self._limited_log.log(logging.WARNING, "accept failed", "accept failed: %s", exc)
                 return
             if len(self._conns) >= config.MAX_CONNECTIONS:
-                log.warning("connection from %s refused: MAX_CONNECTIONS (%d) reached", addr,
-                            config.MAX_CONNECTIONS)
+                self._limited_log.log(logging.WARNING, "MAX_CONNECTIONS", "connection from %s refused: "
+                                "MAX_CONNECTIONS (%d) reached", addr, config.MAX_CONNECTIONS)
                 sock.close()
                 continue
             sock.setblocking(False)
@@ -745,7 +748,10 @@ class Daemon(CallHandling):
         conn.closed = True
         conn.close_reason = conn.close_reason or reason or "the client disconnected"
         if reason:
-            log.info("closing connection from %s: %s", conn.addr, reason)
+            # keyed by the kind of reason (the text before any detail): a flood
+            # of bad peers must not flood the log
+            self._limited_log.log(logging.INFO, "closing: " + reason.split(":", 1)[0],
+                            "closing connection from %s: %s", conn.addr, reason)
         self._conns.pop(conn.sock, None)
         self._soon.discard(conn)
         self._partial.discard(conn)

@@ -396,3 +396,29 @@ def test_reply_of_a_nested_loop_call_cut_off_by_daemon_close_is_logged(qtbot, qa
     qtbot.waitUntil(lambda: bool(outcome) and "reply for" in logs.text, timeout=int(TIMEOUT * 1000))
     assert outcome == [True]
     assert "the daemon closed" in logs.text
+
+
+# --- repeated errors are rate-limited in the log ------------------------------------------------
+
+
+def send_garbage(port: int) -> None:
+    """A bad peer: bytes that are no Pyro protocol; waits until the daemon closed on it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GARBAGE!" * 4)
+        sock.settimeout(TIMEOUT)
+        while sock.recv(4096):
+            pass
+
+
+def test_a_flood_of_bad_peers_writes_a_bounded_number_of_log_lines(logs):
+    daemon, uri = start(Service(), LOG_REPEAT_LIMIT=5, LOG_REPEAT_INTERVAL=3600)
+    with serving(daemon):
+        for _ in range(100):
+            send_garbage(uri.port)
+        closing = [r.getMessage() for r in logs.records if r.getMessage().startswith("closing connection")]
+        assert len(closing) == 5
+        assert "more messages like this (closing: protocol error) are suppressed" in logs.text
+        config.LOG_REPEAT_INTERVAL = 0  # as if the interval had passed: the next line comes with the count
+        send_garbage(uri.port)
+        assert len([r for r in logs.records if r.getMessage().startswith("closing connection")]) == 6
+        assert "suppressed 95 similar messages (closing: protocol error)" in logs.text
