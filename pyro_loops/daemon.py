@@ -11,6 +11,7 @@ select loop doing the same.
 from __future__ import annotations
 
 import collections
+import errno
 import inspect
 import logging
 import os
@@ -42,6 +43,8 @@ _RECV_SIZE = 64 * 1024  # larger requests allocate through mmap on every recv: s
 _SEND_BUDGET = 4 * 1024 * 1024     # bytes written per writable event, for fairness
 _ACCEPT_BUDGET = 64                # connections accepted per readable event
 _OUTPUT_HIGH_WATER = 1024 * 1024   # stop reading a connection whose replies pile up
+_ACCEPT_BACKOFF = (0.1, 1.0)       # seconds accepting pauses when out of descriptors: first, most
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 @expose
@@ -125,6 +128,8 @@ class Daemon(CallHandling):
         self._idle_check_at: float | None = None
         self._closed = False
         self._limited_log = RateLimitedLog(log)  # for what peers can make the daemon say again and again
+        self._accept_backoff = 0.0  # > 0 while accept() fails for want of descriptors
+        self._accept_resume_at: float | None = None  # accepting is paused until then
         self._close_requested = False
         self._dispatching = 0
         self._write_waiter: threading.Thread | None = None
@@ -293,7 +298,8 @@ class Daemon(CallHandling):
         """Every socket the daemon wants watched for readability."""
         if self._closed:
             return []
-        return [self.sock, self._wake_r, *(sock for sock, conn in self._conns.items() if not conn.eof)]
+        listening = [self.sock] if self._accept_resume_at is None else []
+        return [*listening, self._wake_r, *(sock for sock, conn in self._conns.items() if not conn.eof)]
 
     def events(self, eventsockets: Iterable[socket.socket]) -> None:
         """Handle readable sockets, as a hand-written ``select()`` loop reports them.
@@ -432,7 +438,8 @@ class Daemon(CallHandling):
         self._loop_thread = threading.get_ident()
         with _serving_lock:
             _serving[id(self)] = self
-        watcher.add(self.sock, READ)
+        if self._accept_resume_at is None:
+            watcher.add(self.sock, READ)
         watcher.add(self._wake_r, READ)
         for conn in self._conns.values():
             watcher.add(conn.sock, conn.interest)
@@ -498,6 +505,8 @@ class Daemon(CallHandling):
                 self._close_now()
                 return
             now = time.monotonic()
+            if self._accept_resume_at is not None and now >= self._accept_resume_at:
+                self._resume_accepting()
             for conn in list(self._soon):
                 self._soon.discard(conn)
                 self._guarded(conn, "daemon request handling", self._process, conn)
@@ -540,6 +549,8 @@ class Daemon(CallHandling):
                                     (linger_since, config.ITER_STREAM_LINGER)):
                     if start is not None and span:
                         when = start + span if when is None else min(when, start + span)
+        if self._accept_resume_at is not None:
+            when = self._accept_resume_at if when is None else min(when, self._accept_resume_at)
         if when != self._deadline:
             self._deadline = when
             if self._watcher is not None:
@@ -552,10 +563,17 @@ class Daemon(CallHandling):
             try:
                 sock, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
+                self._accept_backoff = 0.0  # nobody waits: whatever the shortage was, it is over
                 return
-            except OSError as exc:  # e.g. EMFILE: log, and keep serving the others
-                self._limited_log.log(logging.WARNING, "accept failed", "accept failed: %s", exc)
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._pause_accepting(exc)
+                else:  # say, a connection reset while queued: keep serving the others
+                    self._limited_log.log(logging.WARNING, "accept failed", "accept failed: %s", exc)
                 return
+            if self._accept_backoff:
+                self._limited_log.log(logging.WARNING, "accept resumed", "accepting connections again")
+                self._accept_backoff = 0.0
             if len(self._conns) >= config.MAX_CONNECTIONS:
                 self._limited_log.log(logging.WARNING, "MAX_CONNECTIONS", "connection from %s refused: "
                                 "MAX_CONNECTIONS (%d) reached", addr, config.MAX_CONNECTIONS)
@@ -571,6 +589,27 @@ class Daemon(CallHandling):
             if self._watcher is not None:
                 self._watcher.add(sock, READ)
             log.debug("accepted connection from %s", addr)
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors (or memory): the pending connection stays in the
+        listen queue and the listening socket stays readable, so retrying at
+        once would spin the loop. Stop watching it for a back-off that doubles
+        while the shortage lasts; one log line per episode."""
+        low, high = _ACCEPT_BACKOFF
+        if not self._accept_backoff:
+            self._limited_log.log(logging.WARNING, "accept paused", "accept failed: %s; not accepting "
+                                  "connections until descriptors free up (retrying after %g s, then up "
+                                  "to every %g s)", exc, low, high)
+        self._accept_backoff = min(high, self._accept_backoff * 2 or low)
+        self._accept_resume_at = time.monotonic() + self._accept_backoff
+        if self._watcher is not None:
+            self._watcher.modify(self.sock, 0)
+
+    def _resume_accepting(self) -> None:
+        self._accept_resume_at = None
+        if self._watcher is not None:
+            self._watcher.modify(self.sock, READ)
+        self._accept()  # one try now: with nobody waiting, no readiness would come to end the episode
 
     def _read(self, conn: ClientConnection) -> None:
         if conn.eof:

@@ -14,12 +14,13 @@ import functools
 import logging
 import socket
 import threading
+import time
 
 import pytest
 
-from pyro_loops import Daemon, _wire, config, expose, in_worker, oneway
+from pyro_loops import Daemon, Proxy, _wire, config, expose, in_worker, oneway
 from pyro_loops._serializers import get_serializer
-from _util import PeerError, pyro4_client, wait_until
+from _util import PEERS, Peer, PeerError, pyro4_client, wait_until
 from test_daemon import TIMEOUT, RawClient, serving
 
 SERPENT = get_serializer("serpent")
@@ -422,3 +423,31 @@ def test_a_flood_of_bad_peers_writes_a_bounded_number_of_log_lines(logs):
         send_garbage(uri.port)
         assert len([r for r in logs.records if r.getMessage().startswith("closing connection")]) == 6
         assert "suppressed 95 similar messages (closing: protocol error)" in logs.text
+
+
+# --- accept() out of descriptors ----------------------------------------------------------------
+
+
+def test_accept_out_of_descriptors_pauses_instead_of_spinning_and_resumes_when_they_free_up():
+    # the server may open 5 more descriptors: 3 for its request loop, about 2 for connections
+    with Peer([str(PEERS / "fd_limited_server.py"), "5"]) as server:
+        port = int(server.readline())
+        held = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(8)]
+        try:
+            wait_until(lambda: "accept failed" in server.stderr())
+            server.send("count")
+            before = int(server.readline())
+            time.sleep(1.0)  # the fd table stays full meanwhile
+            server.send("count")
+            during = int(server.readline()) - before
+            # a paused listener is retried after 0.1, 0.2, 0.4, 0.8 s...; a spinning one thousands of times
+            assert during <= 10, f"{during} accept attempts in one second with the fd table full"
+            log = server.stderr()
+            assert log.count("accept failed") == 1, log  # one line for the whole episode
+        finally:
+            for sock in held:
+                sock.close()
+        with Proxy(f"PYRO:echo@127.0.0.1:{port}") as proxy:
+            proxy._pyroTimeout = TIMEOUT
+            assert proxy.echo("served again") == "served again"
+        assert "accepting connections again" in server.stderr()
