@@ -208,7 +208,7 @@ class CallHandling:
         queued = [conn.decoded[0]] if conn.decoded is not None else []
         conn.decoded = None
         while (event := conn.protocol.next_event()) is not None:
-            if isinstance(event, (InvokeRequest, PingRequest)):
+            if not isinstance(event, Violation):
                 queued.append(event.msg)
         dropped = 0
         for msg in queued:

@@ -133,6 +133,47 @@ def test_awaited_coroutine_call_is_answered_after_a_half_close():
     assert asyncio.run(scenario()) == [1, 2, 3]
 
 
+def test_call_running_a_nested_qt_loop_is_answered_after_a_half_close(qtbot, qapp):
+    from pytestqt.qt_compat import qt_api
+
+    from pyro_loops.adapters import qt as qt_adapter
+
+    half_closed = threading.Event()
+
+    @expose
+    class Modal:
+        def echo(self, value):
+            return value
+
+        def run_nested_loop(self, value):
+            """Like a modal dialog, open until the client has half-closed its connection."""
+            loop = qt_api.QtCore.QEventLoop()
+            timer = qt_api.QtCore.QTimer()
+            timer.timeout.connect(lambda: half_closed.is_set() and loop.quit())
+            timer.start(10)
+            loop.exec()
+            return value
+
+    daemon = Daemon(host="127.0.0.1")
+    daemon.register(Modal(), "svc")
+    outcome = []
+
+    def client():
+        with RawClient(daemon.sock.getsockname()[1]) as raw:
+            raw.handshake()
+            pipeline(raw, [("run_nested_loop", (1,)), ("echo", (2,))])
+            raw.sock.shutdown(socket.SHUT_WR)
+            half_closed.set()
+            outcome.extend(SERPENT.loads(raw.read_message().data) for _ in range(2))
+            outcome.append(raw.closed_by_peer())
+
+    with daemon, qt_adapter.attach(daemon, qapp):
+        thread = threading.Thread(target=client, daemon=True)
+        thread.start()
+        qtbot.waitUntil(lambda: not thread.is_alive(), timeout=int(TIMEOUT * 1000))
+    assert outcome == [1, 2, True]
+
+
 def test_incomplete_message_at_end_of_stream_is_logged_after_the_complete_ones_are_answered(logs):
     daemon, uri = start(Service())
     with serving(daemon), RawClient(uri.port) as client:
