@@ -6,13 +6,15 @@ in Qt, Tk, asyncio or a selectors loop with ``pyro_loops.adapters``, or run
 """
 
 from . import constants, errors, socketutil, util
-from ._expose import behavior, expose, in_worker, oneway
+from ._expose import behavior, callback, expose, in_worker, oneway
 from ._hosting import set_error_hook
 from ._uri import URI
 from .configuration import config
 from .context import current_context
 from .daemon import Daemon, DaemonObject
 from .proxy import Proxy, batch
+from .call import Call
+from .client import Client, LoopProxy
 
 __version__ = constants.VERSION
 
@@ -29,6 +31,6 @@ def resolve(uri, hmac_key=None):
     return resolve_uri(uri, hmac_key)
 
 
-__all__ = ["Daemon", "DaemonObject", "Proxy", "URI", "batch", "behavior", "config", "constants",
+__all__ = ["Call", "Client", "Daemon", "LoopProxy", "DaemonObject", "Proxy", "URI", "batch", "behavior", "callback", "config", "constants",
            "current_context", "errors", "expose", "in_worker", "locateNS", "oneway", "resolve",
            "set_error_hook", "socketutil", "util"]

@@ -59,6 +59,8 @@ _DEFAULTS: dict[str, Any] = {
     "MAX_CONNECTIONS": 1024,      # accepted connections per daemon; further ones are closed at once
     "MAX_OUTPUT_BUFFER": 256 * 1024 * 1024,  # bytes of unsent replies per connection
     "MAX_CALLS_PER_WAKEUP": 32,   # messages handled per connection per readiness event
+    "CLIENT_MAX_PENDING": 10000,  # calls pending per pyro_loops.Client; more fail at once
+    "ITER_STREAM_PREFETCH": 8,    # items of a remote iterator a loop client requests ahead
 }
 
 
