@@ -36,7 +36,8 @@ class Call:
     ``describe`` names the call in messages ("add on PYRO:thing@...").
     """
 
-    __slots__ = ("describe", "_state", "_result", "_exception", "_callbacks", "_on_cancel", "_retrieved")
+    __slots__ = ("describe", "_state", "_result", "_exception", "_callbacks", "_on_cancel", "_retrieved",
+                 "_traceback")
 
     def __init__(self, describe: str = "call") -> None:
         self.describe = describe
@@ -47,6 +48,7 @@ class Call:
         #: set by whoever can still undo the call (the client): called once on cancel()
         self._on_cancel: Callable[[Call], None] | None = None
         self._retrieved = False
+        self._traceback: Any = None
 
     def __repr__(self) -> str:
         return f"<pyro_loops.Call {self.describe} {self._state}>"
@@ -65,7 +67,7 @@ class Call:
         ``CallPendingError`` while the call is pending."""
         exc = self.exception()
         if exc is not None:
-            raise exc
+            raise exc.with_traceback(self._traceback)  # not growing with each raise, as asyncio does
         return self._result
 
     def exception(self) -> BaseException | None:
@@ -106,6 +108,7 @@ class Call:
     def set_exception(self, exc: BaseException) -> None:
         if self._state == _PENDING:
             self._state, self._exception, self._on_cancel = _DONE, exc, None
+            self._traceback = exc.__traceback__
             self._run_callbacks()
 
     def _run_callbacks(self) -> None:

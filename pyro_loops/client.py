@@ -47,11 +47,13 @@ from typing import Any, Callable
 
 from . import _wire, errors
 from ._hosting import READ, WRITE, Watcher, report_error
-from ._serializers import get_serializer, register_class_to_dict
+from ._protocol import (Broken, ClientProtocol, ConnectFailed, Connected, Failure, Metadata, Result, StreamEnd,
+                        StreamStarted)
+from ._serializers import register_class_to_dict
 from ._uri import URI
 from .call import Call, failed
 from .configuration import config
-from .constants import DAEMON_NAME, NAMESERVER_NAME
+from .constants import NAMESERVER_NAME
 from .context import current_context
 from .proxy import Proxy, _proxy_state
 
@@ -66,22 +68,24 @@ class ClientClosedError(errors.ConnectionClosedError):
 
 
 class _Request:
-    """One call on its way: what to send, and the ``Call`` to complete."""
+    """One call on its way: what to send, and the ``Call`` to complete.
 
-    __slots__ = ("call", "method", "vargs", "kwargs", "flags", "object_id", "deadline", "seq", "channel", "bind")
+    ``kind`` is the method name for a call on the proxy's object, or one of
+    the channel's own, in angle brackets as no method name is: "<bind>"
+    (completes when the connection is ready; nothing is sent), "<metadata>",
+    "<next>" (a stream item), "<close_stream>".
+    """
 
-    def __init__(self, call: Call, method: str, vargs: Any, kwargs: Any, flags: int,
-                 object_id: str | None, bind: bool = False) -> None:
+    __slots__ = ("call", "kind", "args", "kwargs", "deadline", "seq", "channel")
+
+    def __init__(self, call: Call, kind: str, args: Any, kwargs: Any) -> None:
         self.call = call
-        self.method = method
-        self.vargs = vargs
+        self.kind = kind
+        self.args = args
         self.kwargs = kwargs
-        self.flags = flags
-        self.object_id = object_id
         self.deadline: float | None = None
         self.seq = -1
         self.channel: _Channel | None = None
-        self.bind = bind  # completes when the connection is ready; nothing is sent
 
 
 class Client:
@@ -394,9 +398,10 @@ class Client:
 class _Channel:
     """One connection of one loop proxy, from resolving its address to its close.
 
-    States: "resolving" (name server or host name), "connecting", "handshake",
-    "metadata" (fetching it when the handshake did not bring it), "ready",
-    "closed". Requests submitted before "ready" wait in ``queued``.
+    The protocol rules are ``_protocol.ClientProtocol``'s; this class moves its
+    bytes. Steps: "resolving" (name server, host name), "connecting",
+    "handshake", "metadata" (asked for when the handshake did not bring it),
+    "ready", "closed". Requests submitted before "ready" wait in ``queued``.
     """
 
     def __init__(self, client: Client, proxy: "LoopProxy") -> None:
@@ -405,16 +410,15 @@ class _Channel:
         self.state = "resolving"
         self.sock: socket.socket | None = None
         self.uri: URI | None = None
-        self.reader = _wire.FrameReader(config.MAX_MESSAGE_SIZE)
+        self.protocol = ClientProtocol(proxy._pyroSerializer or config.SERIALIZER,
+                                       hmac_key=proxy._pyroHmacKeyBytes, max_message_size=config.MAX_MESSAGE_SIZE,
+                                       compression=config.COMPRESSION)
         self.out = bytearray()
         self.written = 0        # bytes written over the connection's life
-        self.seq = 0
         self.queued: collections.deque[_Request] = collections.deque()
         self.inflight: dict[int, _Request] = {}
-        self.dropped: set[int] = set()  # sequence numbers of cancelled calls already sent
         self.oneway_marks: collections.deque[tuple[int, _Request]] = collections.deque()
         self.interest = 0
-        self.serializer = get_serializer(proxy._pyroSerializer or config.SERIALIZER)
         client._channels.add(self)
 
     @property
@@ -443,7 +447,7 @@ class _Channel:
             except ValueError:
                 pass
         elif self.inflight.pop(request.seq, None) is not None:
-            self.dropped.add(request.seq)  # it runs on the server; its reply is dropped
+            self.protocol.cancel(request.seq)  # it runs on the server; its reply is dropped
 
     # -- connecting --
 
@@ -502,8 +506,7 @@ class _Channel:
         self.state = "connecting"
         err = sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
-            self.fail(errors.CommunicationError(f"cannot connect to {self.location}: {errno.errorcode.get(err, err)} "
-                                                f"{os.strerror(err)}"))
+            self.fail(errors.CommunicationError(f"cannot connect to {self.location}: {os.strerror(err)}"))
             return
         self._set_interest(WRITE)
 
@@ -513,39 +516,21 @@ class _Channel:
             self.fail(errors.CommunicationError(f"cannot connect to {self.location}: {os.strerror(err)}"))
             return
         self.state = "handshake"
-        proxy = self.proxy
-        data: dict[str, Any] = {"handshake": proxy._pyroHandshake}
-        flags = 0
-        if config.METADATA:
-            data["object"] = self.uri.object
-            flags |= _wire.FLAGS_META_ON_CONNECT
-        payload = self.serializer.dumps(data)
-        if config.COMPRESSION:
-            payload, flags = _wire.compress_if_useful(payload, flags)
-        self._queue_message(_wire.Message(_wire.MSG_CONNECT, payload, self.serializer.serializer_id, flags,
-                                          self.seq, self._annotations()))
+        self.out += self.protocol.connect(self.uri.object, self.proxy._pyroHandshake, metadata=config.METADATA,
+                                          annotations=self._annotations())
         self._flush()
 
-    def _handshake_reply(self, msg: _wire.Message) -> None:
-        self.proxy._pyroResponseAnnotations(msg.annotations, msg.type)
-        body = get_serializer(msg.serializer_id).loads(msg.payload(config.MAX_MESSAGE_SIZE))
-        if msg.type == _wire.MSG_CONNECTFAIL:
-            raise errors.CommunicationError(f"connection to {self.location} rejected: {body}")
-        if msg.type != _wire.MSG_CONNECTOK:
-            raise errors.ProtocolError(f"connect: invalid msg type {msg.type} received")
-        meta = None
-        if msg.flags & _wire.FLAGS_META_ON_CONNECT:
-            self.proxy._pyroValidateHandshake(body["handshake"])
-            meta = body.get("meta")
-        else:
-            self.proxy._pyroValidateHandshake(body)
-        if meta:
-            self.proxy._pyroApplyMetadata(meta)
-        elif config.METADATA and not self.proxy._pyroMetaKnown:
+    def _handshake_done(self, event: Connected) -> None:
+        proxy = self.proxy
+        proxy._pyroResponseAnnotations(event.message.annotations, event.message.type)
+        proxy._pyroValidateHandshake(event.handshake)
+        if event.metadata is not None:
+            proxy._pyroApplyMetadata(event.metadata)
+        elif config.METADATA and not proxy._pyroMetaKnown:
             self.state = "metadata"
             call = Call(f"get_metadata of {self.uri}")
             call.add_done_callback(self._metadata_reply)
-            self._send_request(_Request(call, "get_metadata", [self.uri.object], {}, 0, DAEMON_NAME))
+            self._send_request(_Request(call, "<metadata>", (self.uri.object,), None))
             self._flush()
             return
         self._ready()
@@ -576,41 +561,35 @@ class _Channel:
             annotations["CORR"] = corr.bytes
         return annotations
 
-    def _queue_message(self, msg: _wire.Message) -> None:
-        self.out += _wire.encode(msg, self.proxy._pyroHmacKeyBytes)
-
     def _send_request(self, request: _Request) -> None:
         call = request.call
-        if request.bind:
-            call.set_result(True)
-            return
-        proxy = self.proxy
-        flags = request.flags
-        if request.object_id is None:
-            if proxy._pyroMetaKnown and request.method not in proxy._pyroMethods \
-                    and request.method not in ("__getattr__", "__setattr__"):
-                call.set_exception(AttributeError(f"remote object '{proxy._pyroUri}' has no exposed attribute "
-                                                  f"or method '{request.method}'"))
-                return
-            if request.method in proxy._pyroOneway:
-                flags |= _wire.FLAGS_ONEWAY
+        kind, args, kwargs = request.kind, request.args, request.kwargs
+        protocol = self.protocol
         try:
-            payload = self.serializer.dumps_call(request.object_id or self.uri.object, request.method,
-                                                 request.vargs, request.kwargs)
-        except Exception as exc:
+            if kind == "<bind>":
+                call.set_result(True)
+                return
+            if kind == "<metadata>":
+                out = protocol.get_metadata(args[0], self._annotations())
+            elif kind == "<next>":
+                out = protocol.next_stream_item(args[0], self._annotations())
+            elif kind == "<close_stream>":
+                out = protocol.close_stream(args[0], self._annotations())
+            else:
+                proxy = self.proxy
+                if proxy._pyroMetaKnown and kind not in proxy._pyroMethods and kwargs is not None:
+                    raise AttributeError(f"remote object '{proxy._pyroUri}' has no exposed method '{kind}'")
+                out = protocol.invoke(self.uri.object, kind, args, kwargs, oneway=kind in proxy._pyroOneway,
+                                      annotations=self._annotations())
+        except Exception as exc:  # arguments that cannot be serialized: this call fails, nothing was sent
             call.set_exception(exc)
             return
-        if config.COMPRESSION:
-            payload, flags = _wire.compress_if_useful(payload, flags)
-        self.seq = (self.seq + 1) & 0xFFFF
-        request.seq = self.seq
-        self.dropped.discard(self.seq)
-        self._queue_message(_wire.Message(_wire.MSG_INVOKE, payload, self.serializer.serializer_id, flags,
-                                          self.seq, self._annotations()))
-        if flags & _wire.FLAGS_ONEWAY:
+        request.seq = out.seq
+        self.out += out.data
+        if out.expects_reply:
+            self.inflight[out.seq] = request
+        else:  # a oneway call completes once its bytes are written
             self.oneway_marks.append((self.written + len(self.out), request))
-        else:
-            self.inflight[self.seq] = request
 
     def _flush(self) -> None:
         if self.sock is None or self.state in ("connecting", "closed"):
@@ -639,8 +618,7 @@ class _Channel:
 
     def on_ready(self, events: int) -> None:
         if self.state == "connecting":
-            if events & (WRITE | READ):
-                self._connected()
+            self._connected()
             return
         if events & WRITE:
             self._flush()
@@ -652,74 +630,52 @@ class _Channel:
             except OSError as exc:
                 self.fail(errors.ConnectionClosedError(f"receiving from {self.location} failed: {exc}"))
                 return
-            if not data:
-                self.fail(errors.ConnectionClosedError(f"connection to {self.location} closed by the server"))
-                return
-            self.reader.feed(data)
+            self.protocol.receive_data(data)  # b"": the server closed; the protocol says what that means
             self.process()
 
     def process(self) -> None:
-        """Handle the complete messages received, at most MAX_CALLS_PER_WAKEUP of them now."""
+        """Handle the replies received, at most MAX_CALLS_PER_WAKEUP of them now."""
         budget = config.MAX_CALLS_PER_WAKEUP
         while not self.closed:
-            try:
-                msg = self.reader.next_message()
-                if msg is None:
-                    return
-                _wire.check_hmac(msg, self.proxy._pyroHmacKeyBytes)
-                if self.state in ("handshake",):
-                    self._handshake_reply(msg)
-                else:
-                    self._result(msg)
-            except errors.ProtocolError as exc:
-                self.fail(type(exc)(f"invalid data from {self.location}: {exc}"))
+            event = self.protocol.next_event()
+            if event is None:
                 return
-            except Exception as exc:
+            try:
+                self._handle(event)
+            except Exception as exc:  # a handshake the program's hook refused, say
                 self.fail(exc)
                 return
             budget -= 1
-            if budget <= 0 and self.reader.buffered:
+            if budget <= 0 and self.protocol.partial:
                 self.client._soon.add(self)
                 return
 
-    def _result(self, msg: _wire.Message) -> None:
-        if msg.type != _wire.MSG_RESULT:
-            raise errors.ProtocolError(f"invoke: invalid msg type {msg.type} received")
-        request = self.inflight.pop(msg.seq, None)
-        if request is None:
-            if msg.seq in self.dropped:
-                self.dropped.discard(msg.seq)
-                return
-            raise errors.ProtocolError(f"invoke: reply with unexpected sequence number {msg.seq}")
-        if msg.serializer_id != self.serializer.serializer_id:
-            request.call.set_exception(errors.SerializeError(f"invalid serializer in response: {msg.serializer_id}"))
-            raise errors.SerializeError(f"invalid serializer in response: {msg.serializer_id}")
-        self.proxy._pyroResponseAnnotations(msg.annotations, msg.type)
-        try:
-            data = msg.payload(config.MAX_MESSAGE_SIZE)
-            value = self.serializer.loads(data)
-        except errors.SecurityError as exc:
-            request.call.set_exception(exc)  # a refused class: the stream itself is fine
+    def _handle(self, event: Any) -> None:
+        if isinstance(event, Connected):
+            self._handshake_done(event)
             return
-        except errors.SerializeError as exc:
-            request.call.set_exception(exc)
-            raise  # as Pyro4: the connection can no longer be trusted
+        if isinstance(event, ConnectFailed):
+            raise errors.CommunicationError(f"connection to {self.location} rejected: {event.reason}")
+        if isinstance(event, Broken):
+            error = event.error
+            raise type(error)(f"connection to {self.location}: {error}")
+        request = self.inflight.pop(event.seq, None)
+        if request is None:
+            return  # a call already failed (its deadline) whose reply made it after all
+        self.proxy._pyroResponseAnnotations(event.message.annotations, event.message.type)
         call = request.call
-        if msg.flags & _wire.FLAGS_ITEMSTREAMRESULT:
-            stream_id = msg.annotations.get("STRM")
-            if not stream_id:
-                call.set_exception(errors.ProtocolError("result of call is an iterator, but the server is not "
-                                                        "configured to allow streaming"))
-            else:
-                call.set_result(RemoteStream(self.proxy, stream_id.decode("ascii")))
-        elif msg.flags & _wire.FLAGS_EXCEPTION:
-            if not isinstance(value, BaseException):
-                value = errors.ProtocolError(f"invalid exception payload: {value!r}")
-            call.set_exception(value)
-        else:
-            if _AUTOPROXY_MARKER in data:
+        if isinstance(event, Result):
+            value = event.value
+            message = event.message
+            if message.flags & _wire.FLAGS_COMPRESSED or _AUTOPROXY_MARKER in message.data:
                 value = _loopify(self.client, value)
             call.set_result(value)
+        elif isinstance(event, Failure):
+            call.set_exception(event.exception)
+        elif isinstance(event, StreamStarted):
+            call.set_result(RemoteStream(self.proxy, event.stream_id))
+        elif isinstance(event, StreamEnd):
+            call.set_result(_STREAM_END)
 
     # -- the end --
 
@@ -728,6 +684,7 @@ class _Channel:
         if self.closed:
             return
         self.state = "closed"
+        self.protocol.close()
         if self.proxy._pyroChannel is self:
             object.__setattr__(self.proxy, "_pyroChannel", None)
         self.client._soon.discard(self)
@@ -741,6 +698,10 @@ class _Channel:
         self.queued.clear()
         for request in requests:
             request.call.set_exception(exc)
+
+
+#: what a stream-item call completes with when the stream has no more items
+_STREAM_END = object()
 
 
 def _loopify(client: Client, value: Any) -> Any:
@@ -849,13 +810,14 @@ class LoopProxy:
 
     # -- calls --
 
-    def _pyroInvoke(self, method: str, vargs: Any, kwargs: Any, flags: int = 0,  # noqa: N802
-                    objectId: str | None = None) -> Call:  # noqa: N803 - Pyro4's name
-        """Send a call and return its ``Call`` at once."""
+    def _pyroInvoke(self, method: str, vargs: Any, kwargs: Any) -> Call:  # noqa: N802
+        """Send a call of ``method`` and return its ``Call`` at once."""
+        return self._pyroRequest(method, vargs, kwargs, f"{method} on {self._pyroUri}")
+
+    def _pyroRequest(self, kind: str, args: Any, kwargs: Any, describe: str) -> Call:  # noqa: N802
         client = self._pyroClient
         client._check_thread(self)
-        return client._submit(self, _Request(Call(f"{method} on {self._pyroUri}"), method, vargs, kwargs,
-                                             flags, objectId))
+        return client._submit(self, _Request(Call(describe), kind, args, kwargs))
 
     def _pyroGetAttr(self, name: str) -> Call:  # noqa: N802
         """A call whose result is the remote (exposed) property ``name``."""
@@ -867,10 +829,7 @@ class LoopProxy:
 
     def _pyroBind(self) -> Call:  # noqa: N802
         """Connect (and fetch metadata) now; the call's result is True once the connection is ready."""
-        client = self._pyroClient
-        client._check_thread(self)
-        return client._submit(self, _Request(Call(f"connect to {self._pyroUri}"), "", None, None, 0, None,
-                                             bind=True))
+        return self._pyroRequest("<bind>", None, None, f"connect to {self._pyroUri}")
 
     def _pyroRelease(self) -> None:  # noqa: N802
         """Close the connection; its pending calls fail, the next call opens a new one."""
@@ -890,11 +849,11 @@ class LoopProxy:
     def _pyroResponseAnnotations(self, annotations: dict[str, bytes], msgtype: int) -> None:  # noqa: N802
         """Override to see the annotations of every reply."""
 
-    def _pyroApplyMetadata(self, meta: dict) -> None:  # noqa: N802
+    def _pyroApplyMetadata(self, meta: Metadata) -> None:  # noqa: N802
         set_ = object.__setattr__
-        set_(self, "_pyroMethods", set(meta.get("methods") or ()))
-        set_(self, "_pyroAttrs", set(meta.get("attrs") or ()))
-        set_(self, "_pyroOneway", set(meta.get("oneway") or ()))
+        set_(self, "_pyroMethods", set(meta.methods))
+        set_(self, "_pyroAttrs", set(meta.attrs))
+        set_(self, "_pyroOneway", set(meta.oneway))
         set_(self, "_pyroMetaKnown", True)
         if not self._pyroMethods and not self._pyroAttrs:
             raise errors.PyroError(
@@ -930,22 +889,21 @@ class RemoteStream:
     def _fill(self) -> None:
         while not self._ended and self._requested + len(self._items) < max(1, config.ITER_STREAM_PREFETCH):
             self._requested += 1
-            call = self.proxy._pyroInvoke("get_next_stream_item", [self.stream_id], {}, objectId=DAEMON_NAME)
+            call = self.proxy._pyroRequest("<next>", (self.stream_id,), None, f"next item of stream {self.stream_id}")
             call.add_done_callback(self._arrived)
 
     def _arrived(self, call: Call) -> None:
         self._requested -= 1
         if self._ended or call.cancelled():
-            if call.done() and not call.cancelled():
+            if not call.cancelled():
                 call.exception()  # fetched past the end: "item stream terminated" is expected
             return
         exc = call.exception()
-        if exc is None:
+        if exc is None and call.result() is not _STREAM_END:
             self._items.append(call.result())
         else:
             self._ended = True
-            if not isinstance(exc, StopIteration):
-                self._error = exc
+            self._error = exc
         self._deliver()
 
     def _deliver(self) -> None:
@@ -995,7 +953,7 @@ class RemoteStream:
         """Stop early: the server drops the iterator (a oneway call)."""
         if not self._ended:
             self._ended = True
-            self.proxy._pyroInvoke("close_stream", [self.stream_id], {}, _wire.FLAGS_ONEWAY, objectId=DAEMON_NAME)
+            self.proxy._pyroRequest("<close_stream>", (self.stream_id,), None, f"close stream {self.stream_id}")
 
 
 def _call_to_future(call: Call, future: concurrent.futures.Future) -> None:
