@@ -377,22 +377,28 @@ class Client:
     def _resolve_name(self, uri: URI, hmac_key: bytes | None) -> Call:
         """A loop call that turns a PYRONAME:/PYROMETA: URI into a PYRO: one."""
         ns = self._nameserver(uri, hmac_key)
+        resolved = Call(f"resolve {uri}")
 
-        def ns_failed(exc: BaseException) -> Any:
+        def answered(call: Call) -> None:
+            exc = call.exception()
             if isinstance(exc, errors.CommunicationError):
-                raise errors.NamingError(f"cannot resolve {uri}: name server at {ns._pyroUri.location} "
-                                         f"not reachable: {exc}") from exc
-            raise exc
+                exc = errors.NamingError(f"cannot resolve {uri}: name server at {ns._pyroUri.location} not "
+                                         f"reachable: {exc}")
+            elif exc is None and uri.protocol == "PYROMETA":
+                if call.result():
+                    resolved.set_result(URI(random.choice(list(call.result().values()))))
+                    return
+                exc = errors.NamingError(f"no registrations available with desired metadata properties {uri.object}")
+            if exc is None:
+                resolved.set_result(URI(call.result()))
+            else:
+                resolved.set_exception(exc)
 
         if uri.protocol == "PYRONAME":
-            return ns.lookup(uri.object).iferror(ns_failed).then(URI)
-
-        def pick(candidates: dict) -> URI:
-            if not candidates:
-                raise errors.NamingError(f"no registrations available with desired metadata properties {uri.object}")
-            return URI(random.choice(list(candidates.values())))
-
-        return ns.list(metadata_all=sorted(uri.object)).iferror(ns_failed).then(pick)
+            ns.lookup(uri.object).add_done_callback(answered)
+        else:
+            ns.list(metadata_all=sorted(uri.object)).add_done_callback(answered)
+        return resolved
 
 
 class _Channel:

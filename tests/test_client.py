@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import uuid
 
 import pytest
 
@@ -19,6 +20,11 @@ from pyro_loops.call import CallPendingError
 from pyro_loops.client import ClientClosedError, LoopProxy, RemoteStream
 
 from _client_hosts import WAIT_S, client, host, in_thread, loops_server, pyro4_server, reported, server  # noqa: F401
+
+
+def unique(tag):
+    """A stream tag no other test (the servers live for the whole module) has used."""
+    return f"{tag}-{uuid.uuid4().hex[:8]}"
 
 
 def proxy_for(client, server, timeout=WAIT_S):
@@ -107,7 +113,8 @@ def test_autoproxied_result_is_a_loop_proxy_of_the_same_client(host, client, ser
 def test_item_stream_per_item_callback_with_bounded_prefetch(host, client, server):
     pyro_loops.config.ITER_STREAM_PREFETCH = 3
     proxy = proxy_for(client, server)
-    stream = host.settle(proxy.ticker(12, "each")).result()
+    tag = unique("each")
+    stream = host.settle(proxy.ticker(12, tag)).result()
     assert isinstance(stream, RemoteStream)
     items, in_flight = [], []
 
@@ -120,17 +127,23 @@ def test_item_stream_per_item_callback_with_bounded_prefetch(host, client, serve
     assert finished.result() is None
     assert items == list(range(12))
     assert max(in_flight) <= 3
-    assert host.settle(proxy.stream_events("each")).result() == ["exhausted"]
+    assert host.settle(proxy.stream_events(tag)).result() == ["exhausted"]
 
 
 def test_stream_closed_early_tells_the_server(host, client, server):
     proxy = proxy_for(client, server)
-    stream = host.settle(proxy.ticker(1000, "early")).result()
+    tag = unique("early")
+    stream = host.settle(proxy.ticker(1000, tag)).result()
     seen = []
     stream.for_each(seen.append)
     host.run_until(lambda: len(seen) >= 2)
     stream.close()
-    host.run_until(lambda: host.settle(proxy.stream_events("early")).result() == ["closed"])
+    for _ in range(100):  # the close is a oneway call: poll the server for its effect
+        if host.settle(proxy.stream_events(tag)).result() == ["closed"]:
+            break
+        host.settle(proxy.sleep(0.05))
+    else:
+        pytest.fail("the server never saw the stream closed")
 
 
 def test_host_loop_keeps_turning_while_a_1s_call_is_pending(host, client, server):
@@ -331,7 +344,7 @@ def test_await_calls_and_async_for_over_a_stream(host, client, server):
         total = await proxy.add(1, 2)
         with pytest.raises(ZeroDivisionError):
             await proxy.divide(1, 0)
-        items = [item async for item in await proxy.ticker(5, "async")]
+        items = [item async for item in await proxy.ticker(5, unique("async"))]
         return total, items
 
     assert host.run(scenario()) == (3, [0, 1, 2, 3, 4])
