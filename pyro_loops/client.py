@@ -244,7 +244,7 @@ class Client:
             now = time.monotonic()
             for channel in list(self._soon):
                 self._soon.discard(channel)
-                channel.process()
+                channel.resume()
             while self._timers and self._timers[0][0] <= now:
                 _, _, request = heapq.heappop(self._timers)
                 if request.call.done():
@@ -441,8 +441,12 @@ class _Channel:
         request.channel = self
         request.call._on_cancel = lambda _call: self._cancel(request)
         if self.state == "ready":
+            idle = not self.inflight and not self.out and not self.oneway_marks
             self._send_request(request)
-            self._flush()
+            if idle:  # a lone call goes out at once, for latency
+                self._flush()
+            else:  # a burst goes out in one write at the loop's next turn, for throughput
+                self.client._soon.add(self)
         else:
             self.queued.append(request)
 
@@ -638,6 +642,11 @@ class _Channel:
                 return
             self.protocol.receive_data(data)  # b"": the server closed; the protocol says what that means
             self.process()
+
+    def resume(self) -> None:
+        """Write what a burst of calls queued, and handle replies left for later by the budget."""
+        self._flush()
+        self.process()
 
     def process(self) -> None:
         """Handle the replies received, at most MAX_CALLS_PER_WAKEUP of them now."""
