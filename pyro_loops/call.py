@@ -144,14 +144,8 @@ class Call:
         chained = Call(f"then({getattr(fn, '__name__', 'fn')}) of {self.describe}")
 
         def on_done(call: Call) -> None:
-            if call.cancelled():
-                chained.cancel()
-                return
-            exc = call.exception()
-            if exc is not None:
-                chained.set_exception(exc)
-                return
-            _settle(chained, fn, call._result, *args)
+            copy_outcome(call, lambda value: _settle(chained, fn, value, *args), chained.set_exception,
+                         chained.cancel)
 
         self.add_done_callback(on_done)
         return chained
@@ -162,14 +156,7 @@ class Call:
         chained = Call(f"iferror({getattr(fn, '__name__', 'fn')}) of {self.describe}")
 
         def on_done(call: Call) -> None:
-            if call.cancelled():
-                chained.cancel()
-                return
-            exc = call.exception()
-            if exc is None:
-                chained.set_result(call._result)
-            else:
-                _settle(chained, fn, exc)
+            copy_outcome(call, chained.set_result, lambda exc: _settle(chained, fn, exc), chained.cancel)
 
         self.add_done_callback(on_done)
         return chained
@@ -205,38 +192,31 @@ def _settle(chained: Call, fn: Callable[..., Any], *args: Any) -> None:
         chained._retrieved = True  # reported once, through the hook
         chained.set_exception(exc)
         return
+    settle_with(value, chained.set_result, chained.set_exception, chained.cancel)
+
+
+def settle_with(value: Any, set_result: Callable[[Any], Any], set_exception: Callable[[BaseException], Any],
+                cancel: Callable[[], Any]) -> None:
+    """Hand ``value`` to ``set_result``; if it is a ``Call``, its outcome once it completes."""
     if isinstance(value, Call):
-        value.add_done_callback(lambda inner: _follow(chained, inner))
+        value.add_done_callback(lambda call: copy_outcome(call, set_result, set_exception, cancel))
     else:
-        chained.set_result(value)
+        set_result(value)
 
 
-def _follow(chained: Call, inner: Call) -> None:
-    if inner.cancelled():
-        chained.cancel()
-        return
-    exc = inner.exception()
-    if exc is None:
-        chained.set_result(inner._result)
-    else:
-        chained.set_exception(exc)
-
-
-def _copy_to_future(call: Call, future: asyncio.Future) -> None:
-    if future.done():
-        return
+def copy_outcome(call: Call, set_result: Callable[[Any], Any], set_exception: Callable[[BaseException], Any],
+                 cancel: Callable[[], Any]) -> None:
+    """Pass a completed call's result, exception or cancellation on (to a Call or a future)."""
     if call.cancelled():
-        future.cancel()
+        cancel()
         return
     exc = call.exception()
     if exc is None:
-        future.set_result(call._result)
+        set_result(call._result)
     else:
-        future.set_exception(exc)
+        set_exception(exc)
 
 
-def failed(describe: str, exc: BaseException) -> Call:
-    """A call that has already failed with ``exc``."""
-    call = Call(describe)
-    call.set_exception(exc)
-    return call
+def _copy_to_future(call: Call, future: asyncio.Future) -> None:
+    if not future.done():
+        copy_outcome(call, future.set_result, future.set_exception, future.cancel)

@@ -51,11 +51,11 @@ from ._protocol import (Broken, ClientProtocol, ConnectFailed, Connected, Failur
                         StreamStarted)
 from ._serializers import register_class_to_dict
 from ._uri import URI
-from .call import Call, failed
+from .call import Call, settle_with
 from .configuration import config
 from .constants import NAMESERVER_NAME
 from .context import current_context
-from .proxy import Proxy, _proxy_state
+from .proxy import Proxy, _proxy_state, _RemoteMethod
 
 __all__ = ["Client", "LoopProxy", "RemoteStream"]
 
@@ -152,10 +152,8 @@ class Client:
             except BaseException as exc:
                 future.set_exception(exc)
                 return
-            if isinstance(value, Call):
-                value.add_done_callback(lambda call: _call_to_future(call, future))
-            else:
-                future.set_result(value)
+            settle_with(value, future.set_result, future.set_exception,
+                        lambda: future.set_exception(concurrent.futures.CancelledError("the call was cancelled")))
 
         if self._closed:
             future.set_exception(ClientClosedError("the client is closed"))
@@ -732,20 +730,6 @@ def _loopify(client: Client, value: Any) -> Any:
     return value
 
 
-class _RemoteMethod:
-    __slots__ = ("_proxy", "_name")
-
-    def __init__(self, proxy: "LoopProxy", name: str) -> None:
-        self._proxy = proxy
-        self._name = name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Call:
-        return self._proxy._pyroInvoke(self._name, args, kwargs)
-
-    def __repr__(self) -> str:
-        return f"<remote method {self._name} of {self._proxy!r}>"
-
-
 _LOCAL = ("_pyroClient", "_pyroUri", "_pyroChannel", "_pyroTimeout", "_pyroHmacKeyBytes", "_pyroHandshake",
           "_pyroSerializer", "_pyroMethods", "_pyroAttrs", "_pyroOneway", "_pyroMetaKnown", "_pyroMaxRetries")
 
@@ -969,14 +953,3 @@ class RemoteStream:
         if not self._ended:
             self._ended = True
             self.proxy._pyroRequest("<close_stream>", (self.stream_id,), None, f"close stream {self.stream_id}")
-
-
-def _call_to_future(call: Call, future: concurrent.futures.Future) -> None:
-    if call.cancelled():
-        future.set_exception(concurrent.futures.CancelledError(f"{call.describe} was cancelled"))
-        return
-    exc = call.exception()
-    if exc is None:
-        future.set_result(call.result())
-    else:
-        future.set_exception(exc)
