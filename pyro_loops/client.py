@@ -787,10 +787,6 @@ class LoopProxy:
         raise AttributeError(f"cannot set '{name}' on a loop proxy: remote attributes are set with "
                              "_pyroSetAttr(name, value), which returns a Call")
 
-    @property
-    def _pyroHmacKey(self) -> bytes | None:  # noqa: N802 - Pyro4's name
-        return self._pyroHmacKeyBytes
-
     def __repr__(self) -> str:
         state = "connected" if self._pyroChannel is not None else "not connected"
         return f"<pyro_loops.LoopProxy at 0x{id(self):x}; {state}; for {self._pyroUri}>"
@@ -798,14 +794,15 @@ class LoopProxy:
     def __eq__(self, other: object) -> bool:
         return other is self or isinstance(other, LoopProxy) and other._pyroUri == self._pyroUri
 
-    def __hash__(self) -> int:
-        return hash(self._pyroUri)
-
-    def __enter__(self) -> "LoopProxy":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._pyroRelease()
+    # The same as the blocking Proxy's: the HMAC key property, hashing, ``with``
+    # (releases the connection), and the hooks a subclass overrides.
+    _pyroHmacKey = Proxy._pyroHmacKey
+    __hash__ = Proxy.__hash__
+    __enter__ = Proxy.__enter__
+    __exit__ = Proxy.__exit__
+    _pyroValidateHandshake = Proxy._pyroValidateHandshake
+    _pyroAnnotations = Proxy._pyroAnnotations
+    _pyroResponseAnnotations = Proxy._pyroResponseAnnotations
 
     # -- calls --
 
@@ -835,18 +832,6 @@ class LoopProxy:
         channel = self._pyroChannel
         if channel is not None:
             channel.fail(ClientClosedError(f"connection to {channel.location} released by the program"))
-
-    # -- overridable hooks, as on the blocking Proxy --
-
-    def _pyroValidateHandshake(self, response: Any) -> None:  # noqa: N802
-        """Override to check the daemon's handshake response; raise to refuse it."""
-
-    def _pyroAnnotations(self) -> dict[str, bytes]:  # noqa: N802
-        """Override to send annotations with every message."""
-        return {}
-
-    def _pyroResponseAnnotations(self, annotations: dict[str, bytes], msgtype: int) -> None:  # noqa: N802
-        """Override to see the annotations of every reply."""
 
     def _pyroApplyMetadata(self, meta: Metadata) -> None:  # noqa: N802
         set_ = object.__setattr__
