@@ -45,7 +45,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import _wire, errors
+from . import _nslocate, _wire, errors
 from ._hosting import READ, WRITE, Watcher, report_error
 from ._protocol import (Broken, ClientProtocol, ConnectFailed, Connected, Failure, Metadata, Result, StreamEnd,
                         StreamStarted)
@@ -53,6 +53,7 @@ from ._serializers import register_class_to_dict
 from ._uri import URI
 from .call import Call, settle_with
 from .configuration import config
+from .naming import _ns_location
 from .constants import NAMESERVER_NAME
 from .context import current_context
 from .proxy import Proxy, _proxy_state, _RemoteMethod
@@ -97,7 +98,7 @@ class Client:
 
     def __init__(self) -> None:
         self._watcher: Watcher | None = None
-        self._socks: dict[socket.socket, _Channel] = {}
+        self._socks: dict[socket.socket, Any] = {}  # -> what handles it: a _Channel, a broadcast
         self._channels: set[_Channel] = set()  # every open connection, with a socket or not yet
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -204,8 +205,8 @@ class Client:
         self._watcher = watcher
         self._loop_thread = threading.get_ident()
         watcher.add(self._wake_r, READ)
-        for sock, channel in self._socks.items():
-            watcher.add(sock, channel.interest)
+        for sock, handler in self._socks.items():
+            watcher.add(sock, handler.interest)
         self._deadline = None
         self._update_deadline()
         if self._jobs:
@@ -228,9 +229,9 @@ class Client:
             if sock is self._wake_r:
                 self._drain_wakeups()
             else:
-                channel = self._socks.get(sock)
-                if channel is not None:
-                    channel.on_ready(events)
+                handler = self._socks.get(sock)
+                if handler is not None:
+                    handler.on_ready(events)
         except Exception as exc:
             report_error(exc, "client event handling")
         self._update_deadline()
@@ -247,8 +248,7 @@ class Client:
                 _, _, request = heapq.heappop(self._timers)
                 if request.call.done():
                     continue
-                error = errors.TimeoutError(f"{request.call.describe}: no reply within the proxy's "
-                                            "_pyroTimeout")
+                error = errors.TimeoutError(f"{request.call.describe}: not done within its timeout")
                 if request.channel is not None:
                     request.channel.fail(error)  # the calls pipelined behind it could not finish sooner
                 else:
@@ -283,8 +283,7 @@ class Client:
         self._pending += 1
         call.add_done_callback(self._call_done)
         if proxy._pyroTimeout:
-            request.deadline = time.monotonic() + proxy._pyroTimeout
-            heapq.heappush(self._timers, (request.deadline, next(self._counter), request))
+            self._add_timer(request, proxy._pyroTimeout)
         channel = proxy._pyroChannel
         if channel is None or channel.closed:
             channel = _Channel(self, proxy)
@@ -295,6 +294,14 @@ class Client:
             channel.submit(request)
         self._update_deadline()
         return call
+
+    def _add_timer(self, request: "_Request | Call", delay: float) -> None:
+        """Fail ``request`` (or a bare call) with TimeoutError if it is not done in ``delay`` seconds."""
+        if isinstance(request, Call):
+            request = _Request(request, "<timer>", None, None)
+        request.deadline = time.monotonic() + delay
+        heapq.heappush(self._timers, (request.deadline, next(self._counter), request))
+        self._update_deadline()
 
     def _call_done(self, _call: Call) -> None:
         self._pending -= 1
@@ -311,9 +318,10 @@ class Client:
             if self._watcher is not None:
                 self._watcher.set_deadline(when)
 
-    def _watch(self, sock: socket.socket, channel: "_Channel", events: int) -> None:
+    def _watch(self, sock: socket.socket, handler: Any, events: int) -> None:
+        """Watch ``sock`` for ``events``; ``handler.on_ready(events)`` is told (a connection, a broadcast)."""
         known = sock in self._socks
-        self._socks[sock] = channel
+        self._socks[sock] = handler
         if self._watcher is not None:
             (self._watcher.modify if known else self._watcher.add)(sock, events)
 
@@ -359,43 +367,67 @@ class Client:
 
         self._resolver.submit(work)
 
-    def _nameserver(self, uri: URI, hmac_key: bytes | None) -> "LoopProxy":
-        if uri.sockname:
-            location = "./u:" + uri.sockname
+    def _nameserver(self, uri: URI, hmac_key: bytes | None) -> Call:
+        """A call whose result is a loop proxy of the name server named in ``uri`` (located if none is)."""
+        if uri.sockname or uri.host:
+            location = _ns_location("./u:" + uri.sockname if uri.sockname else uri.host, uri.port or config.NS_PORT)
         else:
-            host = uri.host or config.ns_host()
-            location = f"[{host}]" if ":" in host else host
-            location += f":{uri.port or config.NS_PORT}"
+            location = ""
         ns = self._nameservers.get(location)
-        if ns is None:
+        found = Call(f"name server {location or '(located)'}")
+        if ns is not None:
+            found.set_result(ns)
+        elif not location:
+            def located(call: Call) -> None:
+                exc = call.exception()
+                if exc is None:
+                    self._nameservers[""] = call.result()
+                    found.set_result(call.result())
+                else:
+                    found.set_exception(exc)
+
+            _nslocate.locate(self, hmac_key).add_done_callback(located)
+        else:
             ns = self._nameservers[location] = LoopProxy(self, f"PYRO:{NAMESERVER_NAME}@{location}")
-            object.__setattr__(ns, "_pyroHmacKeyBytes", hmac_key)
-        return ns
+            ns._pyroHmacKey = hmac_key
+            found.set_result(ns)
+        return found
 
     def _resolve_name(self, uri: URI, hmac_key: bytes | None) -> Call:
         """A loop call that turns a PYRONAME:/PYROMETA: URI into a PYRO: one."""
-        ns = self._nameserver(uri, hmac_key)
         resolved = Call(f"resolve {uri}")
 
-        def answered(call: Call) -> None:
-            exc = call.exception()
-            if isinstance(exc, errors.CommunicationError):
-                exc = errors.NamingError(f"cannot resolve {uri}: name server at {ns._pyroUri.location} not "
-                                         f"reachable: {exc}")
-            elif exc is None and uri.protocol == "PYROMETA":
-                if call.result():
-                    resolved.set_result(URI(random.choice(list(call.result().values()))))
-                    return
-                exc = errors.NamingError(f"no registrations available with desired metadata properties {uri.object}")
-            if exc is None:
-                resolved.set_result(URI(call.result()))
-            else:
+        def ask(found: Call) -> None:
+            exc = found.exception()
+            if exc is not None:
                 resolved.set_exception(exc)
+                return
+            ns = found.result()
 
-        if uri.protocol == "PYRONAME":
-            ns.lookup(uri.object).add_done_callback(answered)
-        else:
-            ns.list(metadata_all=sorted(uri.object)).add_done_callback(answered)
+            def answered(call: Call) -> None:
+                exc = call.exception()
+                if isinstance(exc, errors.CommunicationError):
+                    if self._nameservers.get("") is ns:
+                        del self._nameservers[""]  # located once, gone now: locate it again next time
+                    exc = errors.NamingError(f"cannot resolve {uri}: name server at {ns._pyroUri.location} not "
+                                             f"reachable: {exc}")
+                elif exc is None and uri.protocol == "PYROMETA":
+                    if call.result():
+                        resolved.set_result(URI(random.choice(list(call.result().values()))))
+                        return
+                    exc = errors.NamingError(
+                        f"no registrations available with desired metadata properties {uri.object}")
+                if exc is None:
+                    resolved.set_result(URI(call.result()))
+                else:
+                    resolved.set_exception(exc)
+
+            if uri.protocol == "PYRONAME":
+                ns.lookup(uri.object).add_done_callback(answered)
+            else:
+                ns.list(metadata_all=sorted(uri.object)).add_done_callback(answered)
+
+        self._nameserver(uri, hmac_key).add_done_callback(ask)
         return resolved
 
 

@@ -370,3 +370,25 @@ def test_cancelling_the_awaiting_task_cancels_the_call(host, client, server):
 
     assert host.run(scenario()) == 3
     assert calls[0].cancelled()
+
+
+def test_pyroname_without_a_location_finds_the_name_server_by_broadcast(host, client):
+    from pyro_loops import naming
+    from _util import free_port
+    bcport = free_port()
+    ns_uri, ns_daemon, bc = naming.startNS(host="127.0.0.1", port=0, bchost="127.0.0.1", bcport=bcport)
+    host.attach(ns_daemon)
+    host.attach(bc)
+    daemon = pyro_loops.Daemon(host="127.0.0.1")
+    host.attach(daemon)
+    ns_daemon.nameserver.register("local.adder", daemon.register(Local()))
+    # NS_HOST (localhost) on NS_PORT is tried first and refuses; the broadcast answers
+    pyro_loops.config.NS_PORT = free_port()
+    pyro_loops.config.NS_BCPORT = bcport
+    pyro_loops.config.BROADCAST_ADDRS = "127.0.0.1"
+    proxy = client.proxy("PYRONAME:local.adder")
+    assert host.settle(proxy.add(1, 2)).result() == 3
+    assert host.settle(client.proxy("PYRONAME:local.adder").add(2, 2)).result() == 4  # located once
+    daemon.close()
+    bc.close()
+    ns_daemon.close()
