@@ -74,7 +74,8 @@ class _Request:
     ``kind`` is the method name for a call on the proxy's object, or one of
     the channel's own, in angle brackets as no method name is: "<bind>"
     (completes when the connection is ready; nothing is sent), "<metadata>",
-    "<next>" (a stream item), "<close_stream>".
+    "<next>" (a stream item), "<close_stream>"; "<timer>" is a deadline
+    alone, for a call that no connection carries (a broadcast).
     """
 
     __slots__ = ("call", "kind", "args", "kwargs", "deadline", "seq", "channel")
@@ -117,7 +118,7 @@ class Client:
         self.coroutine_runner: Any = None
 
     def __repr__(self) -> str:
-        return f"<pyro_loops.Client at 0x{id(self):x}; {self._pending} pending; {len(self._socks)} connections>"
+        return f"<pyro_loops.Client at 0x{id(self):x}; {self._pending} pending; {len(self._channels)} connections>"
 
     def __enter__(self) -> "Client":
         return self
@@ -887,7 +888,9 @@ class RemoteStream:
     ``stream.for_each(fn)`` calls ``fn(item)`` in the loop's thread for each
     item and returns a ``Call`` that completes at the end of the stream.
     At most ``ITER_STREAM_PREFETCH`` items are requested or held at a time.
-    ``close()`` stops early and tells the server to drop the iterator.
+    ``close()`` stops early and tells the server to drop the iterator; a
+    stream dropped without it stays on the server until the connection
+    closes (then ``ITER_STREAM_LINGER`` applies there).
     """
 
     def __init__(self, proxy: LoopProxy, stream_id: str) -> None:
