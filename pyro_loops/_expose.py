@@ -20,6 +20,13 @@ __getinitargs__ __getnewargs__ __getstate__ __setstate__ __reduce__ __reduce_ex_
 __getstate_for_dict__ __setstate_from_dict__ __subclasshook__""".split())
 
 
+def class_name(obj_or_class: Any) -> str:
+    """The dotted name of a class, or of an object's class, for messages about
+    what was registered (a registered class must not show up as "type")."""
+    cls = obj_or_class if inspect.isclass(obj_or_class) else type(obj_or_class)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def is_private_attribute(name: str) -> bool:
     """True for names no remote caller may touch, exposed or not."""
     if name in _PRIVATE_DUNDERS:

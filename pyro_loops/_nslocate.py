@@ -1,16 +1,17 @@
 """Finding a name server from the loop, for the loop client's ``PYRONAME:``/``PYROMETA:`` URIs.
 
-The same order as ``naming.locateNS``: NS_HOST if it is a loopback address,
+The same order as ``pyro_loops.locateNS``: NS_HOST if it is a loopback address,
 then a ``GET_NSURI`` broadcast, then NS_HOST directly; each attempt is a loop
 call (a bind of a loop proxy bounded by a short timeout), and the broadcast
 is a UDP socket the client's host loop watches, with a deadline for the
-answer. Nothing waits.
+answer. Nothing waits. ``client`` below is the ``pyro_loops.Client`` asking
+(not imported here: it imports this module).
 """
 
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
+from typing import Any
 
 from . import errors
 from ._hosting import READ
@@ -18,13 +19,11 @@ from ._uri import URI
 from .call import Call
 from .configuration import config
 from .constants import NAMESERVER_NAME
-from .naming import _BROADCAST_WAIT, _GET_NSURI, _MAX_DATAGRAM, _STEP_TIMEOUT, _broadcast_addresses, _ns_location
-
-if TYPE_CHECKING:
-    from .client import Client
+from ._broadcast import _BROADCAST_WAIT, _GET_NSURI, _MAX_DATAGRAM, _broadcast_addresses
+from ._resolve import _STEP_TIMEOUT, _ns_location
 
 
-def locate(client: "Client", hmac_key: bytes | None) -> Call:
+def locate(client: Any, hmac_key: bytes | None) -> Call:
     """A call whose result is a bound loop proxy of a name server, or a NamingError."""
     ns_host = config.ns_host()
     attempts: list[str | None] = []
@@ -78,7 +77,7 @@ class Broadcast:
 
     interest = READ
 
-    def __init__(self, client: "Client") -> None:
+    def __init__(self, client: Any) -> None:
         self.client = client
         self.call = Call("GET_NSURI broadcast")
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -17,6 +17,8 @@ import sqlite3
 import threading
 from typing import Iterable, NamedTuple, Protocol
 
+from .errors import NamingError
+
 log = logging.getLogger("pyro_loops")
 
 
@@ -82,16 +84,25 @@ class SqlStorage:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False)
-        with self._lock, self._db:
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS pyro_names"
-                " (id integer PRIMARY KEY, name nvarchar NOT NULL UNIQUE, uri nvarchar NOT NULL)")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS pyro_metadata"
-                " (object integer NOT NULL, metadata nvarchar NOT NULL,"
-                " FOREIGN KEY(object) REFERENCES pyro_names(id))")
+        db = None
+        try:
+            db = sqlite3.connect(path, check_same_thread=False)
+            with db:
+                db.execute("PRAGMA foreign_keys=ON")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS pyro_names"
+                    " (id integer PRIMARY KEY, name nvarchar NOT NULL UNIQUE, uri nvarchar NOT NULL)")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS pyro_metadata"
+                    " (object integer NOT NULL, metadata nvarchar NOT NULL,"
+                    " FOREIGN KEY(object) REFERENCES pyro_names(id))")
+        except sqlite3.Error as exc:
+            if db is not None:
+                db.close()
+            raise NamingError(f"cannot use {path!r} as name server storage: {exc}; give a writable file in an "
+                              "existing directory (it is created if missing), or an sqlite file of a name server") \
+                from exc
+        self._db = db
         log.debug("name server storage: sqlite file %s, %d entries", path, len(self))
 
     def _metadata(self, row_id: int) -> frozenset[str]:

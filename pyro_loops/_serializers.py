@@ -23,6 +23,7 @@ from typing import Any, Callable
 import serpent
 
 from . import _fastserpent, errors
+from ._expose import class_name
 from ._uri import URI
 from .configuration import config
 
@@ -90,12 +91,17 @@ def class_to_dict(obj: Any) -> Any:
         return tuple(obj)
     if isinstance(obj, (bytes, bytearray, memoryview)):
         # only json gets here (the others write bytes themselves); Pyro4 refuses it too
-        raise errors.SerializeError("json cannot serialize bytes; use the serpent or marshal serializer")
+        raise errors.SerializeError("it holds bytes, which json cannot carry; use the serpent or marshal serializer")
     if isinstance(obj, uuid.UUID):
         return str(obj)
     getstate = getattr(type(obj), "__getstate__", None)
     if getstate is not None and getstate is not getattr(object, "__getstate__", None):
-        value = obj.__getstate__()
+        try:
+            value = obj.__getstate__()
+        except TypeError:  # e.g. a socket or a lock: "cannot pickle" would blame a serializer not in use
+            raise errors.SerializeError(f"{class_name(obj)} objects refuse to be copied (their __getstate__ "
+                                        "raises TypeError); pass plain data instead, or register a converter "
+                                        "with register_class_to_dict") from None
         if isinstance(value, dict):
             value = dict(value)
             value.setdefault("__class__", f"{type(obj).__module__}.{type(obj).__name__}")
@@ -105,7 +111,8 @@ def class_to_dict(obj: Any) -> Any:
     except TypeError:
         slots = getattr(obj, "__slots__", None)
         if slots is None:
-            raise errors.SerializeError(f"don't know how to serialize class {type(obj)}") from None
+            raise errors.SerializeError(f"don't know how to serialize class {type(obj)}; register a converter "
+                                        "with register_class_to_dict") from None
         value = {name: getattr(obj, name) for name in slots if hasattr(obj, name)}
     value["__class__"] = f"{type(obj).__module__}.{type(obj).__name__}"
     return value
@@ -199,6 +206,14 @@ class Serializer:
     _markers: tuple[bytes, ...] = (b"__class__", b"base64")
 
     def dumps(self, obj: Any) -> bytes:
+        """``obj`` as payload bytes. A value this serializer cannot write is a
+        SerializeError naming the serializer, since another one may take it."""
+        try:
+            return self._dumps(obj)
+        except errors.SerializeError as exc:
+            raise errors.SerializeError(f"the {self.name} serializer cannot serialize this value: {exc}") from exc
+
+    def _dumps(self, obj: Any) -> bytes:
         raise NotImplementedError
 
     def _loads(self, data: bytes) -> Any:
@@ -285,7 +300,7 @@ class SerpentSerializer(Serializer):
     name = "serpent"
     _markers = (b"__class__", b"'base64'")
 
-    def dumps(self, obj: Any) -> bytes:
+    def _dumps(self, obj: Any) -> bytes:
         fast = _fastserpent.dumps(obj)
         if fast is not None:
             return fast
@@ -313,7 +328,7 @@ class JsonSerializer(Serializer):
     def __init__(self) -> None:
         self._encoder = json.JSONEncoder(ensure_ascii=False, default=class_to_dict)
 
-    def dumps(self, obj: Any) -> bytes:
+    def _dumps(self, obj: Any) -> bytes:
         try:
             return self._encoder.encode(obj).encode("utf-8")
         except (TypeError, ValueError, RecursionError) as exc:
@@ -428,7 +443,7 @@ class MarshalSerializer(Serializer):
     serializer_id = 3
     name = "marshal"
 
-    def dumps(self, obj: Any) -> bytes:
+    def _dumps(self, obj: Any) -> bytes:
         try:
             return marshal.dumps(_marshalable(obj))
         except ValueError as exc:
@@ -449,7 +464,7 @@ class PickleSerializer(Serializer):
     name = "pickle"
     _markers = ()
 
-    def dumps(self, obj: Any) -> bytes:
+    def _dumps(self, obj: Any) -> bytes:
         try:
             return pickle.dumps(obj, config.PICKLE_PROTOCOL_VERSION)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
@@ -465,10 +480,10 @@ class MsgpackSerializer(Serializer):
     _markers = (b"__class__",)
 
     def __init__(self) -> None:
-        import msgpack
+        import msgpack  # optional: without it this raises ImportError and the serializer is not installed
         self._msgpack = msgpack
 
-    def dumps(self, obj: Any) -> bytes:
+    def _dumps(self, obj: Any) -> bytes:
         try:
             return self._msgpack.packb(obj, use_bin_type=True, default=class_to_dict)
         except (TypeError, ValueError) as exc:

@@ -10,6 +10,18 @@ from .errors import PyroError
 
 _URI_RE = re.compile(r"(?P<protocol>[Pp][Yy][Rr][Oo][a-zA-Z]*):(?P<object>\S+?)(@(?P<location>.+))?$")
 _IPV6_HOST = re.compile(r"[0-9a-fA-F:%]+$")
+_FORMS = ("PYRO:<object id>@<host>:<port>, PYRO:<object id>@./u:<socket path>, "
+          "PYRONAME:<name>[@<host>[:<port>]] or PYROMETA:<tag>[,<tag>...][@<host>[:<port>]]")
+
+
+def _invalid(what: str, text: str) -> PyroError:
+    """A parse error that shows the text (cut short) and the forms a URI may take.
+
+    ``what`` is Pyro4's wording ("invalid uri", "invalid uri (protocol)"...),
+    kept at the front for anyone matching on it.
+    """
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    return PyroError(f"{what}: {shown!r}; expected {_FORMS}")
 
 
 class URI:
@@ -26,29 +38,29 @@ class URI:
         self.sockname = self.host = self.port = None
         match = _URI_RE.match(uri)
         if not match:
-            raise PyroError("invalid uri")
+            raise _invalid("invalid uri", uri)
         self.protocol = match.group("protocol").upper()
         self.object = match.group("object")
         location = match.group("location")
         if self.protocol == "PYRONAME":
-            self._parse_location(location, config.NS_PORT)
+            self._parse_location(location, config.NS_PORT, uri)
         elif self.protocol == "PYRO":
             if not location:
-                raise PyroError("invalid uri")
-            self._parse_location(location, None)
+                raise _invalid("invalid uri", uri)
+            self._parse_location(location, None, uri)
         elif self.protocol == "PYROMETA":
             self.object = {tag.strip() for tag in self.object.split(",")}
-            self._parse_location(location, config.NS_PORT)
+            self._parse_location(location, config.NS_PORT, uri)
         else:
-            raise PyroError("invalid uri (protocol)")
+            raise _invalid("invalid uri (protocol)", uri)
 
-    def _parse_location(self, location: str | None, default_port: int | None) -> None:
+    def _parse_location(self, location: str | None, default_port: int | None, text: str) -> None:
         if not location:
             return
         if location.startswith("./u:"):
             self.sockname = location[4:]
             if not self.sockname or ":" in self.sockname:
-                raise PyroError("invalid uri (location)")
+                raise _invalid("invalid uri (location)", text)
             return
         if location.startswith("["):
             if location.startswith("[["):
@@ -69,9 +81,9 @@ class URI:
             try:
                 self.port = int(port_text)
             except ValueError:
-                raise PyroError(f"invalid port in uri, port={port_text}") from None
+                raise _invalid(f"invalid port in uri, port={port_text}", text) from None
         if self.protocol == "PYRO" and self.port is None:
-            raise PyroError("invalid port in uri, port=None")
+            raise _invalid("invalid port in uri, port=None", text)
 
     @staticmethod
     def isUnixsockLocation(location: str) -> bool:  # noqa: N802 - Pyro4's name

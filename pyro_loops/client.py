@@ -49,11 +49,11 @@ from . import _nslocate, _wire, errors
 from ._hosting import READ, WRITE, Watcher, report_error
 from ._protocol import (Broken, ClientProtocol, ConnectFailed, Connected, Failure, Metadata, Result, StreamEnd,
                         StreamStarted)
+from ._resolve import _ns_location
 from ._serializers import register_class_to_dict
 from ._uri import URI
 from .call import Call, settle_with
 from .configuration import config
-from .naming import _ns_location
 from .constants import NAMESERVER_NAME
 from .context import current_context
 from .proxy import Proxy, _proxy_state, _RemoteMethod

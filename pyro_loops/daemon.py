@@ -21,16 +21,20 @@ import time
 import uuid
 from typing import Any, Callable, Iterable
 
-from . import errors
-from ._expose import (expose, get_exposed_members, reset_metadata_cache)
+from . import errors, socketutil
+from ._expose import (class_name, expose, get_exposed_members, reset_metadata_cache)
 from ._hosting import READ, WRITE, Watcher, log, report_error
 from ._calls import CallHandling
 from ._connection import ClientConnection
+from ._eventloop import SelectLoop
 from ._protocol import ServerProtocol
+from ._resolve import locate_ns
+from ._serving import serving as _serving, serving_lock as _serving_lock  # under the names the body uses
 from ._uri import URI
 from ._workers import WorkerPool
 from .configuration import config
 from .constants import DAEMON_NAME
+from .proxy import Proxy
 
 _RECV_SIZE = 64 * 1024  # larger requests allocate through mmap on every recv: several times slower
 _SEND_BUDGET = 4 * 1024 * 1024     # bytes written per writable event, for fairness
@@ -63,7 +67,7 @@ class DaemonObject:
         meta = get_exposed_members(obj, as_lists=as_lists)
         if config.REQUIRE_EXPOSE and not (meta["methods"] or meta["attrs"]):
             log.warning("object %r (%s) exposes nothing: add @expose to its class or methods, "
-                        "or set config.REQUIRE_EXPOSE = False", objectId, type(obj).__name__)
+                        "or set config.REQUIRE_EXPOSE = False", objectId, class_name(obj))
         return meta
 
     def get_next_stream_item(self, streamId: str) -> Any:
@@ -75,22 +79,6 @@ class DaemonObject:
 
 def _always() -> bool:
     return True
-
-
-#: every daemon that a loop thread serves, for the proxy's deadlock check
-_serving: "dict[int, Daemon]" = {}
-_serving_lock = threading.Lock()
-
-
-def daemon_served_by_current_thread(uri: URI) -> "Daemon | None":
-    """The local daemon behind ``uri`` if the calling thread is the loop serving it."""
-    with _serving_lock:
-        daemons = list(_serving.values())
-    me = threading.get_ident()
-    for daemon in daemons:
-        if daemon._loop_thread == me and daemon._serves(uri):
-            return daemon
-    return None
 
 
 class Daemon(CallHandling):
@@ -110,6 +98,7 @@ class Daemon(CallHandling):
             raise ValueError("cannot use nathost together with unixsocket")
         if natport is not None and not nathost:
             raise ValueError("must provide natport with nathost")
+        socketutil.check_port(natport, "natport")
         self.sock, self.locationStr = self._bind(host, port, unixsocket)
         bound_port = None if unixsocket else self.sock.getsockname()[1]
         if nathost:
@@ -150,18 +139,19 @@ class Daemon(CallHandling):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             if not unixsocket.startswith("\0") and os.path.exists(unixsocket):
                 os.remove(unixsocket)
-            sock.bind(unixsocket)
+            socketutil.bind(sock, unixsocket)
             location = "./u:" + unixsocket
         else:
             family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(config.PREFER_IP_VERSION, socket.AF_UNSPEC)
             if ":" in host:
                 family = socket.AF_INET6
+            socketutil.check_port(port)
             infos = socket.getaddrinfo(host or None, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
             af, _, _, _, address = infos[0]
             sock = socket.socket(af, socket.SOCK_STREAM)
             if config.SOCK_REUSE:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
+            socketutil.bind(sock, address)
             bound = sock.getsockname()
             shown = host or bound[0]
             location = f"[{shown}]:{bound[1]}" if ":" in shown else f"{shown}:{bound[1]}"
@@ -219,7 +209,7 @@ class Daemon(CallHandling):
             if not (meta["methods"] or meta["attrs"]):
                 log.warning("registered %s exposes nothing, so callers will see no methods: add "
                             "@pyro_loops.expose to the class or its methods, or set "
-                            "config.REQUIRE_EXPOSE = False", type(obj_or_class).__name__)
+                            "config.REQUIRE_EXPOSE = False", class_name(obj_or_class))
         return self.uriFor(objectId)
 
     def unregister(self, objectOrId: Any) -> None:
@@ -255,7 +245,6 @@ class Daemon(CallHandling):
 
     def proxyFor(self, objectOrId: Any, nat: bool = True) -> Any:  # noqa: N802 - Pyro4's name
         """A proxy for a registered object, with its metadata filled in (used by autoproxy)."""
-        from .proxy import Proxy
         uri = self.uriFor(objectOrId, nat)
         proxy = Proxy(uri)
         obj = self.objectsById.get(uri.object)
@@ -342,7 +331,6 @@ class Daemon(CallHandling):
         A custom ``loopCondition`` is re-checked at least every POLLTIMEOUT
         seconds; with the default the loop sleeps until there is work.
         """
-        from ._eventloop import SelectLoop
         with SelectLoop() as loop:
             hosted = loop.attach(self)
             try:
@@ -784,8 +772,7 @@ class Daemon(CallHandling):
         with daemon:
             nameserver = None
             if ns:
-                from .naming import locateNS
-                nameserver = locateNS()
+                nameserver = locate_ns(None, None, True, None, Proxy)
             for obj, name in objects.items():
                 if ns and name:
                     uri = daemon.register(obj, name)

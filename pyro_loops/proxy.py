@@ -17,7 +17,9 @@ import time
 from typing import Any, Callable, Iterator
 
 from . import _protocol, _wire, errors
+from ._resolve import resolve
 from ._serializers import ExceptionWrapper, get_serializer, register_class_to_dict, register_dict_to_class
+from ._serving import daemon_served_by_current_thread
 from ._uri import URI
 from .configuration import config
 from .context import current_context
@@ -230,10 +232,8 @@ class Proxy:
             return False
         uri = self._pyroUri
         if uri.protocol != "PYRO":
-            from .naming import resolve
-            uri = resolve(uri, self._pyroHmacKeyBytes)
+            uri = resolve(uri, self._pyroHmacKeyBytes, Proxy)
         object.__setattr__(self, "_pyroResolved", uri)
-        from .daemon import daemon_served_by_current_thread
         if daemon_served_by_current_thread(uri) is not None:
             raise errors.PyroError(
                 f"calling {uri} from the thread that runs its own daemon's loop would deadlock: the "

@@ -232,21 +232,33 @@ def test_python_m_pyro_loops_naming_runs_the_name_server(start_ns):
     assert nsc("-n", "127.0.0.1", "-p", str(server.uri.port), "ping").returncode == 0
 
 
-def test_ns_on_a_busy_port_fails_with_a_message():
+def test_ns_on_a_busy_port_fails_with_a_message_naming_the_address():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        done = subprocess.run([_command("pyro-loops-ns"), "-n", "127.0.0.1", "-p", str(busy.getsockname()[1]), "-x"],
+        port = busy.getsockname()[1]
+        done = subprocess.run([_command("pyro-loops-ns"), "-n", "127.0.0.1", "-p", str(port), "-x"],
                               capture_output=True, text=True, timeout=TIMEOUT, env=peer_env())
     assert done.returncode == 1
     assert "cannot start the name server" in done.stderr
+    assert f"cannot bind to 127.0.0.1:{port}: Address already in use" in done.stderr
 
 
-def test_ns_rejects_an_unknown_storage():
-    done = subprocess.run([_command("pyro-loops-ns"), "-n", "127.0.0.1", "-p", "0", "-s", "dbm:file"],
+@pytest.mark.parametrize("args, message", [
+    (("-p", "99999"), "argument -p/--port: port 99999 is out of range: use 0..65535"),
+    (("-p", "ninety"), "argument -p/--port: 'ninety' is not a port number"),
+    (("--bcport", "70000"), "argument --bcport: port 70000 is out of range"),
+    (("--nathost", "nat.example", "--natport", "65536"), "argument --natport: port 65536 is out of range"),
+    (("-s", "dbm:file"), "invalid storage type 'dbm:file' (use 'memory' or 'sql:<file>')"),
+    (("-s", "sql:{tmp}/missing/dir/x.sqlite"), "cannot use '{tmp}/missing/dir/x.sqlite' as name server storage"),
+])
+def test_ns_refuses_bad_arguments_with_exit_code_2_and_a_message_naming_them(tmp_path, args, message):
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    done = subprocess.run([_command("pyro-loops-ns"), "-n", "127.0.0.1", "-x", *args],
                           capture_output=True, text=True, timeout=TIMEOUT, env=peer_env())
-    assert done.returncode == 1
-    assert "invalid storage type" in done.stderr
+    assert done.returncode == 2
+    assert "usage: pyro-loops-ns" in done.stderr and "Traceback" not in done.stderr
+    assert message.format(tmp=tmp_path) in done.stderr
 
 
 def test_nsc_against_a_pyro4_name_server():
