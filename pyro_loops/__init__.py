@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from . import _resolve, constants, errors, socketutil, util
-from ._expose import behavior, expose, in_worker, oneway
+from ._expose import behavior, callback, expose, in_worker, oneway
 from ._hosting import set_error_hook
 from ._uri import URI
+from .call import Call
+from .client import Client, LoopProxy
 from .configuration import config
 from .context import current_context
 from .daemon import Daemon, DaemonObject
@@ -46,6 +48,6 @@ def resolve(uri: URI | str, hmac_key: bytes | None = None) -> URI:
     return _resolve.resolve(uri, hmac_key, Proxy)
 
 
-__all__ = ["Daemon", "DaemonObject", "Proxy", "URI", "batch", "behavior", "config", "constants",
-           "current_context", "errors", "expose", "in_worker", "locateNS", "oneway", "resolve",
+__all__ = ["Call", "Client", "Daemon", "DaemonObject", "LoopProxy", "Proxy", "URI", "batch", "behavior", "callback",
+           "config", "constants", "current_context", "errors", "expose", "in_worker", "locateNS", "oneway", "resolve",
            "set_error_hook", "socketutil", "util"]

@@ -22,12 +22,16 @@ from typing import Any, Callable
 from . import _wire, errors
 from ._connection import ClientConnection
 from ._expose import find_property, get_attribute, marked_in_worker
-from ._hosting import log
+from ._hosting import log, report_error
 from ._protocol import ConnectRequest, InvokeRequest, PingRequest, Violation
 from ._serializers import ExceptionWrapper, Serializer, get_serializer
 from .configuration import config
 from .constants import DAEMON_NAME
 from .context import current_context, enter_call_context, reset_call_context, set_call_context
+
+
+class _ReportedCall(functools.partial):
+    """A call to a ``@callback`` method: what it raises is also reported locally."""
 
 
 class _Deferred(Exception):
@@ -245,7 +249,10 @@ class CallHandling:
         if not callable(func):
             raise AttributeError(f"attempt to access unexposed or unknown remote attribute '{method}'")
         run_in_worker = self._servertype == "thread" or marked_in_worker(obj, func)
-        return (lambda: func(*vargs, **kwargs)), run_in_worker
+        run = functools.partial(func, *vargs, **kwargs)
+        if getattr(func, "_pyroCallback", False):
+            run = _ReportedCall(run)
+        return run, run_in_worker
 
     def _target(self, conn: ClientConnection, obj_id: str) -> Any:
         obj = self.objectsById.get(obj_id) if isinstance(obj_id, str) else None
@@ -282,6 +289,8 @@ class CallHandling:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
+            if isinstance(call, _ReportedCall):
+                report_error(exc, "@pyro_loops.callback method")
             return self._exception_reply(conn, msg, serializer, exc)
         finally:
             reset_call_context(token)

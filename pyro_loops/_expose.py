@@ -73,6 +73,17 @@ def oneway(method: T) -> T:
     return method
 
 
+def callback(method: T) -> T:
+    """Mark a method that servers call back (Pyro4's ``@callback``).
+
+    An exception it raises goes back to the server that called it, as for any
+    method, and is also reported locally through the error hook: the program
+    that owns the callback would otherwise never hear of it.
+    """
+    method._pyroCallback = True
+    return method
+
+
 def in_worker(target: T) -> T:
     """Run this method (or every method of this class) in a worker thread.
 

@@ -61,6 +61,8 @@ _DEFAULTS: dict[str, Any] = {
     "MAX_CALLS_PER_WAKEUP": 32,   # messages handled per connection per readiness event
     "LOG_REPEAT_LIMIT": 10,       # lines per reason and interval for errors peers can repeat; 0 = no limit
     "LOG_REPEAT_INTERVAL": 10.0,  # seconds of that interval
+    "CLIENT_MAX_PENDING": 10000,  # calls pending per pyro_loops.Client; more fail at once
+    "ITER_STREAM_PREFETCH": 8,    # items of a remote iterator a loop client requests ahead
 }
 
 

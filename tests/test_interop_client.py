@@ -24,7 +24,8 @@ FULL_SERIALIZERS = ["serpent", "json"]
 SERVER_KINDS = ["multiplex", "thread", "pyro4"]
 
 SERVICE_METHODS = {"add", "echo", "describe", "types_of", "record", "recorded", "divide", "lookup",
-                   "make_child", "fill", "length", "fail_custom", "blob", "ticker", "stream_events", "sleep"}
+                   "make_child", "fill", "length", "fail_custom", "blob", "ticker", "stream_events", "sleep",
+                   "call_back"}
 
 # Defined once in the Pyro4 client process; every test makes its proxies with it.
 PRELUDE = """

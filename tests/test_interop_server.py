@@ -18,7 +18,8 @@ ALL_SERIALIZERS = ["serpent", "json", "marshal"]
 FULL_SERIALIZERS = ["serpent", "json"]
 
 SERVICE_METHODS = {"add", "echo", "describe", "types_of", "record", "recorded", "divide", "lookup",
-                   "make_child", "fill", "length", "fail_custom", "blob", "ticker", "stream_events", "sleep"}
+                   "make_child", "fill", "length", "fail_custom", "blob", "ticker", "stream_events", "sleep",
+                   "call_back"}
 
 
 @pytest.fixture(scope="module", params=["thread", "multiplex"])

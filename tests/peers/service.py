@@ -132,4 +132,9 @@ def build(expose, oneway):
             time.sleep(seconds)
             return seconds
 
+        @expose
+        def call_back(self, target, value):
+            """Call ``target.notify(value)`` while this call is still running; return its answer."""
+            return target.notify(value)
+
     return Service, Child

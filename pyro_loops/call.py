@@ -1,0 +1,222 @@
+"""``Call``: the outcome of a loop proxy's call, available later in the loop's thread.
+
+A loop proxy never waits: ``proxy.add(1, 2)`` returns a ``Call`` at once and
+the client completes it when the reply arrives. Like an asyncio future (and
+unlike ``concurrent.futures.Future``) nothing here blocks: ``result()`` on a
+call still pending raises ``CallPendingError`` rather than waiting, because
+waiting in the loop's thread would stop the very loop that brings the reply.
+
+Everything runs in the loop's thread: done-callbacks are called there, and
+``then``/``iferror`` chain further calls promise-style. Under asyncio a call
+is awaitable, and cancelling the task that awaits it cancels the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from typing import Any, Callable, Generator
+
+from . import errors
+from ._hosting import report_error
+
+log = logging.getLogger("pyro_loops")
+
+_PENDING, _DONE, _CANCELLED = "pending", "done", "cancelled"
+
+
+class CallPendingError(errors.PyroError, concurrent.futures.InvalidStateError):
+    """``result()`` or ``exception()`` of a call that has not completed yet."""
+
+
+class Call:
+    """One remote call in flight; see the module docstring.
+
+    ``describe`` names the call in messages ("add on PYRO:thing@...").
+    """
+
+    __slots__ = ("describe", "_state", "_result", "_exception", "_callbacks", "_on_cancel", "_retrieved",
+                 "_traceback")
+
+    def __init__(self, describe: str = "call") -> None:
+        self.describe = describe
+        self._state = _PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._callbacks: list[Callable[[Call], Any]] = []
+        #: set by whoever can still undo the call (the client): called once on cancel()
+        self._on_cancel: Callable[[Call], None] | None = None
+        self._retrieved = False
+        self._traceback: Any = None
+
+    def __repr__(self) -> str:
+        return f"<pyro_loops.Call {self.describe} {self._state}>"
+
+    # -- state --
+
+    def done(self) -> bool:
+        """True once the call has a result, an exception, or was cancelled."""
+        return self._state != _PENDING
+
+    def cancelled(self) -> bool:
+        return self._state == _CANCELLED
+
+    def result(self) -> Any:
+        """The call's result; raises its exception. Never waits: raises
+        ``CallPendingError`` while the call is pending."""
+        exc = self.exception()
+        if exc is not None:
+            raise exc.with_traceback(self._traceback)  # not growing with each raise, as asyncio does
+        return self._result
+
+    def exception(self) -> BaseException | None:
+        """The call's exception (None if it succeeded); never waits."""
+        if self._state == _PENDING:
+            raise CallPendingError(f"{self.describe} has not completed yet: use add_done_callback() or "
+                                   "then(), or await it under asyncio; result() never waits")
+        if self._state == _CANCELLED:
+            raise asyncio.CancelledError(f"{self.describe} was cancelled")
+        self._retrieved = True
+        return self._exception
+
+    def cancel(self) -> bool:
+        """Cancel the call; False if it had completed already.
+
+        A call not yet sent is never sent. One already sent still runs on the
+        server (the protocol has no way to stop it) and its reply is dropped.
+        """
+        if self._state != _PENDING:
+            return False
+        self._state = _CANCELLED
+        undo, self._on_cancel = self._on_cancel, None
+        if undo is not None:
+            try:
+                undo(self)
+            except Exception as exc:
+                report_error(exc, "cancelling " + self.describe)
+        self._run_callbacks()
+        return True
+
+    # -- completion (the client's side) --
+
+    def set_result(self, value: Any) -> None:
+        if self._state == _PENDING:
+            self._state, self._result, self._on_cancel = _DONE, value, None
+            self._run_callbacks()
+
+    def set_exception(self, exc: BaseException) -> None:
+        if self._state == _PENDING:
+            self._state, self._exception, self._on_cancel = _DONE, exc, None
+            self._traceback = exc.__traceback__
+            self._run_callbacks()
+
+    def _run_callbacks(self) -> None:
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            self._run_callback(callback)
+
+    def _run_callback(self, callback: Callable[[Call], Any]) -> None:
+        try:
+            callback(self)
+        except Exception as exc:
+            report_error(exc, f"done-callback of {self.describe}")
+
+    # -- consumers --
+
+    def add_done_callback(self, fn: Callable[[Call], Any]) -> None:
+        """Call ``fn(call)`` in the loop's thread when the call completes (at once if it has).
+
+        What ``fn`` raises goes to the error hook (``pyro_loops.set_error_hook``).
+        """
+        if self._state == _PENDING:
+            self._callbacks.append(fn)
+        else:
+            self._run_callback(fn)
+
+    def then(self, fn: Callable[..., Any], *args: Any) -> Call:
+        """A new call completed with ``fn(result, *args)`` once this one succeeds.
+
+        If ``fn`` returns a ``Call``, the new call follows it. If this call
+        fails, the new one fails with the same exception. If ``fn`` raises, the
+        exception goes to the error hook and the new call fails with it.
+        """
+        chained = Call(f"then({getattr(fn, '__name__', 'fn')}) of {self.describe}")
+
+        def on_done(call: Call) -> None:
+            copy_outcome(call, lambda value: _settle(chained, fn, value, *args), chained.set_exception,
+                         chained.cancel)
+
+        self.add_done_callback(on_done)
+        return chained
+
+    def iferror(self, fn: Callable[[BaseException], Any]) -> Call:
+        """A new call completed with ``fn(exception)`` if this one fails,
+        or with this call's result if it succeeds (promise-style ``catch``)."""
+        chained = Call(f"iferror({getattr(fn, '__name__', 'fn')}) of {self.describe}")
+
+        def on_done(call: Call) -> None:
+            copy_outcome(call, chained.set_result, lambda exc: _settle(chained, fn, exc), chained.cancel)
+
+        self.add_done_callback(on_done)
+        return chained
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await call`` in a coroutine on the loop that hosts the client.
+
+        Cancelling the awaiting task cancels the call.
+        """
+        if self._state == _PENDING:
+            future = asyncio.get_running_loop().create_future()
+            self.add_done_callback(lambda call: _copy_to_future(call, future))
+            future.add_done_callback(lambda fut: self.cancel() if fut.cancelled() else None)
+            yield from future.__await__()
+        return self.result()
+
+    def __del__(self) -> None:
+        # As asyncio does for futures: an error nobody looked at must not vanish.
+        if self._state == _DONE and self._exception is not None and not self._retrieved:
+            try:
+                log.error("exception of %s was never retrieved: %s: %s", self.describe,
+                          type(self._exception).__name__, self._exception)
+            except Exception:
+                pass
+
+
+def _settle(chained: Call, fn: Callable[..., Any], *args: Any) -> None:
+    """Complete ``chained`` with ``fn(*args)``, following it if it is a Call."""
+    try:
+        value = fn(*args)
+    except Exception as exc:
+        report_error(exc, chained.describe)
+        chained._retrieved = True  # reported once, through the hook
+        chained.set_exception(exc)
+        return
+    settle_with(value, chained.set_result, chained.set_exception, chained.cancel)
+
+
+def settle_with(value: Any, set_result: Callable[[Any], Any], set_exception: Callable[[BaseException], Any],
+                cancel: Callable[[], Any]) -> None:
+    """Hand ``value`` to ``set_result``; if it is a ``Call``, its outcome once it completes."""
+    if isinstance(value, Call):
+        value.add_done_callback(lambda call: copy_outcome(call, set_result, set_exception, cancel))
+    else:
+        set_result(value)
+
+
+def copy_outcome(call: Call, set_result: Callable[[Any], Any], set_exception: Callable[[BaseException], Any],
+                 cancel: Callable[[], Any]) -> None:
+    """Pass a completed call's result, exception or cancellation on (to a Call or a future)."""
+    if call.cancelled():
+        cancel()
+        return
+    exc = call.exception()
+    if exc is None:
+        set_result(call._result)
+    else:
+        set_exception(exc)
+
+
+def _copy_to_future(call: Call, future: asyncio.Future) -> None:
+    if not future.done():
+        copy_outcome(call, future.set_result, future.set_exception, future.cancel)

@@ -1,0 +1,975 @@
+"""``Client``: remote calls made from the host loop's thread without ever blocking it.
+
+A ``Client`` is hosted exactly like a ``Daemon``: every adapter's
+``attach(client, host)`` watches its sockets and arms one timer for its
+nearest deadline (the same watcher interface, see ``pyro_loops._hosting``).
+``client.proxy(uri)`` gives a *loop proxy*, whose calls return a
+``pyro_loops.Call`` at once::
+
+    client = pyro_loops.Client()
+    qt.attach(client, app)
+    calc = client.proxy("PYRONAME:calculator")
+    calc.add(1, 2).then(label.setNum)          # in a button handler
+    total = await calc.add(1, 2)               # in a coroutine, under asyncio
+
+Nothing on the way blocks: host names are resolved by a worker thread whose
+answer comes back through the client's wakeup socket; the connect is
+non-blocking; the handshake, the metadata and ``PYRONAME:``/``PYROMETA:``
+lookups (loop calls to the name server) are read by the loop as they arrive.
+
+Each loop proxy has one connection, and its calls are pipelined on it, matched
+to replies by sequence number; the server answers them in order, so calls that
+should run side by side on the server go through several proxies.
+``_pyroTimeout`` bounds a whole call, connect included: at its deadline the
+call fails with ``pyro_loops.errors.TimeoutError``, so do the calls pipelined
+behind it (they could not finish sooner), the connection is closed and the
+next call opens a fresh one. ``CLIENT_MAX_PENDING`` bounds the calls pending
+per client.
+
+Loop proxies belong to the loop's thread. Other threads hand work to it with
+``client.submit(fn, *args)``, which returns a ``concurrent.futures.Future``.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import errno
+import heapq
+import ipaddress
+import itertools
+import os
+import random
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+from . import _nslocate, _wire, errors
+from ._hosting import READ, WRITE, Watcher, report_error
+from ._protocol import (Broken, ClientProtocol, ConnectFailed, Connected, Failure, Metadata, Result, StreamEnd,
+                        StreamStarted)
+from ._resolve import _ns_location
+from ._serializers import register_class_to_dict
+from ._uri import URI
+from .call import Call, settle_with
+from .configuration import config
+from .constants import NAMESERVER_NAME
+from .context import current_context
+from .proxy import Proxy, _proxy_state, _RemoteMethod
+
+__all__ = ["Client", "LoopProxy", "RemoteStream"]
+
+_RECV_SIZE = 64 * 1024
+_AUTOPROXY_MARKER = b"Pyro4.core.Proxy"
+
+
+class ClientClosedError(errors.ConnectionClosedError):
+    """The client was closed (or its connection released) before the call completed."""
+
+
+class _Request:
+    """One call on its way: what to send, and the ``Call`` to complete.
+
+    ``kind`` is the method name for a call on the proxy's object, or one of
+    the channel's own, in angle brackets as no method name is: "<bind>"
+    (completes when the connection is ready; nothing is sent), "<metadata>",
+    "<next>" (a stream item), "<close_stream>"; "<timer>" is a deadline
+    alone, for a call that no connection carries (a broadcast).
+    """
+
+    __slots__ = ("call", "kind", "args", "kwargs", "deadline", "seq", "channel")
+
+    def __init__(self, call: Call, kind: str, args: Any, kwargs: Any) -> None:
+        self.call = call
+        self.kind = kind
+        self.args = args
+        self.kwargs = kwargs
+        self.deadline: float | None = None
+        self.seq = -1
+        self.channel: _Channel | None = None
+
+
+class Client:
+    """Owns the loop proxies' connections; hosted by a loop like a ``Daemon``.
+
+    ``close()`` (or leaving ``with``) fails every pending call with
+    ``ClientClosedError`` and releases sockets, threads and the watcher.
+    """
+
+    def __init__(self) -> None:
+        self._watcher: Watcher | None = None
+        self._socks: dict[socket.socket, Any] = {}  # -> what handles it: a _Channel, a broadcast
+        self._channels: set[_Channel] = set()  # every open connection, with a socket or not yet
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._jobs: collections.deque[Callable[[], None]] = collections.deque()
+        self._timers: list[tuple[float, int, _Request]] = []
+        self._counter = itertools.count()
+        self._soon: set[_Channel] = set()
+        self._deadline: float | None = None
+        self._loop_thread = threading.get_ident()
+        self._pending = 0
+        self._closed = False
+        self._resolver: concurrent.futures.ThreadPoolExecutor | None = None
+        self._nameservers: dict[str, LoopProxy] = {}
+        #: set by the asyncio adapter for daemons; a client runs no coroutines of its own
+        self.coroutine_runner: Any = None
+
+    def __repr__(self) -> str:
+        return f"<pyro_loops.Client at 0x{id(self):x}; {self._pending} pending; {len(self._channels)} connections>"
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- public API ------------------------------------------------------------------
+
+    def proxy(self, uri: "str | URI") -> "LoopProxy":
+        """A loop proxy for ``uri`` (PYRO:, PYRONAME: or PYROMETA:); it connects on first call."""
+        return LoopProxy(self, uri)
+
+    @property
+    def pending(self) -> int:
+        """Calls submitted and not yet completed."""
+        return self._pending
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        """Run ``fn(*args)`` in the loop's thread; safe from any thread.
+
+        The returned ``concurrent.futures.Future`` gets ``fn``'s result, or, if
+        that is a ``Call`` (``client.submit(lambda: proxy.add(1, 2))``), the
+        call's outcome. The way for worker threads to use loop proxies.
+        """
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def job() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                value = fn(*args)
+            except BaseException as exc:
+                future.set_exception(exc)
+                return
+            settle_with(value, future.set_result, future.set_exception,
+                        lambda: future.set_exception(concurrent.futures.CancelledError("the call was cancelled")))
+
+        if self._closed:
+            future.set_exception(ClientClosedError("the client is closed"))
+        elif threading.get_ident() == self._loop_thread:
+            job()
+        else:
+            self._post(job)
+        return future
+
+    def close(self) -> None:
+        """Fail every pending call and release everything; safe from any thread."""
+        if self._closed:
+            return
+        if threading.get_ident() != self._loop_thread and self._watcher is not None:
+            self._post(self.close)
+            return
+        self._closed = True
+        error = ClientClosedError("the pyro_loops.Client was closed before the call completed")
+        for channel in list(self._channels):
+            channel.fail(error)
+        for _, _, request in self._timers:
+            if not request.call.done():
+                request.call.set_exception(error)
+        self._timers.clear()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.remove(self._wake_r)
+            watcher.set_deadline(None)
+        self._wake_r.close()
+        self._wake_w.close()
+        if watcher is not None:
+            watcher.detached()
+        if self._resolver is not None:
+            self._resolver.shutdown(wait=False, cancel_futures=True)
+
+    # --- the hosting interface (see pyro_loops._hosting) -------------------------------
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return [self._wake_r, *self._socks]
+
+    def attach_watcher(self, watcher: Watcher) -> None:
+        """Let a host loop watch this client's sockets and deadline."""
+        if self._closed:
+            raise errors.PyroError("client is closed")
+        if self._watcher is not None:
+            raise errors.PyroError("client is already attached to a loop; detach it first")
+        self._watcher = watcher
+        self._loop_thread = threading.get_ident()
+        watcher.add(self._wake_r, READ)
+        for sock, handler in self._socks.items():
+            watcher.add(sock, handler.interest)
+        self._deadline = None
+        self._update_deadline()
+        if self._jobs:
+            self._wake()
+
+    def detach_watcher(self) -> None:
+        """Stop being watched; connections stay open until a loop serves them again."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is None:
+            return
+        for sock in self.sockets:
+            watcher.remove(sock)
+        watcher.set_deadline(None)
+        watcher.detached()
+
+    def handle_event(self, sock: socket.socket, events: int) -> None:
+        """The host loop says ``sock`` is ready. Never raises."""
+        self._loop_thread = threading.get_ident()
+        try:
+            if sock is self._wake_r:
+                self._drain_wakeups()
+            else:
+                handler = self._socks.get(sock)
+                if handler is not None:
+                    handler.on_ready(events)
+        except Exception as exc:
+            report_error(exc, "client event handling")
+        self._update_deadline()
+
+    def handle_deadline(self) -> None:
+        """The deadline the client asked for is due. Never raises."""
+        try:
+            self._deadline = None
+            now = time.monotonic()
+            for channel in list(self._soon):
+                self._soon.discard(channel)
+                channel.resume()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, request = heapq.heappop(self._timers)
+                if request.call.done():
+                    continue
+                error = errors.TimeoutError(f"{request.call.describe}: not done within its timeout")
+                if request.channel is not None:
+                    request.channel.fail(error)  # the calls pipelined behind it could not finish sooner
+                else:
+                    request.call.set_exception(error)
+        except Exception as exc:
+            report_error(exc, "client deadline handling")
+        self._update_deadline()
+
+    def next_deadline(self) -> float | None:
+        """When ``handle_deadline`` should next run (``time.monotonic()``), or None."""
+        return self._deadline
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _check_thread(self, what: object) -> None:
+        if threading.get_ident() != self._loop_thread:
+            raise errors.PyroError(
+                f"{what} belongs to the loop thread that serves its pyro_loops.Client; it was used from "
+                "another thread. From other threads use client.submit(lambda: proxy.method(...)), which "
+                "returns a concurrent.futures.Future, or a blocking pyro_loops.Proxy")
+
+    def _submit(self, proxy: "LoopProxy", request: _Request) -> Call:
+        call = request.call
+        if self._closed:
+            call.set_exception(ClientClosedError("the pyro_loops.Client is closed"))
+            return call
+        if self._pending >= config.CLIENT_MAX_PENDING:
+            call.set_exception(errors.PyroError(
+                f"too many pending calls on this client ({self._pending}, the CLIENT_MAX_PENDING limit); "
+                "wait for some to complete"))
+            return call
+        self._pending += 1
+        call.add_done_callback(self._call_done)
+        if proxy._pyroTimeout:
+            self._add_timer(request, proxy._pyroTimeout)
+        channel = proxy._pyroChannel
+        if channel is None or channel.closed:
+            channel = _Channel(self, proxy)
+            object.__setattr__(proxy, "_pyroChannel", channel)
+            channel.submit(request)
+            channel.start()
+        else:
+            channel.submit(request)
+        self._update_deadline()
+        return call
+
+    def _add_timer(self, request: "_Request | Call", delay: float) -> None:
+        """Fail ``request`` (or a bare call) with TimeoutError if it is not done in ``delay`` seconds."""
+        if isinstance(request, Call):
+            request = _Request(request, "<timer>", None, None)
+        request.deadline = time.monotonic() + delay
+        heapq.heappush(self._timers, (request.deadline, next(self._counter), request))
+        self._update_deadline()
+
+    def _call_done(self, _call: Call) -> None:
+        self._pending -= 1
+
+    def _update_deadline(self) -> None:
+        if self._closed:
+            return
+        timers = self._timers
+        while timers and timers[0][2].call.done():
+            heapq.heappop(timers)
+        when = time.monotonic() if self._soon else (timers[0][0] if timers else None)
+        if when != self._deadline:
+            self._deadline = when
+            if self._watcher is not None:
+                self._watcher.set_deadline(when)
+
+    def _watch(self, sock: socket.socket, handler: Any, events: int) -> None:
+        """Watch ``sock`` for ``events``; ``handler.on_ready(events)`` is told (a connection, a broadcast)."""
+        known = sock in self._socks
+        self._socks[sock] = handler
+        if self._watcher is not None:
+            (self._watcher.modify if known else self._watcher.add)(sock, events)
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        if self._socks.pop(sock, None) is not None and self._watcher is not None:
+            self._watcher.remove(sock)
+
+    def _post(self, job: Callable[[], None]) -> None:
+        """Run ``job`` in the loop's thread soon; safe from any thread."""
+        self._jobs.append(job)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # full (a wakeup is pending anyway) or closed
+            pass
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        while self._jobs and not self._closed:
+            job = self._jobs.popleft()
+            try:
+                job()
+            except Exception as exc:
+                report_error(exc, "client job from another thread")
+
+    def _in_worker(self, fn: Callable[[], Any], then: Callable[[Any, BaseException | None], None]) -> None:
+        """Run blocking ``fn`` (a host-name lookup) in a worker; ``then`` runs in the loop."""
+        if self._resolver is None:
+            self._resolver = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="pyro_loops-resolve")
+
+        def work() -> None:
+            try:
+                value, error = fn(), None
+            except BaseException as exc:
+                value, error = None, exc
+            self._post(lambda: then(value, error))
+
+        self._resolver.submit(work)
+
+    def _nameserver(self, uri: URI, hmac_key: bytes | None) -> Call:
+        """A call whose result is a loop proxy of the name server named in ``uri`` (located if none is)."""
+        if uri.sockname or uri.host:
+            location = _ns_location("./u:" + uri.sockname if uri.sockname else uri.host, uri.port or config.NS_PORT)
+        else:
+            location = ""
+        ns = self._nameservers.get(location)
+        found = Call(f"name server {location or '(located)'}")
+        if ns is not None:
+            found.set_result(ns)
+        elif not location:
+            def located(call: Call) -> None:
+                exc = call.exception()
+                if exc is None:
+                    self._nameservers[""] = call.result()
+                    found.set_result(call.result())
+                else:
+                    found.set_exception(exc)
+
+            _nslocate.locate(self, hmac_key).add_done_callback(located)
+        else:
+            ns = self._nameservers[location] = LoopProxy(self, f"PYRO:{NAMESERVER_NAME}@{location}")
+            ns._pyroHmacKey = hmac_key
+            found.set_result(ns)
+        return found
+
+    def _resolve_name(self, uri: URI, hmac_key: bytes | None) -> Call:
+        """A loop call that turns a PYRONAME:/PYROMETA: URI into a PYRO: one."""
+        resolved = Call(f"resolve {uri}")
+
+        def ask(found: Call) -> None:
+            exc = found.exception()
+            if exc is not None:
+                resolved.set_exception(exc)
+                return
+            ns = found.result()
+
+            def answered(call: Call) -> None:
+                exc = call.exception()
+                if isinstance(exc, errors.CommunicationError):
+                    if self._nameservers.get("") is ns:
+                        del self._nameservers[""]  # located once, gone now: locate it again next time
+                    exc = errors.NamingError(f"cannot resolve {uri}: name server at {ns._pyroUri.location} not "
+                                             f"reachable: {exc}")
+                elif exc is None and uri.protocol == "PYROMETA":
+                    if call.result():
+                        resolved.set_result(URI(random.choice(list(call.result().values()))))
+                        return
+                    exc = errors.NamingError(
+                        f"no registrations available with desired metadata properties {uri.object}")
+                if exc is None:
+                    resolved.set_result(URI(call.result()))
+                else:
+                    resolved.set_exception(exc)
+
+            if uri.protocol == "PYRONAME":
+                ns.lookup(uri.object).add_done_callback(answered)
+            else:
+                ns.list(metadata_all=sorted(uri.object)).add_done_callback(answered)
+
+        self._nameserver(uri, hmac_key).add_done_callback(ask)
+        return resolved
+
+
+class _Channel:
+    """One connection of one loop proxy, from resolving its address to its close.
+
+    The protocol rules are ``_protocol.ClientProtocol``'s; this class moves its
+    bytes. Steps: "resolving" (name server, host name), "connecting",
+    "handshake", "metadata" (asked for when the handshake did not bring it),
+    "ready", "closed". Requests submitted before "ready" wait in ``queued``.
+    """
+
+    def __init__(self, client: Client, proxy: "LoopProxy") -> None:
+        self.client = client
+        self.proxy = proxy
+        self.state = "resolving"
+        self.sock: socket.socket | None = None
+        self.uri: URI | None = None
+        self.protocol = ClientProtocol(proxy._pyroSerializer or config.SERIALIZER,
+                                       hmac_key=proxy._pyroHmacKeyBytes, max_message_size=config.MAX_MESSAGE_SIZE,
+                                       compression=config.COMPRESSION)
+        self.out = bytearray()
+        self.written = 0        # bytes written over the connection's life
+        self.queued: collections.deque[_Request] = collections.deque()
+        self.inflight: dict[int, _Request] = {}
+        self.oneway_marks: collections.deque[tuple[int, _Request]] = collections.deque()
+        self.interest = 0
+        client._channels.add(self)
+
+    @property
+    def closed(self) -> bool:
+        return self.state == "closed"
+
+    @property
+    def location(self) -> str:
+        return str((self.uri or self.proxy._pyroUri).location)
+
+    # -- submitting --
+
+    def submit(self, request: _Request) -> None:
+        request.channel = self
+        request.call._on_cancel = lambda _call: self._cancel(request)
+        if self.state == "ready":
+            idle = not self.inflight and not self.out and not self.oneway_marks
+            self._send_request(request)
+            if idle:  # a lone call goes out at once, for latency
+                self._flush()
+            else:  # a burst goes out in one write at the loop's next turn, for throughput
+                self.client._soon.add(self)
+        else:
+            self.queued.append(request)
+
+    def _cancel(self, request: _Request) -> None:
+        if request.seq < 0:
+            try:
+                self.queued.remove(request)  # never sent, never will be
+            except ValueError:
+                pass
+        elif self.inflight.pop(request.seq, None) is not None:
+            self.protocol.cancel(request.seq)  # it runs on the server; its reply is dropped
+
+    # -- connecting --
+
+    def start(self) -> None:
+        uri = self.proxy._pyroUri
+        if uri.protocol != "PYRO":
+            self.client._resolve_name(uri, self.proxy._pyroHmacKeyBytes).add_done_callback(self._name_resolved)
+            return
+        self._resolve_host(uri)
+
+    def _name_resolved(self, call: Call) -> None:
+        if self.closed:
+            return
+        exc = call.exception()
+        if exc is not None:
+            self.fail(exc)
+        else:
+            self._resolve_host(call.result())
+
+    def _resolve_host(self, uri: URI) -> None:
+        self.uri = uri
+        if uri.sockname:
+            self._connect(socket.AF_UNIX, uri.sockname)
+            return
+        try:
+            ip = ipaddress.ip_address(uri.host)
+        except ValueError:
+            host, port = uri.host, uri.port
+            self.client._in_worker(lambda: socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM),
+                                   self._host_resolved)
+            return
+        self._connect(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (uri.host, uri.port))
+
+    def _host_resolved(self, infos: Any, exc: BaseException | None) -> None:
+        if self.closed:
+            return
+        if exc is not None or not infos:
+            self.fail(errors.CommunicationError(f"cannot connect to {self.location}: cannot resolve host "
+                                                f"{self.uri.host!r}: {exc}"))
+            return
+        family, _, _, _, address = infos[0]
+        self._connect(family, address)
+
+    def _connect(self, family: int, address: Any) -> None:
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self.fail(errors.CommunicationError(f"cannot connect to {self.location}: {exc}"))
+            return
+        sock.setblocking(False)
+        if family != getattr(socket, "AF_UNIX", None):
+            # Pipelined small messages must not wait for the previous one's ACK (Nagle).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self.sock = sock
+        self.state = "connecting"
+        err = sock.connect_ex(address)
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+            self.fail(errors.CommunicationError(f"cannot connect to {self.location}: {os.strerror(err)}"))
+            return
+        self._set_interest(WRITE)
+
+    def _connected(self) -> None:
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.fail(errors.CommunicationError(f"cannot connect to {self.location}: {os.strerror(err)}"))
+            return
+        self.state = "handshake"
+        self.out += self.protocol.connect(self.uri.object, self.proxy._pyroHandshake, metadata=config.METADATA,
+                                          annotations=self._annotations())
+        self._flush()
+
+    def _handshake_done(self, event: Connected) -> None:
+        proxy = self.proxy
+        proxy._pyroResponseAnnotations(event.message.annotations, event.message.type)
+        proxy._pyroValidateHandshake(event.handshake)
+        if event.metadata is not None:
+            proxy._pyroApplyMetadata(event.metadata)
+        elif config.METADATA and not proxy._pyroMetaKnown:
+            self.state = "metadata"
+            call = Call(f"get_metadata of {self.uri}")
+            call.add_done_callback(self._metadata_reply)
+            self._send_request(_Request(call, "<metadata>", (self.uri.object,), None))
+            self._flush()
+            return
+        self._ready()
+
+    def _metadata_reply(self, call: Call) -> None:
+        if self.closed:
+            return
+        try:
+            self.proxy._pyroApplyMetadata(call.result())
+        except Exception as exc:
+            self.fail(exc)
+            return
+        self._ready()
+
+    def _ready(self) -> None:
+        self.state = "ready"
+        queued, self.queued = self.queued, collections.deque()
+        for request in queued:
+            self._send_request(request)
+        self._flush()
+
+    # -- sending --
+
+    def _annotations(self) -> dict[str, bytes]:
+        annotations = dict(self.proxy._pyroAnnotations())
+        corr = current_context.correlation_id
+        if corr is not None:
+            annotations["CORR"] = corr.bytes
+        return annotations
+
+    def _send_request(self, request: _Request) -> None:
+        call = request.call
+        kind, args, kwargs = request.kind, request.args, request.kwargs
+        protocol = self.protocol
+        try:
+            if kind == "<bind>":
+                call.set_result(True)
+                return
+            if kind == "<metadata>":
+                out = protocol.get_metadata(args[0], self._annotations())
+            elif kind == "<next>":
+                out = protocol.next_stream_item(args[0], self._annotations())
+            elif kind == "<close_stream>":
+                out = protocol.close_stream(args[0], self._annotations())
+            else:
+                proxy = self.proxy
+                if proxy._pyroMetaKnown and kind not in proxy._pyroMethods and kwargs is not None:
+                    raise AttributeError(f"remote object '{proxy._pyroUri}' has no exposed method '{kind}'")
+                out = protocol.invoke(self.uri.object, kind, args, kwargs, oneway=kind in proxy._pyroOneway,
+                                      annotations=self._annotations())
+        except Exception as exc:  # arguments that cannot be serialized: this call fails, nothing was sent
+            call.set_exception(exc)
+            return
+        request.seq = out.seq
+        self.out += out.data
+        if out.expects_reply:
+            self.inflight[out.seq] = request
+        else:  # a oneway call completes once its bytes are written
+            self.oneway_marks.append((self.written + len(self.out), request))
+
+    def _flush(self) -> None:
+        if self.sock is None or self.state in ("connecting", "closed"):
+            return
+        if self.out:
+            try:
+                sent = self.sock.send(self.out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self.fail(errors.ConnectionClosedError(f"sending to {self.location} failed: {exc}"))
+                return
+            del self.out[:sent]
+            self.written += sent
+            marks = self.oneway_marks
+            while marks and marks[0][0] <= self.written:
+                marks.popleft()[1].call.set_result(None)
+        self._set_interest(READ | WRITE if self.out else READ)
+
+    def _set_interest(self, events: int) -> None:
+        if events != self.interest:
+            self.interest = events
+            self.client._watch(self.sock, self, events)
+
+    # -- receiving --
+
+    def on_ready(self, events: int) -> None:
+        if self.state == "connecting":
+            self._connected()
+            return
+        if events & WRITE:
+            self._flush()
+        if events & READ and not self.closed:
+            try:
+                data = self.sock.recv(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.fail(errors.ConnectionClosedError(f"receiving from {self.location} failed: {exc}"))
+                return
+            self.protocol.receive_data(data)  # b"": the server closed; the protocol says what that means
+            self.process()
+
+    def resume(self) -> None:
+        """Write what a burst of calls queued, and handle replies left for later by the budget."""
+        self._flush()
+        self.process()
+
+    def process(self) -> None:
+        """Handle the replies received, at most MAX_CALLS_PER_WAKEUP of them now."""
+        budget = config.MAX_CALLS_PER_WAKEUP
+        while not self.closed:
+            event = self.protocol.next_event()
+            if event is None:
+                return
+            try:
+                self._handle(event)
+            except Exception as exc:  # a handshake the program's hook refused, say
+                self.fail(exc)
+                return
+            budget -= 1
+            if budget <= 0 and self.protocol.partial:
+                self.client._soon.add(self)
+                return
+
+    def _handle(self, event: Any) -> None:
+        if isinstance(event, Connected):
+            self._handshake_done(event)
+            return
+        if isinstance(event, ConnectFailed):
+            raise errors.CommunicationError(f"connection to {self.location} rejected: {event.reason}")
+        if isinstance(event, Broken):
+            error = event.error
+            raise type(error)(f"connection to {self.location}: {error}")
+        request = self.inflight.pop(event.seq, None)
+        if request is None:
+            return  # a call already failed (its deadline) whose reply made it after all
+        self.proxy._pyroResponseAnnotations(event.message.annotations, event.message.type)
+        call = request.call
+        if isinstance(event, Result):
+            value = event.value
+            message = event.message
+            if message.flags & _wire.FLAGS_COMPRESSED or _AUTOPROXY_MARKER in message.data:
+                value = _loopify(self.client, value)
+            call.set_result(value)
+        elif isinstance(event, Failure):
+            call.set_exception(event.exception)
+        elif isinstance(event, StreamStarted):
+            call.set_result(RemoteStream(self.proxy, event.stream_id))
+        elif isinstance(event, StreamEnd):
+            call.set_result(_STREAM_END)
+
+    # -- the end --
+
+    def fail(self, exc: BaseException) -> None:
+        """Close the connection and fail every call on it with ``exc``."""
+        if self.closed:
+            return
+        self.state = "closed"
+        self.protocol.close()
+        if self.proxy._pyroChannel is self:
+            object.__setattr__(self.proxy, "_pyroChannel", None)
+        self.client._soon.discard(self)
+        self.client._channels.discard(self)
+        if self.sock is not None:
+            self.client._unwatch(self.sock)
+            self.sock.close()
+        requests = [r for _, r in self.oneway_marks] + list(self.inflight.values()) + list(self.queued)
+        self.oneway_marks.clear()
+        self.inflight.clear()
+        self.queued.clear()
+        for request in requests:
+            request.call.set_exception(exc)
+
+
+#: what a stream-item call completes with when the stream has no more items
+_STREAM_END = object()
+
+
+def _loopify(client: Client, value: Any) -> Any:
+    """Replace the (blocking) proxies in a result by loop proxies of ``client``."""
+    if isinstance(value, Proxy):
+        return LoopProxy._from_proxy(client, value)
+    if isinstance(value, list):
+        return [_loopify(client, v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_loopify(client, v) for v in value)
+    if isinstance(value, dict):
+        return {k: _loopify(client, v) for k, v in value.items()}
+    return value
+
+
+_LOCAL = ("_pyroClient", "_pyroUri", "_pyroChannel", "_pyroTimeout", "_pyroHmacKeyBytes", "_pyroHandshake",
+          "_pyroSerializer", "_pyroMethods", "_pyroAttrs", "_pyroOneway", "_pyroMetaKnown", "_pyroMaxRetries")
+
+
+class LoopProxy:
+    """A remote object seen from the loop: every call returns a ``Call`` at once.
+
+    Remote attributes (exposed properties) go through ``_pyroGetAttr(name)``
+    and ``_pyroSetAttr(name, value)``, which return calls too. Use it in the
+    thread of the loop hosting its client only.
+    """
+
+    __slots__ = _LOCAL + ("__weakref__",)
+
+    def __init__(self, client: Client, uri: "str | URI") -> None:
+        uri = URI(uri) if isinstance(uri, str) else URI(uri)
+        set_ = object.__setattr__
+        set_(self, "_pyroClient", client)
+        set_(self, "_pyroUri", uri)
+        set_(self, "_pyroChannel", None)
+        set_(self, "_pyroTimeout", config.COMMTIMEOUT or None)
+        set_(self, "_pyroHmacKeyBytes", None)
+        set_(self, "_pyroHandshake", "hello")
+        set_(self, "_pyroSerializer", None)
+        set_(self, "_pyroMethods", set())
+        set_(self, "_pyroAttrs", set())
+        set_(self, "_pyroOneway", set())
+        set_(self, "_pyroMetaKnown", False)
+        set_(self, "_pyroMaxRetries", 0)
+
+    @classmethod
+    def _from_proxy(cls, client: Client, proxy: Proxy) -> "LoopProxy":
+        loop_proxy = cls(client, proxy._pyroUri)
+        for name in ("_pyroHmacKeyBytes", "_pyroHandshake", "_pyroSerializer", "_pyroMetaKnown"):
+            object.__setattr__(loop_proxy, name, getattr(proxy, name))
+        for name in ("_pyroMethods", "_pyroAttrs", "_pyroOneway"):
+            object.__setattr__(loop_proxy, name, set(getattr(proxy, name)))
+        return loop_proxy
+
+    def __getattr__(self, name: str) -> _RemoteMethod:
+        if name.startswith("_pyro") or name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        if self._pyroMetaKnown and name not in self._pyroMethods:
+            raise AttributeError(f"remote object '{self._pyroUri}' has no exposed method '{name}'"
+                                 + (" (it is an attribute: use _pyroGetAttr/_pyroSetAttr)"
+                                    if name in self._pyroAttrs else ""))
+        return _RemoteMethod(self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "_pyroHmacKey":
+            name, value = "_pyroHmacKeyBytes", value.encode("utf-8") if isinstance(value, str) else value
+        if name in _LOCAL:
+            object.__setattr__(self, name, value)
+            return
+        raise AttributeError(f"cannot set '{name}' on a loop proxy: remote attributes are set with "
+                             "_pyroSetAttr(name, value), which returns a Call")
+
+    def __repr__(self) -> str:
+        state = "connected" if self._pyroChannel is not None else "not connected"
+        return f"<pyro_loops.LoopProxy at 0x{id(self):x}; {state}; for {self._pyroUri}>"
+
+    def __eq__(self, other: object) -> bool:
+        return other is self or isinstance(other, LoopProxy) and other._pyroUri == self._pyroUri
+
+    # The same as the blocking Proxy's: the HMAC key property, hashing, ``with``
+    # (releases the connection), and the hooks a subclass overrides.
+    _pyroHmacKey = Proxy._pyroHmacKey
+    __hash__ = Proxy.__hash__
+    __enter__ = Proxy.__enter__
+    __exit__ = Proxy.__exit__
+    _pyroValidateHandshake = Proxy._pyroValidateHandshake
+    _pyroAnnotations = Proxy._pyroAnnotations
+    _pyroResponseAnnotations = Proxy._pyroResponseAnnotations
+
+    # -- calls --
+
+    def _pyroInvoke(self, method: str, vargs: Any, kwargs: Any) -> Call:  # noqa: N802
+        """Send a call of ``method`` and return its ``Call`` at once."""
+        return self._pyroRequest(method, vargs, kwargs, f"{method} on {self._pyroUri}")
+
+    def _pyroRequest(self, kind: str, args: Any, kwargs: Any, describe: str) -> Call:  # noqa: N802
+        client = self._pyroClient
+        client._check_thread(self)
+        return client._submit(self, _Request(Call(describe), kind, args, kwargs))
+
+    def _pyroGetAttr(self, name: str) -> Call:  # noqa: N802
+        """A call whose result is the remote (exposed) property ``name``."""
+        return self._pyroInvoke("__getattr__", (name,), None)
+
+    def _pyroSetAttr(self, name: str, value: Any) -> Call:  # noqa: N802
+        """A call that sets the remote (exposed) property ``name``; its result is None."""
+        return self._pyroInvoke("__setattr__", (name, value), None)
+
+    def _pyroBind(self) -> Call:  # noqa: N802
+        """Connect (and fetch metadata) now; the call's result is True once the connection is ready."""
+        return self._pyroRequest("<bind>", None, None, f"connect to {self._pyroUri}")
+
+    def _pyroRelease(self) -> None:  # noqa: N802
+        """Close the connection; its pending calls fail, the next call opens a new one."""
+        channel = self._pyroChannel
+        if channel is not None:
+            channel.fail(ClientClosedError(f"connection to {channel.location} released by the program"))
+
+    def _pyroApplyMetadata(self, meta: Metadata) -> None:  # noqa: N802
+        set_ = object.__setattr__
+        set_(self, "_pyroMethods", set(meta.methods))
+        set_(self, "_pyroAttrs", set(meta.attrs))
+        set_(self, "_pyroOneway", set(meta.oneway))
+        set_(self, "_pyroMetaKnown", True)
+        if not self._pyroMethods and not self._pyroAttrs:
+            raise errors.PyroError(
+                f"remote object '{self._pyroUri}' doesn't expose any methods or attributes. Did you forget "
+                "to mark them with @expose? (or set config.REQUIRE_EXPOSE = False on the server)")
+
+
+register_class_to_dict(LoopProxy, lambda p: {"__class__": "Pyro4.core.Proxy", "state": _proxy_state(p)})
+
+
+class RemoteStream:
+    """The items of a remote iterator, fetched a bounded number ahead.
+
+    Under asyncio: ``async for item in stream``. Elsewhere:
+    ``stream.for_each(fn)`` calls ``fn(item)`` in the loop's thread for each
+    item and returns a ``Call`` that completes at the end of the stream.
+    At most ``ITER_STREAM_PREFETCH`` items are requested or held at a time.
+    ``close()`` stops early and tells the server to drop the iterator; a
+    stream dropped without it stays on the server until the connection
+    closes (then ``ITER_STREAM_LINGER`` applies there).
+    """
+
+    def __init__(self, proxy: LoopProxy, stream_id: str) -> None:
+        self.proxy = proxy
+        self.stream_id = stream_id
+        self._items: collections.deque[Any] = collections.deque()
+        self._requested = 0
+        self._ended = False
+        self._error: BaseException | None = None
+        self._waiter: Call | None = None
+        self._on_item: Callable[[Any], Any] | None = None
+        self._finished: Call | None = None
+        self._fill()
+
+    def _fill(self) -> None:
+        while not self._ended and self._requested + len(self._items) < max(1, config.ITER_STREAM_PREFETCH):
+            self._requested += 1
+            call = self.proxy._pyroRequest("<next>", (self.stream_id,), None, f"next item of stream {self.stream_id}")
+            call.add_done_callback(self._arrived)
+
+    def _arrived(self, call: Call) -> None:
+        self._requested -= 1
+        if self._ended or call.cancelled():
+            if not call.cancelled():
+                call.exception()  # fetched past the end: "item stream terminated" is expected
+            return
+        exc = call.exception()
+        if exc is None and call.result() is not _STREAM_END:
+            self._items.append(call.result())
+        else:
+            self._ended = True
+            self._error = exc
+        self._deliver()
+
+    def _deliver(self) -> None:
+        if self._on_item is not None:
+            while self._items:
+                item = self._items.popleft()
+                try:
+                    self._on_item(item)
+                except Exception as exc:
+                    report_error(exc, f"stream item callback of {self.proxy._pyroUri}")
+            if self._ended and self._finished is not None:
+                finished, self._finished = self._finished, None
+                if self._error is None:
+                    finished.set_result(None)
+                else:
+                    finished.set_exception(self._error)
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.set_result(None)
+        self._fill()
+
+    def for_each(self, fn: Callable[[Any], Any]) -> Call:
+        """Call ``fn(item)`` for every item; the returned call completes when the stream ends."""
+        self._on_item = fn
+        self._finished = Call(f"stream {self.stream_id} of {self.proxy._pyroUri}")
+        finished = self._finished
+        self._deliver()
+        return finished
+
+    def __aiter__(self) -> "RemoteStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        if not self._items and not self._ended:
+            self._waiter = Call(f"next item of stream {self.stream_id}")
+            self._fill()
+            await self._waiter
+        if self._items:
+            item = self._items.popleft()
+            self._fill()
+            return item
+        if self._error is not None:
+            raise self._error
+        raise StopAsyncIteration
+
+    def close(self) -> None:
+        """Stop early: the server drops the iterator (a oneway call)."""
+        if not self._ended:
+            self._ended = True
+            self.proxy._pyroRequest("<close_stream>", (self.stream_id,), None, f"close stream {self.stream_id}")

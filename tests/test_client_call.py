@@ -1,0 +1,104 @@
+"""``pyro_loops.Call`` on its own: states, chaining, cancelling, awaiting, with no sockets at all."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pyro_loops.call import Call, CallPendingError
+
+from _adapter_support import errors_reported
+
+
+def test_pending_call_refuses_to_give_a_result_instead_of_waiting():
+    call = Call("add")
+    assert not call.done()
+    with pytest.raises(CallPendingError, match="never waits"):
+        call.result()
+    with pytest.raises(CallPendingError):
+        call.exception()
+
+
+def test_done_callback_added_after_completion_runs_at_once():
+    call = Call()
+    call.set_result(5)
+    seen = []
+    call.add_done_callback(lambda c: seen.append(c.result()))
+    assert seen == [5]
+
+
+def test_completion_is_final():
+    call = Call()
+    call.set_result(1)
+    call.set_exception(ValueError("late"))
+    call.set_result(2)
+    assert call.result() == 1 and not call.cancel()
+
+
+def test_cancel_runs_the_undo_hook_once_and_reaches_chained_calls():
+    call = Call()
+    undone = []
+    call._on_cancel = undone.append
+    chained = call.then(lambda value: value + 1)
+    caught = call.iferror(lambda exc: "caught")
+    assert call.cancel() and not call.cancel()
+    assert undone == [call]
+    assert chained.cancelled() and caught.cancelled()
+    with pytest.raises(asyncio.CancelledError):
+        call.result()
+
+
+def test_then_passes_extra_arguments_and_failures_along():
+    ok, bad = Call(), Call()
+    doubled = ok.then(lambda value, factor: value * factor, 2)
+    skipped = bad.then(lambda value: pytest.fail("not called on failure"))
+    ok.set_result(21)
+    bad.set_exception(KeyError("k"))
+    assert doubled.result() == 42
+    assert isinstance(skipped.exception(), KeyError)
+
+
+def test_then_that_raises_reports_once_and_fails_the_chained_call():
+    call = Call()
+    with errors_reported() as seen:
+        chained = call.then(lambda value: 1 / value)
+        call.set_result(0)
+        assert isinstance(chained.exception(), ZeroDivisionError)
+        assert [type(exc) for exc, _ in seen] == [ZeroDivisionError]
+        seen.clear()
+
+
+def test_repeated_result_does_not_grow_the_traceback():
+    call = Call()
+    call.set_exception(ValueError("once"))
+    depths = []
+    for _ in range(3):
+        try:
+            call.result()
+        except ValueError as exc:
+            tb, depth = exc.__traceback__, 0
+            while tb is not None:
+                tb, depth = tb.tb_next, depth + 1
+            depths.append(depth)
+    assert depths[0] == depths[1] == depths[2]
+
+
+def test_await_gets_the_result_and_task_cancel_cancels_the_call():
+    async def scenario():
+        done = Call()
+        asyncio.get_running_loop().call_soon(done.set_result, "value")
+        value = await done
+        pending = Call()
+        task = asyncio.ensure_future(_await(pending))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return value, pending.cancelled()
+
+    assert asyncio.run(scenario()) == ("value", True)
+
+
+async def _await(call: Call):
+    return await call

@@ -1,0 +1,195 @@
+"""``pyro_loops.Client`` when things go wrong, under every host loop.
+
+Servers that refuse, die mid-call, send garbage or never answer; hosts and
+names that do not resolve. Each time the calls fail with a pyro_loops error
+and nothing reaches the toolkit (the ``reported`` fixture fails the test if
+anything reached the error hook, the Tk host if anything escaped into Tk).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+import pyro_loops
+from pyro_loops import errors
+from pyro_loops.adapters import selectloop
+
+from _client_hosts import WAIT_S, LoopsServer, client, host, pyro4_server, reported  # noqa: F401
+from _util import Pyro4Server, free_port
+
+
+class RawServer:
+    """A listening socket served by a thread: ``behaviour(conn)`` decides what each connection gets."""
+
+    def __init__(self, behaviour) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.closed_by_client = threading.Event()
+        self.behaviour = behaviour
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def uri(self) -> str:
+        return f"PYRO:thing@127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            with conn:
+                conn.settimeout(WAIT_S)
+                try:
+                    self.behaviour(self, conn)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def sends_garbage(server: RawServer, conn: socket.socket) -> None:
+    conn.recv(4096)
+    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" + b"x" * 64)
+    conn.recv(4096)
+
+
+def never_answers(server: RawServer, conn: socket.socket) -> None:
+    while conn.recv(4096):
+        pass
+    server.closed_by_client.set()
+
+
+@pytest.fixture
+def raw_server(request):
+    server = RawServer(request.param)
+    yield server
+    server.close()
+
+
+def calls_on(proxy, count=3):
+    proxy._pyroTimeout = WAIT_S
+    return [proxy.add(i, i) for i in range(count)]
+
+
+def test_connection_refused_fails_every_call_on_it(host, client):
+    calls = calls_on(client.proxy(f"PYRO:thing@127.0.0.1:{free_port()}"))
+    host.run_until(lambda: all(c.done() for c in calls))
+    for call in calls:
+        assert isinstance(call.exception(), errors.CommunicationError)
+        assert "cannot connect to 127.0.0.1:" in str(call.exception())
+
+
+def test_handshake_refused_by_a_pyro4_daemon(host, client):
+    # We send no HMAC; the daemon refuses with a CONNECTFAIL signed with its key,
+    # which we cannot check either: the handshake fails on that.
+    with Pyro4Server(hmac="secret") as server:
+        calls = calls_on(client.proxy(server.uri))
+        host.run_until(lambda: all(c.done() for c in calls))
+    for call in calls:
+        assert isinstance(call.exception(), errors.SecurityError)
+        assert "hmac key config not symmetric" in str(call.exception())
+
+
+def test_handshake_refused_by_our_daemon(host, client):
+    daemon = RefusingDaemon(host="127.0.0.1")
+    host.attach(daemon)
+    calls = calls_on(client.proxy(daemon.uriFor("thing")))
+    host.run_until(lambda: all(c.done() for c in calls))
+    for call in calls:
+        assert isinstance(call.exception(), errors.CommunicationError)
+        assert "rejected: go away" in str(call.exception())
+    daemon.close()
+
+
+class RefusingDaemon(pyro_loops.Daemon):
+    def validateHandshake(self, conn, data):  # noqa: N802 - Pyro4's name
+        raise ValueError("go away")
+
+
+@pytest.mark.parametrize("raw_server", [sends_garbage], indirect=True)
+def test_garbage_from_the_server_fails_every_pending_call_together(host, client, raw_server):
+    calls = calls_on(client.proxy(raw_server.uri))
+    host.run_until(lambda: calls[0].done())
+    assert all(c.done() for c in calls)  # in the same turn of the loop as the first
+    for call in calls:
+        assert isinstance(call.exception(), errors.ProtocolError)
+        assert "invalid data or unsupported protocol version" in str(call.exception())
+
+
+def test_server_dying_mid_call_fails_every_pending_call(host, client):
+    with LoopsServer() as server:
+        proxy = client.proxy(server.uri)
+        proxy._pyroTimeout = WAIT_S
+        host.settle(proxy._pyroBind())
+        calls = [proxy.sleep(5), proxy.add(1, 2)]
+        server.proc.kill()
+        host.run_until(lambda: calls[0].done())
+    assert all(c.done() for c in calls)
+    for call in calls:
+        assert isinstance(call.exception(), errors.ConnectionClosedError)
+
+
+@pytest.mark.parametrize("raw_server", [never_answers], indirect=True)
+def test_server_that_never_answers_times_out_and_the_connection_is_replaced(host, client, raw_server):
+    proxy = client.proxy(raw_server.uri)
+    proxy._pyroTimeout = 0.3
+    first = proxy.add(1, 2)
+    host.settle(first)
+    assert isinstance(first.exception(), errors.TimeoutError)
+    assert raw_server.closed_by_client.wait(WAIT_S)  # our socket was closed
+    second = proxy.add(1, 2)
+    host.settle(second)
+    assert isinstance(second.exception(), errors.TimeoutError)
+    assert raw_server.accepted == 2  # a fresh connection for the next call
+
+
+def test_unknown_host_fails_the_call_clearly(host, client):
+    call = client.proxy("PYRO:thing@no-such-host.invalid:9999").add(1, 2)
+    host.settle(call)
+    assert isinstance(call.exception(), errors.CommunicationError)
+    assert "cannot resolve host 'no-such-host.invalid'" in str(call.exception())
+
+
+def test_unknown_name_and_missing_name_server_fail_the_call_clearly(host, client):
+    from pyro_loops import naming
+    ns_uri, ns_daemon, _ = naming.startNS(host="127.0.0.1", port=0, enableBroadcast=False)
+    host.attach(ns_daemon)
+    unknown = client.proxy(f"PYRONAME:no.such.name@127.0.0.1:{ns_uri.port}").add(1, 2)
+    no_tags = client.proxy(f"PYROMETA:no-such-tag@127.0.0.1:{ns_uri.port}").add(1, 2)
+    no_ns = client.proxy(f"PYRONAME:anything@127.0.0.1:{free_port()}").add(1, 2)
+    host.run_until(lambda: unknown.done() and no_tags.done() and no_ns.done())
+    assert isinstance(unknown.exception(), errors.NamingError)
+    assert "unknown name: no.such.name" in str(unknown.exception())
+    assert isinstance(no_tags.exception(), errors.NamingError)
+    assert "no registrations available" in str(no_tags.exception())
+    assert isinstance(no_ns.exception(), errors.NamingError)
+    assert "not reachable" in str(no_ns.exception())
+    ns_daemon.close()
+
+
+def test_other_connections_go_on_when_one_fails(host, client, pyro4_server):
+    with LoopsServer() as doomed:
+        dying = client.proxy(doomed.uri)
+        dying._pyroTimeout = WAIT_S
+        host.settle(dying._pyroBind())
+        pending = dying.sleep(5)
+        healthy = client.proxy(pyro4_server.uri)
+        healthy._pyroTimeout = WAIT_S
+        doomed.proc.kill()
+        host.settle(pending)
+    assert host.settle(healthy.add(1, 2)).result() == 3
+
+
+def test_client_attached_to_two_loops_is_refused():
+    with pyro_loops.Client() as made, selectloop.SelectLoop() as one, selectloop.SelectLoop() as two:
+        one.attach(made)
+        with pytest.raises(errors.PyroError, match="already attached"):
+            two.attach(made)
