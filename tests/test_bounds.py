@@ -1,0 +1,110 @@
+"""Every resource a client can make the daemon hold has a bound (issue 10).
+
+Each bound is hit on purpose over real sockets: the test checks what the
+offender is told (or what is logged), names the configuration item that set
+the bound, and that well-behaved clients are served meanwhile with nothing
+they sent lost.
+"""
+
+import logging
+import socket
+import threading
+import time
+
+import pytest
+
+from pyro_loops import Daemon, config, errors, expose, in_worker, oneway
+from pyro_loops import _wire
+from pyro_loops._serializers import get_serializer
+from test_daemon import TIMEOUT, RawClient, proxy_for, serving, wait_closed, wait_for
+
+SERPENT = get_serializer("serpent")
+
+
+@pytest.fixture
+def logs(caplog):
+    caplog.set_level(logging.INFO, logger="pyro_loops")
+    return caplog
+
+
+@expose
+class Service:
+    def echo(self, value):
+        return value
+
+    def count(self, n):
+        return iter(range(n))
+
+
+def start(service, **settings):
+    for name, value in settings.items():
+        setattr(config, name, value)
+    daemon = Daemon(host="127.0.0.1")
+    return daemon, daemon.register(service, "svc")
+
+
+# --- handshake deadline ---------------------------------------------------------------------
+
+
+def test_silent_connections_are_refused_after_handshake_timeout_and_free_their_slots(logs):
+    daemon, uri = start(Service(), HANDSHAKE_TIMEOUT=0.3, MAX_CONNECTIONS=4)
+    with serving(daemon):
+        silent = [socket.create_connection(("127.0.0.1", uri.port), timeout=TIMEOUT) for _ in range(4)]
+        try:
+            for sock in silent:
+                reader = _wire.FrameReader()
+                sock.settimeout(TIMEOUT)
+                while (reply := reader.next_message()) is None:
+                    chunk = sock.recv(65536)
+                    assert chunk, "closed without a CONNECTFAIL"
+                    reader.feed(chunk)
+                assert reply.type == _wire.MSG_CONNECTFAIL
+                assert "HANDSHAKE_TIMEOUT" in get_serializer(reply.serializer_id).loads(reply.data)
+                assert wait_closed(sock)
+        finally:
+            for sock in silent:
+                sock.close()
+        # the slots they held are free again: a real client connects and is served
+        with proxy_for(uri) as proxy:
+            assert proxy.echo("in") == "in"
+            time.sleep(0.6)  # past the deadline: a connection that completed its handshake stays
+            assert proxy.echo("still in") == "still in"
+    assert logs.text.count("no handshake within HANDSHAKE_TIMEOUT (0.3 s)") == 4
+
+
+# --- item streams ---------------------------------------------------------------------------
+
+
+def test_open_streams_per_connection_are_bounded_with_an_error_naming_the_item():
+    daemon, uri = start(Service(), ITER_STREAMS_MAX_PER_CONNECTION=3)
+    with serving(daemon), proxy_for(uri) as proxy, proxy_for(uri) as other:
+        streams = [proxy.count(10) for _ in range(3)]
+        assert [next(stream) for stream in streams] == [0, 0, 0]
+        with pytest.raises(errors.PyroError, match=r"ITER_STREAMS_MAX_PER_CONNECTION \(3\)"):
+            next(proxy.count(10))
+        assert list(other.count(3)) == [0, 1, 2]  # the bound is per connection
+        streams[0].close()
+        assert proxy.echo("sync") == "sync"  # the oneway close_stream was handled before this
+        assert list(proxy.count(2)) == [0, 1]  # room again
+        assert [next(stream) for stream in streams[1:]] == [1, 1]  # the open ones were kept
+
+
+def test_stream_lifetime_ends_a_stream_still_in_use():
+    daemon, uri = start(Service(), ITER_STREAM_LIFETIME=0.3)
+    with serving(daemon), proxy_for(uri) as proxy:
+        stream = proxy.count(100)
+        assert next(stream) == 0
+        wait_for(lambda: len(daemon._streams) == 0)
+        with pytest.raises(errors.PyroError, match="item stream terminated"):
+            next(stream)
+
+
+def test_streams_of_a_closed_connection_end_at_once_when_they_may_not_linger():
+    daemon, uri = start(Service(), ITER_STREAM_LINGER=0.0)
+    with serving(daemon):
+        proxy = proxy_for(uri)
+        streams = [proxy.count(10), proxy.count(10)]
+        assert [next(stream) for stream in streams] == [0, 0]
+        assert len(daemon._streams) == 2
+        proxy._pyroRelease()
+        wait_for(lambda: len(daemon._streams) == 0)
