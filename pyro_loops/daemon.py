@@ -36,7 +36,7 @@ from ._resolve import locate_ns
 from ._serving import serving as _serving, serving_lock as _serving_lock  # under the names the body uses
 from ._streams import StreamRegistry
 from ._uri import URI
-from ._workers import WorkerPool
+from ._workers import JobQuota, WorkerPool
 from .configuration import config
 from .constants import DAEMON_NAME
 from .proxy import Proxy
@@ -139,6 +139,7 @@ class Daemon(CallHandling):
         self._dispatching = 0
         self._write_waiter: threading.Thread | None = None
         self._workers: WorkerPool | None = None
+        self._jobs = JobQuota()   # oneway jobs per connection, MAX_QUEUED_JOBS_PER_CONNECTION
         self.coroutine_runner: Callable[[Any, Callable[[Any, BaseException | None], None]], None] | None = None
         self._servertype = config.SERVERTYPE
         if self._servertype not in ("thread", "multiplex"):
@@ -685,6 +686,8 @@ class Daemon(CallHandling):
         while not conn.closed and not conn.busy:
             if len(conn.out) > _OUTPUT_HIGH_WATER:
                 break  # the peer is not reading its replies: wait for the output to drain
+            if self._jobs.is_full(conn):
+                break  # its worker jobs pile up: wait for them (see _submit_job)
             if budget <= 0:
                 self._soon.add(conn)
                 break
@@ -709,7 +712,9 @@ class Daemon(CallHandling):
             self._set_interest(conn)
 
     def _track_partial(self, conn: ClientConnection) -> None:
-        if not conn.closed and not conn.busy and conn not in self._soon and conn.protocol.partial:
+        """Start or stop the half-frame deadline: only while the daemon waits for the client."""
+        waiting_for_client = not (conn.closed or conn.busy or conn in self._soon or self._jobs.is_full(conn))
+        if waiting_for_client and conn.protocol.partial:
             if conn.partial_since is None:
                 conn.partial_since = time.monotonic()
                 self._timers.set((_HALF_FRAME, conn), conn.partial_since + config.HALF_FRAME_TIMEOUT)
@@ -718,7 +723,8 @@ class Daemon(CallHandling):
             self._timers.discard((_HALF_FRAME, conn))
 
     def _set_interest(self, conn: ClientConnection) -> None:
-        if conn.eof or conn.busy and conn.read_paused or len(conn.out) > _OUTPUT_HIGH_WATER:
+        if (conn.eof or conn.busy and conn.read_paused or len(conn.out) > _OUTPUT_HIGH_WATER
+                or self._jobs.is_full(conn)):
             events = 0
         else:
             events = READ
@@ -883,6 +889,31 @@ class Daemon(CallHandling):
             self._soon.add(conn)
         elif not conn.closed:
             self._set_interest(conn)
+
+    def _submit_job(self, conn: ClientConnection, job: Callable[[], None]) -> None:
+        """Run a oneway call's ``job`` in the pool, counted against the connection's quota.
+
+        A connection with MAX_QUEUED_JOBS_PER_CONNECTION jobs queued or running is
+        not read (nor are its buffered messages handled) until half of them have
+        run: the client's sends block in its own socket buffers, the pool's queue
+        stays short for everyone else, and nothing the client sent is dropped.
+        """
+        limit = config.MAX_QUEUED_JOBS_PER_CONNECTION
+        if self._jobs.started(conn, limit):
+            log.info("connection from %s has MAX_QUEUED_JOBS_PER_CONNECTION (%d) worker jobs queued: "
+                     "not reading from it until half of them have run", conn.addr, limit)
+
+        def run() -> None:
+            try:
+                job()
+            finally:
+                self._post(lambda: self._job_finished(conn))
+
+        self._pool().submit(run)
+
+    def _job_finished(self, conn: ClientConnection) -> None:
+        if self._jobs.finished(conn, config.MAX_QUEUED_JOBS_PER_CONNECTION) and not conn.closed:
+            self._soon.add(conn)  # its buffered messages first, then reading again (_process)
 
     def _pool(self) -> WorkerPool:
         if self._workers is None:

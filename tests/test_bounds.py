@@ -108,3 +108,48 @@ def test_streams_of_a_closed_connection_end_at_once_when_they_may_not_linger():
         assert len(daemon._streams) == 2
         proxy._pyroRelease()
         wait_for(lambda: len(daemon._streams) == 0)
+
+
+# --- queued worker jobs per connection ------------------------------------------------------
+
+
+@expose
+class Flooded:
+    def __init__(self):
+        self.ran = 0
+        self.lock = threading.Lock()
+
+    @oneway
+    @in_worker
+    def flood(self):
+        time.sleep(0.005)
+        with self.lock:
+            self.ran += 1
+
+    @in_worker
+    def flood_calls_run(self):
+        return self.ran
+
+
+def test_a_oneway_flood_is_held_back_per_connection_and_still_runs_every_call(logs):
+    calls, limit = 300, 8
+    service = Flooded()
+    daemon, uri = start(service, THREADPOOL_SIZE=2, MAX_QUEUED_JOBS_PER_CONNECTION=limit)
+    flood = SERPENT.dumps_call("svc", "flood", (), {})
+    frames = b"".join(_wire.encode(_wire.Message(_wire.MSG_INVOKE, flood, SERPENT.serializer_id,
+                                                 _wire.FLAGS_ONEWAY, seq))
+                      for seq in range(calls))
+    with serving(daemon), RawClient(uri.port) as flooder, proxy_for(uri) as other:
+        flooder.handshake()
+        other._pyroBind()
+        sender = threading.Thread(target=flooder.send, args=(frames,), daemon=True)
+        sender.start()  # blocks in sendall while the daemon holds the flood back
+        wait_for(lambda: service.ran >= 10)
+        before = service.ran
+        ran_first = other.flood_calls_run() - before
+        # Queued behind the other client's call: only what one connection may queue, not the whole flood
+        assert ran_first <= 3 * limit, f"{ran_first} flood calls ran ahead of the other client's call"
+        sender.join(TIMEOUT)
+        wait_for(lambda: service.ran == calls)
+        assert flooder.call("svc", "flood_calls_run", seq=calls) == (False, calls)  # still connected
+    assert "MAX_QUEUED_JOBS_PER_CONNECTION (8)" in logs.text
