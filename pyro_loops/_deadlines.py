@@ -40,6 +40,11 @@ class KeyedHeap:
     def __contains__(self, key: Hashable) -> bool:
         return key in self._live
 
+    def get(self, key: Hashable, default: float = 0) -> float:
+        """The priority of ``key``, or ``default`` if it is not there."""
+        entry = self._live.get(key)
+        return default if entry is None else entry[0]
+
     def set(self, key: Hashable, priority: float) -> None:
         """Give ``key`` this priority, replacing any it had."""
         self.discard(key)

@@ -125,6 +125,9 @@ class Daemon(CallHandling):
         self._soon: set[ClientConnection] = set()
         # per-connection deadlines: (_HANDSHAKE or _HALF_FRAME, conn) -> time.monotonic() when due
         self._timers = KeyedHeap()
+        # bytes of input each connection buffers, negated so the largest comes first
+        self._input = KeyedHeap()
+        self._input_total = 0
         self._streams = StreamRegistry()
         self._single_instances: dict[type, Any] = {}
         self._watcher: Watcher | None = None
@@ -707,9 +710,38 @@ class Daemon(CallHandling):
             self._close_conn(conn, "client closed its end in the middle of a message"
                              if conn.protocol.partial else None)
             return
+        self._track_input(conn)
         self._track_partial(conn)
         if not conn.closed:
             self._set_interest(conn)
+
+    def _track_input(self, conn: ClientConnection) -> None:
+        """Count ``conn``'s buffered input towards MAX_BUFFERED_INPUT and enforce it.
+
+        Past the bound the connection buffering the most is closed (its peer
+        sees the connection end, as with MAX_MESSAGE_SIZE), again until the
+        total fits. Not back-pressure: a connection that is merely not read
+        keeps its buffer until HALF_FRAME_TIMEOUT, and meanwhile the next
+        honest message would find the budget still full. Closing the largest
+        frees memory at once and spares small calls, which are never the
+        largest while something big is being sent.
+        """
+        if not conn.closed:
+            self._count_input(conn, conn.protocol.reader.buffered)
+        limit = config.MAX_BUFFERED_INPUT
+        while limit and self._input_total > limit:
+            victim, minus_size = self._input.first()
+            self._close_conn(victim, f"{-minus_size} bytes of incoming messages buffered, the most of any "
+                                     f"connection, while all together exceed MAX_BUFFERED_INPUT ({limit} bytes)")
+
+    def _count_input(self, conn: ClientConnection, size: int) -> None:
+        old = -self._input.get(conn)
+        if size != old:
+            self._input_total += size - old
+            if size:
+                self._input.set(conn, -size)
+            else:
+                self._input.discard(conn)
 
     def _track_partial(self, conn: ClientConnection) -> None:
         """Start or stop the half-frame deadline: only while the daemon waits for the client."""
@@ -814,6 +846,7 @@ class Daemon(CallHandling):
         self._soon.discard(conn)
         self._timers.discard((_HANDSHAKE, conn))
         self._timers.discard((_HALF_FRAME, conn))
+        self._count_input(conn, 0)
         if self._watcher is not None:
             self._watcher.remove(conn.sock)
         try:

@@ -7,6 +7,7 @@ they sent lost.
 """
 
 import logging
+import select
 import socket
 import threading
 import time
@@ -153,3 +154,41 @@ def test_a_oneway_flood_is_held_back_per_connection_and_still_runs_every_call(lo
         wait_for(lambda: service.ran == calls)
         assert flooder.call("svc", "flood_calls_run", seq=calls) == (False, calls)  # still connected
     assert "MAX_QUEUED_JOBS_PER_CONNECTION (8)" in logs.text
+
+
+# --- buffered input across all connections --------------------------------------------------
+
+
+def closed_now(sock: socket.socket) -> bool:
+    """True if the daemon has closed ``sock`` (without waiting)."""
+    if not select.select([sock], [], [], 0)[0]:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except ConnectionError:
+        return True
+
+
+def test_huge_bodies_from_many_peers_close_the_largest_and_honest_calls_are_served(logs):
+    limit, sent = 1024 * 1024, 400 * 1024
+    daemon, uri = start(Service(), MAX_BUFFERED_INPUT=limit, HALF_FRAME_TIMEOUT=60.0)  # not what closes them
+    huge = 2**31 - 1  # each announces a 2 GiB body and sends part of it
+    header = _wire.HEADER.pack(_wire.TAG, _wire.PROTOCOL_VERSION, _wire.MSG_INVOKE, 0, 1, huge,
+                               SERPENT.serializer_id, 0, 0,
+                               _wire.checksum(_wire.MSG_INVOKE, 0, 1, huge, SERPENT.serializer_id, 0))
+    with serving(daemon):
+        offenders = [RawClient(uri.port) for _ in range(4)]
+        try:
+            for offender in offenders:
+                offender.handshake()
+                offender.send(header + b"x" * sent)
+            wait_for(lambda: sum(closed_now(o.sock) for o in offenders) >= 2)
+            with proxy_for(uri) as honest:  # its call tips the total over the bound, yet it is served
+                assert honest.echo(b"y" * (300 * 1024)) == b"y" * (300 * 1024)
+            closed = sum(closed_now(o.sock) for o in offenders)
+            assert closed >= 2
+            assert daemon._input_total <= limit
+        finally:
+            for offender in offenders:
+                offender.close()
+    assert logs.text.count(f"exceed MAX_BUFFERED_INPUT ({limit} bytes)") >= closed
