@@ -41,7 +41,7 @@ class StreamRegistry:
     def __init__(self) -> None:
         self._streams: dict[str, ItemStream] = {}
         self._by_owner: dict[Hashable, set[str]] = {}
-        self._deadlines = KeyedHeap()   # (stream id, _LIFETIME or _LINGER) -> when
+        self._deadlines: KeyedHeap[tuple[str, str]] = KeyedHeap()   # (stream id, _LIFETIME or _LINGER) -> when
         self._lock = threading.Lock()
 
     def __len__(self) -> int:

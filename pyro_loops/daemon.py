@@ -124,9 +124,9 @@ class Daemon(CallHandling):
         self._jobs_after_close = False  # closed: posted jobs run at once (their connections are closed)
         self._soon: set[ClientConnection] = set()
         # per-connection deadlines: (_HANDSHAKE or _HALF_FRAME, conn) -> time.monotonic() when due
-        self._timers = KeyedHeap()
+        self._timers: KeyedHeap[tuple[str, ClientConnection]] = KeyedHeap()
         # bytes of input each connection buffers, negated so the largest comes first
-        self._input = KeyedHeap()
+        self._input: KeyedHeap[ClientConnection] = KeyedHeap()
         self._input_total = 0
         self._streams = StreamRegistry()
         self._single_instances: dict[type, Any] = {}
@@ -304,11 +304,13 @@ class Daemon(CallHandling):
 
     @property
     def sockets(self) -> list[socket.socket]:
-        """Every socket the daemon wants watched for readability."""
+        """Every socket the daemon wants watched for readability (not a connection at
+        end-of-file or held back by MAX_QUEUED_JOBS_PER_CONNECTION: a select loop would spin on it)."""
         if self._closed:
             return []
         listening = [self.sock] if self._accept_resume_at is None else []
-        return [*listening, self._wake_r, *(sock for sock, conn in self._conns.items() if not conn.eof)]
+        return [*listening, self._wake_r, *(sock for sock, conn in self._conns.items()
+                                            if not (conn.eof or self._jobs.is_full(conn)))]
 
     def events(self, eventsockets: Iterable[socket.socket]) -> None:
         """Handle readable sockets, as a hand-written ``select()`` loop reports them.
@@ -491,7 +493,7 @@ class Daemon(CallHandling):
     def _serve_ready(self, conn: ClientConnection, events: int) -> None:
         if events & WRITE:
             self._flush(conn)
-        if events & READ and not conn.closed:
+        if events & READ and not conn.closed and not self._jobs.is_full(conn):
             self._read(conn)
 
     def _guarded(self, conn: ClientConnection, where: str, work: Callable[..., None], *args: Any) -> None:
@@ -729,13 +731,13 @@ class Daemon(CallHandling):
         if not conn.closed:
             self._count_input(conn, conn.protocol.reader.buffered)
         limit = config.MAX_BUFFERED_INPUT
-        while limit and self._input_total > limit:
-            victim, minus_size = self._input.first()
+        while limit and self._input_total > limit and (largest := self._input.first()) is not None:
+            victim, minus_size = largest
             self._close_conn(victim, f"{-minus_size} bytes of incoming messages buffered, the most of any "
                                      f"connection, while all together exceed MAX_BUFFERED_INPUT ({limit} bytes)")
 
     def _count_input(self, conn: ClientConnection, size: int) -> None:
-        old = -self._input.get(conn)
+        old = -int(self._input.get(conn))
         if size != old:
             self._input_total += size - old
             if size:

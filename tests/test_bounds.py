@@ -6,6 +6,7 @@ the bound, and that well-behaved clients are served meanwhile with nothing
 they sent lost.
 """
 
+import contextlib
 import logging
 import select
 import socket
@@ -132,7 +133,28 @@ class Flooded:
         return self.ran
 
 
-def test_a_oneway_flood_is_held_back_per_connection_and_still_runs_every_call(logs):
+@contextlib.contextmanager
+def served_by_select_loop(daemon):
+    """The seed's hand-written loop: ``select`` on ``daemon.sockets``, then ``daemon.events``."""
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            readable, _, _ = select.select(daemon.sockets, [], [], 0.02)
+            daemon.events(readable)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(TIMEOUT)
+        daemon.close()
+
+
+@pytest.mark.parametrize("host", [serving, served_by_select_loop])
+def test_a_oneway_flood_is_held_back_per_connection_and_still_runs_every_call(logs, host):
     calls, limit = 300, 8
     service = Flooded()
     daemon, uri = start(service, THREADPOOL_SIZE=2, MAX_QUEUED_JOBS_PER_CONNECTION=limit)
@@ -140,7 +162,7 @@ def test_a_oneway_flood_is_held_back_per_connection_and_still_runs_every_call(lo
     frames = b"".join(_wire.encode(_wire.Message(_wire.MSG_INVOKE, flood, SERPENT.serializer_id,
                                                  _wire.FLAGS_ONEWAY, seq))
                       for seq in range(calls))
-    with serving(daemon), RawClient(uri.port) as flooder, proxy_for(uri) as other:
+    with host(daemon), RawClient(uri.port) as flooder, proxy_for(uri) as other:
         flooder.handshake()
         other._pyroBind()
         sender = threading.Thread(target=flooder.send, args=(frames,), daemon=True)
@@ -192,3 +214,20 @@ def test_huge_bodies_from_many_peers_close_the_largest_and_honest_calls_are_serv
             for offender in offenders:
                 offender.close()
     assert logs.text.count(f"exceed MAX_BUFFERED_INPUT ({limit} bytes)") >= closed
+
+
+# --- the deadline heap ----------------------------------------------------------------------
+
+
+def test_keyed_heap_orders_keys_and_stays_small_however_often_they_are_rescheduled():
+    from pyro_loops._deadlines import KeyedHeap
+
+    heap = KeyedHeap()
+    for round_ in range(1000):
+        for key in range(10):
+            heap.set(key, round_ + key)  # every key moves on, as a connection's deadline does
+    assert len(heap) == 10 and len(heap._heap) <= 2 * 10 + 64
+    heap.discard(0)
+    assert heap.first() == (1, 1000)
+    assert list(heap.pop_due(1002)) == [1, 2, 3]
+    assert heap.get(9) == 1008 and 1 not in heap
