@@ -18,6 +18,7 @@ import pytest
 from pyro_loops import Daemon, config, errors, expose, in_worker, oneway
 from pyro_loops import _wire
 from pyro_loops._serializers import get_serializer
+from _util import pyro4_client
 from test_daemon import TIMEOUT, RawClient, proxy_for, serving, wait_closed, wait_for
 
 SERPENT = get_serializer("serpent")
@@ -89,6 +90,24 @@ def test_open_streams_per_connection_are_bounded_with_an_error_naming_the_item()
         assert proxy.echo("sync") == "sync"  # the oneway close_stream was handled before this
         assert list(proxy.count(2)) == [0, 1]  # room again
         assert [next(stream) for stream in streams[1:]] == [1, 1]  # the open ones were kept
+
+
+def test_a_stock_pyro4_client_is_told_which_item_bounds_its_streams():
+    daemon, uri = start(Service(), ITER_STREAMS_MAX_PER_CONNECTION=2)
+    with serving(daemon), pyro4_client() as pyro4:
+        error = pyro4.run("""
+p = Pyro4.Proxy(uri)
+kept = [p.count(5), p.count(5)]
+first = [next(s) for s in kept]
+try:
+    p.count(5)
+    error = None
+except Pyro4.errors.PyroError as exc:
+    error = (type(exc).__name__, str(exc))
+p._pyroRelease()
+error
+""", uri=str(uri))
+    assert error[0] == "PyroError" and "ITER_STREAMS_MAX_PER_CONNECTION (2)" in error[1]
 
 
 def test_stream_lifetime_ends_a_stream_still_in_use():
