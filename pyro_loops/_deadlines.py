@@ -59,6 +59,7 @@ class KeyedHeap(Generic[K]):
         entry = self._live.pop(key, None)
         if entry is None:
             return
+        entry[2] = None   # a dead entry must not keep its key (a closed connection and its buffers) alive
         entry[3] = False
         if len(self._heap) > 2 * len(self._live) + _COMPACT_SLACK:
             self._heap = [e for e in self._heap if e[3]]

@@ -7,11 +7,13 @@ they sent lost.
 """
 
 import contextlib
+import gc
 import logging
 import select
 import socket
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -222,6 +224,9 @@ def test_huge_bodies_from_many_peers_close_the_largest_and_honest_calls_are_serv
         try:
             for offender in offenders:
                 offender.handshake()
+            wait_for(lambda: len(daemon._conns) == 4)
+            connections = [weakref.ref(conn) for conn in list(daemon._conns.values())]
+            for offender in offenders:
                 offender.send(header + b"x" * sent)
             wait_for(lambda: sum(closed_now(o.sock) for o in offenders) >= 2)
             with proxy_for(uri) as honest:  # its call tips the total over the bound, yet it is served
@@ -229,6 +234,8 @@ def test_huge_bodies_from_many_peers_close_the_largest_and_honest_calls_are_serv
             closed = sum(closed_now(o.sock) for o in offenders)
             assert closed >= 2
             assert daemon._input_total <= limit
+            gc.collect()
+            assert sum(ref() is None for ref in connections) == closed  # their buffers are freed
         finally:
             for offender in offenders:
                 offender.close()
