@@ -6,7 +6,6 @@ the bound, and that well-behaved clients are served meanwhile with nothing
 they sent lost.
 """
 
-import contextlib
 import gc
 import logging
 import select
@@ -21,7 +20,7 @@ from pyro_loops import Daemon, config, errors, expose, in_worker, oneway
 from pyro_loops import _wire
 from pyro_loops._serializers import get_serializer
 from _util import pyro4_client
-from test_daemon import TIMEOUT, RawClient, proxy_for, serving, wait_closed, wait_for
+from test_daemon import TIMEOUT, RawClient, proxy_for, served_by_select_loop, serving, wait_closed, wait_for
 
 SERPENT = get_serializer("serpent")
 
@@ -152,26 +151,6 @@ class Flooded:
     @in_worker
     def flood_calls_run(self):
         return self.ran
-
-
-@contextlib.contextmanager
-def served_by_select_loop(daemon):
-    """The seed's hand-written loop: ``select`` on ``daemon.sockets``, then ``daemon.events``."""
-    stop = threading.Event()
-
-    def loop():
-        while not stop.is_set():
-            readable, _, _ = select.select(daemon.sockets, [], [], 0.02)
-            daemon.events(readable)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(TIMEOUT)
-        daemon.close()
 
 
 @pytest.mark.parametrize("host", [serving, served_by_select_loop])
