@@ -733,8 +733,8 @@ class Daemon(CallHandling):
         limit = config.MAX_BUFFERED_INPUT
         while limit and self._input_total > limit and (largest := self._input.first()) is not None:
             victim, minus_size = largest
-            self._close_conn(victim, f"{-minus_size} bytes of incoming messages buffered, the most of any "
-                                     f"connection, while all together exceed MAX_BUFFERED_INPUT ({limit} bytes)")
+            self._close_conn(victim, f"MAX_BUFFERED_INPUT ({limit} bytes) exceeded by all connections "
+                                     f"together: this one buffered the most ({-minus_size} bytes)")
 
     def _count_input(self, conn: ClientConnection, size: int) -> None:
         old = -int(self._input.get(conn))
@@ -935,14 +935,15 @@ class Daemon(CallHandling):
         """
         limit = config.MAX_QUEUED_JOBS_PER_CONNECTION
         if self._jobs.started(conn, limit):
-            log.info("connection from %s has MAX_QUEUED_JOBS_PER_CONNECTION (%d) worker jobs queued: "
-                     "not reading from it until half of them have run", conn.addr, limit)
+            self._limited_log.log(logging.INFO, "MAX_QUEUED_JOBS_PER_CONNECTION",
+                                  "connection from %s has MAX_QUEUED_JOBS_PER_CONNECTION (%d) worker jobs "
+                                  "queued: not reading from it until half of them have run", conn.addr, limit)
 
         def run() -> None:
             try:
                 job()
             finally:
-                self._post(lambda: self._job_finished(conn))
+                self._post(conn, lambda: self._job_finished(conn))
 
         self._pool().submit(run)
 

@@ -218,7 +218,7 @@ def test_huge_bodies_from_many_peers_close_the_largest_and_honest_calls_are_serv
         finally:
             for offender in offenders:
                 offender.close()
-    assert logs.text.count(f"exceed MAX_BUFFERED_INPUT ({limit} bytes)") >= closed
+    assert logs.text.count(f"MAX_BUFFERED_INPUT ({limit} bytes) exceeded by all connections") >= closed
 
 
 # --- the deadline heap ----------------------------------------------------------------------
