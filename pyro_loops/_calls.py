@@ -16,7 +16,6 @@ import random
 import threading
 import time
 import traceback
-import uuid
 from typing import Any, Callable
 
 from . import _wire, errors
@@ -96,6 +95,7 @@ class CallHandling:
             return
         if config.COMPRESSION:
             payload, flags = _wire.compress_if_useful(payload, flags)
+        self._handshake_done(conn)
         self._send(conn, conn.protocol.connect_ok_bytes(msg, payload, flags,
                                                         self._reply_annotations(msg, corr)))
 
@@ -169,7 +169,7 @@ class CallHandling:
             return
         if oneway:
             if in_worker or (config.oneway_threaded() and not msg.flags & _wire.FLAGS_BATCH):
-                self._pool().submit(lambda: self._run_oneway(conn, msg, call))
+                self._submit_job(conn, lambda: self._run_oneway(conn, msg, call))
             else:
                 self._dispatching += 1
                 try:
@@ -405,34 +405,17 @@ class CallHandling:
         flags = _wire.FLAGS_EXCEPTION | _wire.FLAGS_ITEMSTREAMRESULT
         annotations = dict(self.annotations())
         if config.ITER_STREAMING:
-            stream_id = str(uuid.uuid4())
-            self._streams[stream_id] = [iterator, conn, time.monotonic(), None]
+            try:
+                stream_id = self._streams.open(iterator, conn, time.monotonic())
+            except errors.PyroError as exc:  # ITER_STREAMS_MAX_PER_CONNECTION reached
+                return self._exception_reply(conn, msg, serializer, exc)
             annotations["STRM"] = stream_id.encode("ascii")
         marker = errors.ProtocolError("result of call is an iterator")
         marker._pyroTraceback = None  # tells the client this is no real error
         return self._exception_reply(conn, msg, serializer, marker, flags, annotations)
 
     def _next_stream_item(self, stream_id: str) -> Any:
-        stream = self._streams.get(stream_id)
-        if stream is None:
-            raise errors.PyroError("item stream terminated")
-        client = getattr(current_context, "client", None)
-        if client is not None and stream[1] is not client:
-            stream[1], stream[3] = client, None
-        try:
-            return next(stream[0])
-        except StopIteration:
-            self._streams.pop(stream_id, None)
-            raise StopIteration() from None
-        except BaseException:
-            self._streams.pop(stream_id, None)
-            raise
-
-    def _expire_streams(self, now: float) -> None:
-        for stream_id, (_, _, created, linger_since) in list(self._streams.items()):
-            if (config.ITER_STREAM_LIFETIME and now - created >= config.ITER_STREAM_LIFETIME) or \
-                    (linger_since is not None and now - linger_since >= config.ITER_STREAM_LINGER):
-                del self._streams[stream_id]
+        return self._streams.next_item(stream_id, getattr(current_context, "client", None))
 
 
 _MISSING = object()

@@ -1,7 +1,9 @@
 """A bounded pool of daemon threads for calls that must not run in the loop.
 
 Threads start lazily, up to ``size``; when all are busy, work queues rather
-than being refused. They are daemon threads, so a long call still running at
+than being refused. The queue is bounded per client instead: ``JobQuota``
+counts each connection's jobs so the daemon can stop reading a connection
+whose quota is full. They are daemon threads, so a long call still running at
 interpreter exit never keeps the process alive.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Callable
+from typing import Callable, Hashable
 
 log = logging.getLogger("pyro_loops")
 
@@ -65,3 +67,47 @@ class WorkerPool:
         self._closed = True
         for _ in self._threads:
             self._queue.put(_STOP)
+
+
+class JobQuota:
+    """Worker jobs queued or running per owner (a connection), for back-pressure.
+
+    Used from the loop thread only. An owner that reaches ``limit`` jobs is
+    *full* until half of them have finished: the gap keeps a flooding client
+    from flipping its read interest on and off with every job. ``limit`` 0
+    means no bound.
+    """
+
+    __slots__ = ("_pending", "_full", "_told")
+
+    def __init__(self) -> None:
+        self._pending: dict[Hashable, int] = {}
+        self._full: set[Hashable] = set()
+        self._told: set[Hashable] = set()   # full at least once since it last had no jobs
+
+    def started(self, owner: Hashable, limit: int) -> bool:
+        """Count a job submitted for ``owner``. True if that made the owner full for the
+        first time since it last had no jobs (the moment worth a log line)."""
+        pending = self._pending[owner] = self._pending.get(owner, 0) + 1
+        if limit and pending >= limit and owner not in self._full:
+            self._full.add(owner)
+            if owner not in self._told:
+                self._told.add(owner)
+                return True
+        return False
+
+    def finished(self, owner: Hashable, limit: int) -> bool:
+        """Count a finished job of ``owner``; True if the owner stopped being full."""
+        pending = self._pending.get(owner, 1) - 1
+        if pending > 0:
+            self._pending[owner] = pending
+        else:
+            self._pending.pop(owner, None)
+            self._told.discard(owner)
+        if owner in self._full and pending <= limit // 2:
+            self._full.discard(owner)
+            return True
+        return False
+
+    def is_full(self, owner: Hashable) -> bool:
+        return owner in self._full

@@ -2,8 +2,9 @@
 
 Every item can be overridden by an environment variable ``PYRO_<NAME>`` read
 when the configuration is (re)set. Items that Pyro4 does not have are the
-limits a loop-hosted daemon needs (half-frame deadline, output buffer cap,
-connection cap, per-wakeup fairness).
+limits a loop-hosted daemon needs (half-frame and handshake deadlines, caps on
+output buffers, buffered input, connections, item streams and queued worker
+jobs, per-wakeup fairness).
 """
 
 from __future__ import annotations
@@ -63,6 +64,24 @@ _DEFAULTS: dict[str, Any] = {
     "LOG_REPEAT_INTERVAL": 10.0,  # seconds of that interval
     "CLIENT_MAX_PENDING": 10000,  # calls pending per pyro_loops.Client; more fail at once
     "ITER_STREAM_PREFETCH": 8,    # items of a remote iterator a loop client requests ahead
+    # Seconds a new connection may take to complete its CONNECT handshake (the TLS
+    # handshake will share it); silent connections would otherwise hold a
+    # MAX_CONNECTIONS slot forever. 0 = no deadline.
+    "HANDSHAKE_TIMEOUT": 10.0,
+    # Open item streams per connection. Each holds a live iterator (a generator
+    # frame and whatever it references) until exhausted, closed or expired; a
+    # client that opens more gets an error naming this item. 0 = no bound.
+    "ITER_STREAMS_MAX_PER_CONNECTION": 1000,
+    # Worker jobs (oneway calls run in the pool) one connection may have queued or
+    # running. At the bound the daemon stops reading that connection until half of
+    # them have run, so one flooding client cannot fill the pool's queue ahead of
+    # everyone else; nothing it sent is dropped. 0 = no bound.
+    "MAX_QUEUED_JOBS_PER_CONNECTION": 100,
+    # Bytes received but not yet turned into messages, over all connections
+    # together. MAX_MESSAGE_SIZE (0 by default, as in Pyro4) bounds one message;
+    # this bounds what many peers announcing huge bodies can make the daemon
+    # hold. Past it the connection buffering the most is closed. 0 = no bound.
+    "MAX_BUFFERED_INPUT": 512 * 1024 * 1024,
 }
 
 

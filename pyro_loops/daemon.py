@@ -28,13 +28,15 @@ from ._expose import (class_name, expose, get_exposed_members, reset_metadata_ca
 from ._hosting import READ, WRITE, Watcher, log, report_error
 from ._calls import CallHandling
 from ._connection import ClientConnection
+from ._deadlines import KeyedHeap
 from ._eventloop import SelectLoop
 from ._protocol import ServerProtocol
 from ._ratelog import RateLimitedLog
 from ._resolve import locate_ns
 from ._serving import serving as _serving, serving_lock as _serving_lock  # under the names the body uses
+from ._streams import StreamRegistry
 from ._uri import URI
-from ._workers import WorkerPool
+from ._workers import JobQuota, WorkerPool
 from .configuration import config
 from .constants import DAEMON_NAME
 from .proxy import Proxy
@@ -45,6 +47,8 @@ _ACCEPT_BUDGET = 64                # connections accepted per readable event
 _OUTPUT_HIGH_WATER = 1024 * 1024   # stop reading a connection whose replies pile up
 _ACCEPT_BACKOFF = (0.1, 1.0)       # seconds accepting pauses when out of descriptors: first, most
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_HANDSHAKE = "handshake"           # kinds of per-connection deadline in Daemon._timers
+_HALF_FRAME = "half frame"
 
 
 @expose
@@ -79,7 +83,7 @@ class DaemonObject:
         return self.daemon._next_stream_item(streamId)
 
     def close_stream(self, streamId: str) -> None:
-        self.daemon._streams.pop(streamId, None)
+        self.daemon._streams.close(streamId)
 
 
 def _always() -> bool:
@@ -119,8 +123,12 @@ class Daemon(CallHandling):
         self._loop_jobs: collections.deque = collections.deque()  # (conn, job) posted by workers
         self._jobs_after_close = False  # closed: posted jobs run at once (their connections are closed)
         self._soon: set[ClientConnection] = set()
-        self._partial: set[ClientConnection] = set()
-        self._streams: dict[str, list] = {}   # id -> [iterator, conn or None, created, linger_since]
+        # per-connection deadlines: (_HANDSHAKE or _HALF_FRAME, conn) -> time.monotonic() when due
+        self._timers: KeyedHeap[tuple[str, ClientConnection]] = KeyedHeap()
+        # bytes of input each connection buffers, negated so the largest comes first
+        self._input: KeyedHeap[ClientConnection] = KeyedHeap()
+        self._input_total = 0
+        self._streams = StreamRegistry()
         self._single_instances: dict[type, Any] = {}
         self._watcher: Watcher | None = None
         self._deadline: float | None = None
@@ -134,6 +142,7 @@ class Daemon(CallHandling):
         self._dispatching = 0
         self._write_waiter: threading.Thread | None = None
         self._workers: WorkerPool | None = None
+        self._jobs = JobQuota()   # oneway jobs per connection, MAX_QUEUED_JOBS_PER_CONNECTION
         self.coroutine_runner: Callable[[Any, Callable[[Any, BaseException | None], None]], None] | None = None
         self._servertype = config.SERVERTYPE
         if self._servertype not in ("thread", "multiplex"):
@@ -295,11 +304,13 @@ class Daemon(CallHandling):
 
     @property
     def sockets(self) -> list[socket.socket]:
-        """Every socket the daemon wants watched for readability."""
+        """Every socket the daemon wants watched for readability (not a connection at
+        end-of-file or held back by MAX_QUEUED_JOBS_PER_CONNECTION: a select loop would spin on it)."""
         if self._closed:
             return []
         listening = [self.sock] if self._accept_resume_at is None else []
-        return [*listening, self._wake_r, *(sock for sock, conn in self._conns.items() if not conn.eof)]
+        return [*listening, self._wake_r, *(sock for sock, conn in self._conns.items()
+                                            if not (conn.eof or self._jobs.is_full(conn)))]
 
     def events(self, eventsockets: Iterable[socket.socket]) -> None:
         """Handle readable sockets, as a hand-written ``select()`` loop reports them.
@@ -482,7 +493,7 @@ class Daemon(CallHandling):
     def _serve_ready(self, conn: ClientConnection, events: int) -> None:
         if events & WRITE:
             self._flush(conn)
-        if events & READ and not conn.closed:
+        if events & READ and not conn.closed and not self._jobs.is_full(conn):
             self._read(conn)
 
     def _guarded(self, conn: ClientConnection, where: str, work: Callable[..., None], *args: Any) -> None:
@@ -510,16 +521,15 @@ class Daemon(CallHandling):
             for conn in list(self._soon):
                 self._soon.discard(conn)
                 self._guarded(conn, "daemon request handling", self._process, conn)
-            for conn in list(self._partial):
-                if conn.partial_since is not None and now - conn.partial_since >= config.HALF_FRAME_TIMEOUT:
-                    self._close_conn(conn, f"message incomplete after {config.HALF_FRAME_TIMEOUT} s")
+            for kind, conn in list(self._timers.pop_due(now)):
+                self._timer_due(kind, conn)
             idle_timeout = config.idle_timeout()
             if idle_timeout and self._idle_check_at is not None and now >= self._idle_check_at:
                 for conn in list(self._conns.values()):
                     if not conn.busy and now - conn.last_active >= idle_timeout:
                         self._close_conn(conn, f"idle for {idle_timeout} s")
                 self._idle_check_at = None
-            self._expire_streams(now)
+            self._streams.expire(now)
         except Exception as exc:
             report_error(exc, "daemon deadline handling")
         self._update_deadline()
@@ -535,26 +545,33 @@ class Daemon(CallHandling):
         if self._soon or self._close_requested:
             when = time.monotonic()
         else:
-            for conn in self._partial:
-                if conn.partial_since is not None:
-                    due = conn.partial_since + config.HALF_FRAME_TIMEOUT
-                    when = due if when is None or due < when else when
+            first = self._timers.first()
+            candidates = [None if first is None else first[1], self._streams.next_deadline()]
             idle_timeout = config.idle_timeout()
             if idle_timeout and self._conns:
                 if self._idle_check_at is None:
                     self._idle_check_at = time.monotonic() + idle_timeout / 2
-                when = self._idle_check_at if when is None else min(when, self._idle_check_at)
-            for _, _, created, linger_since in self._streams.values():
-                for start, span in ((created, config.ITER_STREAM_LIFETIME),
-                                    (linger_since, config.ITER_STREAM_LINGER)):
-                    if start is not None and span:
-                        when = start + span if when is None else min(when, start + span)
+                candidates.append(self._idle_check_at)
+            when = min((due for due in candidates if due is not None), default=None)
         if self._accept_resume_at is not None:
             when = self._accept_resume_at if when is None else min(when, self._accept_resume_at)
         if when != self._deadline:
             self._deadline = when
             if self._watcher is not None:
                 self._watcher.set_deadline(when)
+
+    def _handshake_done(self, conn: ClientConnection) -> None:
+        self._timers.discard((_HANDSHAKE, conn))
+
+    def _timer_due(self, kind: str, conn: ClientConnection) -> None:
+        """A per-connection deadline from ``self._timers`` has passed."""
+        if kind == _HANDSHAKE:
+            reason = f"no handshake within HANDSHAKE_TIMEOUT ({config.HANDSHAKE_TIMEOUT} s)"
+            if not conn.closed and not conn.protocol.established:
+                self._send(conn, conn.protocol.connect_fail_bytes(reason))
+                self._close_conn(conn, reason)
+        elif conn.partial_since is not None:
+            self._close_conn(conn, f"message incomplete after {config.HALF_FRAME_TIMEOUT} s (HALF_FRAME_TIMEOUT)")
 
     # --- sockets -----------------------------------------------------------------------
 
@@ -586,6 +603,8 @@ class Daemon(CallHandling):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = ClientConnection(sock, addr, ServerProtocol(config.MAX_MESSAGE_SIZE, self._hmac_key))
             self._conns[sock] = conn
+            if config.HANDSHAKE_TIMEOUT > 0:
+                self._timers.set((_HANDSHAKE, conn), time.monotonic() + config.HANDSHAKE_TIMEOUT)
             if self._watcher is not None:
                 self._watcher.add(sock, READ)
             log.debug("accepted connection from %s", addr)
@@ -672,6 +691,8 @@ class Daemon(CallHandling):
         while not conn.closed and not conn.busy:
             if len(conn.out) > _OUTPUT_HIGH_WATER:
                 break  # the peer is not reading its replies: wait for the output to drain
+            if self._jobs.is_full(conn):
+                break  # its worker jobs pile up: wait for them (see _submit_job)
             if budget <= 0:
                 self._soon.add(conn)
                 break
@@ -691,21 +712,53 @@ class Daemon(CallHandling):
             self._close_conn(conn, "client closed its end in the middle of a message"
                              if conn.protocol.partial else None)
             return
+        self._track_input(conn)
         self._track_partial(conn)
         if not conn.closed:
             self._set_interest(conn)
 
+    def _track_input(self, conn: ClientConnection) -> None:
+        """Count ``conn``'s buffered input towards MAX_BUFFERED_INPUT and enforce it.
+
+        Past the bound the connection buffering the most is closed (its peer
+        sees the connection end, as with MAX_MESSAGE_SIZE), again until the
+        total fits. Not back-pressure: a connection that is merely not read
+        keeps its buffer until HALF_FRAME_TIMEOUT, and meanwhile the next
+        honest message would find the budget still full. Closing the largest
+        frees memory at once and spares small calls, which are never the
+        largest while something big is being sent.
+        """
+        if not conn.closed:
+            self._count_input(conn, conn.protocol.reader.buffered)
+        limit = config.MAX_BUFFERED_INPUT
+        while limit and self._input_total > limit and (largest := self._input.first()) is not None:
+            victim, minus_size = largest
+            self._close_conn(victim, f"MAX_BUFFERED_INPUT ({limit} bytes) exceeded by all connections "
+                                     f"together: this one buffered the most ({-minus_size} bytes)")
+
+    def _count_input(self, conn: ClientConnection, size: int) -> None:
+        old = -int(self._input.get(conn))
+        if size != old:
+            self._input_total += size - old
+            if size:
+                self._input.set(conn, -size)
+            else:
+                self._input.discard(conn)
+
     def _track_partial(self, conn: ClientConnection) -> None:
-        if not conn.closed and not conn.busy and conn not in self._soon and conn.protocol.partial:
+        """Start or stop the half-frame deadline: only while the daemon waits for the client."""
+        waiting_for_client = not (conn.closed or conn.busy or conn in self._soon or self._jobs.is_full(conn))
+        if waiting_for_client and conn.protocol.partial:
             if conn.partial_since is None:
                 conn.partial_since = time.monotonic()
-                self._partial.add(conn)
+                self._timers.set((_HALF_FRAME, conn), conn.partial_since + config.HALF_FRAME_TIMEOUT)
         elif conn.partial_since is not None:
             conn.partial_since = None
-            self._partial.discard(conn)
+            self._timers.discard((_HALF_FRAME, conn))
 
     def _set_interest(self, conn: ClientConnection) -> None:
-        if conn.eof or conn.busy and conn.read_paused or len(conn.out) > _OUTPUT_HIGH_WATER:
+        if (conn.eof or conn.busy and conn.read_paused or len(conn.out) > _OUTPUT_HIGH_WATER
+                or self._jobs.is_full(conn)):
             events = 0
         else:
             events = READ
@@ -793,18 +846,16 @@ class Daemon(CallHandling):
                             "closing connection from %s: %s", conn.addr, reason)
         self._conns.pop(conn.sock, None)
         self._soon.discard(conn)
-        self._partial.discard(conn)
+        self._timers.discard((_HANDSHAKE, conn))
+        self._timers.discard((_HALF_FRAME, conn))
+        self._count_input(conn, 0)
         if self._watcher is not None:
             self._watcher.remove(conn.sock)
         try:
             conn.sock.close()
         except OSError:
             pass
-        now = time.monotonic()
-        for stream in self._streams.values():
-            if stream[1] is conn:
-                stream[1] = None
-                stream[3] = now
+        self._streams.orphan(conn, time.monotonic())
         for instance in conn.pyroInstances.values():
             closer = getattr(instance, "_pyroClose", None)
             if callable(closer):
@@ -873,6 +924,32 @@ class Daemon(CallHandling):
             self._soon.add(conn)
         elif not conn.closed:
             self._set_interest(conn)
+
+    def _submit_job(self, conn: ClientConnection, job: Callable[[], None]) -> None:
+        """Run a oneway call's ``job`` in the pool, counted against the connection's quota.
+
+        A connection with MAX_QUEUED_JOBS_PER_CONNECTION jobs queued or running is
+        not read (nor are its buffered messages handled) until half of them have
+        run: the client's sends block in its own socket buffers, the pool's queue
+        stays short for everyone else, and nothing the client sent is dropped.
+        """
+        limit = config.MAX_QUEUED_JOBS_PER_CONNECTION
+        if self._jobs.started(conn, limit):
+            self._limited_log.log(logging.INFO, "MAX_QUEUED_JOBS_PER_CONNECTION",
+                                  "connection from %s has MAX_QUEUED_JOBS_PER_CONNECTION (%d) worker jobs "
+                                  "queued: not reading from it until half of them have run", conn.addr, limit)
+
+        def run() -> None:
+            try:
+                job()
+            finally:
+                self._post(conn, lambda: self._job_finished(conn))
+
+        self._pool().submit(run)
+
+    def _job_finished(self, conn: ClientConnection) -> None:
+        if self._jobs.finished(conn, config.MAX_QUEUED_JOBS_PER_CONNECTION) and not conn.closed:
+            self._soon.add(conn)  # its buffered messages first, then reading again (_process)
 
     def _pool(self) -> WorkerPool:
         if self._workers is None:

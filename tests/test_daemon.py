@@ -45,6 +45,27 @@ def serving(daemon: Daemon):
         assert not thread.is_alive(), "requestLoop did not end after shutdown()"
 
 
+@contextlib.contextmanager
+def served_by_select_loop(daemon: Daemon):
+    """The seed's hand-written loop: ``select`` on ``daemon.sockets``, then ``daemon.events``;
+    the daemon is closed afterwards."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            readable, _, _ = select.select(daemon.sockets, [], [], 0.02)
+            daemon.events(readable)
+
+    thread = threading.Thread(target=loop, name="test-select-loop", daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join(TIMEOUT)
+        daemon.close()
+
+
 def proxy_for(uri) -> Proxy:
     proxy = Proxy(uri)
     proxy._pyroTimeout = TIMEOUT
@@ -444,23 +465,9 @@ def test_detach_removes_every_socket_but_leaves_them_open():
 def test_hand_written_select_loop_of_the_seed_serves_calls():
     d = Daemon(host="127.0.0.1")
     uri = d.register(Service(), "svc")
-    stop = threading.Event()
-
-    def loop():
-        while not stop.is_set():
-            readable, _, _ = select.select(d.sockets, [], [], 0.05)
-            d.events(readable)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        with proxy_for(uri) as proxy:
-            assert proxy.echo([1, 2]) == [1, 2]
-            assert len(proxy.big(3_000_000)) == 3_000_000  # pending output flushed by events()
-    finally:
-        stop.set()
-        thread.join(TIMEOUT)
-        d.close()
+    with served_by_select_loop(d), proxy_for(uri) as proxy:
+        assert proxy.echo([1, 2]) == [1, 2]
+        assert len(proxy.big(3_000_000)) == 3_000_000  # pending output flushed by events()
 
 
 # --- server types and workers -------------------------------------------------------------
@@ -544,7 +551,7 @@ def test_generator_result_is_streamed_item_by_item():
     uri = d.register(Service(), "svc")
     with serving(d), proxy_for(uri) as proxy:
         assert list(proxy.count(5)) == [0, 1, 2, 3, 4]
-        assert d._streams == {}
+        assert len(d._streams) == 0
 
 
 def test_stream_closed_early_is_dropped_by_the_daemon():
@@ -555,7 +562,7 @@ def test_stream_closed_early_is_dropped_by_the_daemon():
         assert next(stream) == 0
         stream.close()
         assert proxy.echo("sync") == "sync"  # the oneway close_stream was handled before this
-        assert d._streams == {}
+        assert len(d._streams) == 0
 
 
 def test_stream_of_a_disconnected_client_expires_after_its_linger_time():
@@ -607,6 +614,7 @@ def test_half_received_frame_is_closed_after_the_deadline_with_a_logged_reason(c
 
 def test_idle_daemon_has_no_deadline_and_a_half_frame_sets_one():
     config.HALF_FRAME_TIMEOUT = 30.0
+    config.HANDSHAKE_TIMEOUT = 0.0  # a fresh connection's handshake deadline is pinned in test_bounds
     d = Daemon(host="127.0.0.1")
     watcher = RecordingWatcher()
     d.attach_watcher(watcher)
