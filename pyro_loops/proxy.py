@@ -2,7 +2,9 @@
 
 A proxy is an ordinary blocking client (it runs in the caller's thread, not in
 a loop). One call is in flight per connection, serialized by a lock, so a
-proxy may be shared between threads.
+proxy may be shared between threads. What goes on the wire and what a reply
+means is decided by the client role of ``_protocol`` (the same rules the loop
+client follows); this module is the blocking socket loop around it.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from . import _wire, errors
+from . import _protocol, _wire, errors
 from ._resolve import resolve
 from ._serializers import ExceptionWrapper, get_serializer, register_class_to_dict, register_dict_to_class
 from ._serving import daemon_served_by_current_thread
 from ._uri import URI
 from .configuration import config
-from .constants import DAEMON_NAME
 from .context import current_context
+
+#: makes the request of one call on a connection, given the annotations to send with it
+_MakeRequest = Callable[[_protocol.ClientProtocol, "dict[str, bytes]"], _protocol.Request]
 
 _RECV_SIZE = 64 * 1024  # larger requests allocate through mmap on every recv: several times slower
 
@@ -29,7 +33,7 @@ _RECV_SIZE = 64 * 1024  # larger requests allocate through mmap on every recv: s
 _LOCAL_ATTRS = frozenset((
     "_pyroUri", "_pyroConnection", "_pyroSeq", "_pyroTimeout", "_pyroMaxRetries", "_pyroHmacKey",
     "_pyroHandshake", "_pyroSerializer", "_pyroMethods", "_pyroAttrs", "_pyroOneway",
-    "_pyroRawWireResponse", "_pyroLock", "_pyroResolved", "_pyroReader", "_pyroMetaKnown",
+    "_pyroRawWireResponse", "_pyroLock", "_pyroResolved", "_pyroProtocol", "_pyroMetaKnown",
     "_pyroHmacKeyBytes", "_pyroPoller"))
 
 
@@ -73,7 +77,7 @@ class Proxy:
         set_(self, "_pyroRawWireResponse", False)
         set_(self, "_pyroLock", threading.RLock())
         set_(self, "_pyroResolved", None)
-        set_(self, "_pyroReader", None)
+        set_(self, "_pyroProtocol", None)
         set_(self, "_pyroPoller", None)
 
     # --- attribute plumbing -----------------------------------------------------------
@@ -193,8 +197,8 @@ class Proxy:
                     self.__connect()
                 if self._pyroMetaKnown:
                     return
-                known_metadata = self._pyroInvoke("get_metadata", [objectId or self.__object_id()], {},
-                                                  objectId=DAEMON_NAME)
+                known_metadata = self._pyroCall(lambda conn, annotations: conn.get_metadata(
+                    objectId or self.__object_id(), annotations))
         self.__apply_metadata(known_metadata)
 
     def _pyroValidateHandshake(self, response: Any) -> None:  # noqa: N802
@@ -207,10 +211,12 @@ class Proxy:
     def _pyroResponseAnnotations(self, annotations: dict[str, bytes], msgtype: int) -> None:  # noqa: N802
         """Override to see the annotations of every reply."""
 
-    def __apply_metadata(self, meta: dict) -> None:
-        object.__setattr__(self, "_pyroMethods", set(meta.get("methods") or ()))
-        object.__setattr__(self, "_pyroAttrs", set(meta.get("attrs") or ()))
-        object.__setattr__(self, "_pyroOneway", set(meta.get("oneway") or ()))
+    def __apply_metadata(self, meta: "_protocol.Metadata | dict") -> None:
+        if not isinstance(meta, _protocol.Metadata):
+            meta = _protocol.Metadata.from_wire(meta)
+        object.__setattr__(self, "_pyroMethods", set(meta.methods))
+        object.__setattr__(self, "_pyroAttrs", set(meta.attrs))
+        object.__setattr__(self, "_pyroOneway", set(meta.oneway))
         object.__setattr__(self, "_pyroMetaKnown", True)
         if not self._pyroMethods and not self._pyroAttrs:
             raise errors.PyroError(
@@ -219,9 +225,6 @@ class Proxy:
 
     def __object_id(self) -> str:
         return (self._pyroResolved or self._pyroUri).object
-
-    def __serializer(self):
-        return get_serializer(self._pyroSerializer or config.SERIALIZER)
 
     def __connect(self) -> bool:
         """Open the connection and do the handshake; False if it was open already."""
@@ -237,7 +240,9 @@ class Proxy:
                 "daemon cannot answer while this thread waits. Make the call from another thread, mark "
                 "the calling method @pyro_loops.in_worker, or call the object directly")
         sock = _connect_socket(uri, self._pyroTimeout)
-        object.__setattr__(self, "_pyroReader", _wire.FrameReader(config.MAX_MESSAGE_SIZE))
+        object.__setattr__(self, "_pyroProtocol", _protocol.ClientProtocol(
+            self._pyroSerializer or config.SERIALIZER, hmac_key=self._pyroHmacKeyBytes,
+            max_message_size=config.MAX_MESSAGE_SIZE, compression=config.COMPRESSION, seq=self._pyroSeq))
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         object.__setattr__(self, "_pyroPoller", poller)
@@ -250,32 +255,16 @@ class Proxy:
         return True
 
     def __handshake(self, uri: URI) -> None:
-        serializer = self.__serializer()
-        data: dict[str, Any] = {"handshake": self._pyroHandshake}
-        flags = 0
-        if config.METADATA:
-            data["object"] = uri.object
-            flags |= _wire.FLAGS_META_ON_CONNECT
-        payload = serializer.dumps(data)
-        if config.COMPRESSION:
-            payload, flags = _wire.compress_if_useful(payload, flags)
-        self.__send(_wire.Message(_wire.MSG_CONNECT, payload, serializer.serializer_id, flags,
-                                  self._pyroSeq, self.__annotations()))
-        reply = self.__receive()
-        self._pyroResponseAnnotations(reply.annotations, reply.type)
-        body = get_serializer(reply.serializer_id).loads(reply.payload())
-        if reply.type == _wire.MSG_CONNECTFAIL:
-            raise errors.CommunicationError(f"connection to {uri.location} rejected: {body}")
-        if reply.type != _wire.MSG_CONNECTOK:
-            raise errors.ProtocolError(f"connect: invalid msg type {reply.type} received")
-        if reply.flags & _wire.FLAGS_META_ON_CONNECT:
-            self._pyroValidateHandshake(body["handshake"])
-            if body.get("meta"):
-                self.__apply_metadata(body["meta"])
-                return
-        else:
-            self._pyroValidateHandshake(body)
-        if config.METADATA and not self._pyroMetaKnown:
+        conn = self._pyroProtocol
+        self.__send(conn.connect(uri.object, self._pyroHandshake, metadata=config.METADATA,
+                                 annotations=self.__annotations()))
+        event = self.__receive()
+        if isinstance(event, _protocol.ConnectFailed):
+            raise errors.CommunicationError(f"connection to {uri.location} rejected: {event.reason}")
+        self._pyroValidateHandshake(event.handshake)
+        if event.metadata is not None:
+            self.__apply_metadata(event.metadata)
+        elif config.METADATA and not self._pyroMetaKnown:
             self._pyroGetMetadata(uri.object)
 
     def __annotations(self) -> dict[str, bytes]:
@@ -285,9 +274,9 @@ class Proxy:
             annotations["CORR"] = corr.bytes
         return annotations
 
-    def __send(self, msg: _wire.Message) -> None:
+    def __send(self, data: bytes) -> None:
         try:
-            self._pyroConnection.sendall(_wire.encode(msg, self._pyroHmacKeyBytes))
+            self._pyroConnection.sendall(data)
         except socket.timeout:
             self._pyroRelease()
             raise errors.TimeoutError("send timed out") from None
@@ -295,31 +284,27 @@ class Proxy:
             self._pyroRelease()
             raise errors.ConnectionClosedError(f"send failed: {exc}") from None
 
-    def __receive(self) -> _wire.Message:
-        reader = self._pyroReader
+    def __receive(self) -> Any:
+        """The next event of the connection: the reply to the one call in flight.
+
+        A connection that broke (``Broken``) is released and its error raised.
+        """
+        conn = self._pyroProtocol
         sock = self._pyroConnection
         try:
-            msg = None
-            while msg is None:  # one request in flight: nothing is buffered before we read
-                chunk = sock.recv(_RECV_SIZE)
-                if not chunk:
-                    raise errors.ConnectionClosedError("receiving: connection lost")
-                reader.feed(chunk)
-                msg = reader.next_message()
-            _wire.check_hmac(msg, self._pyroHmacKeyBytes)
+            while (event := conn.next_event()) is None:
+                conn.receive_data(sock.recv(_RECV_SIZE))
         except socket.timeout:
             self._pyroRelease()
             raise errors.TimeoutError("receiving: timeout") from None
-        except errors.ProtocolError:
-            self._pyroRelease()
-            raise
-        except errors.PyroError:
-            self._pyroRelease()
-            raise
         except OSError as exc:
             self._pyroRelease()
             raise errors.ConnectionClosedError(f"receiving: {exc}") from None
-        return msg
+        if isinstance(event, _protocol.Broken):
+            self._pyroRelease()
+            raise event.error
+        self._pyroResponseAnnotations(event.message.annotations, event.message.type)
+        return event
 
     def __ensure_fresh_connection(self) -> None:
         """Reconnect silently if the daemon closed our idle connection (it restarted, say).
@@ -351,64 +336,57 @@ class Proxy:
     def _pyroInvoke(self, methodname: str, vargs: Any, kwargs: Any, flags: int = 0,  # noqa: N802
                     objectId: str | None = None) -> Any:
         """Send one call and return its result (None for oneway calls)."""
+        def request(conn: _protocol.ClientProtocol, annotations: dict[str, bytes]) -> _protocol.Request:
+            oneway = bool(flags & _wire.FLAGS_ONEWAY) or objectId is None and methodname in self._pyroOneway
+            if flags & _wire.FLAGS_BATCH:
+                return conn.batch(self.__object_id(), vargs, oneway=oneway, annotations=annotations)
+            return conn.invoke(objectId or self.__object_id(), methodname, vargs, kwargs, oneway=oneway,
+                               raw=self._pyroRawWireResponse, annotations=annotations)
+        return self._pyroCall(request)
+
+    def _pyroCall(self, request: _MakeRequest) -> Any:  # noqa: N802
+        """Send the request ``request(connection, annotations)`` makes; return what its reply means.
+
+        Retried up to ``_pyroMaxRetries`` times on a closed connection, as Pyro4 does.
+        """
         retries = self._pyroMaxRetries
         while True:
             try:
-                return self.__invoke(methodname, vargs, kwargs, flags, objectId)
+                return self.__call(request)
             except errors.ConnectionClosedError:
                 if retries <= 0:
                     raise
                 retries -= 1
                 self._pyroRelease()
 
-    def __invoke(self, methodname: str, vargs: Any, kwargs: Any, flags: int, objectId: str | None) -> Any:
+    def __call(self, request: _MakeRequest) -> Any:
         with self._pyroLock:
             self.__ensure_fresh_connection()
             if self._pyroConnection.gettimeout() != self._pyroTimeout:
                 self._pyroConnection.settimeout(self._pyroTimeout)
-            serializer = self.__serializer()
-            seq = (self._pyroSeq + 1) & 0xFFFF
-            object.__setattr__(self, "_pyroSeq", seq)
-            if methodname in self._pyroOneway and objectId is None:
-                flags |= _wire.FLAGS_ONEWAY
-            payload = serializer.dumps_call(objectId or self.__object_id(), methodname, vargs, kwargs)
-            if config.COMPRESSION:
-                payload, flags = _wire.compress_if_useful(payload, flags)
-            self.__send(_wire.Message(_wire.MSG_INVOKE, payload, serializer.serializer_id, flags, seq,
-                                      self.__annotations()))
-            if flags & _wire.FLAGS_ONEWAY:
+            conn = self._pyroProtocol
+            serializer = self._pyroSerializer or config.SERIALIZER
+            if serializer != conn.serializer.name:  # changed since the connection was made
+                conn.serializer = get_serializer(serializer)
+            conn.seq = self._pyroSeq
+            conn.hmac_key = self._pyroHmacKeyBytes
+            sent = request(conn, self.__annotations())
+            object.__setattr__(self, "_pyroSeq", sent.seq)
+            self.__send(sent.data)
+            if not sent.expects_reply:
                 return None
-            reply = self.__receive()
-            if reply.seq != seq:
-                self._pyroRelease()
-                raise errors.ProtocolError(f"invoke: reply sequence out of sync, got {reply.seq} expected {seq}")
-            if reply.type != _wire.MSG_RESULT:
-                self._pyroRelease()
-                raise errors.ProtocolError(f"invoke: invalid msg type {reply.type} received")
-            if reply.serializer_id != serializer.serializer_id:
-                self._pyroRelease()
-                raise errors.SerializeError(f"invalid serializer in response: {reply.serializer_id}")
-            self._pyroResponseAnnotations(reply.annotations, reply.type)
-            if self._pyroRawWireResponse:
-                return reply
-            try:
-                value = serializer.loads(reply.payload())
-            except errors.SecurityError:
-                raise
-            except errors.SerializeError:
-                self._pyroRelease()  # as Pyro4: the stream can no longer be trusted
-                raise
-            if reply.flags & _wire.FLAGS_ITEMSTREAMRESULT:
-                stream_id = reply.annotations.get("STRM")
-                if not stream_id:
-                    raise errors.ProtocolError("result of call is an iterator, but the server is not "
-                                               "configured to allow streaming")
-                return _StreamResult(self, stream_id.decode("ascii"))
-            if reply.flags & _wire.FLAGS_EXCEPTION:
-                if isinstance(value, BaseException):
-                    raise value
-                raise errors.ProtocolError(f"invalid exception payload: {value!r}")
-            return value
+            event = self.__receive()
+            if isinstance(event, _protocol.Result):
+                return event.value
+            if isinstance(event, _protocol.StreamStarted):
+                return _StreamResult(self, event.stream_id)
+            if isinstance(event, _protocol.StreamEnd):
+                raise StopIteration
+            if isinstance(event, _protocol.Failure):
+                if isinstance(event.exception, errors.SerializeError):
+                    self._pyroRelease()  # as Pyro4: the stream can no longer be trusted
+                raise event.exception
+            return None  # Pong
 
 
 class _StreamResult:
@@ -425,7 +403,7 @@ class _StreamResult:
         if self.proxy is None:
             raise StopIteration
         try:
-            return self.proxy._pyroInvoke("get_next_stream_item", [self.stream_id], {}, objectId=DAEMON_NAME)
+            return self.proxy._pyroCall(lambda conn, annotations: conn.next_stream_item(self.stream_id, annotations))
         except (StopIteration, GeneratorExit):
             self.proxy = None
             raise StopIteration from None
@@ -438,7 +416,7 @@ class _StreamResult:
         proxy, self.proxy = self.proxy, None
         if proxy is not None and proxy._pyroConnection is not None:
             try:
-                proxy._pyroInvoke("close_stream", [self.stream_id], {}, _wire.FLAGS_ONEWAY, objectId=DAEMON_NAME)
+                proxy._pyroCall(lambda conn, annotations: conn.close_stream(self.stream_id, annotations))
             except errors.PyroError:
                 pass
 
