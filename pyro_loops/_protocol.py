@@ -440,6 +440,7 @@ class ClientProtocol(_Peer):
         self._require(State.ESTABLISHED, "ping")
         seq = self._next_seq()
         out = self._message(_wire.MSG_PING, b"ping", 0, seq, annotations)
+        self.seq = seq
         self._pending[seq] = (_PING, self.serializer)
         return Request(seq, out, True)
 
@@ -492,11 +493,11 @@ class ClientProtocol(_Peer):
                 _wire.check_hmac(msg, self.hmac_key)
             except errors.SecurityError as exc:
                 return self._break(exc)
-            if self.state is State.HANDSHAKING:
-                return self._connect_reply(msg)
-            if self.state is State.IDLE:
+            if self.state is not State.ESTABLISHED:
+                if self.state is State.HANDSHAKING:
+                    return self._connect_reply(msg)
                 return self._break(errors.ProtocolError(f"invalid msg type {msg.type} received before CONNECT"))
-            if msg.seq in self._dropped and msg.type in (_wire.MSG_RESULT, _wire.MSG_PING):
+            if self._dropped and msg.seq in self._dropped and msg.type in (_wire.MSG_RESULT, _wire.MSG_PING):
                 self._dropped.discard(msg.seq)
                 continue
             return self._reply(msg)
@@ -513,7 +514,6 @@ class ClientProtocol(_Peer):
         for _ in range(0x10000):
             seq = (seq + 1) & 0xFFFF
             if seq not in self._pending and seq not in self._dropped:
-                self.seq = seq
                 return seq
         raise StateError("all 65536 sequence numbers are taken by pending calls on this connection")
 
@@ -521,24 +521,25 @@ class ClientProtocol(_Peer):
                  annotations: dict[str, bytes] | None) -> bytes:
         if self.compression:
             payload, flags = _wire.compress_if_useful(payload, flags)
+        # encode() neither keeps nor changes the annotations: no copy needed
         return _wire.encode(Message(msg_type, payload, self.serializer.serializer_id, flags, seq,
-                                    dict(annotations or ())), self.hmac_key)
+                                    {} if annotations is None else annotations), self.hmac_key)
 
     def _call(self, object_id: str, method: str, vargs: Any, kwargs: Any, flags: int, oneway: bool,
               kind: int, annotations: dict[str, bytes] | None) -> Request:
-        self._require(State.ESTABLISHED, f"call {method}")
-        payload = self.serializer.dumps_call(object_id, method, vargs, kwargs)
+        if self.state is not State.ESTABLISHED:
+            self._require(State.ESTABLISHED, f"call {method}")
+        serializer = self.serializer
+        payload = serializer.dumps_call(object_id, method, vargs, kwargs)
         if oneway:
             flags |= _wire.FLAGS_ONEWAY
-        previous = self.seq
-        seq = self._next_seq()
-        try:
-            out = self._message(_wire.MSG_INVOKE, payload, flags, seq, annotations)
-        except BaseException:
-            self.seq = previous
-            raise
+        seq = (self.seq + 1) & 0xFFFF
+        if seq in self._pending or seq in self._dropped:  # only with thousands of calls pending
+            seq = self._next_seq()
+        out = self._message(_wire.MSG_INVOKE, payload, flags, seq, annotations)
+        self.seq = seq  # only now: a call that could not be encoded used no sequence number
         if not oneway:
-            self._pending[seq] = (kind, self.serializer)
+            self._pending[seq] = (kind, serializer)
         return Request(seq, out, not oneway)
 
     def _forget(self) -> None:
@@ -609,7 +610,7 @@ class ClientProtocol(_Peer):
                     "result of call is an iterator, but the server is not configured to allow streaming"), msg)
             return StreamStarted(seq, stream_id.decode("ascii", "replace"), msg)
         try:
-            value = self._decode(msg, serializer)
+            value = serializer.loads(msg.payload(self.reader.max_message_size))
         except errors.PyroError as exc:
             return Failure(seq, exc, msg)
         except zlib.error as exc:  # flagged compressed, but it is not
