@@ -352,14 +352,14 @@ class Proxy:
         retries = self._pyroMaxRetries
         while True:
             try:
-                return self.__call(request)
+                return self.__exchange(request)
             except errors.ConnectionClosedError:
                 if retries <= 0:
                     raise
                 retries -= 1
                 self._pyroRelease()
 
-    def __call(self, request: _MakeRequest) -> Any:
+    def __exchange(self, request: _MakeRequest) -> Any:
         with self._pyroLock:
             self.__ensure_fresh_connection()
             if self._pyroConnection.gettimeout() != self._pyroTimeout:
@@ -386,7 +386,7 @@ class Proxy:
                 if isinstance(event.exception, errors.SerializeError):
                     self._pyroRelease()  # as Pyro4: the stream can no longer be trusted
                 raise event.exception
-            return None  # Pong
+            return None  # a Pong: its meaning is the answer itself
 
 
 class _StreamResult:
