@@ -427,7 +427,11 @@ class ClientProtocol(_Peer):
         return self._call(DAEMON_NAME, "get_metadata", [object_id], {}, 0, False, _METADATA, annotations)
 
     def next_stream_item(self, stream_id: str, annotations: dict[str, bytes] | None = None) -> Request:
-        """Ask for the next item of a stream: a Result, or StreamEnd when there is none."""
+        """Ask for the next item of a stream: a Result, or StreamEnd when there is none.
+
+        Items may be asked for ahead of need (pipelined); the daemon answers
+        requests after the end with a Failure (``PyroError("item stream terminated")``).
+        """
         return self._call(DAEMON_NAME, "get_next_stream_item", [stream_id], {}, 0, False, _STREAM_ITEM,
                           annotations)
 
