@@ -11,7 +11,7 @@ from typing import Any
 
 from . import _resolve, constants, errors, socketutil, util
 from ._expose import behavior, expose, in_worker, oneway
-from ._hosting import set_error_hook
+from .hosting import set_error_hook
 from ._uri import URI
 from .configuration import config
 from .context import current_context
