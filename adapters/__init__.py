@@ -2,5 +2,5 @@
 
 Each submodule offers ``attach(daemon, <host loop>) -> handle`` where the
 handle has ``detach()`` and works as a context manager. They are built on the
-watcher interface of ``pyro_loops._hosting``; the core never imports them.
+watcher interface of ``pyro_loops.hosting``; the core never imports them.
 """

@@ -10,7 +10,7 @@ import functools
 import socket
 from typing import Any, Callable, Self
 
-from pyro_loops._hosting import report_error
+from pyro_loops.hosting import report_error
 
 
 def guarded(where: str) -> Callable[[Callable[..., Any]], Callable[..., None]]:

@@ -30,7 +30,7 @@ import socket
 import time
 from typing import Any, Callable
 
-from pyro_loops._hosting import READ, WRITE
+from pyro_loops.hosting import READ, WRITE
 
 from ._common import WatcherHandle, attach_watcher, guarded
 

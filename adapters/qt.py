@@ -30,7 +30,7 @@ import time
 from types import ModuleType
 from typing import Any
 
-from pyro_loops._hosting import READ, WRITE
+from pyro_loops.hosting import READ, WRITE
 
 from ._common import WatcherHandle, attach_watcher, guarded
 

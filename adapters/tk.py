@@ -38,7 +38,7 @@ loop and the daemon holds back further requests of the waiting connection.
 Destroying ``root`` closes the daemon (``close_on_destroy=True``, the default)
 or just detaches it, so no handler outlives the window and clients get a
 closed connection at once instead of a timeout. Errors raised inside the
-adapter or the daemon go to ``pyro_loops._hosting.report_error``, never to Tk.
+adapter or the daemon go to ``pyro_loops.hosting.report_error``, never to Tk.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ import tkinter
 import weakref
 from typing import Any, Callable, Literal
 
-from pyro_loops._hosting import READ, WRITE, report_error
+from pyro_loops.hosting import READ, WRITE, report_error
 
 from ._common import attach_watcher
 

@@ -3,11 +3,12 @@ application daemon and a UDP service of its own -- all in one thread.
 
 Nothing here is a pyro_loops loop: ``MainLoop`` below is the program's own,
 the kind a game, a simulator or a device controller already has. To host a
-daemon, a loop only has to keep the small promise of ``pyro_loops._hosting``:
+daemon, a loop only has to keep the small promise of ``pyro_loops.hosting``:
 the daemon tells a *watcher* which sockets to watch (``add``, ``modify``,
 ``remove``) and when it next needs attention (``set_deadline``); the loop
 reports back with ``daemon.handle_event(sock, events)`` and
-``daemon.handle_deadline()``. ``Hosted`` is that watcher, in about 30 lines.
+``daemon.handle_deadline()``. ``LoopWatcher`` is that watcher (a
+``pyro_loops.hosting.Watcher``), in about 30 lines.
 The name server's daemon (and its broadcast responder, when there is one) is
 hosted the same way.
 
@@ -47,16 +48,16 @@ class MainLoop:
 
     def __init__(self) -> None:
         self.selector = selectors.DefaultSelector()
-        self.deadlines: dict[Hosted, float] = {}
+        self.deadlines: dict[LoopWatcher, float] = {}
         self.running = False
         self.iterations = 0   # times select() returned: the loop's wakeups
         self.events = 0       # socket readiness events handled
 
-    def host(self, target: Any) -> "Hosted":
+    def host(self, target: Any) -> "LoopWatcher":
         """Serve a daemon (or anything with the hosting interface) from this loop."""
-        hosted = Hosted(self, target)
-        target.attach_watcher(hosted)
-        return hosted
+        watcher = LoopWatcher(self, target)
+        target.attach_watcher(watcher)
+        return watcher
 
     def add_reader(self, sock: Any, callback: Callable[[Any], None]) -> None:
         self.selector.register(sock, READ, lambda ready, _events: callback(ready))
@@ -75,10 +76,10 @@ class MainLoop:
                 self.events += 1
                 self.guarded(key.data, key.fileobj, events)
             now = time.monotonic()
-            for hosted, when in list(self.deadlines.items()):
+            for watcher, when in list(self.deadlines.items()):
                 if when <= now:
-                    del self.deadlines[hosted]
-                    self.guarded(hosted.target.handle_deadline)
+                    del self.deadlines[watcher]
+                    self.guarded(watcher.target.handle_deadline)
 
     @staticmethod
     def guarded(callback: Callable, *args: Any) -> None:
@@ -89,8 +90,9 @@ class MainLoop:
             print(f"error in a loop callback: {type(exc).__name__}: {exc}", flush=True)
 
 
-class Hosted:
-    """The watcher ``MainLoop`` gives each hosted daemon (see pyro_loops._hosting)."""
+class LoopWatcher:
+    """The watcher ``MainLoop`` gives each hosted daemon: it keeps the rules of
+    ``pyro_loops.hosting.Watcher``, each method's in its docstring there."""
 
     def __init__(self, loop: MainLoop, target: Any) -> None:
         self.loop = loop

@@ -11,7 +11,7 @@ from typing import Any
 
 from . import _resolve, constants, errors, socketutil, util
 from ._expose import behavior, callback, expose, in_worker, oneway
-from ._hosting import set_error_hook
+from .hosting import set_error_hook
 from ._uri import URI
 from .call import Call
 from .client import Client, LoopProxy

@@ -15,7 +15,7 @@ import socket
 import time
 from typing import Any, Iterable
 
-from . import _hosting, socketutil
+from . import hosting, socketutil
 from ._uri import URI
 from .configuration import config
 from .errors import PyroError
@@ -41,7 +41,7 @@ class BroadcastServer:
 
     It owns one non-blocking UDP socket and offers the hosting interface of a
     daemon (``sockets``/``events`` for hand-written select loops, and the
-    watcher interface of ``_hosting`` for adapters), so whatever hosts the
+    watcher interface of ``pyro_loops.hosting`` for adapters), so whatever hosts the
     name server's daemon can host this too. It has no deadlines.
     """
 
@@ -72,7 +72,7 @@ class BroadcastServer:
         host, port = sock.getsockname()[:2]
         host = bchost or host
         self.locationStr = socketutil.location(host, port)
-        self._watcher: _hosting.Watcher | None = None
+        self._watcher: hosting.Watcher | None = None
         log.info("name server broadcast responder on %s", self.locationStr)
 
     # --- the hosting interface --------------------------------------------
@@ -84,14 +84,14 @@ class BroadcastServer:
     def events(self, ready: Iterable[Any]) -> None:
         """For hand-written select loops: handle whatever of ``ready`` is ours."""
         if self.sock is not None and any(s is self.sock for s in ready):
-            self.handle_event(self.sock, _hosting.READ)
+            self.handle_event(self.sock, hosting.READ)
 
-    def attach_watcher(self, watcher: _hosting.Watcher) -> None:
+    def attach_watcher(self, watcher: hosting.Watcher) -> None:
         if self._watcher is not None:
             raise PyroError("a watcher is already attached to this broadcast server")
         self._watcher = watcher
         if self.sock is not None:
-            watcher.add(self.sock, _hosting.READ)
+            watcher.add(self.sock, hosting.READ)
         watcher.set_deadline(None)
 
     def detach_watcher(self) -> None:
@@ -107,7 +107,7 @@ class BroadcastServer:
         try:
             self._drain()
         except Exception as exc:  # the host loop must never see our errors
-            _hosting.report_error(exc, "name server broadcast responder")
+            hosting.report_error(exc, "name server broadcast responder")
 
     def handle_deadline(self) -> None:
         """Nothing is ever due: the responder has no deadlines."""
@@ -117,7 +117,7 @@ class BroadcastServer:
 
     def processRequest(self) -> None:  # noqa: N802 - Pyro4's name
         """Pyro4's name for "the socket is readable"."""
-        self.handle_event(self.sock, _hosting.READ)
+        self.handle_event(self.sock, hosting.READ)
 
     def fileno(self) -> int:
         return self.sock.fileno() if self.sock is not None else -1

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from . import _wire, errors
 from ._connection import ClientConnection
 from ._expose import find_property, get_attribute, marked_in_worker
-from ._hosting import log, report_error
+from .hosting import log, report_error
 from ._protocol import ConnectRequest, InvokeRequest, PingRequest, Violation
 from ._serializers import ExceptionWrapper, Serializer, get_serializer
 from .configuration import config

@@ -6,7 +6,7 @@ import socket
 import time
 from typing import Any
 
-from ._hosting import READ
+from .hosting import READ
 from ._protocol import ServerProtocol
 
 

@@ -17,7 +17,7 @@ import socket
 import time
 from typing import Any, Callable
 
-from ._hosting import READ, WRITE, report_error
+from .hosting import READ, WRITE, report_error
 
 
 class Timer:

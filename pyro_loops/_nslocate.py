@@ -14,7 +14,7 @@ import socket
 from typing import Any
 
 from . import errors
-from ._hosting import READ
+from .hosting import READ
 from ._uri import URI
 from .call import Call
 from .configuration import config

@@ -19,7 +19,7 @@ import logging
 from typing import Any, Callable, Generator
 
 from . import errors
-from ._hosting import report_error
+from .hosting import report_error
 
 log = logging.getLogger("pyro_loops")
 

@@ -2,7 +2,7 @@
 
 A ``Client`` is hosted exactly like a ``Daemon``: every adapter's
 ``attach(client, host)`` watches its sockets and arms one timer for its
-nearest deadline (the same watcher interface, see ``pyro_loops._hosting``).
+nearest deadline (the same watcher interface, see ``pyro_loops.hosting``).
 ``client.proxy(uri)`` gives a *loop proxy*, whose calls return a
 ``pyro_loops.Call`` at once::
 
@@ -46,7 +46,7 @@ import time
 from typing import Any, Callable
 
 from . import _nslocate, _wire, errors
-from ._hosting import READ, WRITE, Watcher, report_error
+from .hosting import READ, WRITE, Watcher, report_error
 from ._protocol import (Broken, ClientProtocol, ConnectFailed, Connected, Failure, Metadata, Result, StreamEnd,
                         StreamStarted)
 from ._resolve import _ns_location
@@ -191,7 +191,7 @@ class Client:
         if self._resolver is not None:
             self._resolver.shutdown(wait=False, cancel_futures=True)
 
-    # --- the hosting interface (see pyro_loops._hosting) -------------------------------
+    # --- the hosting interface (see pyro_loops.hosting) -------------------------------
 
     @property
     def sockets(self) -> list[socket.socket]:

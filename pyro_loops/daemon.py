@@ -4,7 +4,7 @@ The daemon owns its sockets, per-connection buffers and the object registry.
 It never blocks: sockets are non-blocking, a half-received message waits in
 its connection's buffer, a large reply drains as the socket takes it. Which
 loop drives it is not its business: the host loop attaches a watcher (see
-``_hosting``) and reports readiness; ``requestLoop`` is just the built-in
+``pyro_loops.hosting``) and reports readiness; ``requestLoop`` is just the built-in
 select loop doing the same.
 """
 
@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 
 from . import errors, socketutil
 from ._expose import (class_name, expose, get_exposed_members, reset_metadata_cache)
-from ._hosting import READ, WRITE, Watcher, log, report_error
+from .hosting import READ, WRITE, Watcher, log, report_error
 from ._calls import CallHandling
 from ._connection import ClientConnection
 from ._deadlines import KeyedHeap
@@ -436,7 +436,7 @@ class Daemon(CallHandling):
     # --- the hosting interface ------------------------------------------------------------
 
     def attach_watcher(self, watcher: Watcher) -> None:
-        """Let a host loop watch this daemon; see ``pyro_loops._hosting``."""
+        """Let a host loop watch this daemon; see ``pyro_loops.hosting``."""
         if self._closed:
             raise errors.DaemonError("daemon is closed")
         if self._watcher is not None:

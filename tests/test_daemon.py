@@ -16,7 +16,7 @@ import time
 import pytest
 
 from pyro_loops import Daemon, Proxy, behavior, config, errors, expose, in_worker, oneway
-from pyro_loops import _hosting, _wire
+from pyro_loops import _wire, hosting
 from pyro_loops._serializers import get_serializer
 from pyro_loops.constants import DAEMON_NAME
 
@@ -440,7 +440,7 @@ def test_attached_watcher_is_told_about_sockets_and_removed_before_close():
     watcher = RecordingWatcher()
     d.attach_watcher(watcher)
     assert set(watcher.watched) == set(d.sockets) and len(d.sockets) == 2
-    assert all(events == _hosting.READ for events in watcher.watched.values())
+    assert all(events == hosting.READ for events in watcher.watched.values())
     assert d.next_deadline() is None  # idle: no timer needed
     with pytest.raises(errors.DaemonError, match="already attached"):
         d.attach_watcher(RecordingWatcher())
@@ -620,17 +620,17 @@ def test_idle_daemon_has_no_deadline_and_a_half_frame_sets_one():
     d.attach_watcher(watcher)
     try:
         client = socket.create_connection(("127.0.0.1", d.sock.getsockname()[1]), timeout=TIMEOUT)
-        d.handle_event(d.sock, _hosting.READ)
+        d.handle_event(d.sock, hosting.READ)
         assert d.next_deadline() is None
         conn_sock = next(s for s in watcher.watched if s not in (d.sock, d._wake_r))
         client.sendall(b"PYRO")
         select.select([conn_sock], [], [], TIMEOUT)
-        d.handle_event(conn_sock, _hosting.READ)
+        d.handle_event(conn_sock, hosting.READ)
         assert d.next_deadline() is not None
         assert d.next_deadline() > time.monotonic() + 20
         client.close()
         select.select([conn_sock], [], [], TIMEOUT)
-        d.handle_event(conn_sock, _hosting.READ)
+        d.handle_event(conn_sock, hosting.READ)
         assert d.next_deadline() is None
     finally:
         d.close()

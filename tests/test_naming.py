@@ -19,7 +19,7 @@ import pytest
 
 import pyro_loops
 from _util import TIMEOUT, peer_env, wait_until
-from pyro_loops import _hosting, errors
+from pyro_loops import hosting, errors
 from pyro_loops._eventloop import SelectLoop
 from pyro_loops._nsstorage import MemoryStorage, SqlStorage, open_storage
 from pyro_loops._uri import URI
@@ -482,7 +482,7 @@ def test_broadcast_responder_ignores_anything_but_the_exact_request():
                 client.sendto(junk, ("127.0.0.1", bc.getPort()))
             client.sendto(b"GET_NSURI", ("127.0.0.1", bc.getPort()))
             assert select.select([bc.sock], [], [], TIMEOUT)[0]
-            bc.handle_event(bc.sock, _hosting.READ)
+            bc.handle_event(bc.sock, hosting.READ)
             client.setblocking(False)
             assert client.recv(200) == b"PYRO:Pyro.NameServer@127.0.0.1:4321"
             with pytest.raises(BlockingIOError):
@@ -516,7 +516,7 @@ def test_broadcast_responder_offers_the_hosting_interface_of_a_daemon():
     sock = bc.sock
     watcher = RecordingWatcher()
     bc.attach_watcher(watcher)
-    assert watcher.calls == [("add", sock, _hosting.READ), ("set_deadline", None)]
+    assert watcher.calls == [("add", sock, hosting.READ), ("set_deadline", None)]
     with pytest.raises(errors.PyroError):
         bc.attach_watcher(RecordingWatcher())
     assert bc.sockets == [sock] and bc.next_deadline() is None
@@ -525,7 +525,7 @@ def test_broadcast_responder_offers_the_hosting_interface_of_a_daemon():
         client.settimeout(TIMEOUT)
         client.sendto(b"GET_NSURI", ("127.0.0.1", bc.getPort()))
         assert select.select([sock], [], [], TIMEOUT)[0] == [sock]
-        bc.handle_event(sock, _hosting.READ)
+        bc.handle_event(sock, hosting.READ)
         assert client.recv(200) == b"PYRO:Pyro.NameServer@127.0.0.1:1234"
     bc.handle_deadline()
     bc.close()

@@ -3,19 +3,21 @@
 Replies come from three sources: frames built here, the server role of the same
 module (both roles talking through byte strings), and bytes a stock Pyro4 4.82
 daemon sent to this client role (tests/captures, recorded on loopback). The last
-section checks the same conversation live against a Pyro4 daemon process.
+section checks the same conversation live against a Pyro4 daemon process, and
+the last one that the blocking ``Proxy`` acts on what the client role reports.
 """
 
 import marshal
 import pathlib
 import socket
+import threading
 import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from _util import Pyro4Server
-from pyro_loops import _wire, errors
+from pyro_loops import Proxy, _wire, errors
 from pyro_loops._protocol import (
     Broken, ClientProtocol, ConnectFailed, Connected, ConnectRequest, Failure, InvokeRequest, Metadata,
     PingRequest, Pong, Result, ServerProtocol, State, StateError, StreamEnd, StreamStarted)
@@ -560,3 +562,69 @@ def test_pipelined_calls_to_a_live_pyro4_daemon_are_answered_on_one_connection()
                     if len(answers) == len(expected):
                         break
     assert answers == expected and conn.pending == ()
+
+
+# --- the blocking Proxy keeps the client role's rules ------------------------------------------
+
+
+class MisbehavingPeer:
+    """A server on a real socket, driven by the server role, that answers ``echo(x)``
+    correctly except for the faults its argument names."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.uri = f"PYRO:svc@127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                self._converse(conn, ServerProtocol())
+
+    def _converse(self, conn: socket.socket, server: ServerProtocol) -> None:
+        while True:
+            event = server.next_event()
+            if event is None:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                server.receive_data(data)
+            elif isinstance(event, ConnectRequest):
+                meta = {"handshake": "hello", "meta": {"methods": ["echo"], "oneway": [], "attrs": []}}
+                conn.sendall(server.connect_ok_bytes(event.msg, SERPENT.dumps(meta), _wire.FLAGS_META_ON_CONNECT, {}))
+            else:
+                _obj, _method, (value,), _kwargs = SERPENT.loads_call(event.msg.data)
+                request = event.msg
+                if value == "wrong seq":
+                    request = _wire.Message(request.type, request.data, request.serializer_id, 0, request.seq + 1)
+                data = b"{not serpent" if value == "garbage" else SERPENT.dumps(value)
+                conn.sendall(server.result_bytes(request, data, 0, {}))
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def misbehaving():
+    peer = MisbehavingPeer()
+    yield peer
+    peer.close()
+
+
+@pytest.mark.parametrize("fault, error", [("wrong seq", errors.ProtocolError), ("garbage", errors.SerializeError)])
+def test_the_blocking_proxy_drops_a_connection_that_broke_the_rules_and_the_next_call_reconnects(
+        misbehaving, fault, error):
+    with Proxy(misbehaving.uri) as proxy:
+        proxy._pyroTimeout = 10
+        assert proxy.echo("fine") == "fine"
+        with pytest.raises(error):
+            proxy.echo(fault)
+        assert proxy._pyroConnection is None
+        assert proxy.echo("fine again") == "fine again" and misbehaving.connections == 2
