@@ -220,7 +220,7 @@ class FrameReader:
         """The empty rest of a large payload's buffer, for ``sock.recv_into``;
         report what arrived with ``received(n)``. None while no large payload
         is under way: then ``feed()`` what a plain ``recv`` returns."""
-        if self._body is None:
+        if self._body is None or self._filled == len(self._body):
             return None
         return memoryview(self._body)[self._filled:]
 

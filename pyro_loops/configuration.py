@@ -63,6 +63,17 @@ _DEFAULTS: dict[str, Any] = {
     "LOG_REPEAT_INTERVAL": 10.0,  # seconds of that interval
     "CLIENT_MAX_PENDING": 10000,  # calls pending per pyro_loops.Client; more fail at once
     "ITER_STREAM_PREFETCH": 8,    # items of a remote iterator a loop client requests ahead
+    # Payload bytes (decompressed) that one request may hand to a decoder that
+    # holds the interpreter lock until it is done, which stalls the host loop's
+    # thread even while a worker decodes: json's C scanner (some 35 ms per MB
+    # of numbers), serpent's full parser, marshal's container items (4 bytes
+    # each), msgpack, pickle. Larger payloads are decoded step by step where
+    # the serializer can (serpent's common subset, json) or refused with an
+    # error reply naming this item.
+    "MAX_BLOCKING_DECODE": 2 * 1024 * 1024,
+    # Decompressed bytes of a CONNECT payload, decoded in the loop's thread
+    # before the handshake; a larger one is refused with a CONNECTFAIL.
+    "MAX_HANDSHAKE_SIZE": 64 * 1024,
 }
 
 

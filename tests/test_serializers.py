@@ -426,7 +426,7 @@ def test_marshal_nesting_beyond_its_own_limit_is_a_serialize_error():
 def test_ten_megabyte_integer_is_a_serialize_error(name):
     digits = b"7" * 10_000_000
     data = SERPENT_HEAD + digits if name == "serpent" else digits
-    with pytest.raises(errors.SerializeError, match="integer string conversion"):
+    with pytest.raises(errors.SerializeError, match="integer string conversion|MAX_BLOCKING_DECODE"):
         get_serializer(name).loads(data)
 
 
