@@ -74,6 +74,9 @@ _DEFAULTS: dict[str, Any] = {
     # Decompressed bytes of a CONNECT payload, decoded in the loop's thread
     # before the handshake; a larger one is refused with a CONNECTFAIL.
     "MAX_HANDSHAKE_SIZE": 64 * 1024,
+    # Seconds a name server's list(regex=...)/remove(regex=...) may spend
+    # matching, over all names together; a slower pattern gets a NamingError.
+    "NS_REGEX_TIMEOUT": 0.05,
 }
 
 
