@@ -190,10 +190,13 @@ class FrameReader:
     fields before any payload is buffered, so an oversize announcement costs
     24 bytes of memory, not the announced size.
 
-    A payload of ``DIRECT_RECEIVE_SIZE`` or more, once a quarter of it is in,
-    gets a buffer of its declared size: ``receive_into()``
-    gives the socket that buffer's empty part, and the finished buffer becomes
-    the message's ``data`` as it is, with no piece ever copied twice.
+    A payload of ``DIRECT_RECEIVE_SIZE`` or more, once its header and
+    annotations are in, is received into a buffer of its own that becomes the
+    message's ``data`` as it is: ``receive_into()`` hands the socket that
+    buffer's empty part, so no piece is copied twice. The buffer doubles as
+    it fills (a large bytearray grows by remapping, not copying) up to the
+    declared size: a peer that announces gigabytes and sends nothing gets
+    no gigabytes.
     """
 
     __slots__ = ("_buf", "max_message_size", "_header", "_body", "_filled")
@@ -206,23 +209,35 @@ class FrameReader:
         self._filled = 0
 
     def feed(self, data: bytes) -> None:
-        body = self._body
-        if body is None:
+        if self._body is None:
             self._buf += data
             return
-        take = min(len(data), len(body) - self._filled)
-        body[self._filled:self._filled + take] = data[:take]
-        self._filled += take
-        if take < len(data):
-            self._buf += data[take:]
+        view = memoryview(data)
+        while view:
+            room = self.receive_into()
+            if room is None:
+                self._buf += view
+                return
+            take = min(len(view), len(room))
+            room[:take] = view[:take]
+            room.release()  # the buffer may have to grow next time round
+            self._filled += take
+            view = view[take:]
 
     def receive_into(self) -> memoryview | None:
-        """The empty rest of a large payload's buffer, for ``sock.recv_into``;
-        report what arrived with ``received(n)``. None while no large payload
-        is under way: then ``feed()`` what a plain ``recv`` returns."""
-        if self._body is None or self._filled == len(self._body):
+        """The empty part of a large payload's buffer, for ``sock.recv_into``;
+        report what arrived with ``received(n)`` and release the view (the
+        buffer cannot grow while it is held). None while no large payload is
+        under way (or it is complete): then ``feed()`` what ``recv`` returns."""
+        body = self._body
+        if body is None:
             return None
-        return memoryview(self._body)[self._filled:]
+        if self._filled == len(body):
+            target = self._header[3]
+            if len(body) == target:
+                return None
+            body.extend(bytes(min(len(body), target - len(body))))
+        return memoryview(body)[self._filled:]
 
     def received(self, count: int) -> None:
         """``count`` bytes were written into the view ``receive_into()`` gave."""
@@ -258,9 +273,7 @@ class FrameReader:
         else:
             total = HEADER_SIZE + ann_len + data_len
             if len(buf) < total:
-                # the full buffer only once a quarter has arrived: a peer that
-                # announces gigabytes and sends nothing gets no gigabytes
-                if data_len >= DIRECT_RECEIVE_SIZE and 4 * (len(buf) - HEADER_SIZE - ann_len) >= data_len:
+                if data_len >= DIRECT_RECEIVE_SIZE and len(buf) >= HEADER_SIZE + ann_len:
                     self._start_body(data_len, ann_len)
                 return None
             data = bytes(buf[HEADER_SIZE + ann_len:total])
@@ -271,10 +284,10 @@ class FrameReader:
         return Message(msg_type, data, ser_id, flags, seq, annotations)
 
     def _start_body(self, data_len: int, ann_len: int) -> None:
-        """Move the payload received so far into a buffer of its full size."""
+        """Move the payload received so far into a buffer of its own."""
         start = HEADER_SIZE + ann_len
-        body = self._body = bytearray(data_len)
         have = len(self._buf) - start
+        body = self._body = bytearray(min(data_len, max(2 * have, DIRECT_RECEIVE_SIZE)))
         body[:have] = memoryview(self._buf)[start:]
         self._filled = have
         del self._buf[start:]

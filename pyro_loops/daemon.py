@@ -627,7 +627,8 @@ class Daemon(CallHandling):
         view = reader.receive_into()  # a large payload under way: straight into its buffer
         try:
             if view is not None:
-                count = conn.sock.recv_into(view)
+                with view:
+                    count = conn.sock.recv_into(view)
             else:
                 data = conn.sock.recv(_RECV_SIZE)
                 count = len(data)
