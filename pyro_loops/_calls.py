@@ -119,6 +119,8 @@ class CallHandling:
             payload = msg.small_payload(_LARGE)
         except zlib.error:
             payload = None  # the worker's decoding reports it
+        if payload is None and not msg.flags & _wire.FLAGS_COMPRESSED and serializer.decodes_quickly(msg.data):
+            payload = msg.data  # e.g. one big bytes argument: a worker would only add its round trip
         if payload is None and self._watcher is not None:
             # Decompressing and decoding a large payload takes time in
             # proportion to its size: a worker does it, the loop only runs the

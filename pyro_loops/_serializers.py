@@ -265,6 +265,12 @@ class Serializer:
         unless the serializer has a way that lets the interpreter lock go."""
         raise _too_large_to_decode(self.name, len(data), "its decoder holds the interpreter lock throughout")
 
+    def decodes_quickly(self, data: bytes | bytearray) -> bool:
+        """True if ``data``, however large, decodes at memory speed (a few
+        objects, strings or bytes copied whole), so the loop's thread may
+        decode it itself rather than pay for a worker's round trip."""
+        return False
+
     def dumps_call(self, obj: str, method: str, vargs: Any, kwargs: Any) -> bytes:
         return self.dumps((obj, method, vargs, kwargs))
 
@@ -400,6 +406,9 @@ def _too_large_to_decode(name: str, size: int, why: str) -> errors.SerializeErro
 
 _MARSHAL_NATIVE = (type(None), bool, int, float, complex, str, bytes)
 _MARSHAL_MAX_DEPTH = 200
+# a payload of at most this many objects and bytes decodes in a few ms (copies at memory speed)
+_MARSHAL_QUICK_OBJECTS = 64
+_MARSHAL_QUICK_SIZE = 32 * 1024 * 1024
 _MARSHAL_ITEM_WEIGHT = 4  # bytes a container item counts as against MAX_BLOCKING_DECODE (an int takes 5)  # marshal itself refuses deeper values; say so before recursing that far
 
 
@@ -428,7 +437,7 @@ _MARSHAL_REGEX_SIZE = 64 * 1024  # larger payloads are walked without the regex'
 _MARSHAL_BIG_COUNT = re.compile(rb"[(\[\xa8\xdb](?=.[^\x00]|..[^\x00]|...[^\x00])", re.DOTALL)
 
 
-def _walk_marshal(data: bytes | bytearray) -> tuple[int, bool]:
+def _walk_marshal(data: bytes | bytearray, max_steps: int = 0) -> tuple[int, bool]:
     """Refuse marshal data that announces more items than it holds.
 
     ``marshal.loads`` allocates a tuple or list of the announced size before
@@ -443,12 +452,14 @@ def _walk_marshal(data: bytes | bytearray) -> tuple[int, bool]:
     the number of objects, where the regex would read every byte.
 
     Returns the number of container items announced and whether the data
-    holds a dict (only dicts can be class or bytes dicts); for a small
-    payload that needed no walk, ``(-1, True)``: not known.
+    holds a non-empty dict (only dicts can be class or bytes dicts); for a small
+    payload that needed no walk, or one that takes more than ``max_steps``
+    objects (if given), ``(-1, True)``: not known.
     """
     if len(data) <= _MARSHAL_REGEX_SIZE and not _MARSHAL_BIG_COUNT.search(data):
         return -1, True
     has_dict = False
+    steps = max_steps or -1
     end = len(data)
     pos = announced = 0
     todo = [1]  # objects still to read per open container; -1 for a dict (ended by "0")
@@ -456,6 +467,9 @@ def _walk_marshal(data: bytes | bytearray) -> tuple[int, bool]:
         if todo[-1] == 0:
             todo.pop()
             continue
+        steps -= 1
+        if not steps:
+            return -1, True
         if pos >= end:
             raise errors.SerializeError("marshal data too short")
         code = data[pos] & 0x7F
@@ -489,7 +503,7 @@ def _walk_marshal(data: bytes | bytearray) -> tuple[int, bool]:
             announced += count
             todo.append(count)
         elif code == 0x7B:  # "{"
-            has_dict = True
+            has_dict = has_dict or pos < end and data[pos] & 0x7F != 0x30  # an empty one holds no class
             todo.append(-1)
         else:
             raise errors.SerializeError(f"marshal type {chr(code)!r} is not accepted")
@@ -514,6 +528,9 @@ class MarshalSerializer(Serializer):
     def _decode(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
         _, has_dict = _walk_marshal(data)
         return marshal.loads(data), None if has_dict else False
+
+    def decodes_quickly(self, data: bytes | bytearray) -> bool:
+        return len(data) <= _MARSHAL_QUICK_SIZE and _walk_marshal(data, _MARSHAL_QUICK_OBJECTS)[0] >= 0
 
     def _decode_large(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
         # marshal.loads holds the lock, but copies a string or bytes object
