@@ -391,8 +391,8 @@ class CallHandling:
         except BaseException as exc:  # any other error, even a BaseException subclass
             return self._exception_reply(conn, msg, serializer, errors.SerializeError(
                 f"result of {type(result).__name__} could not be serialized with {serializer.name}: {exc}"))
-        if config.COMPRESSION and (len(data) < _LARGE or threading.get_ident() != self._loop_thread):
-            # zlib takes some 50 ms per MB: a large reply made in the loop's
+        if config.COMPRESSION and (len(data) <= _COMPRESS_IN_LOOP or threading.get_ident() != self._loop_thread):
+            # zlib takes some 50 ms per MB: a larger reply made in the loop's
             # thread goes out uncompressed (peers take either), a worker's compressed
             data, flags = _wire.compress_if_useful(data, flags)
         if config.MAX_MESSAGE_SIZE and len(data) > config.MAX_MESSAGE_SIZE:
@@ -457,6 +457,7 @@ class CallHandling:
 
 _MISSING = object()
 _LARGE = 64 * 1024  # payload bytes from which a request is decoded in a worker
+_COMPRESS_IN_LOOP = 1024 * 1024  # reply bytes the loop's thread compresses at most (~50 ms)
 
 
 def _decode_call(msg: _wire.Message, serializer: Serializer, payload: bytes | bytearray | None = None) -> tuple:

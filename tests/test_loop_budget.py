@@ -316,14 +316,14 @@ def test_a_large_reply_made_in_the_loop_thread_goes_out_uncompressed_and_intact(
     try:
         client = RawClient(port_of(loop_daemon), SERPENT)
         try:
-            client.send(_wire.MSG_INVOKE, SERPENT.dumps_call("svc", "echo", ("y" * 1_000_000,), {}), 1)
+            client.send(_wire.MSG_INVOKE, SERPENT.dumps_call("svc", "echo", ("y" * 2_000_000,), {}), 1)
             reply = client.read()
         finally:
             client.close()
     finally:
         config.reset()
     assert not reply.flags & _wire.FLAGS_COMPRESSED
-    assert SERPENT.loads(reply.payload()) == "y" * 1_000_000
+    assert SERPENT.loads(reply.payload()) == "y" * 2_000_000
 
 
 def test_pyro4_hugetransfer_of_five_megabytes_works_under_a_plain_request_loop(loop_daemon):
