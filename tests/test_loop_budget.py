@@ -142,18 +142,27 @@ def client_thread(port: int, make) -> tuple[threading.Thread, list]:
     return thread, result
 
 
+def start_ticking(log: list[str], call_later: Callable[[float, Callable[[], Any]], Any]) -> None:
+    """Log "tick" every 10 ms through the host loop's own timer call."""
+    def tick():
+        log.append("tick")
+        call_later(0.01, tick)
+
+    call_later(0.01, tick)
+
+
+def finished(thread: threading.Thread) -> Callable[[], bool]:
+    """True once ``thread`` has ended (or the test's patience has)."""
+    deadline = time.monotonic() + TIMEOUT
+    return lambda: not thread.is_alive() or time.monotonic() > deadline
+
+
 def run_selectloop(daemon, log: list[str], make) -> Any:
     with SelectLoop() as loop:
         loop.attach(daemon)
-
-        def tick():
-            log.append("tick")
-            loop.call_later(0.01, tick)
-
-        loop.call_later(0.01, tick)
+        start_ticking(log, loop.call_later)
         thread, result = client_thread(daemon.sock.getsockname()[1], make)
-        deadline = time.monotonic() + TIMEOUT
-        loop.run(until=lambda: not thread.is_alive() or time.monotonic() > deadline, max_wait=0.05)
+        loop.run(until=finished(thread), max_wait=0.05)
     return result
 
 
@@ -163,15 +172,10 @@ def run_asyncio(daemon, log: list[str], make) -> Any:
     async def main():
         loop = asyncio.get_running_loop()
         handle = asyncio_adapter.attach(daemon)
-
-        def tick():
-            log.append("tick")
-            loop.call_later(0.01, tick)
-
-        loop.call_later(0.01, tick)
+        start_ticking(log, loop.call_later)
         thread, result = client_thread(daemon.sock.getsockname()[1], make)
-        deadline = time.monotonic() + TIMEOUT
-        while thread.is_alive() and time.monotonic() < deadline:
+        done = finished(thread)
+        while not done():
             await asyncio.sleep(0.02)
         handle.detach()
         return result
@@ -205,16 +209,12 @@ def run_tk(daemon, log: list[str], make) -> Any:
     root.withdraw()
     try:
         with tk_adapter.attach(daemon, root):
-            def tick():
-                log.append("tick")
-                root.after(10, tick)
-
-            root.after(10, tick)
+            start_ticking(log, lambda delay, callback: root.after(int(delay * 1000), callback))
             thread, result = client_thread(daemon.sock.getsockname()[1], make)
-            deadline = time.monotonic() + TIMEOUT
+            done = finished(thread)
 
             def check():
-                if not thread.is_alive() or time.monotonic() > deadline:
+                if done():
                     root.quit()
                 else:
                     root.after(5, check)
