@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import socket
 import threading
@@ -223,6 +224,10 @@ def run_tk(daemon, log: list[str], make) -> Any:
             root.mainloop()
     finally:
         root.destroy()
+        # a Tcl interpreter must be freed in its own thread, not in whichever
+        # thread the garbage collector next runs in (Tcl_AsyncDelete aborts)
+        del root
+        gc.collect()
     return result
 
 
