@@ -320,6 +320,14 @@ def _only_literals(text: str) -> bool:
     return _SERPENT_LITERALS.match(stripped).end() == len(stripped)
 
 
+# serpent's own parser (ast.literal_eval) takes 0.8 s per MB of ints, 3.5 s of complex
+# numbers, a hundred times json's C scanner: each byte counts 64 against the budget
+_SERPENT_PARSER_WEIGHT = 64
+_OUTSIDE_FAST_SUBSET = ("it needs serpent's full parser, which holds the interpreter lock throughout "
+                        f"(each byte counted {_SERPENT_PARSER_WEIGHT} times): complex numbers, huge ints, "
+                        "deep nesting")
+
+
 class SerpentSerializer(Serializer):
     serializer_id = 1
     name = "serpent"
@@ -339,6 +347,8 @@ class SerpentSerializer(Serializer):
     def _loads(self, data: bytes | bytearray) -> Any:
         value = _fastserpent.loads(data)
         if value is _fastserpent.FAIL:
+            if len(data) * _SERPENT_PARSER_WEIGHT > config.MAX_BLOCKING_DECODE:
+                raise _too_large_to_decode(self.name, len(data), _OUTSIDE_FAST_SUBSET)
             if _NEEDS_LITERAL_CHECK and not _only_literals(data.decode("utf-8")):
                 raise errors.SerializeError("serpent payload holds more than literals")
             value = serpent.loads(bytes(data))
@@ -349,8 +359,7 @@ class SerpentSerializer(Serializer):
         # (ast.literal_eval, some 0.8 s per MB of numbers) is one long hold
         value = _fastserpent.loads(data)
         if value is _fastserpent.FAIL:
-            raise _too_large_to_decode(self.name, len(data), "it is outside the subset read step by step "
-                                       "(complex numbers, huge ints, deep nesting)")
+            raise _too_large_to_decode(self.name, len(data), _OUTSIDE_FAST_SUBSET)
         return value, None
 
 

@@ -66,8 +66,8 @@ _DEFAULTS: dict[str, Any] = {
     # Payload bytes (decompressed) that one request may hand to a decoder that
     # holds the interpreter lock until it is done, which stalls the host loop's
     # thread even while a worker decodes: json's C scanner (some 35 ms per MB
-    # of numbers), serpent's full parser, marshal's container items (4 bytes
-    # each), msgpack, pickle. Larger payloads are decoded step by step where
+    # of numbers), serpent's full parser (each byte counted 64 times),
+    # marshal's container items (4 bytes each), msgpack, pickle. Larger payloads are decoded step by step where
     # the serializer can (serpent's common subset, json) or refused with an
     # error reply naming this item.
     "MAX_BLOCKING_DECODE": 2 * 1024 * 1024,
