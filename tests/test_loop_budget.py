@@ -294,6 +294,23 @@ def test_a_large_serpent_request_outside_the_fast_subset_is_refused_naming_max_b
         client.close()
 
 
+@pytest.mark.parametrize("text", [
+    json.dumps({"a": [{"x": "y" * 10, "n": [1.5, None, True, False, -3e5, 1e400]}] * 50_000, "k": "\u1234\n"}),
+    json.dumps([[[]], {}, {"a": {}}, "z" * 3_000_000]),
+    " [1, 2 ] ",
+])
+def test_json_over_max_blocking_decode_decodes_as_json_loads_does(text, monkeypatch):
+    monkeypatch.setattr(config, "MAX_BLOCKING_DECODE", 1)
+    assert JSON.loads(text.encode()) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ["[1,", "[1 2]", '{"a" 1}', "[1] x", "[1,]", '{"a":1,}', "[" * 100_000])
+def test_broken_json_over_max_blocking_decode_is_a_serialize_error(text, monkeypatch):
+    monkeypatch.setattr(config, "MAX_BLOCKING_DECODE", 1)
+    with pytest.raises(errors.SerializeError):
+        JSON.loads(text.encode())
+
+
 def test_a_large_request_within_max_blocking_decode_is_answered_when_the_item_is_raised(loop_daemon):
     config.MAX_BLOCKING_DECODE = 16 * 1024 * 1024
     try:
