@@ -16,6 +16,7 @@ import random
 import threading
 import time
 import traceback
+import zlib
 from typing import Any, Callable
 
 from . import _wire, errors
@@ -70,7 +71,14 @@ class CallHandling:
             corr = msg.annotations.get("CORR")
             if corr is not None and len(corr) != 16:
                 raise ValueError("bytes is not a 16-char string")
-            data = serializer.loads(msg.payload(config.MAX_MESSAGE_SIZE))
+            # decoded right here, before anyone is known: a bound on the
+            # decompressed size keeps a compressed bomb from holding the loop
+            payload = msg.small_payload(config.MAX_HANDSHAKE_SIZE)
+            if payload is None:
+                raise errors.MessageTooLargeError(
+                    f"handshake payload exceeds MAX_HANDSHAKE_SIZE ({config.MAX_HANDSHAKE_SIZE} bytes) "
+                    "when decompressed")
+            data = serializer.loads(payload)
             response = self.validateHandshake(conn, data["handshake"])
             flags = 0
             if msg.flags & _wire.FLAGS_META_ON_CONNECT:
@@ -105,14 +113,24 @@ class CallHandling:
         except errors.SerializeError:
             self._close_conn(conn, f"protocol error: unknown serializer id {msg.serializer_id}")
             return
-        if len(msg.data) >= _LARGE and self._watcher is not None:
-            # Decoding a large payload takes the loop's time in proportion to
-            # its size: a worker does it, the loop only runs the call.
+        try:
+            # judged by the decompressed size, found out at the cost of _LARGE
+            # bytes of inflating at most: a 4 KB bomb is a large request
+            payload = msg.small_payload(_LARGE)
+        except zlib.error:
+            payload = None  # the worker's decoding reports it
+        if payload is None and not msg.flags & _wire.FLAGS_COMPRESSED and serializer.decodes_quickly(msg.data):
+            payload = msg.data  # e.g. one big bytes argument: a worker would only add its round trip
+        if payload is None and self._watcher is not None:
+            # Decompressing and decoding a large payload takes time in
+            # proportion to its size: a worker does it, the loop only runs the
+            # call. The serializers keep the worker from holding the
+            # interpreter lock for long (MAX_BLOCKING_DECODE).
             conn.busy = True
             self._pool().submit(lambda: self._decode_in_worker(conn, msg, serializer))
             return
         try:
-            request = _decode_call(msg, serializer)
+            request = _decode_call(msg, serializer, payload)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # any other error, even a BaseException subclass
@@ -373,7 +391,9 @@ class CallHandling:
         except BaseException as exc:  # any other error, even a BaseException subclass
             return self._exception_reply(conn, msg, serializer, errors.SerializeError(
                 f"result of {type(result).__name__} could not be serialized with {serializer.name}: {exc}"))
-        if config.COMPRESSION:
+        if config.COMPRESSION and (len(data) <= _COMPRESS_IN_LOOP or threading.get_ident() != self._loop_thread):
+            # zlib takes some 50 ms per MB: a larger reply made in the loop's
+            # thread goes out uncompressed (peers take either), a worker's compressed
             data, flags = _wire.compress_if_useful(data, flags)
         if config.MAX_MESSAGE_SIZE and len(data) > config.MAX_MESSAGE_SIZE:
             return self._exception_reply(conn, msg, serializer, errors.MessageTooLargeError(
@@ -420,16 +440,22 @@ class CallHandling:
 
 _MISSING = object()
 _LARGE = 64 * 1024  # payload bytes from which a request is decoded in a worker
+_COMPRESS_IN_LOOP = 1024 * 1024  # reply bytes the loop's thread compresses at most (~50 ms)
 
 
-def _decode_call(msg: _wire.Message, serializer: Serializer) -> tuple:
-    """(object id, method, vargs, kwargs) of an INVOKE; pure, so any thread may do it."""
+def _decode_call(msg: _wire.Message, serializer: Serializer, payload: bytes | bytearray | None = None) -> tuple:
+    """(object id, method, vargs, kwargs) of an INVOKE; pure, so any thread may do it.
+
+    ``payload`` is the decompressed payload if the caller has it already.
+    """
     if serializer.name not in config.SERIALIZERS_ACCEPTED:
         raise errors.SerializeError(f"message used serializer that is not accepted: {msg.serializer_id}")
     corr = msg.annotations.get("CORR")
     if corr is not None and len(corr) != 16:
         raise ValueError("bytes is not a 16-char string")
-    return serializer.loads_call(msg.payload(config.MAX_MESSAGE_SIZE))
+    if payload is None:
+        payload = msg.payload(config.MAX_MESSAGE_SIZE)
+    return serializer.loads_call(payload)
 
 
 def _attach_traceback(exc: BaseException) -> Any:

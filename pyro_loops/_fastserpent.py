@@ -22,6 +22,7 @@ from typing import Any
 HEADER = b"# serpent utf-8 python3.2\n"
 _MAX_DEPTH = 64
 _MAX_TEXT = 64 * 1024 * 1024
+_STEPWISE_TEXT = 64 * 1024  # from this size on, tokens are found one at a time
 
 _SCALARS = frozenset((str, int, bool, type(None)))
 _KEYS = frozenset((str, int))
@@ -80,7 +81,13 @@ def loads(data: bytes) -> Any:
     start = text.find("\n")
     if start < 0 or "\x00" in text:
         return FAIL
-    tokens = iter(_TOKENS.findall(text, start + 1))
+    if len(text) > _STEPWISE_TEXT:
+        # One findall() over megabytes holds the interpreter lock until it is
+        # done, even in a worker thread; token by token, the loop's thread gets
+        # its turn every few milliseconds.
+        tokens: Any = (match.group(1) for match in _TOKENS.finditer(text, start + 1))
+    else:
+        tokens = iter(_TOKENS.findall(text, start + 1))
     try:
         value = _value(next(tokens), tokens, 0)
     except (_GiveUp, StopIteration, ValueError, TypeError, SyntaxError):

@@ -12,9 +12,11 @@ their own.
 
 from __future__ import annotations
 
-import re
 import threading
+import time
 from typing import Any, Iterable
+
+import regex as regex_engine
 
 from ._broadcast import BroadcastServer, broadcast_refusal
 from ._expose import expose
@@ -156,11 +158,7 @@ class NameServer:
         if regex:
             if not isinstance(regex, str):
                 raise TypeError("regex must be a str")
-            try:
-                pattern = re.compile(regex)
-            except re.error as exc:
-                raise NamingError(f"invalid regex: {exc}") from None
-            return lambda name, entry: pattern.match(name) is not None
+            return _regex_filter(regex)
         if metadata_all is not None or metadata_any is not None:
             tags_all = _check_tags(metadata_all, "metadata_all")
             tags_any = _check_tags(metadata_any, "metadata_any")
@@ -173,6 +171,28 @@ class NameServer:
     def _close(self) -> None:
         with self._lock:
             self._storage.close()
+
+
+def _regex_filter(text: str) -> Any:
+    """A predicate matching names against ``text``, all matches together
+    bounded by NS_REGEX_TIMEOUT: a pattern that backtracks catastrophically
+    gets a NamingError instead of the name server's loop for seconds. The
+    ``regex`` package because it takes a timeout and Pyro4's syntax
+    (backreferences included), which a linear-time engine would not."""
+    try:
+        pattern = regex_engine.compile(text)
+    except regex_engine.error as exc:
+        raise NamingError(f"invalid regex: {exc}") from None
+    limit = config.NS_REGEX_TIMEOUT
+    deadline = time.monotonic() + limit
+
+    def wanted(name: str, entry: Any) -> bool:
+        try:
+            return pattern.match(name, timeout=max(deadline - time.monotonic(), 0.0)) is not None
+        except TimeoutError:
+            raise NamingError(f"regex {text!r} took longer than NS_REGEX_TIMEOUT ({limit} s) to match "
+                              "the registered names; use a simpler pattern or a prefix") from None
+    return wanted
 
 
 class NameServerDaemon(Daemon):

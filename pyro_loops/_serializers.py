@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import builtins
 import json
+import json.decoder
+import json.scanner
 import marshal
 import pickle
 import re
@@ -219,7 +221,7 @@ class Serializer:
     def _loads(self, data: bytes) -> Any:
         raise NotImplementedError
 
-    def loads(self, data: bytes) -> Any:
+    def loads(self, data: bytes | bytearray) -> Any:
         """The value in ``data``. Whatever is wrong with a payload comes out as
         SerializeError (SecurityError for refused class names), never as the
         decoder's own exception: the daemon turns it into an error reply.
@@ -231,13 +233,21 @@ class Serializer:
         are translated here, including the ones raised while rebuilding
         ``__class__`` dicts (a URI dict without "state" is a KeyError there, a
         proxy dict with a bad URI string a PyroError).
+
+        A payload larger than MAX_BLOCKING_DECODE is never handed whole to a
+        decoder that holds the interpreter lock until it is done (which would
+        stall the host loop's thread even while a worker decodes): each
+        serializer decodes it step by step or refuses it (``_decode_large``).
         """
         try:
-            value = self._loads(data)
-            for marker in self._markers:  # most payloads hold neither: skip the walk
-                if marker in data:
-                    value = _rebuild(value)
-                    break
+            if len(data) > config.MAX_BLOCKING_DECODE:
+                value, rebuild = self._decode_large(data)
+            else:
+                value, rebuild = self._decode(data)
+            if rebuild is None:  # most payloads hold neither marker: skip the walk
+                rebuild = any(marker in data for marker in self._markers)
+            if rebuild:
+                value = _rebuild(value)
         except (errors.SerializeError, errors.SecurityError):
             raise
         except (RecursionError, MemoryError):
@@ -245,6 +255,22 @@ class Serializer:
         except Exception as exc:
             raise errors.SerializeError(f"invalid {self.name} payload: {type(exc).__name__}: {exc}") from exc
         return value
+
+    def _decode(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
+        """The decoded value, and whether it may hold class or bytes dicts
+        (None: not known, the payload is searched for the markers)."""
+        return self._loads(data), None
+
+    def _decode_large(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
+        """``_decode`` for a payload larger than MAX_BLOCKING_DECODE: refused
+        unless the serializer has a way that lets the interpreter lock go."""
+        raise _too_large_to_decode(self.name, len(data), "its decoder holds the interpreter lock throughout")
+
+    def decodes_quickly(self, data: bytes | bytearray) -> bool:
+        """True if ``data``, however large, decodes at memory speed (a few
+        objects, strings or bytes copied whole), so the loop's thread may
+        decode it itself rather than pay for a worker's round trip."""
+        return False
 
     def dumps_call(self, obj: str, method: str, vargs: Any, kwargs: Any) -> bytes:
         return self.dumps((obj, method, vargs, kwargs))
@@ -295,6 +321,14 @@ def _only_literals(text: str) -> bool:
     return _SERPENT_LITERALS.match(stripped).end() == len(stripped)
 
 
+# serpent's own parser (ast.literal_eval) takes 0.8 s per MB of ints, 3.5 s of complex
+# numbers, a hundred times json's C scanner: each byte counts 64 against the budget
+_SERPENT_PARSER_WEIGHT = 64
+_OUTSIDE_FAST_SUBSET = ("it needs serpent's full parser, which holds the interpreter lock throughout "
+                        f"(each byte counted {_SERPENT_PARSER_WEIGHT} times): complex numbers, huge ints, "
+                        "deep nesting")
+
+
 class SerpentSerializer(Serializer):
     serializer_id = 1
     name = "serpent"
@@ -311,13 +345,23 @@ class SerpentSerializer(Serializer):
         except (TypeError, ValueError, RecursionError) as exc:
             raise errors.SerializeError(str(exc)) from exc
 
-    def _loads(self, data: bytes) -> Any:
+    def _loads(self, data: bytes | bytearray) -> Any:
         value = _fastserpent.loads(data)
         if value is _fastserpent.FAIL:
+            if len(data) * _SERPENT_PARSER_WEIGHT > config.MAX_BLOCKING_DECODE:
+                raise _too_large_to_decode(self.name, len(data), _OUTSIDE_FAST_SUBSET)
             if _NEEDS_LITERAL_CHECK and not _only_literals(data.decode("utf-8")):
                 raise errors.SerializeError("serpent payload holds more than literals")
-            value = serpent.loads(data)
+            value = serpent.loads(bytes(data))
         return value
+
+    def _decode_large(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
+        # the fast subset is read token by token; serpent's own parser
+        # (ast.literal_eval, some 0.8 s per MB of numbers) is one long hold
+        value = _fastserpent.loads(data)
+        if value is _fastserpent.FAIL:
+            raise _too_large_to_decode(self.name, len(data), _OUTSIDE_FAST_SUBSET)
+        return value, None
 
 
 class JsonSerializer(Serializer):
@@ -334,8 +378,12 @@ class JsonSerializer(Serializer):
         except (TypeError, ValueError, RecursionError) as exc:
             raise errors.SerializeError(str(exc)) from exc
 
-    def _loads(self, data: bytes) -> Any:
+    def _loads(self, data: bytes | bytearray) -> Any:
         return json.loads(data.decode("utf-8"))
+
+    def _decode_large(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
+        # json's C scanner holds the lock for its whole run (some 35 ms per MB of numbers)
+        return _stepwise_json_loads(data.decode("utf-8")), None
 
     def dumps_call(self, obj, method, vargs, kwargs):
         return self.dumps({"object": obj, "method": method, "params": vargs, "kwargs": kwargs})
@@ -350,8 +398,46 @@ class JsonSerializer(Serializer):
             raise errors.SerializeError(f"invalid call payload: missing {exc}") from None
 
 
+def _stepwise_json_loads(text: str) -> Any:
+    """``json.loads(text)`` that lets the interpreter lock go between values.
+
+    json's C scanner parses a whole document in one call. Here arrays and
+    objects are walked by the json module's own Python functions, while
+    every string, number and literal inside them is still read by the C
+    scanner: each step is short, and the walk runs at about a third of the
+    C scanner's speed rather than the tenth of the pure-Python one.
+    """
+    decoder = json.JSONDecoder()
+    scan_scalar = (json.scanner.c_make_scanner or json.scanner.py_make_scanner)(decoder)
+    memo: dict = {}
+
+    def scan_once(string: str, idx: int) -> Any:
+        try:
+            nextchar = string[idx]
+        except IndexError:
+            raise StopIteration(idx) from None
+        if nextchar == "[":
+            return json.decoder.JSONArray((string, idx + 1), scan_once)
+        if nextchar == "{":
+            return json.decoder.JSONObject((string, idx + 1), decoder.strict, scan_once, None, None, memo)
+        return scan_scalar(string, idx)
+
+    decoder.scan_once = scan_once
+    return decoder.decode(text)
+
+
+def _too_large_to_decode(name: str, size: int, why: str) -> errors.SerializeError:
+    return errors.SerializeError(
+        f"{name} payload of {size} bytes exceeds MAX_BLOCKING_DECODE ({config.MAX_BLOCKING_DECODE} bytes) "
+        f"and {why}: decoding it would stall the host loop; raise MAX_BLOCKING_DECODE to accept it")
+
+
 _MARSHAL_NATIVE = (type(None), bool, int, float, complex, str, bytes)
-_MARSHAL_MAX_DEPTH = 200  # marshal itself refuses deeper values; say so before recursing that far
+_MARSHAL_MAX_DEPTH = 200
+# a payload of at most this many objects and bytes decodes in a few ms (copies at memory speed)
+_MARSHAL_QUICK_OBJECTS = 64
+_MARSHAL_QUICK_SIZE = 32 * 1024 * 1024
+_MARSHAL_ITEM_WEIGHT = 4  # bytes a container item counts as against MAX_BLOCKING_DECODE (an int takes 5)  # marshal itself refuses deeper values; say so before recursing that far
 
 
 def _marshalable(value: Any, depth: int = 0) -> Any:
@@ -375,10 +461,11 @@ _MARSHAL_TEXT4 = frozenset(b"stuaA")   # 4-byte length, then that many bytes
 _MARSHAL_TEXT1 = frozenset(b"zZf")     # 1-byte length, then that many bytes
 _MARSHAL_SEQ4 = frozenset(b"([<>")     # 4-byte count, then that many objects
 # a tuple or list code followed by a count of 256 or more (or bytes that look like one)
+_MARSHAL_REGEX_SIZE = 64 * 1024  # larger payloads are walked without the regex's pre-check
 _MARSHAL_BIG_COUNT = re.compile(rb"[(\[\xa8\xdb](?=.[^\x00]|..[^\x00]|...[^\x00])", re.DOTALL)
 
 
-def _check_marshal_counts(data: bytes) -> None:
+def _walk_marshal(data: bytes | bytearray, max_steps: int = 0) -> tuple[int, bool]:
     """Refuse marshal data that announces more items than it holds.
 
     ``marshal.loads`` allocates a tuple or list of the announced size before
@@ -388,10 +475,19 @@ def _check_marshal_counts(data: bytes) -> None:
     containers together can never exceed the payload's length. Only payloads
     with a possible count of 256 or more are walked (a regex finds them), so
     small calls pay nothing; a walk refuses what it cannot follow, such as
-    code objects, which Pyro never sends.
+    code objects, which Pyro never sends. Large payloads are always walked:
+    the walk steps over a string or bytes object in one move, so its cost is
+    the number of objects, where the regex would read every byte.
+
+    Returns the number of container items announced and whether the data
+    holds a non-empty dict (only dicts can be class or bytes dicts); for a small
+    payload that needed no walk, or one that takes more than ``max_steps``
+    objects (if given), ``(-1, True)``: not known.
     """
-    if not _MARSHAL_BIG_COUNT.search(data):
-        return
+    if len(data) <= _MARSHAL_REGEX_SIZE and not _MARSHAL_BIG_COUNT.search(data):
+        return -1, True
+    has_dict = False
+    steps = max_steps or -1
     end = len(data)
     pos = announced = 0
     todo = [1]  # objects still to read per open container; -1 for a dict (ended by "0")
@@ -399,6 +495,9 @@ def _check_marshal_counts(data: bytes) -> None:
         if todo[-1] == 0:
             todo.pop()
             continue
+        steps -= 1
+        if not steps:
+            return -1, True
         if pos >= end:
             raise errors.SerializeError("marshal data too short")
         code = data[pos] & 0x7F
@@ -432,11 +531,13 @@ def _check_marshal_counts(data: bytes) -> None:
             announced += count
             todo.append(count)
         elif code == 0x7B:  # "{"
+            has_dict = has_dict or pos < end and data[pos] & 0x7F != 0x30  # an empty one holds no class
             todo.append(-1)
         else:
             raise errors.SerializeError(f"marshal type {chr(code)!r} is not accepted")
         if announced > end or pos > end:
             raise errors.SerializeError("marshal data announces more than it holds")
+    return announced, has_dict
 
 
 class MarshalSerializer(Serializer):
@@ -449,9 +550,24 @@ class MarshalSerializer(Serializer):
         except ValueError as exc:
             raise errors.SerializeError(str(exc)) from exc
 
-    def _loads(self, data: bytes) -> Any:
-        _check_marshal_counts(data)
-        return marshal.loads(data)
+    def _loads(self, data: bytes | bytearray) -> Any:
+        return self._decode(data)[0]
+
+    def _decode(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
+        _, has_dict = _walk_marshal(data)
+        return marshal.loads(data), None if has_dict else False
+
+    def decodes_quickly(self, data: bytes | bytearray) -> bool:
+        return len(data) <= _MARSHAL_QUICK_SIZE and _walk_marshal(data, _MARSHAL_QUICK_OBJECTS)[0] >= 0
+
+    def _decode_large(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
+        # marshal.loads holds the lock, but copies a string or bytes object
+        # at memory speed: its cost is the number of objects, which the walk counts
+        items, has_dict = _walk_marshal(data)
+        if items * _MARSHAL_ITEM_WEIGHT > config.MAX_BLOCKING_DECODE:
+            raise _too_large_to_decode(self.name, len(data), f"holds {items} container items "
+                                       f"(each counted as {_MARSHAL_ITEM_WEIGHT} bytes)")
+        return marshal.loads(data), None if has_dict else False
 
     def dumps_call(self, obj, method, vargs, kwargs):
         return self.dumps((obj, method, list(vargs), kwargs))

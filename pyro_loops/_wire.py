@@ -43,13 +43,17 @@ DECOMPRESSED_LIMIT = 256 * 1024 * 1024
 #: Payloads shorter than this are never compressed (Pyro4's rule).
 COMPRESSION_THRESHOLD = 200
 
+#: Payloads from this size on are received straight into a buffer of their
+#: declared size (``FrameReader.receive_into``), not gathered piece by piece.
+DIRECT_RECEIVE_SIZE = 256 * 1024
+
 
 @dataclass
 class Message:
     """One protocol message. ``data`` is the payload exactly as on the wire."""
 
     type: int
-    data: bytes
+    data: bytes | bytearray  # a bytearray when received straight into its own buffer
     serializer_id: int
     flags: int = 0
     seq: int = 0
@@ -66,13 +70,35 @@ class Message:
         if not self.flags & FLAGS_COMPRESSED:
             return self.data
         limit = max_size or DECOMPRESSED_LIMIT
-        inflater = zlib.decompressobj()
-        out = inflater.decompress(self.data, limit)
-        if inflater.unconsumed_tail:
+        out = _inflate(self.data, limit)
+        if out is None:
             raise MessageTooLargeError(f"decompressed payload exceeds {limit} bytes")
-        if not inflater.eof:
-            raise zlib.error("incomplete or truncated compressed payload")
         return out
+
+    def small_payload(self, limit: int) -> bytes | bytearray | None:
+        """The payload if it is at most ``limit`` bytes once decompressed, else None.
+
+        Costs at most ``limit`` bytes of inflating, however far the payload
+        would expand: this is how the loop's thread tells a small request from
+        a compressed bomb without paying for the bomb.
+        """
+        if not self.flags & FLAGS_COMPRESSED:
+            return self.data if len(self.data) <= limit else None
+        return _inflate(self.data, limit)
+
+
+def _inflate(data: bytes | bytearray, limit: int) -> bytes | None:
+    """``data`` decompressed, or None if that is more than ``limit`` bytes.
+
+    zlib.error for a broken or truncated stream.
+    """
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, limit)
+    if inflater.unconsumed_tail or not inflater.eof and inflater.decompress(b"", 1):
+        return None
+    if not inflater.eof:
+        raise zlib.error("incomplete or truncated compressed payload")
+    return out
 
 
 def checksum(msg_type: int, flags: int, seq: int, data_len: int, serializer_id: int, ann_len: int) -> int:
@@ -163,22 +189,64 @@ class FrameReader:
     ``max_message_size`` (0 = unlimited) is checked against the header's length
     fields before any payload is buffered, so an oversize announcement costs
     24 bytes of memory, not the announced size.
+
+    A payload of ``DIRECT_RECEIVE_SIZE`` or more, once its header and
+    annotations are in, is received into a buffer of its own that becomes the
+    message's ``data`` as it is: ``receive_into()`` hands the socket that
+    buffer's empty part, so no piece is copied twice. The buffer doubles as
+    it fills (a large bytearray grows by remapping, not copying) up to the
+    declared size: a peer that announces gigabytes and sends nothing gets
+    no gigabytes.
     """
 
-    __slots__ = ("_buf", "max_message_size", "_header")
+    __slots__ = ("_buf", "max_message_size", "_header", "_body", "_filled")
 
     def __init__(self, max_message_size: int = 0) -> None:
         self._buf = bytearray()
         self.max_message_size = max_message_size
         self._header: tuple | None = None
+        self._body: bytearray | None = None  # the payload being received directly
+        self._filled = 0
 
     def feed(self, data: bytes) -> None:
-        self._buf += data
+        if self._body is None:
+            self._buf += data
+            return
+        view = memoryview(data)
+        while view:
+            room = self.receive_into()
+            if room is None:
+                self._buf += view
+                return
+            take = min(len(view), len(room))
+            room[:take] = view[:take]
+            room.release()  # the buffer may have to grow next time round
+            self._filled += take
+            view = view[take:]
+
+    def receive_into(self) -> memoryview | None:
+        """The empty part of a large payload's buffer, for ``sock.recv_into``;
+        report what arrived with ``received(n)`` and release the view (the
+        buffer cannot grow while it is held). None while no large payload is
+        under way (or it is complete): then ``feed()`` what ``recv`` returns."""
+        body = self._body
+        if body is None:
+            return None
+        if self._filled == len(body):
+            target = self._header[3]
+            if len(body) == target:
+                return None
+            body.extend(bytes(min(len(body), target - len(body))))
+        return memoryview(body)[self._filled:]
+
+    def received(self, count: int) -> None:
+        """``count`` bytes were written into the view ``receive_into()`` gave."""
+        self._filled += count
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as a message."""
-        return len(self._buf)
+        return len(self._buf) + self._filled
 
     def next_message(self) -> Message | None:
         """The next complete message, or None if more bytes are needed.
@@ -195,14 +263,34 @@ class FrameReader:
                 return None
             header = self._header = self._parse_header(buf)
         msg_type, flags, seq, data_len, ser_id, ann_len = header
-        total = HEADER_SIZE + ann_len + data_len
-        if len(buf) < total:
-            return None
+        body = self._body
+        if body is not None:
+            if self._filled < data_len:
+                return None
+            data: bytes | bytearray = body
+            self._body = None
+            self._filled = 0
+        else:
+            total = HEADER_SIZE + ann_len + data_len
+            if len(buf) < total:
+                if data_len >= DIRECT_RECEIVE_SIZE and len(buf) >= HEADER_SIZE + ann_len:
+                    self._start_body(data_len, ann_len)
+                return None
+            data = bytes(buf[HEADER_SIZE + ann_len:total])
+            del buf[HEADER_SIZE + ann_len:total]
         annotations = _parse_annotations(bytes(buf[HEADER_SIZE:HEADER_SIZE + ann_len])) if ann_len else {}
-        data = bytes(buf[HEADER_SIZE + ann_len:total])
-        del buf[:total]
+        del buf[:HEADER_SIZE + ann_len]
         self._header = None
         return Message(msg_type, data, ser_id, flags, seq, annotations)
+
+    def _start_body(self, data_len: int, ann_len: int) -> None:
+        """Move the payload received so far into a buffer of its own."""
+        start = HEADER_SIZE + ann_len
+        have = len(self._buf) - start
+        body = self._body = bytearray(min(data_len, max(2 * have, DIRECT_RECEIVE_SIZE)))
+        body[:have] = memoryview(self._buf)[start:]
+        self._filled = have
+        del self._buf[start:]
 
     def _parse_header(self, buf: bytearray) -> tuple:
         tag, version, msg_type, flags, seq, data_len, ser_id, ann_len, _reserved, check = \

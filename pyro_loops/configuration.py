@@ -82,6 +82,20 @@ _DEFAULTS: dict[str, Any] = {
     # this bounds what many peers announcing huge bodies can make the daemon
     # hold. Past it the connection buffering the most is closed. 0 = no bound.
     "MAX_BUFFERED_INPUT": 512 * 1024 * 1024,
+    # Payload bytes (decompressed) that one request may hand to a decoder that
+    # holds the interpreter lock until it is done, which stalls the host loop's
+    # thread even while a worker decodes: json's C scanner (some 35 ms per MB
+    # of numbers), serpent's full parser (each byte counted 64 times),
+    # marshal's container items (4 bytes each), msgpack, pickle. Larger payloads are decoded step by step where
+    # the serializer can (serpent's common subset, json) or refused with an
+    # error reply naming this item.
+    "MAX_BLOCKING_DECODE": 2 * 1024 * 1024,
+    # Decompressed bytes of a CONNECT payload, decoded in the loop's thread
+    # before the handshake; a larger one is refused with a CONNECTFAIL.
+    "MAX_HANDSHAKE_SIZE": 64 * 1024,
+    # Seconds a name server's list(regex=...)/remove(regex=...) may spend
+    # matching, over all names together; a slower pattern gets a NamingError.
+    "NS_REGEX_TIMEOUT": 0.05,
 }
 
 

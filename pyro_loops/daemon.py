@@ -642,19 +642,29 @@ class Daemon(CallHandling):
                 conn.read_paused = True
                 self._set_interest(conn)
             return
+        reader = conn.protocol.reader
+        view = reader.receive_into()  # a large payload under way: straight into its buffer
         try:
-            data = conn.sock.recv(_RECV_SIZE)
+            if view is not None:
+                with view:
+                    count = conn.sock.recv_into(view)
+            else:
+                data = conn.sock.recv(_RECV_SIZE)
+                count = len(data)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._close_conn(conn, f"receive failed: {exc}")
             return
-        if not data:
+        if not count:
             self._end_of_stream(conn)
             self._process(conn)
             return
         conn.last_active = time.monotonic()
-        conn.protocol.receive_data(data)
+        if view is not None:
+            reader.received(count)
+        else:
+            conn.protocol.receive_data(data)
         self._process(conn)
 
     def _notice_hangup(self, conn: ClientConnection) -> None:

@@ -1,0 +1,401 @@
+"""What one request may cost the host loop's thread.
+
+Hostile requests (a compressed bomb, a huge json payload) are decoded while a
+repeating 10 ms timer of the host loop keeps ticking: each adapter's test logs
+"arrived" when the daemon starts handling the complete message, "tick" for
+each timer tick and "ran" when the called method runs, and asserts that ticks
+came between arrival and the call (an order, not a duration). Requests the
+budget cannot decode without stalling the loop get an error naming the
+config item; the name server's regex filter has a bound of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import socket
+import threading
+import time
+import tkinter
+import zlib
+from typing import Any, Callable
+
+import pytest
+
+import pyro_loops
+from _util import TIMEOUT, pyro4_client
+from pyro_loops import _wire, errors
+from pyro_loops._eventloop import SelectLoop
+from pyro_loops._serializers import get_serializer
+from pyro_loops.configuration import config
+
+JSON = get_serializer("json")
+MARSHAL = get_serializer("marshal")
+SERPENT = get_serializer("serpent")
+ITEMS = 1_300_000  # "[1, 1, ...": 3.9 MB of json, past MAX_BLOCKING_DECODE's default
+TICKS = 5  # ticks wanted between a hostile request's arrival and its call
+
+
+@pyro_loops.expose
+class Service:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def take(self, items):
+        self.log.append("ran")
+        return len(items)
+
+    def echo(self, value):
+        return value
+
+
+class LoggingDaemon(pyro_loops.Daemon):
+    """Logs "arrived" when a complete call message starts being handled."""
+
+    def __init__(self, log: list[str]) -> None:
+        super().__init__(host="127.0.0.1")
+        self.log = log
+
+    def _invoke(self, conn, msg):
+        self.log.append("arrived")
+        super()._invoke(conn, msg)
+
+
+def json_call(method: str, *args: Any) -> bytes:
+    return JSON.dumps_call("svc", method, args, {})
+
+
+def bomb() -> tuple[bytes, int]:
+    """4 KB on the wire, 3.9 MB of json containers once inflated."""
+    return zlib.compress(json_call("take", [1] * ITEMS), 9), _wire.FLAGS_COMPRESSED
+
+
+def huge_json() -> tuple[bytes, int]:
+    return json_call("take", [1] * ITEMS), 0
+
+
+class RawClient:
+    """A client built from the wire module, to send any payload with any flags."""
+
+    def __init__(self, port: int, serializer=JSON, handshake: bytes | None = None, flags: int = 0) -> None:
+        self.serializer = serializer
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.reader = _wire.FrameReader()
+        if handshake is None:
+            handshake = serializer.dumps({"handshake": "hello", "object": "svc"})
+        self.send(_wire.MSG_CONNECT, handshake, 0, flags)
+        self.connect_reply = self.read()
+
+    def send(self, msg_type: int, payload: bytes, seq: int, flags: int = 0) -> None:
+        self.sock.sendall(_wire.encode(_wire.Message(msg_type, payload, self.serializer.serializer_id,
+                                                     flags, seq)))
+
+    def read(self) -> _wire.Message:
+        while (msg := self.reader.next_message()) is None:
+            chunk = self.sock.recv(1 << 20)
+            assert chunk, "connection closed by the daemon"
+            self.reader.feed(chunk)
+        return msg
+
+    def call(self, payload: bytes, flags: int = 0, seq: int = 1) -> Any:
+        """The value (or the exception) the daemon answers."""
+        self.send(_wire.MSG_INVOKE, payload, seq, flags)
+        reply = self.read()
+        return self.serializer.loads(reply.payload())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def send_hostile(port: int, make: Callable[[], tuple[bytes, int]]) -> Any:
+    client = RawClient(port)
+    try:
+        payload, flags = make()
+        return client.call(payload, flags)
+    finally:
+        client.close()
+
+
+# --- one host loop each, with a repeating 10 ms timer ------------------------------------
+
+
+@contextlib.contextmanager
+def served(log: list[str]):
+    daemon = LoggingDaemon(log)
+    daemon.register(Service(log), "svc")
+    with daemon:
+        yield daemon
+
+
+def client_thread(port: int, make) -> tuple[threading.Thread, list]:
+    result: list = []
+
+    def run():
+        try:
+            result.append(send_hostile(port, make))
+        except BaseException as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def start_ticking(log: list[str], call_later: Callable[[float, Callable[[], Any]], Any]) -> None:
+    """Log "tick" every 10 ms through the host loop's own timer call."""
+    def tick():
+        log.append("tick")
+        call_later(0.01, tick)
+
+    call_later(0.01, tick)
+
+
+def finished(thread: threading.Thread) -> Callable[[], bool]:
+    """True once ``thread`` has ended (or the test's patience has)."""
+    deadline = time.monotonic() + TIMEOUT
+    return lambda: not thread.is_alive() or time.monotonic() > deadline
+
+
+def run_selectloop(daemon, log: list[str], make) -> Any:
+    with SelectLoop() as loop:
+        loop.attach(daemon)
+        start_ticking(log, loop.call_later)
+        thread, result = client_thread(daemon.sock.getsockname()[1], make)
+        loop.run(until=finished(thread), max_wait=0.05)
+    return result
+
+
+def run_asyncio(daemon, log: list[str], make) -> Any:
+    from pyro_loops.adapters import asyncio as asyncio_adapter
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        handle = asyncio_adapter.attach(daemon)
+        start_ticking(log, loop.call_later)
+        thread, result = client_thread(daemon.sock.getsockname()[1], make)
+        done = finished(thread)
+        while not done():
+            await asyncio.sleep(0.02)
+        handle.detach()
+        return result
+
+    return asyncio.run(main())
+
+
+def run_qt(daemon, log: list[str], make, qtbot) -> Any:
+    from PyQt5 import QtCore
+
+    from pyro_loops.adapters import qt as qt_adapter
+
+    handle = qt_adapter.attach(daemon, close_on_quit=False)
+    timer = QtCore.QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: log.append("tick"))
+    timer.start()
+    try:
+        thread, result = client_thread(daemon.sock.getsockname()[1], make)
+        qtbot.waitUntil(lambda: not thread.is_alive(), timeout=int(TIMEOUT * 1000))
+    finally:
+        timer.stop()
+        handle.detach()
+    return result
+
+
+def run_tk(daemon, log: list[str], make) -> Any:
+    from pyro_loops.adapters import tk as tk_adapter
+
+    root = tkinter.Tk()
+    root.withdraw()
+    try:
+        with tk_adapter.attach(daemon, root):
+            start_ticking(log, lambda delay, callback: root.after(int(delay * 1000), callback))
+            thread, result = client_thread(daemon.sock.getsockname()[1], make)
+            done = finished(thread)
+
+            def check():
+                if done():
+                    root.quit()
+                else:
+                    root.after(5, check)
+
+            root.after(5, check)
+            root.mainloop()
+    finally:
+        root.destroy()
+        # a Tcl interpreter must be freed in its own thread, not in whichever
+        # thread the garbage collector next runs in (Tcl_AsyncDelete aborts)
+        del root
+        gc.collect()
+    return result
+
+
+def ticks_between_arrival_and_call(log: list[str]) -> int:
+    assert "arrived" in log and "ran" in log, log[-20:]
+    start = len(log) - 1 - log[::-1].index("arrived")
+    return log[start:log.index("ran", start)].count("tick")
+
+
+HOSTILE = {"compressed bomb": bomb, "huge json": huge_json}
+
+
+@pytest.mark.parametrize("make", HOSTILE.values(), ids=HOSTILE.keys())
+@pytest.mark.parametrize("host", ["selectloop", "asyncio", "qt", "tk"])
+def test_the_host_timer_ticks_while_a_hostile_request_is_decoded(host, make, request):
+    log: list[str] = []
+    with served(log) as daemon:
+        if host == "qt":
+            result = run_qt(daemon, log, make, request.getfixturevalue("qtbot"))
+        else:
+            result = {"selectloop": run_selectloop, "asyncio": run_asyncio, "tk": run_tk}[host](daemon, log, make)
+    assert result == [ITEMS]
+    assert ticks_between_arrival_and_call(log) >= TICKS
+
+
+# --- refusals and what still works -------------------------------------------------------
+
+
+@pytest.fixture
+def loop_daemon():
+    """A daemon served by a select loop in a thread, as a plain requestLoop() would."""
+    log: list[str] = []
+    daemon = pyro_loops.Daemon(host="127.0.0.1")
+    daemon.register(Service(log), "svc")
+    thread = threading.Thread(target=daemon.requestLoop, daemon=True)
+    thread.start()
+    yield daemon
+    daemon.shutdown()
+    thread.join(TIMEOUT)
+    daemon.close()
+
+
+def port_of(daemon) -> int:
+    return daemon.sock.getsockname()[1]
+
+
+def test_a_marshal_request_with_millions_of_items_is_refused_naming_max_blocking_decode(loop_daemon):
+    client = RawClient(port_of(loop_daemon), MARSHAL)
+    try:
+        answer = client.call(MARSHAL.dumps_call("svc", "take", ([0] * 1_000_000,), {}))
+        assert isinstance(answer, errors.SerializeError) and "MAX_BLOCKING_DECODE" in str(answer)
+        assert client.call(MARSHAL.dumps_call("svc", "echo", ("after",), {}), seq=2) == "after"
+    finally:
+        client.close()
+
+
+def test_a_large_serpent_request_outside_the_fast_subset_is_refused_naming_max_blocking_decode(loop_daemon):
+    client = RawClient(port_of(loop_daemon), SERPENT)
+    try:
+        # complex numbers need serpent's full parser: one long hold of the interpreter lock
+        answer = client.call(SERPENT.dumps_call("svc", "take", ([1j] * 300_000,), {}))
+        assert isinstance(answer, errors.SerializeError) and "MAX_BLOCKING_DECODE" in str(answer)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("text", [
+    json.dumps({"a": [{"x": "y" * 10, "n": [1.5, None, True, False, -3e5, 1e400]}] * 50_000, "k": "\u1234\n"}),
+    json.dumps([[[]], {}, {"a": {}}, "z" * 3_000_000]),
+    " [1, 2 ] ",
+])
+def test_json_over_max_blocking_decode_decodes_as_json_loads_does(text, monkeypatch):
+    monkeypatch.setattr(config, "MAX_BLOCKING_DECODE", 1)
+    assert JSON.loads(text.encode()) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ["[1,", "[1 2]", '{"a" 1}', "[1] x", "[1,]", '{"a":1,}', "[" * 100_000])
+def test_broken_json_over_max_blocking_decode_is_a_serialize_error(text, monkeypatch):
+    monkeypatch.setattr(config, "MAX_BLOCKING_DECODE", 1)
+    with pytest.raises(errors.SerializeError):
+        JSON.loads(text.encode())
+
+
+def test_a_large_request_within_max_blocking_decode_is_answered_when_the_item_is_raised(loop_daemon):
+    config.MAX_BLOCKING_DECODE = 16 * 1024 * 1024
+    try:
+        client = RawClient(port_of(loop_daemon), MARSHAL)
+        try:
+            assert client.call(MARSHAL.dumps_call("svc", "take", ([0] * 1_000_000,), {})) == 1_000_000
+        finally:
+            client.close()
+    finally:
+        config.reset()
+
+
+def test_a_compressed_bomb_before_the_handshake_gets_connectfail_naming_max_handshake_size(loop_daemon):
+    handshake = zlib.compress(JSON.dumps({"handshake": "x" * 5_000_000, "object": "svc"}), 9)
+    client = RawClient(port_of(loop_daemon), JSON, handshake, _wire.FLAGS_COMPRESSED)
+    try:
+        assert client.connect_reply.type == _wire.MSG_CONNECTFAIL
+        assert "MAX_HANDSHAKE_SIZE" in JSON.loads(client.connect_reply.data)
+    finally:
+        client.close()
+
+
+def test_a_large_reply_made_in_the_loop_thread_goes_out_uncompressed_and_intact(loop_daemon):
+    config.COMPRESSION = True
+    try:
+        client = RawClient(port_of(loop_daemon), SERPENT)
+        try:
+            client.send(_wire.MSG_INVOKE, SERPENT.dumps_call("svc", "echo", ("y" * 2_000_000,), {}), 1)
+            reply = client.read()
+        finally:
+            client.close()
+    finally:
+        config.reset()
+    assert not reply.flags & _wire.FLAGS_COMPRESSED
+    assert SERPENT.loads(reply.payload()) == "y" * 2_000_000
+
+
+def test_pyro4_hugetransfer_of_five_megabytes_works_under_a_plain_request_loop(loop_daemon):
+    """Pyro4's examples/hugetransfer: str, bytes and bytearray of 5 MB, serpent."""
+    with pyro4_client() as peer:
+        sizes = peer.run(
+            "import Pyro4, serpent\n"
+            "p = Pyro4.Proxy(uri)\n"
+            "def size(data):\n"
+            "    back = p.echo(data)\n"
+            "    return len(serpent.tobytes(back) if isinstance(back, dict) else back)\n"
+            "[size('x' * 5242880), size(b'x' * 5242880), size(bytearray(b'x' * 5242880))]",
+            timeout=60, uri=str(loop_daemon.uriFor("svc")))
+    assert sizes == [5242880] * 3
+
+
+# --- the name server's regex filter ------------------------------------------------------
+
+
+@pytest.fixture
+def name_server():
+    from pyro_loops.naming import startNS
+
+    uri, ns_daemon, _ = startNS(host="127.0.0.1", port=0, enableBroadcast=False)
+    thread = threading.Thread(target=ns_daemon.requestLoop, daemon=True)
+    thread.start()
+    proxy = pyro_loops.Proxy(uri)
+    proxy._pyroTimeout = TIMEOUT
+    for i in range(200):
+        proxy.register("a" * 30 + f".n{i}", f"PYRO:x{i}@127.0.0.1:5555")
+    yield proxy
+    proxy._pyroRelease()
+    ns_daemon.shutdown()
+    thread.join(TIMEOUT)
+    ns_daemon.close()
+
+
+CATASTROPHIC = r"(a|aa)+\1\.z"  # seconds per name without a bound, in re and regex alike
+
+
+def test_a_backtracking_regex_gets_a_naming_error_naming_ns_regex_timeout(name_server):
+    with pytest.raises(errors.NamingError, match="NS_REGEX_TIMEOUT"):
+        name_server.list(regex=CATASTROPHIC)
+    with pytest.raises(errors.NamingError, match="NS_REGEX_TIMEOUT"):
+        name_server.remove(regex=CATASTROPHIC)
+    assert name_server.count() == 201  # nothing removed, and the name server still answers
+
+
+def test_regex_filters_keep_pyro4_syntax_including_backreferences(name_server):
+    name_server.register("abab.x", "PYRO:y@127.0.0.1:5555")
+    assert set(name_server.list(regex=r"(ab)\1\.")) == {"abab.x"}
+    assert len(name_server.list(regex=r"a{30}\.n1\d$")) == 10
+    assert name_server.remove(regex=r"a+\.n19\d") == 10
