@@ -435,7 +435,8 @@ class Daemon(CallHandling):
             log.warning("daemon bound on all interfaces (%s) without HMAC key: anyone who can reach "
                         "this machine can call its objects; set daemon._pyroHmacKey", self.locationStr)
         self._watcher = watcher
-        self._loop_thread = threading.get_ident()
+        # the thread that runs the loop, which need not be the one attaching (see _hosting)
+        self._loop_thread = getattr(watcher, "loop_thread", threading.get_ident())
         with _serving_lock:
             _serving[id(self)] = self
         if self._accept_resume_at is None:

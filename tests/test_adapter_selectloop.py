@@ -86,7 +86,7 @@ def serve_clients(loop: SelectLoop, *clients: Callable[[], Any]) -> list[Any]:
 
 def watched(loop: SelectLoop) -> set[Any]:
     """The sockets registered in the loop's selector, its own wakeup socket left out."""
-    return {key.fileobj for key in loop._selector.get_map().values()} - {loop._wake_r}
+    return {key.fileobj for key in loop._selector.get_map().values()} - {loop._wakeup.reader}
 
 
 # --- the loop hosting daemons ----------------------------------------------------------
