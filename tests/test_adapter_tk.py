@@ -166,10 +166,10 @@ def tk_settles(root: tkinter.Tk, rounds: int = 500) -> bool:
 
 def watched(handle: tk_adapter.TkHandle) -> set[socket.socket]:
     """The sockets the adapter keeps Tk handlers (or helper-thread registrations) for."""
-    socks = set(handle._watcher._socks.values())
-    helper = getattr(handle._watcher, "_selector", None)
+    socks = set(handle._socks.values())
+    helper = getattr(handle._watching, "selector", None)
     if helper is not None:
-        assert {sock for sock, _ in helper._wanted.values()} == socks
+        assert helper.watched() == socks
     return socks
 
 
