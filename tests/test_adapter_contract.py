@@ -31,7 +31,7 @@ from pyro_loops.adapters import asyncio as asyncio_adapter
 from pyro_loops.adapters import selectloop
 
 from _adapter_support import (BIG_REPLY, FLOOD, WAIT_S, BaseService, DisconnectFails, RawClient, call_once,
-                              errors_reported, fail_first_event, half_frame_client, in_threads, proxy)
+                              fail_first_event, half_frame_client, in_threads, proxy, reported)
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 BOTH = READ | WRITE
@@ -97,7 +97,29 @@ class Host:
         return results
 
 
-class SelectLoopHost(Host):
+class SelectorHost(Host):
+    """A host whose loop has ``call_later`` and watches sockets with a ``selectors`` selector."""
+
+    loop: Any
+
+    def repeat(self, interval: float, fn: Callable[[], None]) -> Callable[[], None]:
+        def tick() -> None:
+            fn()
+            timer[0] = self.loop.call_later(interval, tick)
+
+        timer = [self.loop.call_later(interval, tick)]
+        return lambda: timer[0].cancel()
+
+    def watched(self, events: int = BOTH) -> list[int]:
+        own = self._own_fd()
+        return sorted(key.fd for key in self.loop._selector.get_map().values() if key.events & events and key.fd != own)
+
+    def _own_fd(self) -> int:
+        """The loop's own wakeup descriptor, which is no adapter's."""
+        raise NotImplementedError
+
+
+class SelectLoopHost(SelectorHost):
     name = "selectloop"
     where = "select loop"
     expected = "SelectLoop"
@@ -115,17 +137,8 @@ class SelectLoopHost(Host):
         safety.cancel()
         assert condition(), f"not reached within {timeout} s"
 
-    def repeat(self, interval: float, fn: Callable[[], None]) -> Callable[[], None]:
-        def tick() -> None:
-            fn()
-            timer[0] = self.loop.call_later(interval, tick)
-
-        timer = [self.loop.call_later(interval, tick)]
-        return lambda: timer[0].cancel()
-
-    def watched(self, events: int = BOTH) -> list[int]:
-        own = self.loop._wakeup.reader.fileno()
-        return sorted(key.fd for key in self.loop._selector.get_map().values() if key.events & events and key.fd != own)
+    def _own_fd(self) -> int:
+        return self.loop._wakeup.reader.fileno()
 
     def deadline_timers(self) -> int:
         return sum(1 for _, _, timer in self.loop._timers if not timer.cancelled)
@@ -134,7 +147,7 @@ class SelectLoopHost(Host):
         self.loop.close()
 
 
-class AsyncioHost(Host):
+class AsyncioHost(SelectorHost):
     name = "asyncio"
     where = "asyncio adapter"
     expected = "asyncio event loop"
@@ -160,17 +173,8 @@ class AsyncioHost(Host):
         self.loop.run_until_complete(until())
         assert condition(), f"not reached within {timeout} s"
 
-    def repeat(self, interval: float, fn: Callable[[], None]) -> Callable[[], None]:
-        def tick() -> None:
-            fn()
-            timer[0] = self.loop.call_later(interval, tick)
-
-        timer = [self.loop.call_later(interval, tick)]
-        return lambda: timer[0].cancel()
-
-    def watched(self, events: int = BOTH) -> list[int]:
-        own = self.loop._ssock.fileno()  # the loop's self-pipe
-        return sorted(key.fd for key in self.loop._selector.get_map().values() if key.events & events and key.fd != own)
+    def _own_fd(self) -> int:
+        return self.loop._ssock.fileno()  # the loop's self-pipe
 
     def deadline_timers(self) -> int:
         return sum(1 for handle in self.handles if handle._timer is not None)
@@ -331,13 +335,6 @@ def host(request):
     host = _make_host(request)
     yield host
     host.close()
-
-
-@pytest.fixture
-def reported():
-    """Errors sent to the error hook; a test that expects some clears the list."""
-    with errors_reported() as seen:
-        yield seen
 
 
 @pytest.fixture

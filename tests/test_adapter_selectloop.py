@@ -20,7 +20,7 @@ import pytest
 import pyro_loops
 from pyro_loops.adapters.selectloop import SelectLoop, attach
 
-from _adapter_support import BIG_REPLY, WAIT_S, BaseService, call_once, errors_reported, in_threads, proxy
+from _adapter_support import BIG_REPLY, WAIT_S, BaseService, call_once, in_threads, proxy, reported
 
 
 @pyro_loops.expose
@@ -36,13 +36,6 @@ class Service(BaseService):
 def loop():
     with SelectLoop() as loop:
         yield loop
-
-
-@pytest.fixture
-def reported():
-    """Errors sent to the error hook; a test that expects some clears the list."""
-    with errors_reported() as seen:
-        yield seen
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ import pytest
 import pyro_loops
 from pyro_loops.adapters import tk as tk_adapter
 
-from _adapter_support import WAIT_S, BaseService, call_once, errors_reported, in_threads, proxy
+from _adapter_support import WAIT_S, BaseService, call_once, in_threads, proxy, reported
 
 HELPER_THREAD = "pyro_loops-tk-selector"
 
@@ -89,13 +89,6 @@ def root():
     del root
     gc.collect()
     assert not escaped, f"exceptions escaped into Tk: {escaped}"
-
-
-@pytest.fixture
-def reported():
-    """Errors sent to the error hook; a test that expects some clears the list."""
-    with errors_reported() as seen:
-        yield seen
 
 
 @pytest.fixture(params=["filehandler", "thread"])
