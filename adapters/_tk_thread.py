@@ -37,9 +37,9 @@ def unbind(widget: tkinter.Misc, sequence: str, funcid: str) -> None:
     (``Misc.unbind(sequence, funcid)`` before Python 3.13 drops every binding
     of the sequence.)
     """
-    script = widget.tk.call("bind", widget._w, sequence)
+    script = widget.tk.call("bind", str(widget), sequence)
     kept = "\n".join(line for line in str(script).split("\n") if funcid not in line)
-    widget.tk.call("bind", widget._w, sequence, kept)
+    widget.tk.call("bind", str(widget), sequence, kept)
     widget.deletecommand(funcid)
 
 
@@ -55,7 +55,7 @@ class ThreadStrategy:
         root.winfo_id()
         # A plain command rather than root.bind(): no event fields to substitute.
         self._wake_cmd = root.register(self._on_wake)
-        root.tk.call("bind", root._w, self._virtual, "+" + self._wake_cmd)
+        root.tk.call("bind", str(root), self._virtual, "+" + self._wake_cmd)
         self.selector = _SelectorThread(weakref.WeakMethod(self._wake_tk))
         _forget_retired()
 
@@ -225,7 +225,7 @@ class _SelectorThread:
                     if not self._dirty:
                         raise
                 continue
-            ready = {}
+            ready: dict[int, tuple[socket.socket, int]] = {}
             for key, mask in events:
                 if key.data is None:
                     self._wakeup.drain()
@@ -264,6 +264,7 @@ class _SelectorThread:
 def _apply(selector: selectors.BaseSelector, fd: int, wanted: tuple[socket.socket, int] | None) -> None:
     """Make the selector's registration of ``fd`` match what the Tk side wants."""
     key = selector.get_map().get(fd)
+    sock: socket.socket | None
     sock, events = wanted if wanted is not None else (None, 0)
     if key is not None and (key.data is not sock or not events):
         selector.unregister(fd)
