@@ -51,7 +51,7 @@ class _Hosted:
 
     @property
     def loop_thread(self) -> int | None:
-        """The thread that runs the loop, None until one does (see ``pyro_loops._hosting``)."""
+        """The thread that last ran the loop, None until one has (see ``pyro_loops._hosting``)."""
         return self.loop._thread
 
     # --- watcher interface ---
@@ -82,10 +82,6 @@ class _Hosted:
             self.remove(sock)
         self.attached = False
         self.loop._hosted.discard(self)
-        if self.loop._thread not in (None, threading.get_ident()):
-            # daemon.close() from another thread before the loop's first event (the daemon
-            # did not know the loop's thread yet): a run() asleep there re-checks its condition
-            self.loop._wakeup.wake()
 
     # --- callbacks ---
     def _on_ready(self, sock: socket.socket, events: int) -> None:
@@ -196,8 +192,12 @@ class SelectLoop:
         self._wakeup.wake()
 
     def close(self) -> None:
+        """Detach every daemon and release the loop's own resources.
+
+        Once the loop no longer runs, any thread may close it.
+        """
         for hosted in list(self._hosted):
-            hosted.detach()
+            hosted.daemon.detach_watcher()
         self._unregister(self._wakeup.reader)
         self._selector.close()
         self._wakeup.close()
