@@ -14,12 +14,12 @@ import collections
 import functools
 import inspect
 import signal
-import socket
 import threading
 import time
 from typing import Any, Callable
 
 import pyro_loops
+from pyro_loops._wakeup import Wakeup
 from pyro_loops.naming import locateNS
 
 LOG_KEEP = 200   # lines of the call log a demo remembers
@@ -122,7 +122,7 @@ class DemoQueries:
         pass
 
 
-class SignalWakeup:
+class SignalWakeup(Wakeup):
     """A socket that becomes readable when a signal arrives.
 
     Python runs signal handlers only when the interpreter gets control, which a
@@ -132,23 +132,16 @@ class SignalWakeup:
     """
 
     def __init__(self) -> None:
-        self.reader, self._writer = socket.socketpair()
-        self.reader.setblocking(False)
-        self._writer.setblocking(False)
-        signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        super().__init__()
+        signal.set_wakeup_fd(self.writer_fileno(), warn_on_full_buffer=False)
 
     def drain(self, *_: object) -> None:
         """Read the bytes the signals wrote (a callback for the loop: takes any arguments)."""
-        try:
-            while self.reader.recv(512):
-                pass
-        except BlockingIOError:
-            pass
+        super().drain()
 
     def close(self) -> None:
         signal.set_wakeup_fd(-1)
-        self.reader.close()
-        self._writer.close()
+        super().close()
 
 
 def logged(method: Callable) -> Callable:
