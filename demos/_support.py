@@ -23,6 +23,8 @@ from pyro_loops._wakeup import Wakeup
 from pyro_loops.naming import locateNS
 
 LOG_KEEP = 200   # lines of the call log a demo remembers
+#: the demos' short names, and the names they register with a name server
+DEMOS = {"qt": "demo.qt", "tk": "demo.tk", "custom": "demo.custom", "asyncio": "demo.asyncio"}
 
 
 def add_server_options(parser: argparse.ArgumentParser, name: str) -> None:
@@ -35,6 +37,27 @@ def add_server_options(parser: argparse.ArgumentParser, name: str) -> None:
                         help="name server to register with: 'auto' tries NS_HOST:NS_PORT (localhost:9090 "
                              "unless PYRO_NS_HOST/PYRO_NS_PORT say otherwise) without broadcast; "
                              "'none' skips it (default: auto)")
+
+
+def target_uri(target: str, ns: str | None) -> str:
+    """A URI for ``target``: URIs pass through, demo names become PYRONAME URIs."""
+    if ":" in target:
+        return target
+    name = DEMOS.get(target, target)
+    return f"PYRONAME:{name}@{ns}" if ns else f"PYRONAME:{name}"
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the loop-client demos (qt_client, tk_client, asyncio_client)."""
+    parser.add_argument("target", nargs="?", default="asyncio",
+                        help="the service: a demo name (asyncio, the default, is the one with work() and "
+                             "countdown()) or a Pyro URI")
+    parser.add_argument("--ns", metavar="HOST[:PORT]",
+                        help="name server to look demo names up in (default: found as configured)")
+    parser.add_argument("--callback-host", default="localhost",
+                        help="address of our own daemon, which the service calls back: one the service "
+                             "can reach (default: localhost)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds any call may take (default 10)")
 
 
 def register_name(ns_option: str, name: str, uri: pyro_loops.URI) -> tuple[str, Callable[[], None]]:

@@ -26,15 +26,7 @@ from typing import Any
 import pyro_loops
 from pyro_loops._demo_timing import describe_burst, timed_burst, while_pinging
 
-DEMOS = {"qt": "demo.qt", "tk": "demo.tk", "custom": "demo.custom", "asyncio": "demo.asyncio"}
-
-
-def target_uri(target: str, ns: str | None) -> str:
-    """A URI for ``target``: URIs pass through, demo names become PYRONAME URIs."""
-    if ":" in target:
-        return target
-    name = DEMOS.get(target, target)
-    return f"PYRONAME:{name}@{ns}" if ns else f"PYRONAME:{name}"
+from _support import DEMOS, target_uri
 
 
 def parse_argument(text: str) -> Any:
