@@ -122,15 +122,23 @@ class Window(QtWidgets.QMainWindow):
 
 
 def build(app: QtWidgets.QApplication, uri: str, callback_host: str,
-          timeout: float) -> tuple[Window, Panel, list[Any]]:
-    """The window with its client and daemon attached to ``app``; also the handles to detach."""
+          timeout: float) -> tuple[Window, Panel, Callable[[], None]]:
+    """The window with its client and daemon attached to ``app`` (closed when it quits),
+    its panel, and a function that detaches and closes them sooner."""
     window = Window(uri)
     client = pyro_loops.Client()
     daemon = pyro_loops.Daemon(host=callback_host)
-    handles = [qt_adapter.attach(daemon, app), qt_adapter.attach(client, app)]  # closed when the app quits
+    handles = [qt_adapter.attach(daemon, app), qt_adapter.attach(client, app)]
     panel = Panel(client, daemon, uri, window, timeout)
     window.connect_panel(panel)
-    return window, panel, handles
+
+    def close() -> None:
+        for handle in handles:
+            handle.detach()
+        client.close()
+        daemon.close()
+
+    return window, panel, close
 
 
 def main(argv: list[str] | None = None) -> int:
