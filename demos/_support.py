@@ -47,8 +47,9 @@ def target_uri(target: str, ns: str | None) -> str:
     return f"PYRONAME:{name}@{ns}" if ns else f"PYRONAME:{name}"
 
 
-def add_client_options(parser: argparse.ArgumentParser) -> None:
-    """The options of the loop-client demos (qt_client, tk_client, asyncio_client)."""
+def add_client_options(parser: argparse.ArgumentParser, window: bool = False) -> None:
+    """The options of the loop-client demos (qt_client, tk_client, asyncio_client);
+    ``window``: also ``--tour``, for the windows that otherwise wait for clicks."""
     parser.add_argument("target", nargs="?", default="asyncio",
                         help="the service: a demo name (asyncio, the default, is the one with work() and "
                              "countdown()) or a Pyro URI")
@@ -58,6 +59,10 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
                         help="address of our own daemon, which the service calls back: one the service "
                              "can reach (default: localhost)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds any call may take (default 10)")
+    if window:
+        parser.add_argument("--tour", action="store_true",
+                            help="press the buttons in turn, print a summary and exit (0: the bar moved and "
+                                 "the service's notes arrived)")
 
 
 def register_name(ns_option: str, name: str, uri: pyro_loops.URI) -> tuple[str, Callable[[], None]]:

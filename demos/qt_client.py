@@ -144,10 +144,7 @@ def build(app: QtWidgets.QApplication, uri: str, callback_host: str,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A Qt window calling a remote service without freezing; "
                                                  "start demos/asyncio_service.py first.")
-    add_client_options(parser)
-    parser.add_argument("--tour", action="store_true",
-                        help="press the buttons in turn, print a summary and exit (0: the bar moved and "
-                             "the service's notes arrived)")
+    add_client_options(parser, window=True)
     parser.add_argument("--screenshot", metavar="PNG", help="with --tour: save a picture of the window at the end")
     options = parser.parse_args(argv)
 

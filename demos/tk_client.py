@@ -122,10 +122,7 @@ class Window:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A Tk window calling a remote service without freezing; "
                                                  "start demos/asyncio_service.py first.")
-    add_client_options(parser)
-    parser.add_argument("--tour", action="store_true",
-                        help="press the buttons in turn, print a summary and exit (0: the bar moved and "
-                             "the service's notes arrived)")
+    add_client_options(parser, window=True)
     parser.add_argument("--stay", action="store_true", help="with --tour: keep the window open afterwards")
     options = parser.parse_args(argv)
 

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 DOCS = Path(__file__).resolve().parent
 DEMOS = DOCS.parent / "demos"
@@ -117,21 +118,30 @@ def capture_window(window_id: str, display: str, target: Path) -> None:
                    env={**env, "QT_QPA_PLATFORM": "xcb"})
 
 
-def tk_screenshot(ns: str, target: Path) -> None:
+def tk_window_screenshot(argv: list[str], target: Path, settle: Callable[[Program], None]) -> None:
+    """Run a Tk program (``argv``) under a private Xvfb and capture its window
+    once ``settle(program)`` returns (it waits for, or makes, what the picture shows)."""
     xvfb, display = start_xvfb()
     try:
-        demo = Program([sys.executable, str(DEMOS / "tk_app.py"), "--ns", ns], env={"DISPLAY": display})
+        window = Program(argv, env={"DISPLAY": display})
         try:
-            window_id = demo.wait_for(r"^window id = (\S+)").group(1)
-            demo.wait_for("^ready")
-            drive("tk", ns)
-            time.sleep(0.5)  # let Tk redraw after the last call before the picture is taken
+            window_id = window.wait_for(r"^window id = (\S+)").group(1)
+            settle(window)
+            time.sleep(0.5)  # let Tk redraw after the last change before the picture is taken
             capture_window(window_id, display, target)
         finally:
-            demo.stop()
+            window.stop()
     finally:
         xvfb.terminate()
         xvfb.wait()
+
+
+def tk_screenshot(ns: str, target: Path) -> None:
+    def settle(demo: Program) -> None:
+        demo.wait_for("^ready")
+        drive("tk", ns)
+
+    tk_window_screenshot([sys.executable, str(DEMOS / "tk_app.py"), "--ns", ns], target, settle)
 
 
 def start_service(ns: str) -> tuple[Program, str]:
@@ -158,20 +168,10 @@ def qt_client_screenshot(ns: str, target: Path) -> None:
 
 def tk_client_screenshot(ns: str, target: Path) -> None:
     service, uri = start_service(ns)
-    xvfb, display = start_xvfb()
     try:
-        window = Program([sys.executable, str(DEMOS / "tk_client.py"), uri, "--tour", "--stay"],
-                         env={"DISPLAY": display})
-        try:
-            window_id = window.wait_for(r"^window id = (\S+)").group(1)
-            window.wait_for("^tour = ")
-            time.sleep(0.5)  # let Tk redraw after the last answer before the picture is taken
-            capture_window(window_id, display, target)
-        finally:
-            window.stop()
+        tk_window_screenshot([sys.executable, str(DEMOS / "tk_client.py"), uri, "--tour", "--stay"], target,
+                             lambda window: window.wait_for("^tour = "))
     finally:
-        xvfb.terminate()
-        xvfb.wait()
         service.stop()
 
 
