@@ -1,37 +1,38 @@
-"""What the adapters share: the handle's attach/detach bookkeeping and the guard
-that keeps errors of an adapter's own callbacks out of the host loop.
+"""What the adapters share: the handle's attach/detach bookkeeping, the one
+wrong-thread check, the argument check of ``attach`` and the guard that keeps
+errors of an adapter's own callbacks out of the host loop.
 
 Kept apart so that no adapter imports another (each pulls in its toolkit).
 """
 
 from __future__ import annotations
 
-import functools
 import socket
-from typing import Any, Callable, Self
+from typing import Any, Callable, TypeVar
 
-from pyro_loops.hosting import report_error
+from pyro_loops.hosting import reported, wrong_thread
+
+_H = TypeVar("_H", bound="WatcherHandle")
 
 
-def guarded(where: str) -> Callable[[Callable[..., Any]], Callable[..., None]]:
-    """Wrap a loop callback so that nothing it raises reaches the host loop.
+def guarded(where: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap a loop callback so that nothing it raises reaches the host loop, not even KeyboardInterrupt.
 
-    Host loops treat an escaping exception badly (PyQt5 aborts the process,
-    asyncio hands it to its exception handler); the daemon's error hook is
-    where the program decided such errors go.
+    For loops that take no exception at all from a callback: PyQt5 aborts the
+    process on any, SystemExit included. Where the loop lets the user end the
+    program from a callback, ``pyro_loops.hosting.reported`` is the guard.
     """
+    return reported(where, let_through=())
 
-    def decorate(callback: Callable[..., Any]) -> Callable[..., None]:
-        @functools.wraps(callback)
-        def wrapper(*args: Any) -> None:
-            try:
-                callback(*args)
-            except BaseException as exc:  # noqa: BLE001 - a loop callback must not raise at all
-                report_error(exc, where)
 
-        return wrapper
+def require_type(value: Any, expected: type | tuple[type, ...], what: str) -> None:
+    """Refuse an ``attach`` argument of the wrong kind with a TypeError naming what was expected.
 
-    return decorate
+    Without it, a wrong argument fails deep inside the adapter with an
+    AttributeError about some toolkit method.
+    """
+    if not isinstance(value, expected):
+        raise TypeError(f"attach() needs {what}, not {type(value).__name__} {value!r:.60}")
 
 
 def attach_watcher(daemon: Any, watcher: Any) -> None:
@@ -51,9 +52,12 @@ class WatcherHandle:
     """A handle that is itself the daemon's watcher.
 
     Subclasses set ``daemon`` and ``_attached`` (True once attached, False in
-    ``detached()``) and say in ``_set_interest`` which events of a socket
-    their loop must watch; ``add``, ``modify`` and ``remove`` of the watcher
-    interface all come down to that.
+    ``detached()``), say in ``_set_interest`` which events of a socket their
+    loop must watch (``add``, ``modify`` and ``remove`` of the watcher
+    interface all come down to that), and in ``_in_loop_thread`` and
+    ``_loop_name`` how to tell their loop's thread. Attaching (the subclass
+    calls ``_require_loop_thread("attach()")`` before touching its loop) and
+    detaching outside that thread are refused alike by every adapter.
     """
 
     daemon: Any
@@ -64,11 +68,16 @@ class WatcherHandle:
         return self._attached
 
     def detach(self) -> None:
-        """Stop serving the daemon from this loop; nothing of it stays registered."""
+        """Stop serving the daemon from this loop; nothing of it stays registered.
+
+        Call it in the loop's thread. From another thread, ``daemon.close()``
+        is the way: the daemon hands it to the loop.
+        """
         if self._attached:
+            self._require_loop_thread("detach()")
             self.daemon.detach_watcher()
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _H) -> _H:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -83,5 +92,17 @@ class WatcherHandle:
     def remove(self, sock: socket.socket) -> None:
         self._set_interest(sock, 0)
 
+    def _require_loop_thread(self, action: str) -> None:
+        """Raise the shared wrong-thread error unless the caller runs in the loop's thread."""
+        if not self._in_loop_thread():
+            raise wrong_thread(action, self._loop_name())
+
     def _set_interest(self, sock: socket.socket, events: int) -> None:
+        raise NotImplementedError
+
+    def _in_loop_thread(self) -> bool:
+        raise NotImplementedError
+
+    def _loop_name(self) -> str:
+        """Completes "... called in thread 'X', but <this>": which loop, and which thread runs it."""
         raise NotImplementedError

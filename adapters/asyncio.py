@@ -14,12 +14,15 @@ The loop must support ``add_reader``: on Windows the default
 ``SelectorEventLoop`` there (``asyncio.run(main(), loop_factory=asyncio.SelectorEventLoop)``
 from Python 3.12, or ``asyncio.set_event_loop_policy(asyncio.WindowsSelectorEventLoopPolicy())``).
 
-Call ``attach`` in the loop's thread. asyncio has no hook for "the loop
+Call ``attach`` and ``detach`` in the loop's thread (before the loop runs,
+any thread may attach: the loop's thread is the one that runs it); other
+threads are refused. asyncio has no hook for "the loop
 stopped", so end serving yourself: leave the ``with attach(...)`` block or
 close the daemon before the loop closes.
 
 Errors raised inside the machinery are sent to ``pyro_loops.set_error_hook``
-rather than to the loop's exception handler.
+rather than to the loop's exception handler; KeyboardInterrupt and SystemExit
+go on to the loop, which ends with them as it does for its own callbacks.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ from __future__ import annotations
 import asyncio as _asyncio
 import functools
 import socket
+import threading
 import time
 from typing import Any, Callable
 
-from pyro_loops.hosting import READ, WRITE
+from pyro_loops.hosting import READ, WRITE, reported
 
-from ._common import WatcherHandle, attach_watcher, guarded
+from ._common import WatcherHandle, attach_watcher, require_type
 
 
 class AsyncioHandle(WatcherHandle):
@@ -46,6 +50,9 @@ class AsyncioHandle(WatcherHandle):
     def __init__(self, daemon: Any, loop: _asyncio.AbstractEventLoop) -> None:
         self.daemon = daemon
         self.loop = loop
+        self._require_loop_thread("attach()")
+        # For the daemon: the thread that runs the loop, unknown (None) until one does.
+        self.loop_thread = threading.get_ident() if loop.is_running() else None
         self._socks: dict[int, tuple[socket.socket, int]] = {}  # fd -> (socket, events registered)
         self._when: float | None = None
         self._timer: _asyncio.TimerHandle | None = None
@@ -53,6 +60,18 @@ class AsyncioHandle(WatcherHandle):
         self._attached = True
         attach_watcher(daemon, self)
         daemon.coroutine_runner = self._run_coroutine
+
+    def _in_loop_thread(self) -> bool:
+        """True in the thread running the loop, and anywhere while no thread runs it."""
+        if not self.loop.is_running():
+            return True
+        try:
+            return _asyncio.get_running_loop() is self.loop
+        except RuntimeError:  # no loop runs in this thread
+            return False
+
+    def _loop_name(self) -> str:
+        return f"the asyncio loop {self.loop!r} runs in another thread"
 
     # -- the rest of the watcher interface (called by the daemon, in the loop's thread) --
 
@@ -91,7 +110,7 @@ class AsyncioHandle(WatcherHandle):
         else:
             self._socks.pop(fd, None)
 
-    @guarded("asyncio adapter: socket ready")
+    @reported("asyncio adapter: socket ready")
     def _on_ready(self, fd: int, sock: socket.socket, direction: int) -> None:
         known, events = self._socks.get(fd, (None, 0))
         if known is sock and events & direction:  # else a callback that outlived its registration
@@ -107,7 +126,7 @@ class AsyncioHandle(WatcherHandle):
             # Deadlines are time.monotonic() values; the loop has its own clock.
             self._timer = self.loop.call_at(self.loop.time() + (self._when - time.monotonic()), self._on_timer)
 
-    @guarded("asyncio adapter: deadline")
+    @reported("asyncio adapter: deadline")
     def _on_timer(self) -> None:
         self._timer = None
         if self._when is None:
@@ -131,7 +150,7 @@ class AsyncioHandle(WatcherHandle):
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._coroutine_done, done))
 
-    @guarded("asyncio adapter: coroutine reply")
+    @reported("asyncio adapter: coroutine reply")
     def _coroutine_done(self, done: Callable[[Any, BaseException | None], None], task: _asyncio.Task) -> None:
         self._tasks.discard(task)
         if task.cancelled():
@@ -155,7 +174,7 @@ def _check_loop(loop: _asyncio.AbstractEventLoop) -> None:
 def attach(daemon: Any, loop: _asyncio.AbstractEventLoop | None = None) -> AsyncioHandle:
     """Serve ``daemon`` from ``loop`` (default: the running loop).
 
-    Call it in the loop's thread. The loop must be able to watch sockets
+    Call it in the loop's thread (or before any thread runs the loop). The loop must be able to watch sockets
     (``add_reader``); a Windows ProactorEventLoop cannot, and is refused with
     a message naming the fix.
     """
@@ -164,5 +183,6 @@ def attach(daemon: Any, loop: _asyncio.AbstractEventLoop | None = None) -> Async
             loop = _asyncio.get_running_loop()
         except RuntimeError:
             raise RuntimeError("no running event loop: call attach() from a coroutine, or pass loop=") from None
+    require_type(loop, _asyncio.AbstractEventLoop, "an asyncio event loop as its second argument")
     _check_loop(loop)
     return AsyncioHandle(daemon, loop)

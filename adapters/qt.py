@@ -82,6 +82,7 @@ class QtHandle(WatcherHandle):
         self.daemon = daemon
         self._qt = qtcore
         self._app = app
+        self._require_loop_thread("attach()")
         self._watches: dict[tuple[int, int], _Watch] = {}
         self._attached = True
         # The notifiers and the timer are children of this object, which Qt owns
@@ -99,15 +100,11 @@ class QtHandle(WatcherHandle):
             app.aboutToQuit.connect(self._quit_slot)
         attach_watcher(daemon, self)
 
-    def detach(self) -> None:
-        """Stop serving the daemon from this loop; nothing of it stays in Qt.
+    def _in_loop_thread(self) -> bool:
+        return self._qt.QThread.currentThread() == self._app.thread()
 
-        Call it from the GUI thread (notifiers belong to it). From another
-        thread, ``daemon.close()`` is the way: the daemon hands it to the loop.
-        """
-        if self._attached and self._qt.QThread.currentThread() != self._app.thread():
-            raise RuntimeError("detach from the thread the Qt application runs in (or call daemon.close())")
-        super().detach()
+    def _loop_name(self) -> str:
+        return "the Qt application runs in another thread (the one that created it)"
 
     # -- the rest of the watcher interface (called by the daemon, in the GUI thread) --
 
@@ -211,6 +208,4 @@ def attach(daemon: Any, app: Any = None, *, close_on_quit: bool = True) -> QtHan
     app = app if app is not None else qtcore.QCoreApplication.instance()
     if app is None:
         raise RuntimeError("create the QApplication before attaching a daemon to it")
-    if qtcore.QThread.currentThread() != app.thread():
-        raise RuntimeError("attach the daemon from the thread the Qt application runs in")
     return QtHandle(daemon, app, qtcore, close_on_quit)

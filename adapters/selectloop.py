@@ -30,9 +30,17 @@ from typing import Any
 
 from pyro_loops._eventloop import SelectLoop, Timer, _Hosted
 
+from ._common import require_type
+
 __all__ = ["SelectLoop", "Timer", "attach"]
 
 
 def attach(daemon: Any, loop: SelectLoop) -> _Hosted:
-    """Serve ``daemon`` from ``loop``; the handle has ``detach()`` and is a context manager."""
+    """Serve ``daemon`` from ``loop``; the handle has ``detach()`` and is a context manager.
+
+    Call it in the thread that runs the loop, or in any thread before the loop
+    first runs: the loop's thread is the one that runs it. Attaching or
+    detaching from another thread is refused.
+    """
+    require_type(loop, SelectLoop, "a SelectLoop as its second argument")
     return loop.attach(daemon)

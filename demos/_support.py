@@ -14,15 +14,17 @@ import collections
 import functools
 import inspect
 import signal
-import socket
 import threading
 import time
 from typing import Any, Callable
 
 import pyro_loops
+from pyro_loops._wakeup import Wakeup
 from pyro_loops.naming import locateNS
 
 LOG_KEEP = 200   # lines of the call log a demo remembers
+#: the demos' short names, and the names they register with a name server
+DEMOS = {"qt": "demo.qt", "tk": "demo.tk", "custom": "demo.custom", "asyncio": "demo.asyncio"}
 
 
 def add_server_options(parser: argparse.ArgumentParser, name: str) -> None:
@@ -35,6 +37,32 @@ def add_server_options(parser: argparse.ArgumentParser, name: str) -> None:
                         help="name server to register with: 'auto' tries NS_HOST:NS_PORT (localhost:9090 "
                              "unless PYRO_NS_HOST/PYRO_NS_PORT say otherwise) without broadcast; "
                              "'none' skips it (default: auto)")
+
+
+def target_uri(target: str, ns: str | None) -> str:
+    """A URI for ``target``: URIs pass through, demo names become PYRONAME URIs."""
+    if ":" in target:
+        return target
+    name = DEMOS.get(target, target)
+    return f"PYRONAME:{name}@{ns}" if ns else f"PYRONAME:{name}"
+
+
+def add_client_options(parser: argparse.ArgumentParser, window: bool = False) -> None:
+    """The options of the loop-client demos (qt_client, tk_client, asyncio_client);
+    ``window``: also ``--tour``, for the windows that otherwise wait for clicks."""
+    parser.add_argument("target", nargs="?", default="asyncio",
+                        help="the service: a demo name (asyncio, the default, is the one with work() and "
+                             "countdown()) or a Pyro URI")
+    parser.add_argument("--ns", metavar="HOST[:PORT]",
+                        help="name server to look demo names up in (default: found as configured)")
+    parser.add_argument("--callback-host", default="localhost",
+                        help="address of our own daemon, which the service calls back: one the service "
+                             "can reach (default: localhost)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds any call may take (default 10)")
+    if window:
+        parser.add_argument("--tour", action="store_true",
+                            help="press the buttons in turn, print a summary and exit (0: the bar moved and "
+                                 "the service's notes arrived)")
 
 
 def register_name(ns_option: str, name: str, uri: pyro_loops.URI) -> tuple[str, Callable[[], None]]:
@@ -122,7 +150,7 @@ class DemoQueries:
         pass
 
 
-class SignalWakeup:
+class SignalWakeup(Wakeup):
     """A socket that becomes readable when a signal arrives.
 
     Python runs signal handlers only when the interpreter gets control, which a
@@ -132,23 +160,16 @@ class SignalWakeup:
     """
 
     def __init__(self) -> None:
-        self.reader, self._writer = socket.socketpair()
-        self.reader.setblocking(False)
-        self._writer.setblocking(False)
-        signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        super().__init__()
+        signal.set_wakeup_fd(self.writer_fileno(), warn_on_full_buffer=False)
 
     def drain(self, *_: object) -> None:
         """Read the bytes the signals wrote (a callback for the loop: takes any arguments)."""
-        try:
-            while self.reader.recv(512):
-                pass
-        except BlockingIOError:
-            pass
+        super().drain()
 
     def close(self) -> None:
         signal.set_wakeup_fd(-1)
-        self.reader.close()
-        self._writer.close()
+        super().close()
 
 
 def logged(method: Callable) -> Callable:

@@ -10,11 +10,19 @@ at once all get their answer after about one second, not three.
 Plain methods run in the loop's thread too; like any code on an asyncio loop
 they must not block it (mark a blocking one ``@pyro_loops.in_worker``).
 
+``work(seconds, listener)`` calls its caller back: the service also hosts a
+``pyro_loops.Client`` on the same loop and pushes a note to
+``listener.notify(text)`` at each step, awaiting each push, so one slow call
+never holds up the others. ``countdown(n)`` is a generator, streamed item by
+item. The client demos (``qt_client.py``, ``tk_client.py``,
+``asyncio_client.py``) use both.
+
 Run it, then drive it from another terminal::
 
     python demos/asyncio_service.py
     python demos/client.py asyncio             # by name, if a name server runs
     python demos/client.py PYRO:demo.asyncio@localhost:PORT --call wait_and_echo hello 0.5
+    python demos/qt_client.py PYRO:demo.asyncio@localhost:PORT
 """
 
 from __future__ import annotations
@@ -25,18 +33,21 @@ import os
 import signal
 import sys
 import time
+from typing import Any, Iterator
 
 import pyro_loops
 from pyro_loops.adapters import asyncio as asyncio_adapter
 
 from _support import CallLog, DemoQueries, add_server_options, logged, register_name
 
+PUSH_TIMEOUT = 5.0   # seconds a listener may take to take a note
 
 @pyro_loops.expose
 class AsyncService(DemoQueries):
     """The published object; every method runs on the asyncio loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, client: pyro_loops.Client) -> None:
+        self.client = client    # for calls back to our callers, made from this loop
         self.log = CallLog()
         self.counter = 0
         self.messages: list[str] = []
@@ -58,6 +69,40 @@ class AsyncService(DemoQueries):
         finally:
             self.waiting -= 1
         return f"{text} (after {time.monotonic() - begin:.2f} s of awaiting)"
+
+    @logged
+    async def work(self, seconds: float = 3.0, listener: Any = None, steps: int = 6) -> str:
+        """Await ``seconds`` in ``steps`` steps, pushing a note to ``listener.notify(text)`` after each.
+
+        ``listener`` arrives as a (blocking) proxy; the pushes go through a loop
+        proxy of the same URI, so awaiting them leaves the loop free. A listener
+        that fails or vanishes stops the notes, not the work.
+        """
+        steps = max(1, int(steps))
+        pusher = None if listener is None else self.client.proxy(listener._pyroUri)
+        if pusher is not None:
+            pusher._pyroTimeout = PUSH_TIMEOUT
+        pushed = 0
+        try:
+            for step in range(1, steps + 1):
+                await asyncio.sleep(float(seconds) / steps)
+                if pusher is not None:
+                    try:
+                        await pusher.notify(f"step {step} of {steps} done ({float(seconds) * step / steps:.1f} s)")
+                        pushed += 1
+                    except pyro_loops.errors.PyroError as exc:
+                        self.log.write(f"listener {listener._pyroUri} stopped listening: {exc}")
+                        pusher._pyroRelease()
+                        pusher = None
+        finally:
+            if pusher is not None:
+                pusher._pyroRelease()
+        return f"worked {float(seconds):g} s in {steps} steps; {pushed} notes pushed"
+
+    @logged
+    def countdown(self, start: int = 5) -> Iterator[int]:
+        """A generator: the caller gets a stream and fetches its items as it goes."""
+        yield from range(int(start), 0, -1)
 
     @logged
     def increment(self, step: int = 1) -> int:
@@ -88,8 +133,9 @@ async def ticker(service: AsyncService, interval: float) -> None:
 
 
 async def serve(options: argparse.Namespace) -> None:
-    service = AsyncService()
-    with pyro_loops.Daemon(host=options.host, port=options.port) as daemon:
+    client = pyro_loops.Client()   # calls back to listeners, from this loop
+    service = AsyncService(client)
+    with client, pyro_loops.Daemon(host=options.host, port=options.port) as daemon:
         uri = daemon.register(service, options.name)
         # The name server is found with a short blocking lookup: run it off the loop's thread.
         status, unregister = await asyncio.to_thread(register_name, options.ns, options.name, uri)
@@ -97,7 +143,7 @@ async def serve(options: argparse.Namespace) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stopping.set)
-        with asyncio_adapter.attach(daemon):
+        with asyncio_adapter.attach(daemon), asyncio_adapter.attach(client):
             tick_task = asyncio.create_task(ticker(service, options.tick))
             print(f"uri = {uri}", flush=True)
             print(status, flush=True)

@@ -18,23 +18,15 @@ from __future__ import annotations
 import argparse
 import ast
 import os
-import statistics
 import sys
 import threading
 import time
 from typing import Any
 
 import pyro_loops
+from pyro_loops._demo_timing import describe_burst, timed_burst, while_pinging
 
-DEMOS = {"qt": "demo.qt", "tk": "demo.tk", "custom": "demo.custom", "asyncio": "demo.asyncio"}
-
-
-def target_uri(target: str, ns: str | None) -> str:
-    """A URI for ``target``: URIs pass through, demo names become PYRONAME URIs."""
-    if ":" in target:
-        return target
-    name = DEMOS.get(target, target)
-    return f"PYRONAME:{name}@{ns}" if ns else f"PYRONAME:{name}"
+from _support import DEMOS, target_uri
 
 
 def parse_argument(text: str) -> Any:
@@ -67,18 +59,9 @@ class Client:
         return set(self.proxy._pyroMethods)
 
     def burst(self, count: int) -> None:
-        latencies = []
-        clock = time.perf_counter
         self.proxy.ping()  # connect first: the burst measures calls, not the connection
-        for _ in range(count):
-            begin = clock()
-            self.proxy.ping()
-            latencies.append(clock() - begin)
-        total = sum(latencies)
-        latencies.sort()
-        p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
-        print(f"burst: {count} calls of ping() in {total:.3f} s = {count / total:,.0f} calls/s; "
-              f"latency p50 {statistics.median(latencies) * 1000:.3f} ms, p99 {p99 * 1000:.3f} ms", flush=True)
+        burst = timed_burst(lambda _: self.proxy.ping(), count)
+        print(describe_burst(burst.summary(), "calls of ping()"), flush=True)
 
     def tour(self) -> None:
         methods = self.methods()
@@ -107,28 +90,14 @@ class Client:
 
     def alongside(self, method: str, args: tuple) -> None:
         """Run a long call on a second connection and keep making quick calls until it returns."""
-        result: list[Any] = []
-
-        def run() -> None:
+        def run() -> Any:
             with self.new_proxy() as other:
-                try:
-                    result.append(getattr(other, method)(*args))
-                except Exception as exc:
-                    result.append(exc)
+                return getattr(other, method)(*args)
 
-        thread = threading.Thread(target=run, name=f"client-{method}")
-        begin = time.perf_counter()
-        thread.start()
-        answered = 0
-        while thread.is_alive():
-            self.proxy.ping()
-            answered += 1
-            time.sleep(0.01)  # a realistic client pace, so the demo's log is not all pings
-        thread.join()
-        if isinstance(result[0], Exception):
-            raise result[0]
+        # a realistic client pace between pings, so the demo's log is not all pings
+        result, answered, took = while_pinging(run, self.proxy.ping, pace=0.01, thread_name=f"client-{method}")
         shown = ", ".join(repr(a) for a in args)
-        print(f"{method}({shown}) -> {result[0]!r} after {time.perf_counter() - begin:.2f} s; "
+        print(f"{method}({shown}) -> {result!r} after {took:.2f} s; "
               f"meanwhile {answered} quick calls were answered", flush=True)
 
     def concurrently(self, method: str, count: int, delay: float) -> None:

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # Ctrl+C and SIGTERM: the handler clears the flag, the wakeup socket makes select() return.
         wakeup = SignalWakeup()
-        loop.add_reader(wakeup.reader, lambda sock: sock.recv(512))
+        loop.add_reader(wakeup.reader, wakeup.drain)
 
         def stop(*_: object) -> None:
             loop.running = False

@@ -1,14 +1,18 @@
-"""Regenerate docs/qt_demo.png and docs/tk_demo.png from the real demo programs.
+"""Regenerate the screenshots in docs/ from the real demo programs.
 
 Each demo is started as a user would start it, registers with a name server
 started for the occasion, and is driven by ``demos/client.py`` (the tour, then
-a few calls), so the pictures show real remote calls. The Qt window runs on
-Qt's offscreen platform and photographs itself (``widget.grab()``, triggered
-by SIGUSR1); the Tk window runs under a private Xvfb server and is captured
-with ImageMagick's ``import`` (or ``xwd`` + ``convert``).
+a few calls), so the pictures show real remote calls. The client windows
+(``qt_client.py``, ``tk_client.py``) take their own ``--tour`` against
+``demos/asyncio_service.py``. The Qt windows run on Qt's offscreen platform
+and photograph themselves (``widget.grab()``); the Tk windows run under a
+private Xvfb server and are captured from the X server with ImageMagick's
+``import`` (or ``xwd`` + ``convert``, or else Qt's xcb platform grabbing the
+X window).
 
-Needs: PyQt5, Xvfb, and ImageMagick (``apt-get install -y xvfb imagemagick``).
-Run from anywhere: ``python docs/make_screenshots.py``.
+Needs: PyQt5, Xvfb, and ImageMagick or Qt's xcb platform (``apt-get install -y xvfb imagemagick``).
+Run from anywhere: ``python docs/make_screenshots.py [qt_demo tk_demo qt_client tk_client]``
+(default: all four).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 DOCS = Path(__file__).resolve().parent
 DEMOS = DOCS.parent / "demos"
@@ -93,41 +98,100 @@ def start_xvfb() -> tuple[subprocess.Popen, str]:
     return xvfb, f":{number}"
 
 
+#: Qt on the xcb platform photographs an X window by id: the capture of last resort
+_QT_GRAB = ("import sys\nfrom PyQt5 import QtWidgets\napp = QtWidgets.QApplication(sys.argv[:1])\n"
+            "sys.exit(0 if app.primaryScreen().grabWindow(int(sys.argv[1], 16)).save(sys.argv[2]) else 1)\n")
+
+
 def capture_window(window_id: str, display: str, target: Path) -> None:
     env = {**os.environ, "DISPLAY": display}
     if shutil.which("import"):
         subprocess.run(["import", "-window", window_id, str(target)], check=True, env=env, timeout=60)
         return
-    with tempfile.NamedTemporaryFile(suffix=".xwd") as dump:
-        subprocess.run(["xwd", "-silent", "-id", window_id, "-out", dump.name], check=True, env=env, timeout=60)
-        subprocess.run(["convert", dump.name, str(target)], check=True, timeout=60)
+    if shutil.which("xwd"):
+        with tempfile.NamedTemporaryFile(suffix=".xwd") as dump:
+            subprocess.run(["xwd", "-silent", "-id", window_id, "-out", dump.name], check=True, env=env,
+                           timeout=60)
+            subprocess.run(["convert", dump.name, str(target)], check=True, timeout=60)
+        return
+    subprocess.run([sys.executable, "-c", _QT_GRAB, window_id, str(target)], check=True, timeout=60,
+                   env={**env, "QT_QPA_PLATFORM": "xcb"})
 
 
-def tk_screenshot(ns: str, target: Path) -> None:
+def tk_window_screenshot(argv: list[str], target: Path, settle: Callable[[Program], None]) -> None:
+    """Run a Tk program (``argv``) under a private Xvfb and capture its window
+    once ``settle(program)`` returns (it waits for, or makes, what the picture shows)."""
     xvfb, display = start_xvfb()
     try:
-        demo = Program([sys.executable, str(DEMOS / "tk_app.py"), "--ns", ns], env={"DISPLAY": display})
+        window = Program(argv, env={"DISPLAY": display})
         try:
-            window_id = demo.wait_for(r"^window id = (\S+)").group(1)
-            demo.wait_for("^ready")
-            drive("tk", ns)
-            time.sleep(0.5)  # let Tk redraw after the last call before the picture is taken
+            window_id = window.wait_for(r"^window id = (\S+)").group(1)
+            settle(window)
+            time.sleep(0.5)  # let Tk redraw after the last change before the picture is taken
             capture_window(window_id, display, target)
         finally:
-            demo.stop()
+            window.stop()
     finally:
         xvfb.terminate()
         xvfb.wait()
 
 
-def main() -> int:
+def tk_screenshot(ns: str, target: Path) -> None:
+    def settle(demo: Program) -> None:
+        demo.wait_for("^ready")
+        drive("tk", ns)
+
+    tk_window_screenshot([sys.executable, str(DEMOS / "tk_app.py"), "--ns", ns], target, settle)
+
+
+def start_service(ns: str) -> tuple[Program, str]:
+    """demos/asyncio_service.py, the service the client windows call; its URI."""
+    service = Program([sys.executable, str(DEMOS / "asyncio_service.py"), "--ns", ns])
+    uri = service.wait_for(r"^uri = (\S+)").group(1)
+    service.wait_for("^ready")
+    return service, uri
+
+
+def qt_client_screenshot(ns: str, target: Path) -> None:
+    target.unlink(missing_ok=True)
+    service, uri = start_service(ns)
+    try:
+        window = Program([sys.executable, str(DEMOS / "qt_client.py"), uri, "--tour", "--screenshot", str(target)],
+                         env={"QT_QPA_PLATFORM": "offscreen"})
+        try:
+            window.wait_for("^screenshot saved")
+        finally:
+            window.stop()
+    finally:
+        service.stop()
+
+
+def tk_client_screenshot(ns: str, target: Path) -> None:
+    service, uri = start_service(ns)
+    try:
+        tk_window_screenshot([sys.executable, str(DEMOS / "tk_client.py"), uri, "--tour", "--stay"], target,
+                             lambda window: window.wait_for("^tour = "))
+    finally:
+        service.stop()
+
+
+SHOTS = {"qt_demo": qt_screenshot, "tk_demo": tk_screenshot,
+         "qt_client": qt_client_screenshot, "tk_client": tk_client_screenshot}
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = (sys.argv[1:] if argv is None else argv) or list(SHOTS)
+    unknown = set(names) - set(SHOTS)
+    if unknown:
+        print(f"unknown screenshot(s) {', '.join(sorted(unknown))}; choose from {', '.join(SHOTS)}", file=sys.stderr)
+        return 2
     ns = Program([sys.executable, "-m", "pyro_loops.naming", "-n", "127.0.0.1", "-p", "0", "-x"])
     try:
         location = ns.wait_for(r"NS running on (\S+)").group(1)
-        qt_screenshot(location, DOCS / "qt_demo.png")
-        print(f"wrote {DOCS / 'qt_demo.png'}")
-        tk_screenshot(location, DOCS / "tk_demo.png")
-        print(f"wrote {DOCS / 'tk_demo.png'}")
+        for name in names:
+            target = DOCS / f"{name}.png"
+            SHOTS[name](location, target)
+            print(f"wrote {target}")
     finally:
         ns.stop()
     return 0

@@ -14,10 +14,15 @@ import heapq
 import itertools
 import selectors
 import socket
+import threading
 import time
 from typing import Any, Callable
 
-from .hosting import READ, WRITE, report_error
+from .hosting import READ, WRITE, reported, thread_name, wrong_thread
+from ._wakeup import Wakeup
+
+_CALLBACK_ERRORS = reported("select loop callback")
+_TIMER_ERRORS = reported("select loop timer")
 
 
 class Timer:
@@ -43,6 +48,11 @@ class _Hosted:
         self.socks: set[socket.socket] = set()
         self.timer: Timer | None = None
         self.attached = True
+
+    @property
+    def loop_thread(self) -> int | None:
+        """The thread that last ran the loop, None until one has (see ``pyro_loops.hosting``)."""
+        return self.loop._thread
 
     # --- watcher interface ---
     def add(self, sock: socket.socket, events: int) -> None:
@@ -83,7 +93,9 @@ class _Hosted:
 
     # --- handle API ---
     def detach(self) -> None:
+        """Stop serving the daemon from this loop; from the loop's thread only."""
         if self.attached:
+            self.loop._check_thread("detach()")
             self.daemon.detach_watcher()
 
     def __enter__(self) -> "_Hosted":
@@ -102,14 +114,18 @@ class SelectLoop:
         self._counter = itertools.count()
         self._hosted: set[_Hosted] = set()
         self._stopping = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._register(self._wake_r, READ, self._drain_wakeups)
+        self._thread: int | None = None  # the thread that last ran poll(): the loop's thread
+        self._wakeup = Wakeup()
+        self._register(self._wakeup.reader, READ, lambda _sock, _events: self._wakeup.drain())
 
     # --- hosting daemons ---
     def attach(self, daemon: Any) -> _Hosted:
-        """Serve ``daemon`` from this loop until the returned handle is detached."""
+        """Serve ``daemon`` from this loop until the returned handle is detached.
+
+        Attach in the thread that runs the loop, or in any thread before the
+        loop first runs: the loop's thread is the one that runs it.
+        """
+        self._check_thread("attach()")
         hosted = _Hosted(self, daemon)
         daemon.attach_watcher(hosted)  # may refuse (already attached elsewhere): then keep nothing
         self._hosted.add(hosted)
@@ -142,6 +158,7 @@ class SelectLoop:
         if self._timers:
             due_in = max(0.0, self._timers[0][0] - time.monotonic())
             timeout = due_in if timeout is None else min(timeout, due_in)
+        self._thread = threading.get_ident()
         ready = self._selector.select(timeout)
         registered = self._selector.get_map()
         for key, events in ready:
@@ -149,21 +166,15 @@ class SelectLoop:
             current = registered.get(key.fd)
             if current is None or current.fileobj is not key.fileobj or not events & current.events:
                 continue
-            try:
+            with _CALLBACK_ERRORS:
                 current.data(current.fileobj, events & current.events)
-            except Exception as exc:
-                report_error(exc, "select loop callback")
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
             if timer.cancelled:
                 continue
-            try:
+            with _TIMER_ERRORS:
                 timer.callback()
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:  # any other error, even a BaseException subclass
-                report_error(exc, "select loop timer")
 
     def run(self, until: Callable[[], bool] | None = None, max_wait: float | None = None) -> None:
         """Run until ``stop()`` is called or ``until()`` returns true.
@@ -178,18 +189,18 @@ class SelectLoop:
     def stop(self) -> None:
         """Make ``run()`` return; safe to call from any thread."""
         self._stopping = True
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass
+        self._wakeup.wake()
 
     def close(self) -> None:
+        """Detach every daemon and release the loop's own resources.
+
+        Once the loop no longer runs, any thread may close it.
+        """
         for hosted in list(self._hosted):
-            hosted.detach()
-        self._unregister(self._wake_r)
+            hosted.daemon.detach_watcher()
+        self._unregister(self._wakeup.reader)
         self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._wakeup.close()
 
     # --- internals ---
     def _register(self, sock: Any, events: int, callback: Callable[[Any, int], Any]) -> None:
@@ -204,12 +215,10 @@ class SelectLoop:
         except (KeyError, ValueError):
             pass
 
-    def _drain_wakeups(self, sock: socket.socket, _events: int) -> None:
-        try:
-            while sock.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
+    def _check_thread(self, action: str) -> None:
+        """Refuse ``action`` outside the loop's thread (any thread goes before the loop first ran)."""
+        if self._thread is not None and self._thread != threading.get_ident():
+            raise wrong_thread(action, f"the SelectLoop runs in thread {thread_name(self._thread)}")
 
     def __enter__(self) -> "SelectLoop":
         return self

@@ -132,7 +132,7 @@ class Daemon(CallHandling):
         self._single_instances: dict[type, Any] = {}
         self._watcher: Watcher | None = None
         self._deadline: float | None = None
-        self._loop_thread: int | None = None
+        self._event_thread: int | None = None  # the thread of the last event, or the attaching one
         self._idle_check_at: float | None = None
         self._closed = False
         self._limited_log = RateLimitedLog(log)  # for what peers can make the daemon say again and again
@@ -446,7 +446,8 @@ class Daemon(CallHandling):
             log.warning("daemon bound on all interfaces (%s) without HMAC key: anyone who can reach "
                         "this machine can call its objects; set daemon._pyroHmacKey", self.locationStr)
         self._watcher = watcher
-        self._loop_thread = threading.get_ident()
+        # A watcher that tells its loop's thread knows better than the attaching thread (see hosting).
+        self._event_thread = None if hasattr(watcher, "loop_thread") else threading.get_ident()
         with _serving_lock:
             _serving[id(self)] = self
         if self._accept_resume_at is None:
@@ -468,14 +469,23 @@ class Daemon(CallHandling):
         watcher.detached()
         self._forget_loop_thread()
 
+    @property
+    def _loop_thread(self) -> int | None:
+        """The thread that runs the loop serving this daemon; None while none is known.
+
+        The loop's thread is the one that runs it, not the one that attached it:
+        the watcher's ``loop_thread`` when it knows, else the thread of the last event.
+        """
+        return getattr(self._watcher, "loop_thread", None) or self._event_thread
+
     def _forget_loop_thread(self) -> None:
-        self._loop_thread = None
+        self._event_thread = None
         with _serving_lock:
             _serving.pop(id(self), None)
 
     def handle_event(self, sock: socket.socket, events: int) -> None:
         """The host loop says ``sock`` is ready (READ and/or WRITE). Never raises."""
-        self._loop_thread = threading.get_ident()  # a loop may run in another thread than attached it
+        self._event_thread = threading.get_ident()  # a loop may run in another thread than attached it
         try:
             if sock is self.sock:
                 self._accept()

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import pyro_loops
 from pyro_loops import errors
+from pyro_loops._demo_timing import describe_burst, timed_burst, while_pinging
 # The loop that pyro_loops.adapters.selectloop publishes, imported from where it lives:
 # ``python -m pyro_loops.demo`` run in a source checkout imports the package from
 # the checkout, where the adapters are not a subpackage (setup maps them in).
@@ -220,8 +221,7 @@ def serve(burst: int = DEFAULT_BURST, timeout: float = DEFAULT_TIMEOUT, out: Any
             if s["calls"] != served:
                 report.line("  the two counts differ: calls were lost or duplicated")
                 report.failures += 1
-            report.line(f"burst: {s['burst']} calls in {s['burst_seconds']:.2f} s = {s['calls_per_second']:,.0f} "
-                        f"calls/s; latency p50 {s['p50_ms']:.3f} ms, p99 {s['p99_ms']:.3f} ms")
+            report.line(describe_burst(s))
         report.line("threads: " + _thread_summary(service, threading.current_thread().name))
         outcome = "all steps worked" if not report.failures else f"{report.failures} problem(s)"
         report.line(f"done in {time.perf_counter() - started:.1f} s with the selectloop adapter: {outcome}")
@@ -241,11 +241,6 @@ def serve(burst: int = DEFAULT_BURST, timeout: float = DEFAULT_TIMEOUT, out: Any
 
 def _emit(**record: Any) -> None:
     print(json.dumps(record), flush=True)
-
-
-def _percentile(sorted_values: list[float], fraction: float) -> float:
-    index = min(len(sorted_values) - 1, round(fraction * (len(sorted_values) - 1)))
-    return sorted_values[index]
 
 
 class _Client:
@@ -287,15 +282,10 @@ class _Client:
             self.step("stream", lambda: self.stream(svc))
             self.step("exception", lambda: self.exception(svc))
             self.step("worker", lambda: self.worker(svc))
-            latencies: list[float] = []
-            self.step("burst", lambda: self.burst_calls(svc, latencies))
-        if latencies:
-            latencies.sort()
-            total = sum(latencies)
-            _emit(summary={"calls": self.calls, "stream_items": self.stream_items, "burst": len(latencies),
-                           "burst_seconds": total, "calls_per_second": len(latencies) / total,
-                           "p50_ms": _percentile(latencies, 0.5) * 1000,
-                           "p99_ms": _percentile(latencies, 0.99) * 1000})
+            bursts: list[dict[str, float]] = []
+            self.step("burst", lambda: self.burst_calls(svc, bursts))
+        if bursts:
+            _emit(summary={"calls": self.calls, "stream_items": self.stream_items, **bursts[0]})
         return 1 if self.failed else 0
 
     def find_ns(self, host: str, port: int) -> str:
@@ -356,45 +346,26 @@ class _Client:
         raise AssertionError("divide(1, 0) did not raise")
 
     def worker(self, svc: pyro_loops.Proxy) -> str:
-        result: list[Any] = []
-
-        def slow() -> None:
+        def slow() -> int:
             with self.proxy() as other:  # one call in flight per connection: use a second proxy
-                try:
-                    result.append(other.slow_square(12, WORKER_SECONDS))
-                except Exception as exc:
-                    result.append(exc)
+                return other.slow_square(12, WORKER_SECONDS)
 
-        begin = time.perf_counter()
-        thread = threading.Thread(target=slow, name="demo-slow-call")
-        thread.start()
-        pings = 0
-        while thread.is_alive():
-            svc.ping()
-            pings += 1
-        thread.join()
-        took = time.perf_counter() - begin
-        self.calls += pings + 1
-        if isinstance(result[0], Exception):
-            raise result[0]
+        try:
+            result, pings, took = while_pinging(slow, svc.ping, thread_name="demo-slow-call")
+        finally:
+            self.calls += 1
+        self.calls += pings
         if pings == 0:
             raise AssertionError("no ping was answered while slow_square ran")
-        return (f"slow_square(12, {WORKER_SECONDS}) = {result[0]} after {took:.2f} s in a worker thread; "
+        return (f"slow_square(12, {WORKER_SECONDS}) = {result} after {took:.2f} s in a worker thread; "
                 f"meanwhile the loop answered {pings} pings")
 
-    def burst_calls(self, svc: pyro_loops.Proxy, latencies: list[float]) -> str:
-        clock = time.perf_counter
-        stop_at = clock() + BURST_SECONDS
-        for i in range(self.burst):
-            begin = clock()
-            svc.add(i, 1)
-            end = clock()
-            latencies.append(end - begin)
-            if end > stop_at:
-                break
-        self.calls += len(latencies)
-        text = f"{len(latencies)} calls of add(i, 1), one after another, each timed"
-        if len(latencies) < self.burst:
+    def burst_calls(self, svc: pyro_loops.Proxy, bursts: list[dict[str, float]]) -> str:
+        burst = timed_burst(lambda i: svc.add(i, 1), self.burst, BURST_SECONDS)
+        bursts.append(burst.summary())
+        self.calls += len(burst.latencies)
+        text = f"{len(burst.latencies)} calls of add(i, 1), one after another, each timed"
+        if len(burst.latencies) < self.burst:
             text += f" (stopped after {BURST_SECONDS:g} s, before all {self.burst})"
         return text
 

@@ -26,6 +26,17 @@ Rules for both sides:
   host needs no timer and never wakes up for it.
 - ``READ`` and ``WRITE`` are ``selectors.EVENT_READ`` and ``EVENT_WRITE``;
   ``events`` arguments are bit sets of them.
+- Attaching or detaching from a thread that does not run the loop is refused
+  with ``wrong_thread``'s error, the same for every host.
+- ``reported`` is the one guard for code that runs on the loop's behalf: what
+  it raises goes to the error hook, not into the toolkit.
+
+A watcher may also say which thread runs its loop with a ``loop_thread``
+attribute (a ``threading.get_ident()`` value, or None while no thread runs the
+loop yet: the hosted object then learns it from the first event it handles);
+without it, the thread that attaches is taken for the loop's. A daemon needs
+it to refuse, rather than hang in, a blocking call the loop's thread makes to
+itself.
 
 ``demos/custom_loop.py`` is a complete host in about a hundred lines; the
 adapters in ``pyro_loops.adapters`` are hosts for Qt, Tk, asyncio and the
@@ -34,14 +45,17 @@ selectors loop.
 
 from __future__ import annotations
 
+import functools
 import logging
 import selectors
 import socket
-from typing import Callable, Protocol, runtime_checkable
+import threading
+from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
 
 __all__ = ["READ", "WRITE", "Watcher", "Hosted", "set_error_hook", "report_error"]
 
 log = logging.getLogger("pyro_loops")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
@@ -164,3 +178,62 @@ def report_error(exc: BaseException, where: str) -> None:
         _error_hook(exc, where)
     except Exception:  # the hook itself must never take the loop down
         log.exception("error hook failed while reporting an error in %s", where)
+
+
+class reported:  # noqa: N801 - reads as a statement: ``with reported("where"):``
+    """Report what the guarded code raises to the error hook instead of raising it.
+
+    For code that runs on behalf of a host loop (its callbacks, the daemon's
+    hooks into user code): an exception that escapes there ends the loop or,
+    with PyQt5, the process. ``with reported("select loop timer"): ...`` or, on
+    a callback, ``@reported("asyncio adapter: deadline")`` (which then returns
+    None). Every exception is reported, BaseException subclasses included,
+    except those in ``let_through``: by default KeyboardInterrupt and
+    SystemExit, which are the user ending the program. One instance may be
+    reused and nested: it keeps no state.
+    """
+
+    __slots__ = ("where", "let_through")
+
+    def __init__(self, where: str,
+                 let_through: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit)) -> None:
+        self.where = where
+        self.let_through = let_through
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if exc is None or isinstance(exc, self.let_through):
+            return False
+        report_error(exc, self.where)
+        return True
+
+    def __call__(self, callback: _F) -> _F:
+        @functools.wraps(callback)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return callback(*args, **kwargs)
+            return None
+
+        return guarded  # type: ignore[return-value]
+
+
+def wrong_thread(action: str, loop: str) -> RuntimeError:
+    """The error with which every host refuses ``action`` from a thread that does not run its loop.
+
+    ``loop`` says which loop and, where known, which thread runs it. The
+    message names the calling thread and the way out.
+    """
+    here = threading.current_thread().name
+    return RuntimeError(
+        f"{action} called in thread {here!r}, but {loop}: call {action} in the loop's own thread "
+        "(from any thread, daemon.close() stops serving: the loop carries it out)")
+
+
+def thread_name(ident: int) -> str:
+    """The name of the live thread ``ident``, for messages."""
+    for thread in threading.enumerate():
+        if thread.ident == ident:
+            return repr(thread.name)
+    return f"#{ident}"

@@ -18,8 +18,7 @@ from pytestqt.qt_compat import qt_api
 import pyro_loops
 from pyro_loops.adapters import qt as qt_adapter
 
-from _adapter_support import (BIG_REPLY, WAIT_S, BaseService, call_once, fail_first_event, half_frame_client,
-                              proxy, pyro4_receive_result, pyro4_send_requests)
+from _adapter_support import WAIT_S, BaseService, call_once, proxy, pyro4_send_requests
 
 QCoreApplication = qt_api.QtCore.QCoreApplication
 QEvent = qt_api.QtCore.QEvent
@@ -31,7 +30,6 @@ QTimer = qt_api.QtCore.QTimer
 WAIT_MS = int(WAIT_S * 1000)
 OWNER_NAME = "pyro_loops.adapters.qt"
 READ_TYPE = QSocketNotifier.Type.Read
-WRITE_TYPE = QSocketNotifier.Type.Write
 
 
 @pyro_loops.expose
@@ -113,10 +111,6 @@ def read_fds(app) -> list[int]:
     return sorted(int(n.socket()) for n in notifiers(app, READ_TYPE))
 
 
-def deadline_timer_active(app) -> bool:
-    return any(t.isActive() for owner in owners(app) for t in owner.findChildren(QTimer))
-
-
 def daemon_fds(daemon) -> list[int]:
     return sorted(s.fileno() for s in daemon.sockets)
 
@@ -147,42 +141,6 @@ def uri(qapp, daemon, service):
         yield uri
 
 
-def test_many_sequential_calls_are_answered(qtbot, uri):
-    def client():
-        with proxy(uri) as p:
-            return [p.echo(i) for i in range(300)]
-
-    assert run(qtbot, client) == list(range(300))
-
-
-def test_each_socket_has_one_read_notifier_and_closed_connections_lose_theirs(qtbot, qapp, daemon, uri):
-    idle = daemon_fds(daemon)
-    assert read_fds(qapp) == idle
-    holding = threading.Event()
-    release = threading.Event()
-
-    def clients():
-        proxies = [proxy(uri) for _ in range(5)]
-        for p in proxies:
-            p.echo("hello")
-        holding.set()
-        release.wait(WAIT_S)
-        for p in proxies:
-            p._pyroRelease()
-
-    call = ThreadedCall(clients)
-    qtbot.waitUntil(holding.is_set, timeout=WAIT_MS)
-    assert len(daemon_fds(daemon)) == len(idle) + 5
-    assert read_fds(qapp) == daemon_fds(daemon)
-    connection_fds = set(daemon_fds(daemon)) - set(idle)
-    release.set()
-    qtbot.waitUntil(call.done, timeout=WAIT_MS)
-    call.result()
-    qtbot.waitUntil(lambda: daemon_fds(daemon) == idle, timeout=WAIT_MS)
-    assert read_fds(qapp) == idle
-    assert not connection_fds & {int(n.socket()) for n in notifiers(qapp)}
-
-
 def test_reused_descriptors_get_one_fresh_notifier_each_time(qtbot, qapp, daemon, uri):
     idle = daemon_fds(daemon)
     connection_fds = []
@@ -206,129 +164,6 @@ def test_reused_descriptors_get_one_fresh_notifier_each_time(qtbot, qapp, daemon
         QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
         assert len([n for owner in owners(qapp) for n in owner.findChildren(QSocketNotifier)]) == len(idle)
     assert len(set(connection_fds)) < len(connection_fds)  # the kernel did hand out the same fds again
-
-
-def test_client_stalled_mid_header_does_not_hold_up_others(qtbot, uri):
-    stalled = half_frame_client(uri)
-    try:
-        def client():
-            with proxy(uri) as p:
-                return [p.echo(i) for i in range(20)]
-
-        assert run(qtbot, client) == list(range(20))
-    finally:
-        stalled.close()
-
-
-def test_deadline_timer_runs_only_while_a_deadline_exists(qtbot, qapp, daemon, uri):
-    pyro_loops.config.HALF_FRAME_TIMEOUT = 0.2
-    assert run(qtbot, call_once, uri, "echo", 1) == 1
-    qtbot.waitUntil(lambda: not deadline_timer_active(qapp), timeout=WAIT_MS)
-    idle = daemon_fds(daemon)
-    stalled = half_frame_client(uri)
-    try:
-        qtbot.waitUntil(lambda: deadline_timer_active(qapp), timeout=WAIT_MS)
-        # The deadline is due: the daemon drops the stalled client and no timer is left.
-        qtbot.waitUntil(lambda: daemon_fds(daemon) == idle and not deadline_timer_active(qapp), timeout=WAIT_MS)
-        assert read_fds(qapp) == idle
-    finally:
-        stalled.close()
-
-
-def test_worker_call_leaves_the_gui_timer_ticking(qtbot, uri, service):
-    ticks_during_call = []
-
-    def tick():
-        if service.worker_started.is_set():
-            ticks_during_call.append(1)
-            if len(ticks_during_call) == 3:
-                service.release.set()  # the call only finishes if the GUI thread kept running
-
-    timer = QTimer()
-    timer.timeout.connect(tick)
-    timer.start(5)
-    try:
-        released, in_main_thread = run(qtbot, call_once, uri, "wait_in_worker")
-    finally:
-        timer.stop()
-    assert released is True
-    assert in_main_thread is False
-    assert len(ticks_during_call) >= 3
-
-
-def test_calls_run_in_the_gui_thread_by_default(qtbot, uri):
-    assert run(qtbot, call_once, uri, "in_main_thread") is True
-
-
-def test_method_exception_reaches_the_caller_and_serving_goes_on(qtbot, uri):
-    def client():
-        with proxy(uri) as p:
-            with pytest.raises(ValueError, match="boom"):
-                p.fail()
-            return p.echo("after")
-
-    assert run(qtbot, client) == "after"
-
-
-def test_internal_error_goes_to_the_hook_not_into_qt(qtbot, uri, daemon, monkeypatch):
-    reported = []
-    pyro_loops.set_error_hook(lambda exc, where: reported.append((exc, where)))
-    fail_first_event(monkeypatch, daemon)
-    try:
-        assert run(qtbot, call_once, uri, "echo", "served anyway") == "served anyway"
-    finally:
-        pyro_loops.set_error_hook(None)
-    assert [str(exc) for exc, _ in reported] == ["injected daemon fault"]
-    assert "qt" in reported[0][1]
-
-
-def test_detach_leaves_nothing_and_reattach_serves_the_waiting_client(qtbot, qapp, daemon):
-    uri = daemon.register(Service())
-    handle = qt_adapter.attach(daemon, qapp)
-    assert run(qtbot, call_once, uri, "echo", 1) == 1
-    handle.detach()
-    assert not handle.attached
-    assert notifiers(qapp) == []
-    assert leftovers(qapp) == []
-
-    waiting = ThreadedCall(call_once, uri, "echo", 2)
-    qtbot.wait(200)
-    assert not waiting.done()  # nothing serves a detached daemon
-    with qt_adapter.attach(daemon, qapp):
-        qtbot.waitUntil(waiting.done, timeout=WAIT_MS)
-        assert waiting.result() == 2
-
-
-def test_two_daemons_share_one_application(qtbot, qapp, daemon):
-    with pyro_loops.Daemon(host="127.0.0.1", port=0) as other:
-        uri1 = daemon.register(Service())
-        uri2 = other.register(Service())
-        with qt_adapter.attach(daemon, qapp), qt_adapter.attach(other, qapp):
-            def client():
-                with proxy(uri1) as p1, proxy(uri2) as p2:
-                    return [(p1.echo(i), p2.echo(-i)) for i in range(10)]
-
-            assert run(qtbot, client) == [(i, -i) for i in range(10)]
-            assert read_fds(qapp) == sorted(daemon_fds(daemon) + daemon_fds(other))
-    assert leftovers(qapp) == []
-
-
-def test_large_reply_drains_through_write_notifier_while_others_are_served(qtbot, qapp, uri):
-    stalled = run(qtbot, pyro4_send_requests, uri, ("big", ()))
-    try:
-        qtbot.waitUntil(lambda: len(notifiers(qapp, WRITE_TYPE)) == 1, timeout=WAIT_MS)
-        writer_fd = int(notifiers(qapp, WRITE_TYPE)[0].socket())
-
-        def client():
-            with proxy(uri) as p:
-                return [p.echo(i) for i in range(10)]
-
-        assert run(qtbot, client) == list(range(10))
-        assert [int(n.socket()) for n in notifiers(qapp, WRITE_TYPE)] == [writer_fd]  # reply still pending
-        assert len(run(qtbot, pyro4_receive_result, stalled)) == BIG_REPLY
-    finally:
-        stalled._pyroRelease()
-    qtbot.waitUntil(lambda: not notifiers(qapp, WRITE_TYPE), timeout=WAIT_MS)
 
 
 def test_nested_event_loop_in_a_call_keeps_serving_other_clients(qtbot, uri, service):
@@ -386,18 +221,6 @@ def test_nested_loop_in_a_large_request_still_gets_worker_results(qtbot, uri, se
         qtbot, uri, service, ("run_nested_loop_after_upload", (list(range(30000)),))) == 2
 
 
-def test_daemon_close_while_attached_detaches(qtbot, qapp):
-    daemon = pyro_loops.Daemon(host="127.0.0.1", port=0)
-    uri = daemon.register(Service())
-    handle = qt_adapter.attach(daemon, qapp)
-    assert run(qtbot, call_once, uri, "echo", "x") == "x"
-    daemon.close()
-    assert not handle.attached
-    assert notifiers(qapp) == []
-    assert leftovers(qapp) == []
-    handle.detach()  # detaching again is harmless
-
-
 def test_application_quit_closes_the_daemon(qapp):
     daemon = pyro_loops.Daemon(host="127.0.0.1", port=0)
     sockets = list(daemon.sockets)
@@ -409,40 +232,3 @@ def test_application_quit_closes_the_daemon(qapp):
     assert leftovers(qapp) == []
 
 
-def test_attach_from_another_thread_is_refused(qapp):
-    errors = []
-
-    def attach_from_thread():
-        with pyro_loops.Daemon(host="127.0.0.1", port=0) as daemon:
-            try:
-                qt_adapter.attach(daemon, qapp)
-            except RuntimeError as exc:
-                errors.append(exc)
-
-    thread = threading.Thread(target=attach_from_thread)
-    thread.start()
-    thread.join(WAIT_S)
-    assert len(errors) == 1 and "thread" in str(errors[0])
-
-
-def test_other_threads_close_the_daemon_through_the_loop_but_cannot_detach(qtbot, qapp):
-    daemon = pyro_loops.Daemon(host="127.0.0.1", port=0)
-    handle = qt_adapter.attach(daemon, qapp)
-    errors = []
-
-    def detach_from_thread():
-        try:
-            handle.detach()
-        except RuntimeError as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=detach_from_thread)
-    thread.start()
-    thread.join(WAIT_S)
-    assert len(errors) == 1 and handle.attached
-    thread = threading.Thread(target=daemon.close)
-    thread.start()
-    thread.join(WAIT_S)
-    qtbot.waitUntil(lambda: not handle.attached, timeout=WAIT_MS)
-    assert daemon.sockets == []
-    assert leftovers(qapp) == []

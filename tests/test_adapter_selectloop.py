@@ -20,8 +20,7 @@ import pytest
 import pyro_loops
 from pyro_loops.adapters.selectloop import SelectLoop, attach
 
-from _adapter_support import (BIG_REPLY, FLOOD, WAIT_S, BaseService, DisconnectFails, RawClient, call_once,
-                              errors_reported, half_frame_client, in_threads, proxy)
+from _adapter_support import BIG_REPLY, WAIT_S, BaseService, call_once, in_threads, proxy, reported
 
 
 @pyro_loops.expose
@@ -37,13 +36,6 @@ class Service(BaseService):
 def loop():
     with SelectLoop() as loop:
         yield loop
-
-
-@pytest.fixture
-def reported():
-    """Errors sent to the error hook; a test that expects some clears the list."""
-    with errors_reported() as seen:
-        yield seen
 
 
 @pytest.fixture
@@ -86,112 +78,10 @@ def serve_clients(loop: SelectLoop, *clients: Callable[[], Any]) -> list[Any]:
 
 def watched(loop: SelectLoop) -> set[Any]:
     """The sockets registered in the loop's selector, its own wakeup socket left out."""
-    return {key.fileobj for key in loop._selector.get_map().values()} - {loop._wake_r}
+    return {key.fileobj for key in loop._selector.get_map().values()} - {loop._wakeup.reader}
 
 
 # --- the loop hosting daemons ----------------------------------------------------------
-
-
-def test_many_sequential_calls_run_in_the_loop_thread(loop, daemon, service, reported):
-    attach(daemon, loop)
-
-    def client():
-        with proxy(service.uri) as p:
-            return [p.echo(i) for i in range(300)], p.in_loop_thread()
-
-    [(values, in_loop_thread)] = serve_clients(loop, client)
-    assert values == list(range(300))
-    assert in_loop_thread
-
-
-def test_clients_coming_and_going_leave_no_registration_behind(loop, daemon, service, reported):
-    attach(daemon, loop)
-
-    def client(n):
-        return lambda: [call_once(service.uri, "echo", (n, i)) for i in range(5)]
-
-    results = serve_clients(loop, *(client(n) for n in range(12)))
-    assert results == [[(n, i) for i in range(5)] for n in range(12)]
-    run_until(loop, lambda: len(daemon.sockets) == 2)
-    assert watched(loop) == set(daemon.sockets)
-    assert serve_clients(loop, lambda: call_once(service.uri, "echo", "still served")) == ["still served"]
-
-
-def test_half_sent_frame_does_not_stall_others_and_times_out(loop, daemon, service, reported):
-    pyro_loops.config.HALF_FRAME_TIMEOUT = 0.3
-    attach(daemon, loop)
-    with half_frame_client(service.uri) as stalled:
-
-        def other_client():
-            with proxy(service.uri) as p:
-                return [p.echo(i) for i in range(20)]
-
-        assert serve_clients(loop, other_client) == [list(range(20))]
-        # the stalled client is cut off by the daemon's deadline, a loop timer
-        assert serve_clients(loop, lambda: stalled.recv(100)) == [b""]
-
-
-def test_long_worker_call_leaves_loop_timers_ticking(loop, daemon, service, reported):
-    ticks_during_call = []
-
-    def tick():
-        if service.worker_started.is_set() and not service.release.is_set():
-            ticks_during_call.append(1)
-            if len(ticks_during_call) >= 5:
-                service.release.set()  # the call may end only after the loop ticked meanwhile
-        timer[0] = loop.call_later(0.01, tick)
-
-    timer = [loop.call_later(0.01, tick)]
-    attach(daemon, loop)
-    [(released, in_loop_thread)] = serve_clients(loop, lambda: call_once(service.uri, "wait_in_worker"))
-    timer[0].cancel()
-    assert released, "the worker call ended without the loop timer ticking 5 times meanwhile"
-    assert not in_loop_thread
-    assert len(ticks_during_call) == 5
-
-
-def test_flood_of_pipelined_calls_leaves_the_loop_its_turns(loop, daemon, service, reported):
-    def tick():  # advances once per pass of the loop, whatever the clock says
-        service.ticks += 1
-        timer[0] = loop.call_later(0, tick)
-
-    attach(daemon, loop)
-    flood = RawClient(service.uri)
-    try:
-        # sent before the loop runs, so it all waits in one receive buffer
-        flood.call("ticks_seen", FLOOD)
-        timer = [loop.call_later(0, tick)]
-        [seen] = serve_clients(loop, flood.results)
-        timer[0].cancel()
-    finally:
-        flood.sock.close()
-    assert len(seen) == FLOOD
-    assert seen[-1] > seen[0], "the whole flood was served without the loop's timers getting a turn"
-
-
-def test_exception_in_a_method_goes_back_to_its_caller(loop, daemon, service, reported):
-    def client():
-        with proxy(service.uri) as p:
-            with pytest.raises(ValueError, match="boom"):
-                p.fail()
-            return p.echo("after")
-
-    attach(daemon, loop)
-    assert serve_clients(loop, client) == ["after"]
-
-
-def test_internal_error_goes_to_the_hook_and_serving_goes_on(loop, reported):
-    with DisconnectFails(host="127.0.0.1") as daemon:
-        uri = daemon.register(Service(), "service")
-        attach(daemon, loop)
-        assert serve_clients(loop, lambda: call_once(uri, "echo", 1)) == [1]
-        run_until(loop, lambda: reported)
-        [(exc, where)] = reported
-        assert isinstance(exc, RuntimeError) and "clientDisconnect" in where
-        reported.clear()
-        assert serve_clients(loop, lambda: call_once(uri, "echo", 2)) == [2]
-        run_until(loop, lambda: reported)
-        reported.clear()
 
 
 def test_exception_in_the_programs_callback_goes_to_the_hook(loop, daemon, service, reported):
@@ -203,69 +93,33 @@ def test_exception_in_the_programs_callback_goes_to_the_hook(loop, daemon, servi
     reported.clear()
 
 
-def test_detach_and_reattach(loop, daemon, service, reported):
+def test_loop_attached_here_and_run_in_another_thread_serves_this_threads_calls(loop, daemon, service, reported):
+    """The loop's thread is the thread that runs it: calls from the thread that
+    attached are no calls of the loop to itself (which are refused as a deadlock)."""
     handle = attach(daemon, loop)
-    assert serve_clients(loop, lambda: call_once(service.uri, "echo", 1)) == [1]
-    run_until(loop, lambda: len(daemon.sockets) == 2)
-    handle.detach()
-    assert not handle.attached
-    assert watched(loop) == set()
-    with socket.create_connection((service.uri.host, service.uri.port), timeout=WAIT_S):
-        for _ in range(5):
-            loop.poll(0)
-        assert len(daemon.sockets) == 2  # the pending connection was not accepted
-    with attach(daemon, loop) as again:
-        assert serve_clients(loop, lambda: call_once(service.uri, "echo", 2)) == [2]
-    assert not again.attached
-    assert watched(loop) == set()
-
-
-def test_two_daemons_on_one_loop(loop, daemon, service, reported):
-    with pyro_loops.Daemon(host="127.0.0.1") as second:
-        other_uri = second.register(Service(), "other")
-        attach(daemon, loop)
-        second_handle = attach(second, loop)
-
-        def client(uri):
-            with proxy(uri) as p:
-                return [p.echo(str(uri.object) + str(i)) for i in range(50)]
-
-        first_calls, second_calls = serve_clients(loop, lambda: client(service.uri), lambda: client(other_uri))
-        assert first_calls == [f"service{i}" for i in range(50)]
-        assert second_calls == [f"other{i}" for i in range(50)]
-        second_handle.detach()
-        assert serve_clients(loop, lambda: client(service.uri)) == [first_calls]
-
-
-def test_big_reply_drains_while_another_client_is_served(loop, daemon, service, reported):
-    attach(daemon, loop)
-    slow = RawClient(service.uri, receive_buffer=64 * 1024)
+    runner = threading.Thread(target=loop.run, name="select-loop")
+    runner.start()
     try:
-        slow.call("big")
-
-        def other_client():
-            with proxy(service.uri) as p:
-                return [p.echo(i) for i in range(50)]
-
-        # the slow reader has not read a byte of its reply yet
-        assert serve_clients(loop, other_client) == [list(range(50))]
-        [reply] = serve_clients(loop, slow.results)
+        assert call_once(service.uri, "echo", "from the attaching thread") == "from the attaching thread"
+        assert call_once(service.uri, "in_loop_thread") is False
     finally:
-        slow.sock.close()
-    assert reply == ["x" * BIG_REPLY]
+        daemon.close()  # from outside the loop's thread: the loop carries it out
+        loop.stop()
+        runner.join(WAIT_S)
+    assert not runner.is_alive()
+    assert not handle.attached
 
 
-def test_daemon_close_while_attached_leaves_no_registration(loop, daemon, service, reported):
-    handle = attach(daemon, loop)
-    with proxy(service.uri) as p:
-        assert serve_clients(loop, lambda: p.echo(1)) == [1]
-        daemon.close()
-        assert not handle.attached
-        assert watched(loop) == set()
-        with pytest.raises(pyro_loops.errors.CommunicationError):
-            p.echo(2)
-    loop.poll(0)  # the loop carries on without it
-    handle.detach()  # harmless once the daemon let go
+def test_request_loop_in_another_thread_ends_when_shut_down_before_any_client(daemon, reported):
+    runner = threading.Thread(target=daemon.requestLoop, name="request-loop")
+    runner.start()
+    deadline = time.monotonic() + WAIT_S
+    while daemon._watcher is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # the loop is asleep in select() by now
+    daemon.shutdown()
+    runner.join(WAIT_S)
+    assert not runner.is_alive(), "requestLoop() did not end after shutdown() from another thread"
 
 
 # --- the program's own sockets, timers and frame loop ----------------------------------
@@ -317,14 +171,6 @@ def test_stop_from_another_thread_ends_run(loop, daemon, reported):
     loop.run()
     safety.cancel()
     stopper.join()
-
-
-def test_refused_attach_leaves_the_daemons_real_loop_alone(loop, daemon, reported):
-    handle = attach(daemon, loop)
-    with SelectLoop() as other:
-        with pytest.raises(pyro_loops.errors.DaemonError):
-            attach(daemon, other)
-    assert handle.attached
 
 
 def test_reader_removed_during_a_pass_is_not_called(loop, reported):

@@ -6,6 +6,7 @@ log lines it prints. Every process is stopped in teardown."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import queue
 import re
@@ -141,7 +142,8 @@ def start_tk(start_demo, *args: str) -> tuple[DemoProcess, str]:
     return demo, uri
 
 
-@pytest.mark.parametrize("script", ["qt_app.py", "tk_app.py", "custom_loop.py", "asyncio_service.py", "client.py"])
+@pytest.mark.parametrize("script", ["qt_app.py", "tk_app.py", "custom_loop.py", "asyncio_service.py", "client.py",
+                                    "qt_client.py", "tk_client.py", "asyncio_client.py"])
 def test_every_demo_explains_its_options(script):
     done = subprocess.run([sys.executable, str(DEMOS / script), "--help"], capture_output=True, text=True,
                           timeout=60, env=demo_env())
@@ -297,3 +299,79 @@ def test_client_reports_a_remote_error_and_fails(start_demo):
     assert done.returncode == 1
     assert "ValueError: invalid literal for int()" in done.stderr
     assert "Remote traceback" in done.stderr
+
+
+# --- the loop-client demos: windows and a coroutine calling the asyncio service ---------------
+
+
+@pytest.fixture
+def async_service(start_demo) -> str:
+    """demos/asyncio_service.py in its own process; its URI."""
+    demo = start_demo("asyncio_service.py", "--host", HOST, "--ns", "none")
+    uri = demo.wait_for(r"^uri = (\S+)").group(1)
+    demo.wait_for("^ready")
+    return uri
+
+
+def tour_of(demo: DemoProcess) -> dict:
+    """The summary a client demo prints at the end of its tour; the demo must exit with 0."""
+    summary = json.loads(demo.wait_for(r"^tour = (.*)$").group(1))
+    assert demo.proc.wait(timeout=WAIT) == 0, "\n".join(demo.output)
+    return summary
+
+
+def assert_window_tour(summary: dict) -> None:
+    """What a client window must show after its tour."""
+    seen = summary["progress_seen"]  # the bar's value at each tick of the GUI timer, call sent to reply
+    assert len(set(seen)) >= 3, f"the progress bar did not move while work() was pending: {seen}"
+    assert seen == sorted(seen) and seen[-1] < 100
+    assert summary["progress"] == 100  # set when the reply came
+    assert summary["pushed"] == [f"step {i} of 6 done ({i * 0.5:.1f} s)" for i in range(1, 7)]
+    assert "work(3) -> 'worked 3 s in 6 steps; 6 notes pushed'" in summary["results"]  # pushed before it replied
+    assert summary["quick_answered_while_slow_pending"]
+    assert "countdown(5) streamed -> [5, 4, 3, 2, 1]" in summary["results"]
+    assert any(line.startswith("increment('ten') failed: ValueError") for line in summary["results"])
+
+
+def test_qt_client_window_moves_its_bar_during_a_3s_call_and_lists_what_the_service_pushes(
+        qtbot, monkeypatch, async_service):
+    monkeypatch.syspath_prepend(str(DEMOS))
+    import qt_client
+    from PyQt5 import QtWidgets
+
+    window, panel, close = qt_client.build(QtWidgets.QApplication.instance(), async_service, HOST, WAIT)
+    qtbot.addWidget(window)
+    window.show()
+    summaries: list[dict] = []
+    try:
+        panel.tour(summaries.append)
+        qtbot.waitUntil(lambda: bool(summaries), timeout=int(WAIT * 1000))
+    finally:
+        close()
+    assert_window_tour(summaries[0])
+    assert [window.pushed.item(i).text() for i in range(window.pushed.count())] == summaries[0]["pushed"]
+    assert window.progress.value() == 100
+
+
+def test_qt_client_tour_as_a_program(start_demo, async_service):
+    demo = start_demo("qt_client.py", async_service, "--callback-host", HOST, "--tour",
+                      env=demo_env(QT_QPA_PLATFORM="offscreen"))
+    assert_window_tour(tour_of(demo))
+
+
+def test_tk_client_window_moves_its_bar_during_a_3s_call_and_lists_what_the_service_pushes(
+        start_demo, async_service):
+    if not os.environ.get("DISPLAY"):
+        pytest.skip("no X display (pytest-xvfb starts one when Xvfb is installed)")
+    demo = start_demo("tk_client.py", async_service, "--callback-host", HOST, "--tour")
+    assert_window_tour(tour_of(demo))
+
+
+def test_asyncio_client_awaits_calls_is_called_back_and_iterates_a_remote_generator(start_demo, async_service):
+    demo = start_demo("asyncio_client.py", async_service, "--callback-host", HOST)
+    summary = tour_of(demo)
+    assert summary["ticks_while_pending"] >= 3  # the program's own task ran while work(3) was awaited
+    assert len(summary["pushed"]) == 6
+    assert summary["items"] == [5, 4, 3, 2, 1]
+    assert summary["failure"].startswith("ValueError: invalid literal")
+    assert [echo.split(" (")[0] for echo in summary["echoes"]] == ["call 0", "call 1", "call 2"]
