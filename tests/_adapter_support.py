@@ -8,6 +8,7 @@ is run while clients work, and how its registrations are read back.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from typing import Any, Callable, Iterator
@@ -70,18 +71,26 @@ def fail_first_event(monkeypatch: pytest.MonkeyPatch, daemon: pyro_loops.Daemon)
     monkeypatch.setattr(daemon, "handle_event", handle_event)
 
 
-@pytest.fixture
-def reported() -> Iterator[list[tuple[BaseException, str]]]:
-    """Errors sent to the error hook; fails at the end if anything is left.
+@contextlib.contextmanager
+def errors_reported() -> Iterator[list[tuple[BaseException, str]]]:
+    """Collect what reaches the error hook; fails at the end if anything is left.
 
     A test that expects errors clears the list once it has looked at them.
-    Imported by the test modules that use it, as a fixture.
     """
     seen: list[tuple[BaseException, str]] = []
     pyro_loops.set_error_hook(lambda exc, where: seen.append((exc, where)))
-    yield seen
-    pyro_loops.set_error_hook(None)
+    try:
+        yield seen
+    finally:
+        pyro_loops.set_error_hook(None)
     assert not seen, f"unexpected internal errors: {seen}"
+
+
+@pytest.fixture
+def reported() -> Iterator[list[tuple[BaseException, str]]]:
+    """``errors_reported`` as a fixture, for the test modules that import it."""
+    with errors_reported() as seen:
+        yield seen
 
 
 # --- clients ----------------------------------------------------------------------------
