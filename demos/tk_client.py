@@ -78,7 +78,7 @@ class Window:
     def connect_panel(self, panel: Panel) -> None:
         actions = {"quick": panel.quick, "slow": panel.slow, "stream": panel.stream, "failing": panel.failing}
         for name, action in actions.items():
-            self.buttons[name].configure(command=lambda action=action: action())
+            self.buttons[name].configure(command=action)
 
     # -- the View --
 
