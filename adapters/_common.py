@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import functools
 import socket
-from typing import Any, Callable, Self
+from typing import Any, Callable, TypeVar
 
 from pyro_loops.hosting import report_error
+
+_Handle = TypeVar("_Handle", bound="WatcherHandle")  # typing.Self is 3.11+
 
 
 def guarded(where: str) -> Callable[[Callable[..., Any]], Callable[..., None]]:
@@ -68,7 +70,7 @@ class WatcherHandle:
         if self._attached:
             self.daemon.detach_watcher()
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _Handle) -> _Handle:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
