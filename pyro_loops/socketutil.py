@@ -60,7 +60,7 @@ def getIpAddress(hostname: str | None, workaround127: bool = False, ipVersion: i
     family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(version, socket.AF_UNSPEC)
     name = hostname or socket.gethostname()
     try:
-        address = socket.getaddrinfo(name, 80, family, socket.SOCK_STREAM)[0][4][0]
+        address = str(socket.getaddrinfo(name, 80, family, socket.SOCK_STREAM)[0][4][0])
     except socket.gaierror:
         if hostname:
             raise
