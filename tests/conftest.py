@@ -26,9 +26,14 @@ def _fresh_config():
     pyro_loops.config.reset()
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "display: needs an X display (skipped without one, outside CI)")
+
+
 def _needs_display(item: pytest.Item) -> bool:
-    """Tk needs an X server: the Tk adapter's tests and the Tk demo's (Qt runs offscreen)."""
-    return item.path.name == "test_adapter_tk.py" or item.name.startswith("test_tk_")
+    """Tk needs an X server: the Tk adapter's tests, the Tk demo's, and those marked ``display``."""
+    return (item.path.name == "test_adapter_tk.py" or item.name.startswith("test_tk_")
+            or item.get_closest_marker("display") is not None)
 
 
 def pytest_collection_modifyitems(config, items):

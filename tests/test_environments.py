@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from conftest import NO_DISPLAY
+from test_demos import HOST, client, demo_env, start_demo  # noqa: F401 - start_demo is a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 VENVS = ROOT / "build" / "venvs"
@@ -131,6 +132,16 @@ def test_under_ci_a_missing_xvfb_fails_the_run(tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=SUITE_TIMEOUT_S)
     assert done.returncode != 0
     assert "CI run without Xvfb: install it (apt-get install -y xvfb)" in done.stdout + done.stderr
+
+
+@pytest.mark.display
+def test_qt_demo_runs_on_the_xvfb_display(start_demo):
+    """Qt's xcb platform, not offscreen: it needs libxcb-icccm4, libxcb-keysyms1 and libxcb-xinerama0."""
+    demo = start_demo("qt_app.py", "--host", HOST, "--ns", "none", env=demo_env(QT_QPA_PLATFORM="xcb"))
+    uri = demo.wait_for(r"^uri = (\S+)").group(1)
+    demo.wait_for("^ready")
+    assert "increment(3) -> 3" in client(uri, "--call", "increment", "3")
+    assert demo.stop() == 0
 
 
 # --- oldest and newest Python, each Qt binding ------------------------------------------
