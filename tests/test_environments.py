@@ -161,25 +161,63 @@ def test_core_adapter_and_demo_tests_pass_on_python(version, extra, qt_api):
     print(f"python{version} with {extra}: {summary} -- {versions.stdout.strip()}")
 
 
-@pytest.mark.timeout(2 * SETUP_TIMEOUT_S)
-def test_qt_adapter_refuses_pyside6_that_drops_references_to_none():
-    python = make_venv("py3.10-pyside6.12.0", require_python("3.10"), "-e", ".", "PySide6-Essentials==6.12.0")
-    script = textwrap.dedent("""
-        import sys
-        from PySide6 import QtCore
-        import pyro_loops
-        from pyro_loops.adapters import qt
-        app = QtCore.QCoreApplication([])
+@pytest.fixture(scope="module")
+def pyside6_losing_none():
+    """Python 3.10 with PySide6 6.12.0, whose methods returning nothing lose a reference to None."""
+    return make_venv("py3.10-pyside6.12.0", require_python("3.10"), "-e", ".", "PySide6-Essentials==6.12.0")
+
+
+def run_qt_script(python: Path, body: str) -> str:
+    """Run ``body`` after creating a QCoreApplication ``app``; what it printed."""
+    script = "from PySide6 import QtCore\nimport pyro_loops\nfrom pyro_loops.adapters import qt\n" \
+             "app = QtCore.QCoreApplication([])\n" + textwrap.dedent(body)
+    return run([str(python), "-c", script], SUITE_TIMEOUT_S,
+               env=clean_env(PYTHONPATH=None, QT_QPA_PLATFORM="offscreen")).stdout
+
+
+@pytest.mark.timeout(SETUP_TIMEOUT_S + SUITE_TIMEOUT_S)
+def test_qt_adapter_refuses_pyside6_that_loses_references_to_none(pyside6_losing_none):
+    message = run_qt_script(pyside6_losing_none, """
         with pyro_loops.Daemon(host="127.0.0.1") as daemon:
             try:
                 qt.attach(daemon, app)
             except RuntimeError as exc:
                 print(exc)
-                sys.exit(0)
-        sys.exit("attached")
+            else:
+                raise SystemExit("attached")
     """)
-    done = run([str(python), "-c", script], SUITE_TIMEOUT_S, env=clean_env(PYTHONPATH=None, QT_QPA_PLATFORM="offscreen"))
-    message = done.stdout
     assert "PySide6 6.12.0 on Python 3.10" in message
     assert "PYSIDE-3474" in message and "none_dealloc" in message
     assert "pip install 'pyro-loops[pyside6]'" in message and "Python 3.12 or later" in message
+
+
+@pytest.mark.timeout(SETUP_TIMEOUT_S + SUITE_TIMEOUT_S)
+def test_qt_adapter_makes_no_call_per_request_that_loses_none(pyside6_losing_none):
+    """Serving a request calls no Qt method returning nothing (the old notifier toggling lost two)."""
+    output = run_qt_script(pyside6_losing_none, """
+        import subprocess, sys
+
+        CALLS = 300
+
+        @pyro_loops.expose
+        class Echo:
+            def echo(self, value):
+                return value
+
+        qt._refuse_broken_binding = lambda qtcore: None  # to measure the adapter alone
+        daemon = pyro_loops.Daemon(host="127.0.0.1")
+        uri = daemon.register(Echo(), "echo")
+        qt.attach(daemon, app)
+        client = subprocess.Popen([sys.executable, "-c",
+                                   f"import pyro_loops\\np = pyro_loops.Proxy('{uri}')\\n"
+                                   f"for i in range({CALLS}): assert p.echo(i) == i\\n"])
+        watch = QtCore.QTimer()
+        watch.timeout.connect(lambda: client.poll() is not None and app.quit())
+        watch.start(20)
+        before = sys.getrefcount(None)
+        app.exec()
+        print(client.returncode, (before - sys.getrefcount(None)) / CALLS)
+    """)
+    returncode, lost_per_call = output.split()
+    assert returncode == "0"
+    assert float(lost_per_call) < 0.1, output
