@@ -70,22 +70,27 @@ def _refuse_broken_binding(qtcore: ModuleType) -> None:
 
     Checked by behaviour, not by version number, so a fixed release passes: a
     method that returns nothing (``setObjectName``) is called a few times and
-    the reference count of ``None`` must not fall. From Python 3.12 on ``None``
-    is immortal and the defect is harmless.
+    the reference count of ``None`` must not fall; three rounds, so that another
+    thread letting go of Nones meanwhile cannot fake the defect. From Python
+    3.12 on ``None`` is immortal and the defect is harmless.
     """
     if sys.version_info >= (3, 12) or not qtcore.__name__.startswith("PySide6"):
         return
     probe = qtcore.QObject()
-    before = sys.getrefcount(None)
-    for _ in range(_PROBE_CALLS):
-        probe.setObjectName("pyro_loops probe")
-    if before - sys.getrefcount(None) >= _PROBE_CALLS:
+
+    def none_references_lost() -> int:
+        before = sys.getrefcount(None)
+        for _ in range(_PROBE_CALLS):
+            probe.setObjectName("pyro_loops probe")
+        return before - sys.getrefcount(None)
+
+    if all(none_references_lost() >= _PROBE_CALLS for _ in range(3)):
         version = getattr(sys.modules.get("PySide6"), "__version__", "?")
         raise RuntimeError(
             f"PySide6 {version} on Python {sys.version_info[0]}.{sys.version_info[1]} loses a reference to None "
             "on every call of a Qt method that returns nothing (PYSIDE-3474): the program would abort with "
             "'Fatal Python error: none_dealloc'. Install a PySide6 without the defect "
-            "(pip install 'pyro-loops[pyside6]' picks PySide6 < 6.12 on this Python), or use Python 3.12 or later"
+            "(pip install 'pyro-loops[pyside6]' leaves out 6.12.0 on this Python), or use Python 3.12 or later"
         )
 
 
