@@ -161,6 +161,23 @@ def test_core_adapter_and_demo_tests_pass_on_python(version, extra, qt_api):
     print(f"python{version} with {extra}: {summary} -- {versions.stdout.strip()}")
 
 
+def test_qt_adapter_without_a_binding_names_the_extras_to_install():
+    # The interpreter is told the three bindings are absent, as on a machine without them.
+    script = textwrap.dedent("""
+        import sys
+        sys.modules.update(dict.fromkeys(("PyQt5", "PySide6", "PyQt6")))
+        import pyro_loops
+        from pyro_loops.adapters import qt
+        with pyro_loops.Daemon(host="127.0.0.1") as daemon:
+            qt.attach(daemon)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("ImportError: pyro_loops.adapters.qt needs a Qt binding and none is installed")
+    assert all(f"pyro-loops[{extra}]" in last_line for extra in ("qt", "pyqt6", "pyside6"))
+
+
 @pytest.fixture(scope="module")
 def pyside6_losing_none():
     """Python 3.10 with PySide6 6.12.0, whose methods returning nothing lose a reference to None."""
