@@ -12,7 +12,7 @@ from typing import Any, Callable, TypeVar
 
 from pyro_loops.hosting import reported, wrong_thread
 
-_H = TypeVar("_H", bound="WatcherHandle")
+_H = TypeVar("_H", bound="WatcherHandle")  # typing.Self is 3.11+
 
 
 def guarded(where: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

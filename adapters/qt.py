@@ -11,10 +11,14 @@ ones with ``@pyro_loops.in_worker``. A method may open a modal dialog
 connections; the daemon holds back further requests on the connection whose
 call is in progress, so per-connection order is kept.
 
-PyQt5 (5.15) is the binding this is tested with; PySide6 and PyQt6 go through
-the same code (only names that all three spell alike are used). The binding is
-the one ``app`` belongs to, else one already imported, else the first
-installed of PyQt5, PySide6, PyQt6.
+PyQt5 (5.15), PyQt6 and PySide6 go through the same code (only names that all
+three spell alike are used); the test suite runs under each. The binding is the
+one ``app`` belongs to, else one already imported, else the first installed of
+PyQt5, PySide6, PyQt6. PySide6 6.12.0 on Python 3.10 and 3.11 is refused: its
+methods that return nothing give back a reference to ``None`` they do not own
+(upstream PYSIDE-3474), so any program calling them long enough aborts with
+"Fatal Python error: none_dealloc". The adapter itself calls none of them per
+request, but the program's own widget updates would.
 
 Errors raised inside the machinery are sent to ``pyro_loops.set_error_hook``;
 none escapes into Qt, where PyQt5 would abort the process.
@@ -36,6 +40,7 @@ from ._common import WatcherHandle, attach_watcher, guarded
 
 _BINDINGS = ("PyQt5", "PySide6", "PyQt6")
 _MAX_TIMER_MS = 2**31 - 1  # QTimer takes a signed 32-bit interval
+_PROBE_CALLS = 16  # calls of a method returning nothing, to see whether None loses references
 
 
 def _qtcore(app: Any) -> ModuleType:
@@ -54,13 +59,49 @@ def _qtcore(app: Any) -> ModuleType:
             return importlib.import_module(binding + ".QtCore")
         except ImportError:
             continue
-    raise ImportError("pyro_loops.adapters.qt needs PyQt5, PySide6 or PyQt6")
+    raise ImportError(
+        "pyro_loops.adapters.qt needs a Qt binding and none is installed: "
+        "pip install 'pyro-loops[qt]' (PyQt5), 'pyro-loops[pyqt6]' or 'pyro-loops[pyside6]'"
+    )
+
+
+def _refuse_broken_binding(qtcore: ModuleType) -> None:
+    """Raise if this binding drops references to ``None`` (PySide6 6.12.0 on Python < 3.12).
+
+    Checked by behaviour, not by version number, so a fixed release passes: a
+    method that returns nothing (``setObjectName``) is called a few times and
+    the reference count of ``None`` must not fall; three rounds, so that another
+    thread letting go of Nones meanwhile cannot fake the defect. From Python
+    3.12 on ``None`` is immortal and the defect is harmless.
+    """
+    if sys.version_info >= (3, 12) or not qtcore.__name__.startswith("PySide6"):
+        return
+    probe = qtcore.QObject()
+
+    def none_references_lost() -> int:
+        before = sys.getrefcount(None)
+        for _ in range(_PROBE_CALLS):
+            probe.setObjectName("pyro_loops probe")
+        return before - sys.getrefcount(None)
+
+    if all(none_references_lost() >= _PROBE_CALLS for _ in range(3)):
+        version = getattr(sys.modules.get("PySide6"), "__version__", "?")
+        raise RuntimeError(
+            f"PySide6 {version} on Python {sys.version_info[0]}.{sys.version_info[1]} loses a reference to None "
+            "on every call of a Qt method that returns nothing (PYSIDE-3474): the program would abort with "
+            "'Fatal Python error: none_dealloc'. Install a PySide6 without the defect "
+            "(pip install 'pyro-loops[pyside6]' leaves out 6.12.0 on this Python), or use Python 3.12 or later"
+        )
 
 
 class _Watch:
-    """One notifier for one (socket, direction); ``busy`` while its callback runs."""
+    """One notifier for one (socket, direction).
 
-    __slots__ = ("sock", "fd", "direction", "notifier", "busy")
+    ``busy`` while its callback runs; ``paused`` once the notifier fired again
+    meanwhile (from a nested loop) and was disabled until the callback returns.
+    """
+
+    __slots__ = ("sock", "fd", "direction", "notifier", "busy", "paused")
 
     def __init__(self, sock: socket.socket, direction: int, notifier: Any) -> None:
         self.sock = sock
@@ -68,6 +109,7 @@ class _Watch:
         self.direction = direction
         self.notifier = notifier
         self.busy = False
+        self.paused = False
 
 
 class QtHandle(WatcherHandle):
@@ -149,8 +191,7 @@ class QtHandle(WatcherHandle):
         # activated's arguments differ between bindings and Qt versions (an int
         # fd, or a QSocketDescriptor plus a type since Qt 5.15): take none of them.
         notifier.activated.connect(lambda *_: self._on_activated(watch))
-        notifier.setEnabled(True)
-        return watch
+        return watch  # a new notifier is enabled already
 
     def _drop(self, key: tuple[int, int]) -> None:
         """Forget a notifier; called before its socket is closed."""
@@ -164,16 +205,24 @@ class QtHandle(WatcherHandle):
         key = (watch.fd, watch.direction)
         if self._watches.get(key) is not watch:
             return  # a notifier that outlived its registration: the fd may be someone else's now
-        # Disabled while the daemon works: a level-triggered notifier must not
-        # fire again from a nested event loop started by the call it dispatched.
+        if watch.busy:
+            # Fired again from a nested event loop started by the call this
+            # notifier dispatched: never re-enter the daemon; disable the
+            # level-triggered notifier until that call returns, or the nested
+            # loop would spin on it. Disabled only now, not around every call:
+            # two Qt calls per request is what trips PYSIDE-3474.
+            watch.paused = True
+            watch.notifier.setEnabled(False)
+            return
         watch.busy = True
-        watch.notifier.setEnabled(False)
         try:
             self.daemon.handle_event(watch.sock, watch.direction)
         finally:
             watch.busy = False
-            if self._watches.get(key) is watch:
-                watch.notifier.setEnabled(True)
+            if watch.paused:
+                watch.paused = False
+                if self._watches.get(key) is watch:
+                    watch.notifier.setEnabled(True)
 
     # -- deadline timer --
 
@@ -208,4 +257,5 @@ def attach(daemon: Any, app: Any = None, *, close_on_quit: bool = True) -> QtHan
     app = app if app is not None else qtcore.QCoreApplication.instance()
     if app is None:
         raise RuntimeError("create the QApplication before attaching a daemon to it")
+    _refuse_broken_binding(qtcore)
     return QtHandle(daemon, app, qtcore, close_on_quit)

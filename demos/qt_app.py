@@ -23,6 +23,7 @@ Without a display, ``QT_QPA_PLATFORM=offscreen`` runs it invisibly.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -30,7 +31,16 @@ import threading
 import time
 from typing import Callable
 
-from PyQt5 import QtCore, QtGui, QtWidgets
+# The first installed of the bindings the adapter takes (names all three spell alike).
+for _binding in ("PyQt5", "PySide6", "PyQt6"):
+    try:
+        QtCore, QtGui, QtWidgets = (importlib.import_module(f"{_binding}.{m}") for m in ("QtCore", "QtGui", "QtWidgets"))
+        break
+    except ImportError:
+        continue
+else:
+    sys.exit("the Qt demo needs PyQt5, PyQt6 or PySide6: pip install 'pyro-loops[qt]' (or [pyqt6], [pyside6])")
+Signal = getattr(QtCore, "pyqtSignal", None) or QtCore.Signal
 
 import pyro_loops
 from pyro_loops.adapters import qt as qt_adapter
@@ -41,8 +51,8 @@ from _support import CallLog, DemoQueries, SignalWakeup, add_server_options, log
 class Bridge(QtCore.QObject):
     """Signals are the thread-safe way into the GUI thread: emitted anywhere, delivered there."""
 
-    line = QtCore.pyqtSignal(str)
-    progress = QtCore.pyqtSignal(int)
+    line = Signal(str)
+    progress = Signal(int)
 
 
 class Window(QtWidgets.QMainWindow):
@@ -67,7 +77,7 @@ class Window(QtWidgets.QMainWindow):
 
         row = QtWidgets.QHBoxLayout()
         self.counter = QtWidgets.QLCDNumber(6)
-        self.counter.setSegmentStyle(QtWidgets.QLCDNumber.Flat)
+        self.counter.setSegmentStyle(QtWidgets.QLCDNumber.SegmentStyle.Flat)
         self.counter.setMinimumHeight(60)
         counter_box = QtWidgets.QGroupBox("Counter: increment(step)")
         QtWidgets.QVBoxLayout(counter_box).addWidget(self.counter)
@@ -94,8 +104,8 @@ class Window(QtWidgets.QMainWindow):
         self.log = QtWidgets.QPlainTextEdit()
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(500)
-        self.log.setLineWrapMode(QtWidgets.QPlainTextEdit.NoWrap)
-        self.log.setFont(QtGui.QFontDatabase.systemFont(QtGui.QFontDatabase.FixedFont))
+        self.log.setLineWrapMode(QtWidgets.QPlainTextEdit.LineWrapMode.NoWrap)
+        self.log.setFont(QtGui.QFontDatabase.systemFont(QtGui.QFontDatabase.SystemFont.FixedFont))
         QtWidgets.QVBoxLayout(log_box).addWidget(self.log)
         layout.addWidget(log_box, 2)
         self.statusBar().showMessage("Calls run in the GUI thread; long_task runs in a worker thread.")
@@ -166,7 +176,7 @@ def route_signals(app: QtWidgets.QApplication, window: Window, screenshot: str |
     Returns the function that undoes all this.
     """
     wakeup = SignalWakeup()
-    notifier = QtCore.QSocketNotifier(wakeup.reader.fileno(), QtCore.QSocketNotifier.Read, app)
+    notifier = QtCore.QSocketNotifier(wakeup.reader.fileno(), QtCore.QSocketNotifier.Type.Read, app)
     notifier.activated.connect(wakeup.drain)
     signal.signal(signal.SIGINT, lambda *_: app.quit())
     signal.signal(signal.SIGTERM, lambda *_: app.quit())
@@ -211,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     print(status, flush=True)
     print(f"ready (pid {os.getpid()})", flush=True)
     try:
-        return app.exec_()
+        return app.exec()
     finally:
         unroute_signals()
         unregister()

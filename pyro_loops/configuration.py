@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 _TRUE = {"1", "yes", "on", "true"}
 _FALSE = {"0", "no", "off", "false"}
@@ -121,6 +121,9 @@ class Configuration:
     """Holds the configuration items as attributes (``config.HOST`` and so on)."""
 
     __slots__ = tuple(_DEFAULTS)
+
+    if TYPE_CHECKING:  # the items are the slots named in _DEFAULTS, which a type checker cannot see
+        def __getattr__(self, name: str) -> Any: ...
 
     def __init__(self) -> None:
         self.reset()

@@ -110,11 +110,10 @@ class Daemon(CallHandling):
         socketutil.check_port(natport, "natport")
         self.sock, self.locationStr = self._bind(host, port, unixsocket)
         bound_port = None if unixsocket else self.sock.getsockname()[1]
+        self.natLocationStr: str | None = None
         if nathost:
             nat_port = natport or bound_port
             self.natLocationStr = f"[{nathost}]:{nat_port}" if ":" in nathost else f"{nathost}:{nat_port}"
-        else:
-            self.natLocationStr = None
         self.objectsById: dict[str, Any] = {}
         self._conns: dict[socket.socket, ClientConnection] = {}
         self._wake_r, self._wake_w = socket.socketpair()
@@ -185,10 +184,10 @@ class Daemon(CallHandling):
         if self.sock.family not in (socket.AF_INET, socket.AF_INET6) or uri.port != self.sock.getsockname()[1]:
             return False
         try:
-            wanted = {info[4][0] for info in socket.getaddrinfo(uri.host, uri.port)}
+            wanted = {str(info[4][0]) for info in socket.getaddrinfo(uri.host, uri.port)}
         except OSError:
             return False
-        bound = self.sock.getsockname()[0]
+        bound = str(self.sock.getsockname()[0])
         return bound in wanted or bound in ("0.0.0.0", "::") or any(
             ip.startswith("127.") or ip == "::1" for ip in wanted) and (bound.startswith("127.") or bound == "::1")
 
@@ -220,7 +219,7 @@ class Daemon(CallHandling):
                     f"cannot register {type(obj).__name__}: it has __slots__ without room for the "
                     "_pyroId and _pyroDaemon attributes (add them to __slots__)") from None
         elif not hasattr(obj_or_class, "_pyroInstancing"):
-            obj_or_class._pyroInstancing = ("session", None)
+            setattr(obj_or_class, "_pyroInstancing", ("session", None))
         self.objectsById[objectId] = obj_or_class
         if config.REQUIRE_EXPOSE and objectId != DAEMON_NAME:
             meta = get_exposed_members(obj_or_class)
@@ -996,7 +995,7 @@ class Daemon(CallHandling):
             if ns:
                 nameserver = locate_ns(None, None, True, None, Proxy)
             for obj, name in objects.items():
-                if ns and name:
+                if nameserver is not None and name:
                     uri = daemon.register(obj, name)
                     nameserver.register(name, uri)
                 else:

@@ -95,8 +95,6 @@ class Proxy:
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _LOCAL_ATTRS or name.startswith("_"):
-            if name == "_pyroHmacKey":
-                name, value = "_pyroHmacKeyBytes", value.encode("utf-8") if isinstance(value, str) else value
             return object.__setattr__(self, name, value)
         if not self._pyroMetaKnown and config.METADATA:
             self._pyroGetMetadata()
@@ -108,6 +106,10 @@ class Proxy:
     @property
     def _pyroHmacKey(self) -> bytes | None:  # noqa: N802 - Pyro4's name
         return self._pyroHmacKeyBytes
+
+    @_pyroHmacKey.setter
+    def _pyroHmacKey(self, key: bytes | str | None) -> None:  # noqa: N802
+        self._pyroHmacKeyBytes = key.encode("utf-8") if isinstance(key, str) else key
 
     def __repr__(self) -> str:
         state = "connected" if self._pyroConnection is not None else "not connected"
@@ -393,7 +395,7 @@ class _StreamResult:
     """The client side of a remote iterator: fetches items one call at a time."""
 
     def __init__(self, proxy: Proxy, stream_id: str) -> None:
-        self.proxy = proxy
+        self.proxy: Proxy | None = proxy
         self.stream_id = stream_id
 
     def __iter__(self) -> Iterator[Any]:

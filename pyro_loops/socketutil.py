@@ -45,7 +45,7 @@ def bind(sock: socket.socket, address: Any) -> None:
             where = location(host or "0.0.0.0", port)  # "0.0.0.0": what "" means to bind()
         else:
             where = repr(address)  # a Unix socket path (or an abstract name starting with NUL)
-        advice = _BIND_ADVICE.get(exc.errno)
+        advice = _BIND_ADVICE.get(exc.errno) if exc.errno is not None else None
         reason = exc.strerror or str(exc)
         raise OSError(exc.errno, f"cannot bind to {where}: {reason}" + (f"; {advice}" if advice else "")) from exc
 
@@ -60,7 +60,7 @@ def getIpAddress(hostname: str | None, workaround127: bool = False, ipVersion: i
     family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(version, socket.AF_UNSPEC)
     name = hostname or socket.gethostname()
     try:
-        address = socket.getaddrinfo(name, 80, family, socket.SOCK_STREAM)[0][4][0]
+        address = str(socket.getaddrinfo(name, 80, family, socket.SOCK_STREAM)[0][4][0])
     except socket.gaierror:
         if hostname:
             raise

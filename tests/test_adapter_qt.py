@@ -11,6 +11,7 @@ The binding is pytest-qt's (PyQt5 by default); ``-o qt_api=pyside6`` or
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from pytestqt.qt_compat import qt_api
@@ -18,7 +19,7 @@ from pytestqt.qt_compat import qt_api
 import pyro_loops
 from pyro_loops.adapters import qt as qt_adapter
 
-from _adapter_support import WAIT_S, BaseService, call_once, proxy, pyro4_send_requests
+from _adapter_support import WAIT_S, BaseService, RawClient, call_once, proxy, pyro4_send_requests
 
 QCoreApplication = qt_api.QtCore.QCoreApplication
 QEvent = qt_api.QtCore.QEvent
@@ -63,6 +64,10 @@ class Service(BaseService):
 
     def quit_nested_loop(self):
         self.nested_loop.quit()
+
+    def watched_for_reading(self):
+        """How many sockets have an enabled read notifier now (asked from the GUI thread)."""
+        return len(read_fds(QCoreApplication.instance()))
 
 
 class ThreadedCall:
@@ -181,6 +186,31 @@ def test_nested_event_loop_in_a_call_keeps_serving_other_clients(qtbot, uri, ser
     assert other.result() == [(i, True) for i in range(5)]
     assert modal.result() == "nested loop ended"
     assert run(qtbot, call_once, uri, "echo", "still serving") == "still serving"
+
+
+def test_request_arriving_during_its_connections_nested_loop_call_waits_unwatched(qtbot, uri, service):
+    # Inside the nested loop the busy connection's socket becomes readable: its
+    # notifier fires there once, must not re-enter the daemon, and is disabled
+    # (a level-triggered notifier left on would spin the nested loop) until the
+    # call returns; then the waiting request is answered, in order.
+    raw = RawClient(uri)
+
+    def clients():
+        raw.call("run_nested_loop")
+        assert service.nested_loop_started.wait(WAIT_S)
+        with proxy(uri) as p:
+            watched = p.watched_for_reading()  # the listener, raw's connection and this one
+            raw.call("in_nested_loop")
+            deadline = time.monotonic() + WAIT_S
+            while p.watched_for_reading() != watched - 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            unwatched = p.watched_for_reading() == watched - 1
+            p.quit_nested_loop()
+        return unwatched, raw.results()
+
+    unwatched, results = run(qtbot, clients)
+    assert unwatched, "the busy connection's read notifier stayed enabled during the nested loop"
+    assert results == ["nested loop ended", False]
 
 
 def worker_result_during_nested_loop(qtbot, uri, service, *requests) -> object:
