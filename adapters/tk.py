@@ -46,8 +46,15 @@ from __future__ import annotations
 import math
 import socket
 import time
-import tkinter
 from typing import Any, Callable, Literal
+
+try:
+    import tkinter
+except ImportError as exc:  # a Python built without Tk: say what to install, not just "No module named"
+    raise ImportError(
+        "pyro_loops.adapters.tk needs tkinter, which this Python lacks: install Tk for it "
+        "(Debian/Ubuntu: apt-get install python3-tk; a Python built from source needs tk-dev "
+        "before it is built), or host the daemon with another adapter") from exc
 
 from pyro_loops.hosting import READ, WRITE, report_error, reported
 

@@ -179,6 +179,16 @@ def test_qt_adapter_without_a_binding_names_the_extras_to_install():
     assert all(f"pyro-loops[{extra}]" in last_line for extra in ("qt", "pyqt6", "pyside6"))
 
 
+def test_tk_adapter_without_tkinter_names_what_to_install():
+    # The interpreter is told tkinter is absent, as with a Python built without Tk.
+    script = "import sys; sys.modules['tkinter'] = None; from pyro_loops.adapters import tk"
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("ImportError: pyro_loops.adapters.tk needs tkinter")
+    assert "python3-tk" in last_line
+
+
 @pytest.fixture(scope="module")
 def pyside6_losing_none():
     """Python 3.10 with PySide6 6.12.0, whose methods returning nothing lose a reference to None."""
