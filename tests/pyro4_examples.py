@@ -54,6 +54,7 @@ class Example:
     args: tuple[str, ...] = ()
     stdin: str = ""  #: typed into the client; {uri} is the first PYRO: URI the first server printed
     keys: tuple[str, ...] = ()  #: regexes of the client lines that matter; () = every line
+    unordered: str = ""  #: regex whose group 1 is a comma-separated list printed from a set: compared sorted
     env: tuple[tuple[str, str], ...] = ()  #: extra environment, for every process of the example
     own_ns: bool = False  #: the example starts its own name server (on PYRO_NS_PORT): start none for it
     requires: tuple[str, ...] = ()  #: third-party modules it imports (the test skips without them)
@@ -127,7 +128,6 @@ _NORMALISE = [
     (re.compile(r"\b(Pyro4|pyro_loops)(?:\.[a-z_]+)*\.(?=[A-Z])"), "Pyro4."),
     (re.compile(r"\d+\.\d+(?:e[-+]?\d+)?"), "<num>"),
     (re.compile(r"\b\d{9,}\b"), "<int>"),  # id() values
-    (re.compile(r"\b(?:Pyro-Worker|pyro_loops-worker)-\d+"), "<worker>"),
     (re.compile(r"\b(?:Thread-\d+|Dummy-\d+|MainThread)(?: \([\w-]+\))?"), "<thread>"),
 ]
 
@@ -139,6 +139,8 @@ def normalise(line: str) -> str:
     return line.rstrip()
 
 
+#: Server worker threads: which calls share one is the point of some examples, not the name.
+_WORKER = re.compile(r"\b(?:Pyro-Worker|pyro_loops-worker)-\d+")
 _FRAME = re.compile(r"^[\s|]*File \"")
 _SOURCE = re.compile(r"^(?:\s*\|)?\s{4,}\S")  # the source line under a frame (indented deeper than "File")
 
@@ -156,17 +158,33 @@ def _without_frames(stdout: str) -> list[str]:
     return kept
 
 
-def key_lines(stdout: str, keys: tuple[str, ...]) -> list[str]:
+def key_lines(stdout: str, keys: tuple[str, ...], unordered: str = "") -> list[str]:
     """The normalised lines of ``stdout`` that match one of ``keys`` (all non-blank ones if none).
 
     Traceback frames are left out: the exception and its message are what an
     example shows, not the library's call stack.
     """
-    lines = [normalise(line) for line in _without_frames(stdout) if line.strip()]
+    workers: dict[str, str] = {}  # worker thread names, numbered in order of appearance
+
+    def worker(found: re.Match) -> str:
+        return workers.setdefault(found.group(0), f"<worker {len(workers) + 1}>")
+
+    lines = [normalise(_WORKER.sub(worker, line)) for line in _without_frames(stdout) if line.strip()]
+    if unordered:
+        lines = [_sorted_list(line, unordered) for line in lines]
     if not keys:
         return lines
     patterns = [re.compile(key) for key in keys]
     return [line for line in lines if any(p.search(line) for p in patterns)]
+
+
+def _sorted_list(line: str, pattern: str) -> str:
+    """``line`` with the comma-separated list that ``pattern``'s group 1 matched put in sorted order."""
+    found = re.search(pattern, line)
+    if not found:
+        return line
+    items = ", ".join(sorted(item.strip() for item in found.group(1).split(",")))
+    return line[:found.start(1)] + items + line[found.end(1):]
 
 
 # --- running ------------------------------------------------------------------------------------------------------
@@ -288,7 +306,7 @@ def run_example(example: Example, flavour: str, examples_dir: Path, workdir: Pat
             stderr = _text(exc.stderr) + f"\n(client killed after {example.timeout} s)"
         for proc in started[servers_from:]:
             notes.append(f"--- server {proc.args[-1]} ---\n{proc.text()[-1500:]}")
-        return Outcome(returncode, key_lines(stdout, example.keys), stdout, stderr, notes)
+        return Outcome(returncode, key_lines(stdout, example.keys, example.unordered), stdout, stderr, notes)
     finally:
         for proc in reversed(started):
             proc.stop()
