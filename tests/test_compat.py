@@ -159,3 +159,20 @@ def test_finding_a_Pyro4_module_does_not_import_it_so_runpy_runs_the_only_copy()
         print(spec.name, "pyro_loops.naming" in sys.modules, "Pyro4.naming" in sys.modules)
     """)
     assert done.stdout.split() == ["Pyro4.naming", "False", "False"], done.stderr
+
+
+def test_util_get_serializer_speaks_Pyro4s_method_names_and_compresses_large_payloads():
+    from pyro_loops import errors, util
+
+    serpent = util.get_serializer("serpent")
+    data, compressed = serpent.serializeData(list(range(500)), compress=True)
+    assert compressed and serpent.deserializeData(data, compressed) == list(range(500))
+    data, compressed = serpent.serializeCall("obj", "method", (1, 2), {"k": 3})
+    assert not compressed and serpent.deserializeCall(data) == ("obj", "method", (1, 2), {"k": 3})
+    assert util.get_serializer_by_id(serpent.serializer_id) == serpent
+    try:
+        util.get_serializer("no-such-serializer")
+    except errors.SerializeError as exc:
+        assert "no-such-serializer" in str(exc)
+    else:
+        raise AssertionError("an unknown serializer must be refused")
