@@ -9,6 +9,7 @@ import zlib
 from typing import Any, Callable
 
 from . import _serializers, _wire
+from ._expose import get_exposed_members, is_private_attribute, reset_metadata_cache
 
 
 def getPyroTraceback(exc: BaseException | None = None) -> list[str]:  # noqa: N802 - Pyro4's name
@@ -49,6 +50,11 @@ class SerializerBase:
         staticmethod(_serializers.register_dict_to_class)
     unregister_class_to_dict = staticmethod(_serializers.unregister_class_to_dict)
     unregister_dict_to_class = staticmethod(_serializers.unregister_dict_to_class)
+
+
+def reset_exposed_members(obj: Any = None, only_exposed: bool = True, as_lists: bool = False) -> None:
+    """Forget the cached exposure metadata (of every class: the cache is per class, not per object)."""
+    reset_metadata_cache()
 
 
 class PyroSerializer:

@@ -176,3 +176,19 @@ def test_util_get_serializer_speaks_Pyro4s_method_names_and_compresses_large_pay
         assert "no-such-serializer" in str(exc)
     else:
         raise AssertionError("an unknown serializer must be refused")
+
+
+def test_util_has_Pyro4s_exposure_helpers():
+    from pyro_loops import util
+
+    @pyro_loops.expose
+    class Exposed:
+        def method(self):
+            return 1
+
+        def _hidden(self):
+            return 2
+
+    assert util.is_private_attribute("_hidden") and not util.is_private_attribute("__dunder__")
+    assert util.get_exposed_members(Exposed())["methods"] == {"method"}
+    util.reset_exposed_members(Exposed)
