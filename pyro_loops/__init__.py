@@ -20,6 +20,8 @@ from .context import current_context
 from .daemon import Daemon, DaemonObject
 from .proxy import Proxy, batch
 
+from . import core, futures, message  # Pyro4's submodules, after the names they re-export
+
 __version__ = constants.VERSION
 
 
