@@ -304,12 +304,18 @@ class Serializer:
         return tuple(call)
 
 
-# What encoding_cost counts: a container item as 8 bytes (an int and its comma),
-# a string or bytes byte as a quarter (copied at memory speed: json and serpent
-# take some 8 ms per MB of one long str, against 55 ms per MB of a list of ints)
+# What encoding_cost counts, in bytes of a list of small ints (json's C encoder
+# some 25 ms per MB unloaded): an int, bool or None 8 (itself and its comma), a
+# float 24 (repr() finds its shortest digits), a container 32 besides its
+# items, a string or bytes byte a quarter (copied at memory speed: some 8 ms
+# per MB of one long str), an object written through class_to_dict 64 and its
+# attributes
 _ITEM_COST = 8
+_CONTAINER_COST = 32
+_OBJECT_COST = 64
 _TEXT_COST_DIVISOR = 4
-_LEAVES = frozenset((int, float, bool, type(None), complex))
+_LEAF_COSTS = {int: _ITEM_COST, bool: _ITEM_COST, type(None): _ITEM_COST, float: 3 * _ITEM_COST,
+               complex: 6 * _ITEM_COST}
 
 
 def encoding_cost(value: Any, limit: int) -> int:
@@ -318,29 +324,40 @@ def encoding_cost(value: Any, limit: int) -> int:
     and then its exact cost does not matter).
 
     A walk in Python costs time too: it adds each container's length before
-    looking inside, so a huge list is found out at once, and it only steps
-    into items that are containers, strings or objects. A reference cycle
-    ends the walk as well, since every visit adds to the count.
+    looking inside, so a huge list is found out at once, and small
+    containers count extra, since both the walk and the encoders pay for
+    each one. A reference cycle ends the walk as well, since every visit adds
+    to the count.
     """
     total = 0
     todo = [value]
+    leaf_costs = _LEAF_COSTS
     while todo and total <= limit:
         item = todo.pop()
-        if type(item) in _LEAVES:
-            total += _ITEM_COST
+        cost = leaf_costs.get(type(item))
+        if cost is not None:
+            total += cost
         elif isinstance(item, (str, bytes, bytearray)):
             total += len(item) // _TEXT_COST_DIVISOR + _ITEM_COST
         elif isinstance(item, (list, tuple, set, frozenset, dict)):
-            total += len(item) * _ITEM_COST * (2 if isinstance(item, dict) else 1)
+            pairs = isinstance(item, dict)
+            total += _CONTAINER_COST + len(item) * _ITEM_COST * (2 if pairs else 1)
             if total > limit:
                 break
-            for sub in item:
-                if type(sub) not in _LEAVES:
+            for sub in (item.values() if pairs else item):
+                cost = leaf_costs.get(type(sub))
+                if cost is None:
                     todo.append(sub)
-            if isinstance(item, dict):
-                todo.extend(sub for sub in item.values() if type(sub) not in _LEAVES)
+                elif cost != _ITEM_COST:
+                    total += cost - _ITEM_COST
+            if pairs:  # keys: their text counts (most are short strings)
+                for key in item:
+                    if type(key) is str:
+                        total += len(key) // _TEXT_COST_DIVISOR
+                    elif type(key) not in leaf_costs:
+                        todo.append(key)
         else:  # an object written through class_to_dict: its attributes count
-            total += _ITEM_COST * 8
+            total += _OBJECT_COST
             attributes = getattr(item, "__dict__", None)
             if type(attributes) is dict:
                 todo.append(attributes)
