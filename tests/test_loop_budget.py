@@ -61,6 +61,14 @@ class Service:
         self.log.append("ran")
         return TEXT
 
+    async def numbers_awaited(self, count):
+        await asyncio.sleep(0)
+        return self.numbers(count)
+
+    @pyro_loops.in_worker
+    def numbers_in_worker(self, count):
+        return [i % 1000 for i in range(count)]
+
     def echo(self, value):
         return value
 
@@ -392,6 +400,29 @@ def test_a_large_reply_of_a_loop_run_method_goes_out_compressed_and_intact(loop_
         client.close()
     assert reply.flags & _wire.FLAGS_COMPRESSED
     assert SERPENT.loads(reply.payload()) == "y" * 2_000_000
+
+
+def test_the_asyncio_loop_ticks_while_a_large_result_of_an_async_method_is_encoded():
+    log: list[str] = []
+    with served(log) as daemon:
+        result = run_asyncio(daemon, log, lambda: (JSON, json_call("numbers_awaited", NUMBERS), 0))
+    assert result == [[i % 1000 for i in range(NUMBERS)]]
+    assert ticks_between(log, "ran", "sent") >= TICKS
+
+
+def test_a_large_result_of_an_in_worker_method_is_encoded_there_by_the_budget_rules(loop_daemon, monkeypatch):
+    pickle_serializer = get_serializer("pickle")
+    monkeypatch.setattr(config, "SERIALIZERS_ACCEPTED", config.SERIALIZERS_ACCEPTED | {"pickle"})
+    for serializer in (JSON, pickle_serializer):
+        client = RawClient(port_of(loop_daemon), serializer)
+        try:
+            answer = client.call(serializer.dumps_call("svc", "numbers_in_worker", (NUMBERS,), {}))
+        finally:
+            client.close()
+        if serializer is JSON:
+            assert answer == [i % 1000 for i in range(NUMBERS)]
+        else:  # pickle.dumps would hold the interpreter lock throughout, in a worker too
+            assert isinstance(answer, errors.SerializeError) and "MAX_BLOCKING_ENCODE" in str(answer)
 
 
 def test_replies_keep_the_order_of_their_requests_when_a_worker_encodes_one(loop_daemon):
