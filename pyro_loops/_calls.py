@@ -24,7 +24,7 @@ from ._connection import ClientConnection
 from ._expose import find_property, get_attribute, marked_in_worker
 from .hosting import log, report_error
 from ._protocol import ConnectRequest, InvokeRequest, PingRequest, Violation
-from ._serializers import ExceptionWrapper, Serializer, get_serializer
+from ._serializers import ExceptionWrapper, Serializer, encoding_cost, get_serializer
 from .configuration import config
 from .constants import DAEMON_NAME
 from .context import current_context, enter_call_context, reset_call_context, set_call_context
@@ -329,7 +329,10 @@ class CallHandling:
             if exc is not None:
                 data = self._exception_reply(conn, msg, serializer, exc)
             else:
-                data = self._result_reply(conn, msg, serializer, result, facts.response_annotations)
+                try:
+                    data = self._result_reply(conn, msg, serializer, result, facts.response_annotations)
+                except _Deferred:
+                    return  # a worker encodes it
             self._finish_call(conn, data)
 
         def done(result: Any, exc: BaseException | None) -> None:
@@ -348,8 +351,13 @@ class CallHandling:
         if conn.closed:  # queued while the daemon or the connection closed
             log.info("call from %s dropped before it ran: %s", conn.addr, conn.close_reason)
             return
+        self._reply_from_here(conn, msg, serializer, lambda: self._run_call(conn, msg, serializer, call))
+
+    def _reply_from_here(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
+                         make: Callable[[], bytes]) -> None:
+        """In a worker: make a reply and hand it to the loop, which sends it."""
         try:
-            data = self._run_call(conn, msg, serializer, call)
+            data = make()
         except BaseException as exc:  # even SystemExit in a worker must not lose the reply
             # its reply is made in the loop: should that fail too (a raising
             # annotations() hook), the loop closes the connection
@@ -357,6 +365,14 @@ class CallHandling:
             self._post(conn, lambda: self._finish_call(conn, self._exception_reply(conn, msg, serializer, error)))
             return
         self._post(conn, lambda: self._finish_call(conn, data))
+
+    def _reply_from_worker(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
+                           make: Callable[[], bytes]) -> None:
+        """Have a worker make a reply the loop's thread must not spend its time on;
+        raises _Deferred. The connection stays busy until the reply is sent, so
+        replies keep the order of their requests."""
+        self._pool().submit(lambda: self._reply_from_here(conn, msg, serializer, make))
+        raise _Deferred()
 
     def _run_oneway(self, conn: ClientConnection, msg: _wire.Message, call: Callable[[], Any]) -> None:
         token = self._set_context(conn, msg)
@@ -376,6 +392,27 @@ class CallHandling:
 
     def _result_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                       result: Any, response_annotations: dict[str, bytes] | None = None) -> bytes:
+        """The reply bytes for a call's result; raises _Deferred when a worker makes them.
+
+        In the host loop's thread a result is encoded at once, while the call's
+        effects are still what the method saw, as long as its estimated cost
+        (``encoding_cost``) is within MAX_BLOCKING_ENCODE; so is compression of
+        up to _COMPRESS_IN_LOOP bytes. Beyond either, a worker takes over with
+        an encoder that lets the interpreter lock go (``dumps_large``) or with
+        zlib (which releases it), and the loop runs on meanwhile. In a worker
+        (``@in_worker`` methods, SERVERTYPE "thread") the reply is made right
+        there, with ``dumps_large`` when large.
+
+        What that means for a result the program keeps changing: a large one
+        is encoded *after* the method returned, while the loop's other events
+        run, exactly as Pyro4's thread server encodes after the method returns
+        while its other threads run. The daemon copies nothing: the caller gets
+        the value as the encoder finds it, possibly with changes made
+        meanwhile, or, if a dict or set changed size under the encoder, a
+        SerializeError saying so. A method that returns a large container
+        that the GUI keeps changing should return a copy (``list(x)``,
+        ``dict(x)``: a C-speed copy of the top level) or an immutable value.
+        """
         flags = 0
         annotations = self._reply_annotations(msg)
         if response_annotations:
@@ -384,16 +421,32 @@ class CallHandling:
             flags |= _wire.FLAGS_BATCH
         elif _is_stream(result):
             return self._start_stream(conn, msg, serializer, result)
+        can_defer = threading.get_ident() == self._loop_thread and self._watcher is not None
+        large = encoding_cost(result, config.MAX_BLOCKING_ENCODE) > config.MAX_BLOCKING_ENCODE
+        if large and can_defer:
+            self._reply_from_worker(conn, msg, serializer, lambda: self._result_message(
+                conn, msg, serializer, result, flags, annotations, large))
+        return self._result_message(conn, msg, serializer, result, flags, annotations, large, can_defer)
+
+    def _result_message(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer, result: Any,
+                        flags: int, annotations: dict[str, bytes], large: bool, defer_packing: bool = False) -> bytes:
+        """Encode ``result`` here and pack it into its reply (the error reply if it
+        cannot be encoded). With ``defer_packing``, a payload COMPRESSION wants
+        compressed and longer than _COMPRESS_IN_LOOP goes to a worker for it."""
         try:
-            data = serializer.dumps(result)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # any other error, even a BaseException subclass
-            return self._exception_reply(conn, msg, serializer, errors.SerializeError(
-                f"result of {type(result).__name__} could not be serialized with {serializer.name}: {exc}"))
-        if config.COMPRESSION and (len(data) <= _COMPRESS_IN_LOOP or threading.get_ident() != self._loop_thread):
-            # zlib takes some 50 ms per MB: a larger reply made in the loop's
-            # thread goes out uncompressed (peers take either), a worker's compressed
+            data = _payload(serializer, result, large)
+        except errors.SerializeError as exc:
+            return self._exception_reply(conn, msg, serializer, exc.with_traceback(None))
+        if defer_packing and config.COMPRESSION and len(data) > _COMPRESS_IN_LOOP:
+            self._reply_from_worker(conn, msg, serializer, lambda: self._packed_reply(
+                conn, msg, serializer, data, flags, annotations))
+        return self._packed_reply(conn, msg, serializer, data, flags, annotations)
+
+    def _packed_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer, data: bytes,
+                      flags: int, annotations: dict[str, bytes]) -> bytes:
+        """The reply message around an encoded result: compressed if COMPRESSION
+        says so, an error if it exceeds MAX_MESSAGE_SIZE."""
+        if config.COMPRESSION:
             data, flags = _wire.compress_if_useful(data, flags)
         if config.MAX_MESSAGE_SIZE and len(data) > config.MAX_MESSAGE_SIZE:
             return self._exception_reply(conn, msg, serializer, errors.MessageTooLargeError(
@@ -440,7 +493,21 @@ class CallHandling:
 
 _MISSING = object()
 _LARGE = 64 * 1024  # payload bytes from which a request is decoded in a worker
-_COMPRESS_IN_LOOP = 1024 * 1024  # reply bytes the loop's thread compresses at most (~50 ms)
+# reply bytes the loop's thread compresses at most: zlib takes 50 to 450 ms per
+# MB (text to numbers); larger replies are compressed by a worker (zlib lets
+# the interpreter lock go)
+_COMPRESS_IN_LOOP = 128 * 1024
+
+
+def _payload(serializer: Serializer, result: Any, large: bool) -> bytes:
+    """``result`` encoded (``dumps_large`` if ``large``); SerializeError if it cannot be."""
+    try:
+        return serializer.dumps_large(result) if large else serializer.dumps(result)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # any other error, even a BaseException subclass
+        raise errors.SerializeError(
+            f"result of {type(result).__name__} could not be serialized with {serializer.name}: {exc}") from None
 
 
 def _decode_call(msg: _wire.Message, serializer: Serializer, payload: bytes | bytearray | None = None) -> tuple:

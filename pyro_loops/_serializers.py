@@ -210,13 +210,35 @@ class Serializer:
     def dumps(self, obj: Any) -> bytes:
         """``obj`` as payload bytes. A value this serializer cannot write is a
         SerializeError naming the serializer, since another one may take it."""
+        return self._named_errors(self._dumps, obj)
+
+    def _named_errors(self, encode: Callable[[Any], bytes], obj: Any) -> bytes:
         try:
-            return self._dumps(obj)
+            return encode(obj)
         except errors.SerializeError as exc:
             raise errors.SerializeError(f"the {self.name} serializer cannot serialize this value: {exc}") from exc
 
     def _dumps(self, obj: Any) -> bytes:
         raise NotImplementedError
+
+    def dumps_large(self, obj: Any) -> bytes:
+        """``dumps`` for a value whose ``encoding_cost`` exceeds MAX_BLOCKING_ENCODE.
+
+        Meant for a worker thread: the encoder runs as Python bytecode (or
+        spends its time in memory-speed copies), so the interpreter lock goes
+        to the host loop's thread every few milliseconds, where ``dumps``'
+        C encoders would hold it to the end (json's some 55 ms per MB of
+        numbers, serpent's ``repr``). Slower than ``dumps`` (json and serpent
+        about three times), which is why it is kept for large values. A
+        serializer without such an encoder refuses, naming the item.
+        """
+        return self._named_errors(self._dumps_large, obj)
+
+    def _dumps_large(self, obj: Any) -> bytes:
+        raise errors.SerializeError(
+            f"the result is larger than MAX_BLOCKING_ENCODE ({config.MAX_BLOCKING_ENCODE} bytes, as estimated) "
+            "and this encoder holds the interpreter lock throughout: encoding it would stall the host loop; "
+            "raise MAX_BLOCKING_ENCODE to allow it")
 
     def _loads(self, data: bytes) -> Any:
         raise NotImplementedError
@@ -282,6 +304,66 @@ class Serializer:
         return tuple(call)
 
 
+# What encoding_cost counts, in bytes of a list of small ints (json's C encoder
+# some 25 ms per MB unloaded): an int, bool or None 8 (itself and its comma), a
+# float 24 (repr() finds its shortest digits), a container 32 besides its
+# items, a string or bytes byte a quarter (copied at memory speed: some 8 ms
+# per MB of one long str), an object written through class_to_dict 64 and its
+# attributes
+_ITEM_COST = 8
+_CONTAINER_COST = 32
+_OBJECT_COST = 64
+_TEXT_COST_DIVISOR = 4
+_LEAF_COSTS = {int: _ITEM_COST, bool: _ITEM_COST, type(None): _ITEM_COST, float: 3 * _ITEM_COST,
+               complex: 6 * _ITEM_COST}
+
+
+def encoding_cost(value: Any, limit: int) -> int:
+    """What encoding ``value`` costs, in payload bytes at the speed of a list of
+    ints, counted only until it exceeds ``limit`` (a result past it is large,
+    and then its exact cost does not matter).
+
+    A walk in Python costs time too: it adds each container's length before
+    looking inside, so a huge list is found out at once, and small
+    containers count extra, since both the walk and the encoders pay for
+    each one. A reference cycle ends the walk as well, since every visit adds
+    to the count.
+    """
+    total = 0
+    todo = [value]
+    leaf_costs = _LEAF_COSTS
+    while todo and total <= limit:
+        item = todo.pop()
+        cost = leaf_costs.get(type(item))
+        if cost is not None:
+            total += cost
+        elif isinstance(item, (str, bytes, bytearray)):
+            total += len(item) // _TEXT_COST_DIVISOR + _ITEM_COST
+        elif isinstance(item, (list, tuple, set, frozenset, dict)):
+            pairs = isinstance(item, dict)
+            total += _CONTAINER_COST + len(item) * _ITEM_COST * (2 if pairs else 1)
+            if total > limit:
+                break
+            for sub in (item.values() if pairs else item):
+                cost = leaf_costs.get(type(sub))
+                if cost is None:
+                    todo.append(sub)
+                elif cost != _ITEM_COST:
+                    total += cost - _ITEM_COST
+            if pairs:  # keys: their text counts (most are short strings)
+                for key in item:
+                    if type(key) is str:
+                        total += len(key) // _TEXT_COST_DIVISOR
+                    elif type(key) not in leaf_costs:
+                        todo.append(key)
+        else:  # an object written through class_to_dict: its attributes count
+            total += _OBJECT_COST
+            attributes = getattr(item, "__dict__", None)
+            if type(attributes) is dict:
+                todo.append(attributes)
+    return total
+
+
 class _SerpentWriter(serpent.Serializer):
     """serpent, writing Pyro's exception and class dicts, and autoproxies."""
 
@@ -338,6 +420,12 @@ class SerpentSerializer(Serializer):
         fast = _fastserpent.dumps(obj)
         if fast is not None:
             return fast
+        return self._dumps_large(obj)
+
+    def _dumps_large(self, obj: Any) -> bytes:
+        # serpent's own writer is Python throughout (about 3 times slower than
+        # the repr() fast path, which holds the lock); strings and bytes inside
+        # are copied at memory speed
         try:
             return _SerpentWriter(module_in_classname=True).serialize(obj)
         except errors.SerializeError:
@@ -375,6 +463,14 @@ class JsonSerializer(Serializer):
     def _dumps(self, obj: Any) -> bytes:
         try:
             return self._encoder.encode(obj).encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise errors.SerializeError(str(exc)) from exc
+
+    def _dumps_large(self, obj: Any) -> bytes:
+        # iterencode without _one_shot walks the value in Python, leaving
+        # only each string and number to C (about 3 times slower than encode)
+        try:
+            return "".join(self._encoder.iterencode(obj)).encode("utf-8")
         except (TypeError, ValueError, RecursionError) as exc:
             raise errors.SerializeError(str(exc)) from exc
 
@@ -549,6 +645,10 @@ class MarshalSerializer(Serializer):
             return marshal.dumps(_marshalable(obj))
         except ValueError as exc:
             raise errors.SerializeError(str(exc)) from exc
+
+    # the walk that makes a value marshalable is Python, marshal.dumps after
+    # it a copy at some 10 ms per MB of containers (strings and bytes faster)
+    _dumps_large = _dumps
 
     def _loads(self, data: bytes | bytearray) -> Any:
         return self._decode(data)[0]

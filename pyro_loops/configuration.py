@@ -90,6 +90,15 @@ _DEFAULTS: dict[str, Any] = {
     # the serializer can (serpent's common subset, json) or refused with an
     # error reply naming this item.
     "MAX_BLOCKING_DECODE": 2 * 1024 * 1024,
+    # What the host loop's thread may spend encoding one reply, in payload bytes
+    # of a list of small ints (an int counts 8, a float 24, a container 32
+    # besides its items, a byte of a string or bytes a quarter: see
+    # _serializers.encoding_cost). A result estimated larger is encoded (and
+    # compressed) by a worker with an encoder that lets the interpreter lock go
+    # (json and serpent walked in Python, 3 to 10 times slower than their C
+    # paths), while the loop runs on; msgpack and pickle, which have no such
+    # encoder, answer with an error naming this item.
+    "MAX_BLOCKING_ENCODE": 512 * 1024,
     # Decompressed bytes of a CONNECT payload, decoded in the loop's thread
     # before the handshake; a larger one is refused with a CONNECTFAIL.
     "MAX_HANDSHAKE_SIZE": 64 * 1024,

@@ -1,12 +1,15 @@
 """What one request may cost the host loop's thread.
 
-Hostile requests (a compressed bomb, a huge json payload) are decoded while a
-repeating 10 ms timer of the host loop keeps ticking: each adapter's test logs
-"arrived" when the daemon starts handling the complete message, "tick" for
-each timer tick and "ran" when the called method runs, and asserts that ticks
-came between arrival and the call (an order, not a duration). Requests the
-budget cannot decode without stalling the loop get an error naming the
-config item; the name server's regex filter has a bound of its own.
+Hostile requests (a compressed bomb, a huge json payload) are decoded, and
+large replies encoded and compressed, while a repeating 10 ms timer of the
+host loop keeps ticking: each adapter's test logs "arrived" when the daemon
+starts handling the complete message, "tick" for each timer tick, "ran" when
+the called method runs and "sent" when a reply is handed to the socket, and
+asserts that ticks came between arrival and the call, or between the call and
+its reply (an order, not a duration). Requests the budget cannot decode
+without stalling the loop, and results the serializer cannot encode without
+doing so, get an error naming the config item; the name server's regex
+filter has a bound of its own.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
 import socket
 import threading
 import time
@@ -36,6 +40,8 @@ MARSHAL = get_serializer("marshal")
 SERPENT = get_serializer("serpent")
 ITEMS = 1_300_000  # "[1, 1, ...": 3.9 MB of json, past MAX_BLOCKING_DECODE's default
 TICKS = 5  # ticks wanted between a hostile request's arrival and its call
+NUMBERS = 300_000  # a result estimated at 2.4 MB, past MAX_BLOCKING_ENCODE's default (1.5 MB of json)
+TEXT = os.urandom(2_500_000).hex()  # 5 MB that zlib takes long over
 
 
 @pyro_loops.expose
@@ -46,6 +52,22 @@ class Service:
     def take(self, items):
         self.log.append("ran")
         return len(items)
+
+    def numbers(self, count):
+        self.log.append("ran")
+        return [i % 1000 for i in range(count)]
+
+    def text(self):
+        self.log.append("ran")
+        return TEXT
+
+    async def numbers_awaited(self, count):
+        await asyncio.sleep(0)
+        return self.numbers(count)
+
+    @pyro_loops.in_worker
+    def numbers_in_worker(self, count):
+        return [i % 1000 for i in range(count)]
 
     def echo(self, value):
         return value
@@ -62,18 +84,22 @@ class LoggingDaemon(pyro_loops.Daemon):
         self.log.append("arrived")
         super()._invoke(conn, msg)
 
+    def _send(self, conn, data):
+        self.log.append("sent")
+        super()._send(conn, data)
+
 
 def json_call(method: str, *args: Any) -> bytes:
     return JSON.dumps_call("svc", method, args, {})
 
 
-def bomb() -> tuple[bytes, int]:
+def bomb() -> tuple[Any, bytes, int]:
     """4 KB on the wire, 3.9 MB of json containers once inflated."""
-    return zlib.compress(json_call("take", [1] * ITEMS), 9), _wire.FLAGS_COMPRESSED
+    return JSON, zlib.compress(json_call("take", [1] * ITEMS), 9), _wire.FLAGS_COMPRESSED
 
 
-def huge_json() -> tuple[bytes, int]:
-    return json_call("take", [1] * ITEMS), 0
+def huge_json() -> tuple[Any, bytes, int]:
+    return JSON, json_call("take", [1] * ITEMS), 0
 
 
 class RawClient:
@@ -109,10 +135,11 @@ class RawClient:
         self.sock.close()
 
 
-def send_hostile(port: int, make: Callable[[], tuple[bytes, int]]) -> Any:
-    client = RawClient(port)
+def send_hostile(port: int, make: Callable[[], tuple[Any, bytes, int]]) -> Any:
+    """Send the call ``make()`` gives as (serializer, payload, flags); return the answer."""
+    serializer, payload, flags = make()
+    client = RawClient(port, serializer)
     try:
-        payload, flags = make()
         return client.call(payload, flags)
     finally:
         client.close()
@@ -231,26 +258,56 @@ def run_tk(daemon, log: list[str], make) -> Any:
     return result
 
 
-def ticks_between_arrival_and_call(log: list[str]) -> int:
-    assert "arrived" in log and "ran" in log, log[-20:]
-    start = len(log) - 1 - log[::-1].index("arrived")
-    return log[start:log.index("ran", start)].count("tick")
+def ticks_between(log: list[str], first: str, then: str) -> int:
+    """Ticks between the last ``first`` and the ``then`` after it."""
+    assert first in log and then in log, log[-20:]
+    start = len(log) - 1 - log[::-1].index(first)
+    assert then in log[start:], log[-20:]
+    return log[start:log.index(then, start)].count("tick")
 
 
+def run_host(host: str, daemon, log: list[str], make, request) -> Any:
+    if host == "qt":
+        return run_qt(daemon, log, make, request.getfixturevalue("qtbot"))
+    return {"selectloop": run_selectloop, "asyncio": run_asyncio, "tk": run_tk}[host](daemon, log, make)
+
+
+HOSTS = ["selectloop", "asyncio", "qt", "tk"]
 HOSTILE = {"compressed bomb": bomb, "huge json": huge_json}
 
 
 @pytest.mark.parametrize("make", HOSTILE.values(), ids=HOSTILE.keys())
-@pytest.mark.parametrize("host", ["selectloop", "asyncio", "qt", "tk"])
+@pytest.mark.parametrize("host", HOSTS)
 def test_the_host_timer_ticks_while_a_hostile_request_is_decoded(host, make, request):
     log: list[str] = []
     with served(log) as daemon:
-        if host == "qt":
-            result = run_qt(daemon, log, make, request.getfixturevalue("qtbot"))
-        else:
-            result = {"selectloop": run_selectloop, "asyncio": run_asyncio, "tk": run_tk}[host](daemon, log, make)
+        result = run_host(host, daemon, log, make, request)
     assert result == [ITEMS]
-    assert ticks_between_arrival_and_call(log) >= TICKS
+    assert ticks_between(log, "arrived", "ran") >= TICKS
+
+
+LARGE_REPLIES = {
+    "serpent list of ints": (lambda: (SERPENT, SERPENT.dumps_call("svc", "numbers", (NUMBERS,), {}), 0),
+                             [i % 1000 for i in range(NUMBERS)], {}),
+    "json list of ints": (lambda: (JSON, json_call("numbers", NUMBERS), 0),
+                          [i % 1000 for i in range(NUMBERS)], {}),
+    # encoded in the loop's thread (a long string is a copy), compressed elsewhere
+    "compressed text": (lambda: (JSON, json_call("text"), 0), TEXT,
+                        {"COMPRESSION": True, "MAX_BLOCKING_ENCODE": 2 * len(TEXT)}),
+}
+
+
+@pytest.mark.parametrize("case", LARGE_REPLIES.values(), ids=LARGE_REPLIES.keys())
+@pytest.mark.parametrize("host", HOSTS)
+def test_the_host_timer_ticks_while_a_large_reply_of_a_loop_run_method_is_made(host, case, request, monkeypatch):
+    make, expected, settings = case
+    for name, value in settings.items():
+        monkeypatch.setattr(config, name, value)
+    log: list[str] = []
+    with served(log) as daemon:
+        result = run_host(host, daemon, log, make, request)
+    assert result == [expected]
+    assert ticks_between(log, "ran", "sent") >= TICKS
 
 
 # --- refusals and what still works -------------------------------------------------------
@@ -333,19 +390,86 @@ def test_a_compressed_bomb_before_the_handshake_gets_connectfail_naming_max_hand
         client.close()
 
 
-def test_a_large_reply_made_in_the_loop_thread_goes_out_uncompressed_and_intact(loop_daemon):
-    config.COMPRESSION = True
+def test_a_large_reply_of_a_loop_run_method_goes_out_compressed_and_intact(loop_daemon, monkeypatch):
+    monkeypatch.setattr(config, "COMPRESSION", True)
+    client = RawClient(port_of(loop_daemon), SERPENT)
     try:
-        client = RawClient(port_of(loop_daemon), SERPENT)
+        client.send(_wire.MSG_INVOKE, SERPENT.dumps_call("svc", "echo", ("y" * 2_000_000,), {}), 1)
+        reply = client.read()
+    finally:
+        client.close()
+    assert reply.flags & _wire.FLAGS_COMPRESSED
+    assert SERPENT.loads(reply.payload()) == "y" * 2_000_000
+
+
+def test_the_asyncio_loop_ticks_while_a_large_result_of_an_async_method_is_encoded():
+    log: list[str] = []
+    with served(log) as daemon:
+        result = run_asyncio(daemon, log, lambda: (JSON, json_call("numbers_awaited", NUMBERS), 0))
+    assert result == [[i % 1000 for i in range(NUMBERS)]]
+    assert ticks_between(log, "ran", "sent") >= TICKS
+
+
+def test_a_large_result_of_an_in_worker_method_is_encoded_there_by_the_budget_rules(loop_daemon, monkeypatch):
+    pickle_serializer = get_serializer("pickle")
+    monkeypatch.setattr(config, "SERIALIZERS_ACCEPTED", config.SERIALIZERS_ACCEPTED | {"pickle"})
+    for serializer in (JSON, pickle_serializer):
+        client = RawClient(port_of(loop_daemon), serializer)
         try:
-            client.send(_wire.MSG_INVOKE, SERPENT.dumps_call("svc", "echo", ("y" * 2_000_000,), {}), 1)
-            reply = client.read()
+            answer = client.call(serializer.dumps_call("svc", "numbers_in_worker", (NUMBERS,), {}))
         finally:
             client.close()
+        if serializer is JSON:
+            assert answer == [i % 1000 for i in range(NUMBERS)]
+        else:  # pickle.dumps would hold the interpreter lock throughout, in a worker too
+            assert isinstance(answer, errors.SerializeError) and "MAX_BLOCKING_ENCODE" in str(answer)
+
+
+def test_replies_keep_the_order_of_their_requests_when_a_worker_encodes_one(loop_daemon):
+    client = RawClient(port_of(loop_daemon), JSON)
+    try:
+        client.send(_wire.MSG_INVOKE, json_call("numbers", NUMBERS), 1)
+        client.send(_wire.MSG_INVOKE, json_call("echo", "small"), 2)
+        first, second = client.read(), client.read()
     finally:
-        config.reset()
-    assert not reply.flags & _wire.FLAGS_COMPRESSED
-    assert SERPENT.loads(reply.payload()) == "y" * 2_000_000
+        client.close()
+    assert (first.seq, second.seq) == (1, 2)
+    assert len(JSON.loads(first.payload())) == NUMBERS and JSON.loads(second.payload()) == "small"
+
+
+def test_a_large_result_of_a_serializer_without_a_stepwise_encoder_is_refused_naming_max_blocking_encode(
+        loop_daemon, monkeypatch):
+    pickle_serializer = get_serializer("pickle")
+    monkeypatch.setattr(config, "SERIALIZERS_ACCEPTED", config.SERIALIZERS_ACCEPTED | {"pickle"})
+    client = RawClient(port_of(loop_daemon), pickle_serializer)
+    try:
+        answer = client.call(pickle_serializer.dumps_call("svc", "numbers", (NUMBERS,), {}))
+        assert isinstance(answer, errors.SerializeError) and "MAX_BLOCKING_ENCODE" in str(answer)
+        assert client.call(pickle_serializer.dumps_call("svc", "numbers", (3,), {}), seq=2) == [0, 1, 2]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("name", ["serpent", "json", "marshal"])
+@pytest.mark.parametrize("value", [
+    [1, 2.5, "x", None, True, {"a": [1, (2, 3)]}],
+    {"k": {"nested": ["\u1234\n", -7, 1e300]}, "e": []},
+    list(range(1000)),
+    "plain text",
+])
+def test_the_worker_encoder_writes_what_the_loop_encoder_writes(name, value):
+    serializer = get_serializer(name)
+    assert serializer.loads(serializer.dumps_large(value)) == serializer.loads(serializer.dumps(value))
+
+
+def test_encoding_cost_finds_a_huge_list_out_without_walking_it_and_ends_on_a_cycle():
+    from pyro_loops._serializers import encoding_cost
+
+    assert encoding_cost([None] * 10_000_000, 1024) > 1024
+    cycle: list = []
+    cycle.append(cycle)
+    assert encoding_cost(cycle, 1024) > 1024
+    assert encoding_cost({"a": [1, 2], "b": "x" * 400}, 10_000) < 1000
 
 
 def test_pyro4_hugetransfer_of_five_megabytes_works_under_a_plain_request_loop(loop_daemon):
