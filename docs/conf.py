@@ -9,7 +9,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(".."))
-sys.path.insert(0, os.path.abspath("_ext"))  # pyro_config: the configuration tables
+sys.path.insert(0, os.path.abspath("_ext"))  # pyro_config, examples_table: tables read from the code
 
 project = "pyro_loops"
 author = "the pyro_loops developers"
@@ -37,7 +37,7 @@ def _import_adapters_from_checkout() -> None:
 _import_adapters_from_checkout()
 
 version = release
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.intersphinx", "sphinx.ext.viewcode", "pyro_config"]
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.intersphinx", "sphinx.ext.viewcode", "pyro_config", "examples_table"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_default_options = {"members": True, "show-inheritance": True}

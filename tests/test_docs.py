@@ -80,3 +80,21 @@ def test_configuration_table_warns_about_items_missing_stale_or_twice(tmp_path):
     assert "HOST is described more than once" in output
     assert "SOME_FUTURE_ITEM" not in output
     assert "item HOST is not described" not in output
+
+
+def test_pyro4_examples_list_reads_labels_reasons_and_folders_not_run(tmp_path):
+    spec = importlib.util.spec_from_file_location("examples_table", DOCS / "_ext" / "examples_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table = tmp_path / "table.py"
+    table.write_text('''
+from pyro4_examples import Example, Server
+EXAMPLES = (
+    Example("async", "client.py", (Server("server.py"),), label="async-client"),
+    Example("oneway", "client.py", xfail="prints its lines in another order"),
+)
+NOT_RUN = {"chatbox": "an interactive chat"}
+''')
+    examples, not_run = module.read_table(table)
+    assert examples == [("async-client", None), ("oneway", "prints its lines in another order")]
+    assert not_run == {"chatbox": "an interactive chat"}
