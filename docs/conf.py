@@ -45,11 +45,6 @@ autodoc_default_options = {"members": True, "show-inheritance": True}
 intersphinx_mapping: dict = {}
 nitpicky = False
 exclude_patterns = ["_build"]
-# The loop client's reference page joins the site once its modules exist on the branch being built.
-if importlib.util.find_spec("pyro_loops.client") is not None:
-    tags.add("loop_client")  # noqa: F821 - Sphinx provides ``tags`` to conf.py
-else:
-    exclude_patterns.append("api/client.rst")
 html_theme = "alabaster"
 html_static_path = ["_static"]
 html_theme_options = {"description": "Pyro4-compatible remote objects in your own event loop"}
