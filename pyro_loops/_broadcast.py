@@ -1,4 +1,4 @@
-"""Both ends of Pyro4's name server broadcast protocol (PROTOCOL.md section 9).
+"""Both ends of Pyro4's name server broadcast protocol (protocol notes section 9).
 
 A client that knows no name server address sends ``GET_NSURI`` as a UDP
 datagram to the broadcast addresses; every responder answers with its name

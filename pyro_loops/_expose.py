@@ -1,5 +1,5 @@
 """What a remote caller may reach: ``@expose``, ``@oneway``, private names,
-and the metadata (methods, oneway, attrs) sent to proxies (PROTOCOL.md 8)."""
+and the metadata (methods, oneway, attrs) sent to proxies (protocol notes 8)."""
 
 from __future__ import annotations
 

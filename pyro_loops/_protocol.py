@@ -5,7 +5,7 @@ No sockets, clocks or threads: bytes go in with ``receive_data()``,
 return the bytes to send. Whoever owns the socket (the daemon, the blocking
 ``Proxy``, the loop ``Client``) decides *when* to send and read; this module
 decides what the bytes must look like and which messages are allowed when
-(PROTOCOL.md 3, 4, 11).
+(protocol notes 3, 4, 11).
 
 The two roles share framing, HMAC, ``MAX_MESSAGE_SIZE`` and the connection
 ``State``, in ``_Peer``; they are two classes rather than one class with a role
@@ -188,7 +188,7 @@ class ServerProtocol(_Peer):
 
     def _violation(self, reason: str, quiet: bool = False) -> Violation:
         # Before the handshake Pyro4 explains itself with a CONNECTFAIL; after
-        # it, and for oversize messages, it just closes (PROTOCOL.md 11.9).
+        # it, and for oversize messages, it just closes (protocol notes 11.9).
         reply = None if (quiet or self.established) else self.connect_fail_bytes(reason)
         self.state = State.CLOSED
         return Violation(reason, reply)
@@ -385,7 +385,7 @@ class ClientProtocol(_Peer):
         """The CONNECT message; IDLE -> HANDSHAKING.
 
         ``metadata`` asks the daemon to include ``object_id``'s metadata in its
-        CONNECTOK (PROTOCOL.md 3.2). Raises StateError unless IDLE, and
+        CONNECTOK (protocol notes 3.2). Raises StateError unless IDLE, and
         SerializeError if ``handshake`` cannot be serialized (still IDLE).
         """
         self._require(State.IDLE, "connect")
@@ -414,7 +414,7 @@ class ClientProtocol(_Peer):
 
     def batch(self, object_id: str, calls: Iterable[tuple[str, Any, Any]], *, oneway: bool = False,
               annotations: dict[str, bytes] | None = None) -> Request:
-        """Several ``(method, vargs, kwargs)`` calls in one message (PROTOCOL.md 4.7).
+        """Several ``(method, vargs, kwargs)`` calls in one message (protocol notes 4.7).
 
         The Result's value is the list of their results, cut short by an
         ``ExceptionWrapper`` at the first that raised. Raises as ``invoke``.

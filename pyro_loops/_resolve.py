@@ -1,5 +1,5 @@
 """Finding a name server and resolving ``PYRONAME:``/``PYROMETA:`` URIs with it
-(PROTOCOL.md section 9).
+(protocol notes section 9).
 
 Resolution sits below the daemon and the proxy, which both need it: a proxy
 resolves its URI before connecting, a daemon's ``serveSimple`` registers with

@@ -3,7 +3,7 @@ class-to-dict rules that let Pyro4 peers rebuild URIs, proxies and exceptions.
 
 Objects that the serializers cannot write natively go through
 ``class_to_dict``; dicts with a ``__class__`` key that arrive are rebuilt by
-``dict_to_class`` (PROTOCOL.md 2.5). Both know nothing about sockets or the
+``dict_to_class`` (protocol notes 2.5). Both know nothing about sockets or the
 wire: they map Python values to payload bytes and back.
 """
 
@@ -153,7 +153,7 @@ def _make_exception(classname: str, data: dict) -> BaseException:
 
 
 def dict_to_class(data: dict) -> Any:
-    """Rebuild one dict that has a ``__class__`` key (PROTOCOL.md 2.5)."""
+    """Rebuild one dict that has a ``__class__`` key (protocol notes 2.5)."""
     classname = data.get("__class__")
     if not isinstance(classname, str):
         return data

@@ -150,7 +150,7 @@ def compress_if_useful(data: bytes, flags: int) -> tuple[bytes, int]:
 
 
 def check_hmac(msg: Message, key: bytes | None) -> None:
-    """Raise SecurityError unless the message's HMAC matches ``key`` (PROTOCOL.md 1.6)."""
+    """Raise SecurityError unless the message's HMAC matches ``key`` (protocol notes 1.6)."""
     digest = msg.annotations.get("HMAC")
     if digest is None and not key:
         return

@@ -1,4 +1,4 @@
-"""Pyro4's ``naming`` module under its usual names (PROTOCOL.md section 9).
+"""Pyro4's ``naming`` module under its usual names (protocol notes section 9).
 
 The parts live in their own modules, each importing only the layers below it:
 ``_broadcast`` (both ends of the GET_NSURI protocol), ``_resolve`` (locating a

@@ -1,5 +1,5 @@
 """Bad input over real sockets: each case gets a clear error to that peer, or a
-close (logged where PROTOCOL.md 11.9 says the peer gets no reply), and a second,
+close (logged where protocol notes 11.9 says the peer gets no reply), and a second,
 well-behaved client proves the daemon keeps serving everyone else.
 
 Frames are written by hand (``RawClient``); the well-behaved client is our Proxy.

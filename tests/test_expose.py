@@ -1,5 +1,5 @@
 """What a remote caller may reach: ``@expose``, ``@oneway``, private names and
-the metadata sent to proxies (PROTOCOL.md 8)."""
+the metadata sent to proxies (protocol notes 8)."""
 
 import pytest
 
@@ -145,7 +145,7 @@ def test_exposing_a_private_name_is_refused():
 
 
 def test_expose_written_above_classmethod_exposes_it_too():
-    # Pyro4 raises AttributeError for this order (PROTOCOL.md 8.2); marking the
+    # Pyro4 raises AttributeError for this order (protocol notes 8.2); marking the
     # wrapped function instead is a harmless leniency
     class Either:
         @expose

@@ -19,7 +19,7 @@ from _util import TIMEOUT, PeerError, Pyro4Server, free_port, pyro4_client, wait
 from peers.service import build
 
 ALL_SERIALIZERS = ["serpent", "json", "marshal"]
-# A 4.82 client on marshal cannot get/set attributes, batch, or receive autoproxies (PROTOCOL.md 2.4).
+# A 4.82 client on marshal cannot get/set attributes, batch, or receive autoproxies (protocol notes 2.4).
 FULL_SERIALIZERS = ["serpent", "json"]
 SERVER_KINDS = ["multiplex", "thread", "pyro4"]
 
@@ -150,7 +150,7 @@ def test_bytes_argument_comes_back_as_pyro4_would_return_it(pyro4, server, ser):
     # What the server method sees may differ (ours decodes serpent's base64 dict back to bytes);
     # what the Pyro4 client gets back must not.
     got = pyro4.run("p = proxy(uri, ser)\np.echo(b'abc')", uri=server.uri, ser=ser)
-    if ser == "serpent":  # serpent has no bytes type: base64 in a dict (PROTOCOL.md 2.2)
+    if ser == "serpent":  # serpent has no bytes type: base64 in a dict (protocol notes 2.2)
         assert got == {"data": "YWJj", "encoding": "base64"}
     else:
         assert got == b"abc"
@@ -159,7 +159,7 @@ def test_bytes_argument_comes_back_as_pyro4_would_return_it(pyro4, server, ser):
 @pytest.mark.parametrize("ser", ALL_SERIALIZERS)
 def test_bytes_results_reach_the_client_as_pyro4_would_send_them(request, pyro4, server, ser):
     code = "p = proxy(uri, ser)\np.blob(3)"
-    if ser == "json":  # json cannot carry bytes: the daemon answers with a SerializeError (PROTOCOL.md 2.3)
+    if ser == "json":  # json cannot carry bytes: the daemon answers with a SerializeError (protocol notes 2.3)
         with pytest.raises(PeerError) as failure:
             pyro4.run(code, uri=server.uri, ser=ser)
         assert failure.value.type == "Pyro4.errors.SerializeError"
@@ -236,7 +236,7 @@ def test_batch_naming_an_unexposed_method_fails_as_a_whole(pyro4, server, ser):
 
 @pytest.mark.parametrize("ser", FULL_SERIALIZERS)
 def test_oneway_batch_gets_no_reply_and_runs(pyro4, server, ser):
-    # A reply to a oneway batch would be read as the answer to the next call (PROTOCOL.md 4.7, 11.1).
+    # A reply to a oneway batch would be read as the answer to the next call (protocol notes 4.7, 11.1).
     tag = f"batch-{ser}-{free_port()}"
     assert pyro4.run("p = proxy(uri, ser)\nb = Pyro4.batch(p)\nb.record(tag + '-1')\nb.record(tag + '-2')\n"
                      "(b(oneway=True), p.add(2, 3))", uri=server.uri, ser=ser, tag=tag) == (None, 5)
@@ -245,7 +245,7 @@ def test_oneway_batch_gets_no_reply_and_runs(pyro4, server, ser):
 
 @pytest.mark.parametrize("ser", ALL_SERIALIZERS)
 def test_sequence_numbers_wrap_after_65535(pyro4, server, ser):
-    # The client checks that each reply echoes its request's seq (PROTOCOL.md 4.1, 4.5).
+    # The client checks that each reply echoes its request's seq (protocol notes 4.1, 4.5).
     assert pyro4.run("p = proxy(uri, ser)\np._pyroBind()\np._pyroSeq = 65533\n"
                      "[p.add(i, 0) for i in range(4)] + [p._pyroSeq]", uri=server.uri, ser=ser) == [0, 1, 2, 3, 1]
 
@@ -298,7 +298,7 @@ def test_remote_exception_is_raised_with_the_remote_traceback(pyro4, server, ser
 
 @pytest.mark.parametrize("ser", ALL_SERIALIZERS)
 def test_exception_of_a_class_the_client_cannot_rebuild_gives_serialize_error(pyro4, server, ser):
-    # PROTOCOL.md 5.2: the 4.82 client refuses unknown exception classes and drops the connection.
+    # protocol notes 5.2: the 4.82 client refuses unknown exception classes and drops the connection.
     with pytest.raises(PeerError) as failure:
         pyro4.run("p = proxy(uri, ser)\np.fail_custom('boom')", uri=server.uri, ser=ser)
     assert failure.value.type == "Pyro4.errors.SerializeError"
@@ -450,7 +450,7 @@ def test_server_with_compression_compresses_large_replies(pyro4, servers, kind, 
 
 @pytest.mark.parametrize("kind", SERVER_KINDS)
 def test_server_size_limit_applies_to_the_compressed_reply(request, pyro4, servers, kind):
-    # PROTOCOL.md 1.8: MAX_MESSAGE_SIZE bounds data_len + ann_len as sent, i.e. after compression.
+    # protocol notes 1.8: MAX_MESSAGE_SIZE bounds data_len + ann_len as sent, i.e. after compression.
     server = servers(kind, compression=True, max_message_size=20000)
     assert pyro4.run("p = proxy(uri, 'serpent')\nlen(p.fill('x', 100000))", uri=server.uri) == 100000
 

@@ -14,7 +14,7 @@ from _util import Pyro4Server, free_port, wait_until
 
 ALL_SERIALIZERS = ["serpent", "json", "marshal"]
 # Pyro4's marshal call encoder cannot carry attribute access or batches, and a marshal
-# daemon sends no autoproxies (PROTOCOL.md 2.4): those paths are tested on serpent and json.
+# daemon sends no autoproxies (protocol notes 2.4): those paths are tested on serpent and json.
 FULL_SERIALIZERS = ["serpent", "json"]
 
 SERVICE_METHODS = {"add", "echo", "describe", "types_of", "record", "recorded", "divide", "lookup",
@@ -88,7 +88,7 @@ def test_arguments_reach_pyro4_with_the_types_the_serializer_gives_them(pyro4_se
 @pytest.mark.parametrize("ser, received", [("serpent", "dict"), ("marshal", "bytes")])
 def test_bytes_argument_reaches_pyro4_as_pyro4_itself_sends_it(pyro4_server, make_proxy, ser, received):
     p = make_proxy(pyro4_server.uri, ser)
-    # serpent has no bytes type: a Pyro4 client sends base64 in a dict, and so must we (PROTOCOL.md 2.2).
+    # serpent has no bytes type: a Pyro4 client sends base64 in a dict, and so must we (protocol notes 2.2).
     assert tuple(p.types_of(b"abc")) == ([received], {})
 
 
@@ -328,7 +328,7 @@ def test_large_reply_from_a_compressing_pyro4_daemon_is_decompressed(servers, ma
 
 
 def test_proxy_refuses_a_reply_larger_than_max_message_size(pyro4_server, make_proxy):
-    # Pyro4 checks MAX_MESSAGE_SIZE on every message it receives, right after the header (PROTOCOL.md 1.8).
+    # Pyro4 checks MAX_MESSAGE_SIZE on every message it receives, right after the header (protocol notes 1.8).
     pyro_loops.config.MAX_MESSAGE_SIZE = 20000
     with pytest.raises(errors.MessageTooLargeError):
         make_proxy(pyro4_server.uri).fill("x", 100000)

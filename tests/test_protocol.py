@@ -1,7 +1,7 @@
 """The daemon-side connection state machine, driven by byte strings only.
 
 What each test pins down is the answer (or silence) Pyro4 4.82 gives for a
-sequence of messages before and after the handshake (PROTOCOL.md 3, 4.9, 11.9).
+sequence of messages before and after the handshake (protocol notes 3, 4.9, 11.9).
 """
 
 import marshal

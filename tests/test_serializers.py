@@ -1,4 +1,4 @@
-"""Payload serializers and the class-to-dict rules (PROTOCOL.md 2, 5, 6.1),
+"""Payload serializers and the class-to-dict rules (protocol notes 2, 5, 6.1),
 plus the deserialization limits of issue 6: whatever a payload holds, ``loads``
 answers with a value or with SerializeError/SecurityError, never with the
 decoder's own exception and never by exhausting the C stack.
@@ -250,7 +250,7 @@ def test_batch_exception_wrapper_round_trips(ser):
         wrapped[1].raiseIt()
 
 
-# --- URIs, proxies, daemons (PROTOCOL.md 6.1) --------------------------------------------
+# --- URIs, proxies, daemons (protocol notes 6.1) --------------------------------------------
 
 
 def test_uri_is_written_as_the_pyro4_core_uri_dict():

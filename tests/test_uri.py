@@ -1,4 +1,4 @@
-"""URI parsing and formatting, as PROTOCOL.md 6.3 describes Pyro4's grammar."""
+"""URI parsing and formatting, as protocol notes 6.3 describes Pyro4's grammar."""
 
 import pytest
 

@@ -1,8 +1,8 @@
-"""The sans-IO framing layer: bytes in, messages out, and back (PROTOCOL.md 1).
+"""The sans-IO framing layer: bytes in, messages out, and back (protocol notes 1).
 
 No sockets here: every test feeds byte strings to ``FrameReader`` or checks the
 bytes ``encode`` produces, against the captured examples and worked numbers of
-PROTOCOL.md where there are some.
+the protocol notes where there are some.
 """
 
 import hashlib
@@ -19,7 +19,7 @@ from pyro_loops._wire import FrameError, FrameReader, Message
 HEADER = "!4sHHHHiHHHH"
 SERPENT_HEAD = b"# serpent utf-8 python3.2\n"
 
-# PROTOCOL.md 1.9, byte for byte
+# protocol notes 1.9, byte for byte
 CAPTURED_CONNECT = bytes.fromhex(
     "5059524f003000010010000000000040000100000000356b") + SERPENT_HEAD + b"{'handshake':'hello','object':'thing'}"
 CAPTURED_CORR = bytes.fromhex("b1c295fe5cb5440d9653a48fa19a7b35")

@@ -1,0 +1,73 @@
+"""Sphinx directive ``pyro4-examples``: which of Pyro4's examples still differ, read from the test table.
+
+``tests/pyro4_examples_table.py`` says how the test suite runs each of Pyro4
+4.82's examples on Pyro4 and on pyro_loops; an entry with ``xfail="reason"``
+still behaves differently, and ``NOT_RUN`` lists the folders that cannot run
+unattended. This directive renders those lists, so the porting guide shows
+what the tests check and nobody keeps a second copy.
+
+The table is read with ``ast``, not imported: importing it pulls in the test
+helpers (and pytest), which a documentation build does not have.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+from docutils import nodes
+from docutils.parsers.rst import Directive
+from sphinx.application import Sphinx
+
+TABLE = Path(__file__).resolve().parents[2] / "tests" / "pyro4_examples_table.py"
+
+
+def read_table(path: Path = TABLE) -> tuple[list[tuple[str, str | None]], dict[str, str]]:
+    """``([(label, xfail reason or None) per example], {folder: reason not run})``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    examples: list[tuple[str, str | None]] = []
+    not_run: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Example":
+            keywords = {k.arg: k.value for k in node.keywords}
+            name = ast.literal_eval(node.args[0]) if node.args else ast.literal_eval(keywords["name"])
+            label = ast.literal_eval(keywords["label"]) if "label" in keywords else name
+            xfail = ast.literal_eval(keywords["xfail"]) if "xfail" in keywords else None
+            examples.append((label, xfail))
+        elif isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "NOT_RUN" for t in node.targets):
+            not_run = ast.literal_eval(node.value)
+    return examples, not_run
+
+
+def _bullets(pairs: list[tuple[str, str]]) -> nodes.bullet_list:
+    bullets = nodes.bullet_list()
+    for name, reason in pairs:
+        bullets += nodes.list_item("", nodes.paragraph("", "", nodes.literal(name, name), nodes.Text(": " + reason)))
+    return bullets
+
+
+class Pyro4Examples(Directive):
+    """Renders the examples that still differ and those not run, with their reasons."""
+
+    def run(self) -> list[nodes.Node]:
+        self.state.document.settings.env.note_dependency(str(TABLE))
+        if not TABLE.exists():
+            return [nodes.paragraph(text="The table of Pyro4's examples (tests/pyro4_examples_table.py) "
+                                         "is not part of this build yet.")]
+        examples, not_run = read_table()
+        differing = [(label, reason) for label, reason in examples if reason]
+        out: list[nodes.Node] = [nodes.paragraph(
+            text=f"The test suite runs {len(examples)} example programs on Pyro4 4.82 and on pyro_loops and "
+                 f"compares what they print; {len(differing)} still differ.")]
+        if differing:
+            out += [nodes.paragraph(text="Still different, and why:"), _bullets(differing)]
+        if not_run:
+            out += [nodes.paragraph(text="Not run, because they cannot run unattended on Pyro4 either:"),
+                    _bullets(sorted(not_run.items()))]
+        return out
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    app.add_directive("pyro4-examples", Pyro4Examples)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
