@@ -6,13 +6,15 @@ still behaves differently, and ``NOT_RUN`` lists the folders that cannot run
 unattended. This directive renders those lists, so the porting guide shows
 what the tests check and nobody keeps a second copy.
 
-The table is read with ``ast``, not imported: importing it pulls in the test
-helpers (and pytest), which a documentation build does not have.
+The table is run with ``tests/`` importable, as under pytest: its reasons
+live in named constants, and its helpers need nothing beyond the standard
+library.
 """
 
 from __future__ import annotations
 
-import ast
+import runpy
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +26,22 @@ TABLE = Path(__file__).resolve().parents[2] / "tests" / "pyro4_examples_table.py
 
 
 def read_table(path: Path = TABLE) -> tuple[list[tuple[str, str | None]], dict[str, str]]:
-    """``([(label, xfail reason or None) per example], {folder: reason not run})``."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    examples: list[tuple[str, str | None]] = []
-    not_run: dict[str, str] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Example":
-            keywords = {k.arg: k.value for k in node.keywords}
-            name = ast.literal_eval(node.args[0]) if node.args else ast.literal_eval(keywords["name"])
-            label = ast.literal_eval(keywords["label"]) if "label" in keywords else name
-            xfail = ast.literal_eval(keywords["xfail"]) if "xfail" in keywords else None
-            examples.append((label, xfail))
-        elif isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "NOT_RUN" for t in node.targets):
-            not_run = ast.literal_eval(node.value)
-    return examples, not_run
+    """``([(label, xfail reason or None) per example], {folder: reason not run})``.
+
+    The table is run as Python (with ``tests/`` importable, as under pytest), so
+    reasons kept in named constants read the same as literal ones.
+    """
+    tests = str(TABLE.parent)
+    added = tests not in sys.path
+    if added:
+        sys.path.insert(0, tests)
+    try:
+        table = runpy.run_path(str(path))
+    finally:
+        if added:
+            sys.path.remove(tests)
+    examples = [(example.id, example.xfail) for example in table["EXAMPLES"]]
+    return examples, dict(table.get("NOT_RUN", {}))
 
 
 def _bullets(pairs: list[tuple[str, str]]) -> nodes.bullet_list:
