@@ -25,14 +25,12 @@ import json
 import sys
 from typing import Any, Callable
 
-from PyQt5 import QtCore, QtWidgets
-
 import pyro_loops
 from pyro_loops.adapters import qt as qt_adapter
 
 from _panel import SLOW_SECONDS, STREAM_COUNT, Panel, tour_passed
 from _support import add_client_options, target_uri
-from qt_app import route_signals
+from qt_app import QtCore, QtWidgets, route_signals  # whichever Qt binding is installed
 
 
 class Window(QtWidgets.QMainWindow):
@@ -164,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
         QtCore.QTimer.singleShot(0, lambda: panel.tour(finished))
     try:
-        return app.exec_()
+        return app.exec()
     finally:
         unroute_signals()
 

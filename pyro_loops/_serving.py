@@ -18,7 +18,9 @@ from ._uri import URI
 class Served(Protocol):
     """What the registry needs of a daemon (``pyro_loops.daemon.Daemon``)."""
 
-    _loop_thread: int | None
+    @property
+    def _loop_thread(self) -> int | None:
+        """The thread running the daemon's loop, None while none does."""
 
     def _serves(self, uri: URI) -> bool: ...
 

@@ -1,7 +1,7 @@
 """Pyro4's ``message`` module: the message type and flag numbers of the wire protocol.
 
 The framing itself lives in ``_wire`` (sans-IO); this module only gives it the
-names Pyro4 programs import (protocol notes has the layout).
+names Pyro4 programs import (the protocol notes, section 1, give the layout).
 """
 
 from ._wire import (FLAGS_BATCH, FLAGS_COMPRESSED, FLAGS_EXCEPTION, FLAGS_ITEMSTREAMRESULT, FLAGS_KEEPSERIALIZED,
