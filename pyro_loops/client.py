@@ -438,7 +438,8 @@ class _Channel:
     The protocol rules are ``_protocol.ClientProtocol``'s; this class moves its
     bytes. Steps: "resolving" (name server, host name), "connecting",
     "handshake", "metadata" (asked for when the handshake did not bring it),
-    "ready", "closed". Requests submitted before "ready" wait in ``queued``.
+    "ready", "closed", and "decoding" while a worker decodes a large reply
+    (``MAX_BLOCKING_DECODE``). Requests submitted when not "ready" wait in ``queued``.
     """
 
     def __init__(self, client: Client, proxy: "LoopProxy") -> None:
@@ -456,6 +457,7 @@ class _Channel:
         self.inflight: dict[int, _Request] = {}
         self.oneway_marks: collections.deque[tuple[int, _Request]] = collections.deque()
         self.interest = 0
+        self.resume_state = ""  # the step a worker's decoding interrupted
         client._channels.add(self)
 
     @property
@@ -487,8 +489,10 @@ class _Channel:
                 self.queued.remove(request)  # never sent, never will be
             except ValueError:
                 pass
-        elif self.inflight.pop(request.seq, None) is not None:
-            self.protocol.cancel(request.seq)  # it runs on the server; its reply is dropped
+        elif self.inflight.pop(request.seq, None) is not None and self.state != "decoding":
+            # It runs on the server; its reply is dropped (while a worker decodes, by
+            # _handle, which finds no request for it: the protocol is the worker's).
+            self.protocol.cancel(request.seq)
 
     # -- connecting --
 
@@ -633,7 +637,7 @@ class _Channel:
             self.oneway_marks.append((self.written + len(self.out), request))
 
     def _flush(self) -> None:
-        if self.sock is None or self.state in ("connecting", "closed"):
+        if self.sock is None or self.state in ("connecting", "closed", "decoding"):
             return
         if self.out:
             try:
@@ -658,6 +662,8 @@ class _Channel:
     # -- receiving --
 
     def on_ready(self, events: int) -> None:
+        if self.state == "decoding":  # an event the loop picked before the socket was unwatched
+            return
         if self.state == "connecting":
             self._connected()
             return
@@ -682,7 +688,10 @@ class _Channel:
     def process(self) -> None:
         """Handle the replies received, at most MAX_CALLS_PER_WAKEUP of them now."""
         budget = config.MAX_CALLS_PER_WAKEUP
-        while not self.closed:
+        while not self.closed and self.state != "decoding":
+            if self._too_large_for_the_loop():
+                self._decode_aside()
+                return
             event = self.protocol.next_event()
             if event is None:
                 return
@@ -695,6 +704,45 @@ class _Channel:
             if budget <= 0 and self.protocol.partial:
                 self.client._soon.add(self)
                 return
+
+    def _too_large_for_the_loop(self) -> bool:
+        limit = config.MAX_BLOCKING_DECODE
+        size = self.protocol.reader.next_size() if limit else None
+        if size is None or self.protocol.reader.buffered < size[0]:
+            return False  # no complete large message yet: receiving it costs the loop nothing
+        length, flags = size
+        return length > limit or bool(flags & _wire.FLAGS_COMPRESSED) and length > limit // 1024
+
+    def _decode_aside(self) -> None:
+        """Decode the next (large) reply in a worker thread; the loop goes on meanwhile.
+
+        The connection is unwatched and its new calls wait in ``queued`` until
+        the worker is done, so nothing touches the protocol state meanwhile and
+        replies still complete in order.
+        """
+        self.resume_state, self.state = self.state, "decoding"
+        self.client._unwatch(self.sock)
+        self.client._in_worker(self.protocol.next_event, self._decoded)
+
+    def _decoded(self, event: Any, exc: BaseException | None) -> None:
+        if self.closed:
+            return  # failed meanwhile (its deadline, the client's close)
+        self.state = self.resume_state
+        self.client._watch(self.sock, self, self.interest)
+        if exc is not None:
+            self.fail(errors.ProtocolError(f"decoding a reply from {self.location} failed: {exc!r}"))
+            return
+        try:
+            if event is not None:
+                self._handle(event)
+        except Exception as exc:
+            self.fail(exc)
+            return
+        if self.state == "ready":
+            self._ready()  # the calls made meanwhile go out
+        else:
+            self._flush()
+        self.process()
 
     def _handle(self, event: Any) -> None:
         if isinstance(event, Connected):

@@ -1,0 +1,72 @@
+"""``pyro_loops.Client`` against a hostile or careless world (red-team regressions).
+
+Each test pins one promise found broken by trying to break it: large and
+compressed replies must not be decoded in the loop's thread, deep promise
+chains must complete, dropped proxies and streams must not hold server
+resources, cancelling many queued calls must be cheap, and batches work from
+the loop. Run under every host loop (``host`` fixture) where a loop matters.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import pyro_loops
+from pyro_loops import errors
+from pyro_loops._serializers import register_dict_to_class, unregister_dict_to_class
+from pyro_loops.call import Call
+
+from _client_hosts import WAIT_S, client, host, reported  # noqa: F401
+
+
+@pyro_loops.expose
+class Local:
+    def marked(self, size):
+        """A reply the client rebuilds through a dict-to-class hook (which notes its thread)."""
+        return {"__class__": "redteam.Marked", "pad": "x" * size}
+
+    def add(self, a, b):
+        return a + b
+
+    def ticker(self, n):
+        yield from range(n)
+
+
+@pytest.fixture
+def local(host):
+    daemon = pyro_loops.Daemon(host="127.0.0.1")
+    host.attach(daemon)
+    yield daemon, daemon.register(Local())
+    daemon.close()
+
+
+@pytest.fixture
+def decoding_threads():
+    threads = []
+    register_dict_to_class("redteam.Marked", lambda name, d: threads.append(threading.get_ident()) or len(d["pad"]))
+    yield threads
+    unregister_dict_to_class("redteam.Marked")
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_reply_over_max_blocking_decode_is_decoded_outside_the_loop_thread_in_order(
+        host, client, local, decoding_threads, compressed):
+    pyro_loops.config.MAX_BLOCKING_DECODE = 64 * 1024
+    pyro_loops.config.COMPRESSION = compressed  # our daemon on this loop compresses its replies too
+    proxy = client.proxy(local[1])
+    host.settle(proxy._pyroBind())
+    size = 200 * 1024 if not compressed else 2 * 1024  # compressed: over 1/1024 of the bound
+    calls = [proxy.marked(10), proxy.marked(size), proxy.add(1, 2)]
+    order = []
+    for index, call in enumerate(calls):
+        call.add_done_callback(lambda c, index=index: order.append(index))
+    behind = []
+    calls[1].add_done_callback(lambda c: behind.append(proxy.add(3, 4)))  # submitted mid-stream
+    host.run_until(lambda: all(c.done() for c in calls) and behind and behind[0].done())
+    assert [c.result() for c in calls] == [10, size, 3] and behind[0].result() == 7
+    assert order == [0, 1, 2]
+    loop_thread = threading.get_ident()
+    assert decoding_threads[0] == loop_thread  # a small reply: in the loop, as before
+    assert decoding_threads[1] != loop_thread  # the large one: a worker decoded it
