@@ -102,3 +102,33 @@ def test_await_gets_the_result_and_task_cancel_cancels_the_call():
 
 async def _await(call: Call):
     return await call
+
+
+def test_then_chain_thousands_of_links_long_completes_without_recursion_error():
+    with errors_reported() as seen:
+        root = Call("root")
+        last = root
+        for _ in range(5000):
+            last = last.then(lambda value: value + 1)
+        root.set_result(0)
+        assert last.result() == 5000
+        assert not seen
+
+
+def test_poll_written_as_recursive_then_completes_after_thousands_of_rounds():
+    pending = []
+
+    def poll(value):
+        if value == 3000:
+            return "finished"
+        step = Call(f"round {value}")
+        pending.append((step, value + 1))
+        return step.then(poll)
+
+    first = Call()
+    outcome = first.then(poll)
+    first.set_result(0)
+    while pending:  # each round completes later, as replies do; every outer link waits on it
+        step, value = pending.pop()
+        step.set_result(value)
+    assert outcome.result() == "finished"
