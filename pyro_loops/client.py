@@ -43,6 +43,7 @@ import random
 import socket
 import threading
 import time
+import weakref
 from typing import Any, Callable
 
 from . import _nslocate, _wire, errors
@@ -78,7 +79,7 @@ class _Request:
     alone, for a call that no connection carries (a broadcast).
     """
 
-    __slots__ = ("call", "kind", "args", "kwargs", "deadline", "seq", "channel")
+    __slots__ = ("call", "kind", "args", "kwargs", "deadline", "seq", "channel", "proxy")
 
     def __init__(self, call: Call, kind: str, args: Any, kwargs: Any) -> None:
         self.call = call
@@ -88,6 +89,12 @@ class _Request:
         self.deadline: float | None = None
         self.seq = -1
         self.channel: _Channel | None = None
+        #: the proxy, kept alive while the call is pending (its channel holds it weakly)
+        self.proxy: LoopProxy | None = None
+
+    def settled(self, _call: Call) -> None:
+        """The call completed: let go of its proxy and arguments (a deadline may still hold it)."""
+        self.proxy = self.args = self.kwargs = None
 
 
 class Client:
@@ -282,7 +289,9 @@ class Client:
                 "wait for some to complete"))
             return call
         self._pending += 1
+        request.proxy = proxy
         call.add_done_callback(self._call_done)
+        call.add_done_callback(request.settled)
         if proxy._pyroTimeout:
             self._add_timer(request, proxy._pyroTimeout)
         channel = proxy._pyroChannel
@@ -444,7 +453,10 @@ class _Channel:
 
     def __init__(self, client: Client, proxy: "LoopProxy") -> None:
         self.client = client
-        self.proxy = proxy
+        # Weakly: a proxy the program dropped closes its connection once its calls are done
+        # (each pending request holds it strongly until then).
+        self._proxy = weakref.ref(proxy, self._proxy_dropped)
+        self.proxy_uri = proxy._pyroUri
         self.state = "resolving"
         self.sock: socket.socket | None = None
         self.uri: URI | None = None
@@ -466,7 +478,22 @@ class _Channel:
 
     @property
     def location(self) -> str:
-        return str((self.uri or self.proxy._pyroUri).location)
+        return str((self.uri or self.proxy_uri).location)
+
+    @property
+    def proxy(self) -> "LoopProxy":
+        """The proxy this connection serves; raises ClientClosedError once it was dropped."""
+        proxy = self._proxy()
+        if proxy is None:
+            raise ClientClosedError(f"the loop proxy for {self.proxy_uri} was dropped")
+        return proxy
+
+    def _proxy_dropped(self, _ref: Any) -> None:
+        # Called where the proxy was collected, any thread: the loop closes the connection.
+        self.client._post(self._release)
+
+    def _release(self) -> None:
+        self.fail(ClientClosedError(f"the loop proxy for {self.proxy_uri} was dropped"))
 
     # -- submitting --
 
@@ -665,7 +692,10 @@ class _Channel:
         if self.state == "decoding":  # an event the loop picked before the socket was unwatched
             return
         if self.state == "connecting":
-            self._connected()
+            try:
+                self._connected()
+            except ClientClosedError as exc:  # every call was cancelled and the proxy dropped
+                self.fail(exc)
             return
         if events & WRITE:
             self._flush()
@@ -779,8 +809,9 @@ class _Channel:
             return
         self.state = "closed"
         self.protocol.close()
-        if self.proxy._pyroChannel is self:
-            object.__setattr__(self.proxy, "_pyroChannel", None)
+        proxy = self._proxy()
+        if proxy is not None and proxy._pyroChannel is self:
+            object.__setattr__(proxy, "_pyroChannel", None)
         self.client._soon.discard(self)
         self.client._channels.discard(self)
         if self.sock is not None:
@@ -936,9 +967,8 @@ class RemoteStream:
     ``stream.for_each(fn)`` calls ``fn(item)`` in the loop's thread for each
     item and returns a ``Call`` that completes at the end of the stream.
     At most ``ITER_STREAM_PREFETCH`` items are requested or held at a time.
-    ``close()`` stops early and tells the server to drop the iterator; a
-    stream dropped without it stays on the server until the connection
-    closes (then ``ITER_STREAM_LINGER`` applies there).
+    ``close()`` stops early and tells the server to drop the iterator; so
+    does a stream the program drops unfinished, once it is collected.
     """
 
     def __init__(self, proxy: LoopProxy, stream_id: str) -> None:
@@ -1020,4 +1050,19 @@ class RemoteStream:
         """Stop early: the server drops the iterator (a oneway call)."""
         if not self._ended:
             self._ended = True
-            self.proxy._pyroRequest("<close_stream>", (self.stream_id,), None, f"close stream {self.stream_id}")
+            _close_stream(self.proxy, self.stream_id)
+
+    def __del__(self) -> None:
+        # Dropped unfinished: tell the server, from the loop's thread (this may run in any).
+        if not self._ended:
+            proxy, stream_id = self.proxy, self.stream_id
+            try:
+                proxy._pyroClient._post(lambda: _close_stream(proxy, stream_id))
+            except Exception:  # the interpreter is shutting down
+                pass
+
+
+def _close_stream(proxy: LoopProxy, stream_id: str) -> None:
+    """Send ``close_stream`` (oneway); if the connection is gone, so is the stream on the server."""
+    if not proxy._pyroClient._closed:
+        proxy._pyroRequest("<close_stream>", (stream_id,), None, f"close stream {stream_id}")._retrieved = True

@@ -70,3 +70,31 @@ def test_reply_over_max_blocking_decode_is_decoded_outside_the_loop_thread_in_or
     loop_thread = threading.get_ident()
     assert decoding_threads[0] == loop_thread  # a small reply: in the loop, as before
     assert decoding_threads[1] != loop_thread  # the large one: a worker decoded it
+
+
+def test_dropped_proxy_finishes_its_calls_then_closes_its_connection(host, client, local):
+    import gc
+    calls = [client.proxy(local[1]).add(i, 1) for i in range(5)]  # nobody keeps the proxies
+    gc.collect()
+    host.run_until(lambda: all(c.done() for c in calls))
+    assert [c.result() for c in calls] == [1, 2, 3, 4, 5]
+    gc.collect()
+    host.run_until(lambda: not client._channels and not client._socks)
+    kept = client.proxy(local[1])
+    assert host.settle(kept.add(2, 2)).result() == 4
+    gc.collect()
+    host.settle(kept.add(3, 3))
+    assert len(client._channels) == 1  # a proxy still held keeps its connection
+
+
+def test_stream_dropped_unfinished_is_closed_on_the_server(host, client, local):
+    import gc
+    daemon, uri = local
+    proxy = client.proxy(uri)
+    stream = host.settle(proxy.ticker(1000)).result()
+    host.run_until(lambda: stream._requested == 0)  # its first items fetched ahead, never consumed
+    assert len(daemon._streams) == 1
+    del stream
+    gc.collect()
+    host.run_until(lambda: len(daemon._streams) == 0)
+    assert host.settle(proxy.add(1, 1)).result() == 2
