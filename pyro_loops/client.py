@@ -51,15 +51,15 @@ from .hosting import READ, WRITE, Watcher, report_error
 from ._protocol import (Broken, ClientProtocol, ConnectFailed, Connected, Failure, Metadata, Result, StreamEnd,
                         StreamStarted)
 from ._resolve import _ns_location
-from ._serializers import register_class_to_dict
+from ._serializers import ExceptionWrapper, register_class_to_dict
 from ._uri import URI
 from .call import Call, settle_with
 from .configuration import config
 from .constants import NAMESERVER_NAME
 from .context import current_context
-from .proxy import Proxy, _proxy_state, _RemoteMethod
+from .proxy import Proxy, _BatchedMethod, _proxy_state, _RemoteMethod
 
-__all__ = ["Client", "LoopProxy", "RemoteStream"]
+__all__ = ["Client", "LoopBatch", "LoopProxy", "RemoteStream"]
 
 _RECV_SIZE = 64 * 1024
 _AUTOPROXY_MARKER = b"Pyro4.core.Proxy"
@@ -75,7 +75,8 @@ class _Request:
     ``kind`` is the method name for a call on the proxy's object, or one of
     the channel's own, in angle brackets as no method name is: "<bind>"
     (completes when the connection is ready; nothing is sent), "<metadata>",
-    "<next>" (a stream item), "<close_stream>"; "<timer>" is a deadline
+    "<next>" (a stream item), "<close_stream>", "<batch>" and "<batch-oneway>"
+    (``args`` holds the recorded calls); "<timer>" is a deadline
     alone, for a call that no connection carries (a broadcast).
     """
 
@@ -654,6 +655,9 @@ class _Channel:
                 out = protocol.next_stream_item(args[0], self._annotations())
             elif kind == "<close_stream>":
                 out = protocol.close_stream(args[0], self._annotations())
+            elif kind in _BATCH_KINDS:
+                out = protocol.batch(self.uri.object, args, oneway=kind == "<batch-oneway>",
+                                     annotations=self._annotations())
             else:
                 proxy = self.proxy
                 if proxy._pyroMetaKnown and kind not in proxy._pyroMethods and kwargs is not None:
@@ -800,7 +804,10 @@ class _Channel:
             message = event.message
             if message.flags & _wire.FLAGS_COMPRESSED or _AUTOPROXY_MARKER in message.data:
                 value = _loopify(self.client, value)
-            call.set_result(value)
+            if request.kind in _BATCH_KINDS and value and isinstance(value[-1], ExceptionWrapper):
+                call.set_exception(value[-1].exception)  # as iterating a blocking batch's results raises
+            else:
+                call.set_result(value)
         elif isinstance(event, Failure):
             call.set_exception(event.exception)
         elif isinstance(event, StreamStarted):
@@ -834,6 +841,7 @@ class _Channel:
 
 #: what a stream-item call completes with when the stream has no more items
 _STREAM_END = object()
+_BATCH_KINDS = ("<batch>", "<batch-oneway>")
 
 
 def _loopify(client: Client, value: Any) -> Any:
@@ -942,6 +950,10 @@ class LoopProxy:
         """A call that sets the remote (exposed) property ``name``; its result is None."""
         return self._pyroInvoke("__setattr__", (name, value), None)
 
+    def _pyroBatch(self) -> "LoopBatch":  # noqa: N802
+        """What ``pyro_loops.batch(loop_proxy)`` returns."""
+        return LoopBatch(self)
+
     def _pyroBind(self) -> Call:  # noqa: N802
         """Connect (and fetch metadata) now; the call's result is True once the connection is ready."""
         return self._pyroRequest("<bind>", None, None, f"connect to {self._pyroUri}")
@@ -962,6 +974,38 @@ class LoopProxy:
             raise errors.PyroError(
                 f"remote object '{self._pyroUri}' doesn't expose any methods or attributes. Did you forget "
                 "to mark them with @expose? (or set config.REQUIRE_EXPOSE = False on the server)")
+
+
+class LoopBatch:
+    """Calls recorded on a loop proxy, sent as one message: ``pyro_loops.batch(loop_proxy)``.
+
+    ``b = pyro_loops.batch(proxy); b.add(1, 2); b.echo("x"); b().then(show)``:
+    calling it sends the recorded calls and returns a ``Call`` whose result is
+    the list of their results. If one raised on the server (the server stops
+    there), the call fails with that exception, as iterating a blocking
+    batch's results raises it. ``b(oneway=True)``: a call that completes once
+    the batch is written, with None.
+    """
+
+    def __init__(self, proxy: LoopProxy) -> None:
+        self._proxy = proxy
+        self._calls: list[tuple[str, Any, Any]] = []
+
+    def __getattr__(self, name: str) -> _BatchedMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _BatchedMethod(self._calls, name)
+
+    def __enter__(self) -> "LoopBatch":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def __call__(self, oneway: bool = False) -> Call:
+        calls, self._calls = self._calls, []
+        return self._proxy._pyroRequest("<batch-oneway>" if oneway else "<batch>", calls, None,
+                                        f"batch of {len(calls)} calls on {self._proxy._pyroUri}")
 
 
 register_class_to_dict(LoopProxy, lambda p: {"__class__": "Pyro4.core.Proxy", "state": _proxy_state(p)})

@@ -474,9 +474,13 @@ def _batch_results(results: list) -> Iterator[Any]:
         yield result
 
 
-def batch(proxy: Proxy) -> BatchProxy:
-    """Collect calls on ``proxy`` and send them in one message: ``b = batch(p); b.f(); b.g(); results = b()``."""
-    return BatchProxy(proxy)
+def batch(proxy: Proxy) -> Any:
+    """Collect calls on ``proxy`` and send them in one message: ``b = batch(p); b.f(); b.g(); results = b()``.
+
+    A loop proxy gives its own batch (``LoopBatch``), whose call returns a ``Call``.
+    """
+    loop_batch = getattr(type(proxy), "_pyroBatch", None)
+    return loop_batch(proxy) if loop_batch is not None else BatchProxy(proxy)
 
 
 def _connect_socket(uri: URI, timeout: float | None) -> socket.socket:
