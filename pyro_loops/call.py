@@ -21,9 +21,13 @@ import threading
 from typing import Any, Callable, Generator
 
 from . import errors
+from ._ratelog import RateLimitedLog
 from .hosting import report_error
 
 log = logging.getLogger("pyro_loops")
+#: Calls failed together (10,000 pending when a server dies or the client closes)
+#: are collected together: their lines are bounded by LOG_REPEAT_LIMIT.
+_unretrieved_log = RateLimitedLog(log)
 
 _PENDING, _DONE, _CANCELLED = "pending", "done", "cancelled"
 
@@ -210,8 +214,9 @@ class Call:
         # As asyncio does for futures: an error nobody looked at must not vanish.
         if self._state == _DONE and self._exception is not None and not self._retrieved:
             try:
-                log.error("exception of %s was never retrieved: %s: %s", self.describe,
-                          type(self._exception).__name__, self._exception)
+                _unretrieved_log.log(logging.ERROR, "call exception never retrieved",
+                                     "exception of %s was never retrieved: %s: %s", self.describe,
+                                     type(self._exception).__name__, self._exception)
             except Exception:
                 pass
 

@@ -132,3 +132,23 @@ def test_poll_written_as_recursive_then_completes_after_thousands_of_rounds():
         step, value = pending.pop()
         step.set_result(value)
     assert outcome.result() == "finished"
+
+
+def test_ten_thousand_unretrieved_exceptions_log_a_bounded_number_of_lines(caplog, monkeypatch):
+    import gc
+    import logging
+    import re
+
+    import pyro_loops
+    from pyro_loops import _ratelog, call as call_module
+    # a window of its own, so that the other tests' lines are not suppressed after this one
+    monkeypatch.setattr(call_module, "_unretrieved_log", _ratelog.RateLimitedLog(logging.getLogger("pyro_loops")))
+    calls = [Call(f"call {i}") for i in range(10000)]
+    for call in calls:
+        call.set_exception(ConnectionError("the server went away"))
+    with caplog.at_level(logging.ERROR, logger="pyro_loops"):
+        del calls, call
+        gc.collect()
+    lines = [r.getMessage() for r in caplog.records]
+    assert re.fullmatch(r"exception of call \d+ was never retrieved: ConnectionError: the server went away", lines[0])
+    assert len(lines) <= pyro_loops.config.LOG_REPEAT_LIMIT + 2  # the limit, and the line saying so
