@@ -539,6 +539,9 @@ class _Channel:
         if self.closed:
             return
         exc = call.exception()
+        if exc is None and call.result().protocol != "PYRO":  # a name registered for a PYRONAME: itself
+            exc = errors.NamingError(f"the name server resolved {self.proxy_uri} to {call.result()}, "
+                                     "not to a PYRO: URI of an object")
         if exc is not None:
             self.fail(exc)
         else:

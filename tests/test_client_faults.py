@@ -193,3 +193,15 @@ def test_client_attached_to_two_loops_is_refused():
         one.attach(made)
         with pytest.raises(errors.PyroError, match="already attached"):
             two.attach(made)
+
+
+def test_name_registered_as_a_pyroname_uri_fails_clearly_instead_of_connecting_to_the_name_server(host, client):
+    from pyro_loops import naming
+    ns_uri, ns_daemon, _ = naming.startNS(host="127.0.0.1", port=0, enableBroadcast=False)
+    host.attach(ns_daemon)
+    loopy = f"PYRONAME:loopy@127.0.0.1:{ns_uri.port}"
+    host.settle(client.proxy(ns_uri).register("loopy", loopy)).result()
+    call = host.settle(client.proxy(loopy).add(1, 2))
+    assert isinstance(call.exception(), errors.NamingError)
+    assert "not to a PYRO: URI" in str(call.exception())
+    ns_daemon.close()
