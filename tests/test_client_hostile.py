@@ -18,7 +18,7 @@ from pyro_loops import errors
 from pyro_loops._serializers import register_dict_to_class, unregister_dict_to_class
 from pyro_loops.call import Call
 
-from _client_hosts import WAIT_S, client, host, reported  # noqa: F401
+from _client_hosts import WAIT_S, client, host, loops_server, pyro4_server, reported, server  # noqa: F401
 
 
 @pyro_loops.expose
@@ -115,3 +115,41 @@ def test_cancelling_ten_thousand_queued_calls_costs_no_more_than_making_them(hos
     assert len(proxy._pyroChannel.queued) < 200  # compacted as it went
     last = proxy.add(1, 1)
     assert host.settle(last).result() == 2 and all(c.cancelled() for c in calls)
+
+
+def test_close_from_a_done_callback_with_replies_pending_on_several_connections(host, reported, local):
+    made = pyro_loops.Client()
+    handle = host.attach(made)
+    proxies = [made.proxy(local[1]) for _ in range(3)]
+    calls = [proxy.add(i, 1) for proxy in proxies for i in range(20)]
+    calls[0].add_done_callback(lambda call: made.close())
+    host.run_until(lambda: all(c.done() for c in calls))
+    assert calls[0].result() == 1
+    assert all(c.exception() is None or isinstance(c.exception(), errors.ConnectionClosedError) for c in calls)
+    assert not made._socks and not handle.attached
+    assert not reported
+    host.run_until(lambda: True)  # the loop turns on after the client left it
+
+
+@pyro_loops.expose
+class Doubler:
+    def __init__(self):
+        self.threads = set()
+
+    @pyro_loops.callback
+    def notify(self, value):
+        self.threads.add(threading.get_ident())
+        return value * 2
+
+
+def test_servers_call_back_into_the_loop_while_many_of_its_calls_are_pending(host, client, local, server):
+    daemon, _ = local
+    doubler = Doubler()
+    target = daemon.register(doubler)
+    proxies = [client.proxy(server.uri) for _ in range(8)]  # calls that run side by side on the server
+    for proxy in proxies:
+        proxy._pyroTimeout = WAIT_S
+    calls = [proxies[i % 8].call_back(client.proxy(target), i) for i in range(80)]
+    host.run_until(lambda: all(c.done() for c in calls))
+    assert [c.result() for c in calls] == [2 * i for i in range(80)]
+    assert doubler.threads == {threading.get_ident()}
