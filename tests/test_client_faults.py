@@ -205,3 +205,51 @@ def test_name_registered_as_a_pyroname_uri_fails_clearly_instead_of_connecting_t
     assert isinstance(call.exception(), errors.NamingError)
     assert "not to a PYRO: URI" in str(call.exception())
     ns_daemon.close()
+
+
+def test_pyro4_daemon_killed_mid_call_fails_every_pending_call(host, client):
+    with Pyro4Server() as server:
+        proxy = client.proxy(server.uri)
+        proxy._pyroTimeout = WAIT_S
+        host.settle(proxy._pyroBind())
+        calls = [proxy.sleep(5), proxy.add(1, 2), proxy.record("x")]
+        server.proc.kill()
+        host.run_until(lambda: all(c.done() for c in calls))
+    assert all(isinstance(c.exception(), errors.ConnectionClosedError) for c in calls[:2])
+
+
+def answers_out_of_order_and_unasked(server: RawServer, conn: socket.socket) -> None:
+    """Handshake, then answer two calls in reverse order, then a seq never asked."""
+    from pyro_loops import _wire
+    from pyro_loops._serializers import get_serializer
+    ser = get_serializer("serpent")
+    reader = _wire.FrameReader()
+
+    def message():
+        while (msg := reader.next_message()) is None:
+            reader.feed(conn.recv(65536))
+        return msg
+
+    def reply(msg_type, value, seq, flags=0):
+        return _wire.encode(_wire.Message(msg_type, ser.dumps(value), ser.serializer_id, flags, seq, {}))
+
+    connect = message()
+    meta = {"handshake": "hello", "meta": {"methods": ["add"], "oneway": [], "attrs": []}}
+    conn.sendall(reply(_wire.MSG_CONNECTOK, meta, connect.seq, _wire.FLAGS_META_ON_CONNECT))
+    first, second = message(), message()
+    conn.sendall(reply(_wire.MSG_RESULT, "second", second.seq) + reply(_wire.MSG_RESULT, "first", first.seq))
+    third = message()
+    conn.sendall(reply(_wire.MSG_RESULT, "unasked", third.seq + 100))
+    conn.recv(4096)
+
+
+@pytest.mark.parametrize("raw_server", [answers_out_of_order_and_unasked], indirect=True)
+def test_replies_out_of_order_match_by_seq_and_an_unasked_seq_breaks_the_connection(host, client, raw_server):
+    proxy = client.proxy(raw_server.uri)
+    proxy._pyroTimeout = WAIT_S
+    first, second = proxy.add(1, 1), proxy.add(2, 2)
+    host.run_until(lambda: first.done() and second.done())
+    assert (first.result(), second.result()) == ("first", "second")
+    third = host.settle(proxy.add(3, 3))
+    assert isinstance(third.exception(), errors.ProtocolError)
+    assert "reply sequence out of sync" in str(third.exception())
