@@ -57,7 +57,7 @@ from .call import Call, settle_with
 from .configuration import config
 from .constants import NAMESERVER_NAME
 from .context import current_context
-from .proxy import Proxy, _BatchedMethod, _proxy_state, _RemoteMethod
+from .proxy import BatchProxy, Proxy, _proxy_state, _RemoteMethod
 
 __all__ = ["Client", "LoopBatch", "LoopProxy", "RemoteStream"]
 
@@ -979,7 +979,7 @@ class LoopProxy:
                 "to mark them with @expose? (or set config.REQUIRE_EXPOSE = False on the server)")
 
 
-class LoopBatch:
+class LoopBatch(BatchProxy):
     """Calls recorded on a loop proxy, sent as one message: ``pyro_loops.batch(loop_proxy)``.
 
     ``b = pyro_loops.batch(proxy); b.add(1, 2); b.echo("x"); b().then(show)``:
@@ -990,22 +990,7 @@ class LoopBatch:
     the batch is written, with None.
     """
 
-    def __init__(self, proxy: LoopProxy) -> None:
-        self._proxy = proxy
-        self._calls: list[tuple[str, Any, Any]] = []
-
-    def __getattr__(self, name: str) -> _BatchedMethod:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return _BatchedMethod(self._calls, name)
-
-    def __enter__(self) -> "LoopBatch":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        pass
-
-    def __call__(self, oneway: bool = False) -> Call:
+    def __call__(self, oneway: bool = False) -> Call:  # type: ignore[override]  # a Call, not an iterator
         calls, self._calls = self._calls, []
         return self._proxy._pyroRequest("<batch-oneway>" if oneway else "<batch>", calls, None,
                                         f"batch of {len(calls)} calls on {self._proxy._pyroUri}")

@@ -442,13 +442,13 @@ class BatchProxy:
     """Records calls on a proxy, then sends them as one message when called."""
 
     def __init__(self, proxy: Proxy) -> None:
-        self.__proxy = proxy
-        self.__calls: list = []
+        self._proxy = proxy
+        self._calls: list = []
 
     def __getattr__(self, name: str) -> _BatchedMethod:
         if name.startswith("_"):
             raise AttributeError(name)
-        return _BatchedMethod(self.__calls, name)
+        return _BatchedMethod(self._calls, name)
 
     def __enter__(self) -> "BatchProxy":
         return self
@@ -459,9 +459,9 @@ class BatchProxy:
     def __call__(self, oneway: bool = False) -> Iterator[Any] | None:
         """Send the recorded calls; returns an iterator over their results
         (raising the first exception where it occurred), or None for oneway."""
-        calls, self.__calls = self.__calls, []
+        calls, self._calls = self._calls, []
         flags = _wire.FLAGS_BATCH | (_wire.FLAGS_ONEWAY if oneway else 0)
-        results = self.__proxy._pyroInvoke("<batch>", calls, None, flags)
+        results = self._proxy._pyroInvoke("<batch>", calls, None, flags)
         if oneway:
             return None
         return _batch_results(results)
