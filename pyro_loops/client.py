@@ -471,6 +471,7 @@ class _Channel:
         self.oneway_marks: collections.deque[tuple[int, _Request]] = collections.deque()
         self.interest = 0
         self.cancelled_queued = 0  # calls in ``queued`` cancelled since it was last compacted
+        self.handshake_timer = _Request(Call("no handshake deadline"), "<timer>", None, None)
         self.resume_state = ""  # the step a worker's decoding interrupted
         client._channels.add(self)
 
@@ -584,11 +585,24 @@ class _Channel:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self.sock = sock
         self.state = "connecting"
+        self._bound_handshake()
         err = sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
             self.fail(errors.CommunicationError(f"cannot connect to {self.location}: {os.strerror(err)}"))
             return
         self._set_interest(WRITE)
+
+    def _bound_handshake(self) -> None:
+        """Fail the connection if it is not ready within HANDSHAKE_TIMEOUT (a black hole, a silent server).
+
+        A call's own ``_pyroTimeout`` may be longer or unset; a connection
+        nobody answers must still end.
+        """
+        if config.HANDSHAKE_TIMEOUT > 0:
+            self.handshake_timer = _Request(Call(f"connect and handshake with {self.location} (HANDSHAKE_TIMEOUT "
+                                                 f"{config.HANDSHAKE_TIMEOUT:g} s)"), "<timer>", None, None)
+            self.handshake_timer.channel = self
+            self.client._add_timer(self.handshake_timer, config.HANDSHAKE_TIMEOUT)
 
     def _connected(self) -> None:
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -627,6 +641,7 @@ class _Channel:
 
     def _ready(self) -> None:
         self.state = "ready"
+        self.handshake_timer.call.set_result(None)
         queued, self.queued = self.queued, collections.deque()
         self.cancelled_queued = 0
         for request in queued:
@@ -825,6 +840,7 @@ class _Channel:
         if self.closed:
             return
         self.state = "closed"
+        self.handshake_timer.call.set_result(None)
         self.protocol.close()
         proxy = self._proxy()
         if proxy is not None and proxy._pyroChannel is self:

@@ -253,3 +253,14 @@ def test_replies_out_of_order_match_by_seq_and_an_unasked_seq_breaks_the_connect
     third = host.settle(proxy.add(3, 3))
     assert isinstance(third.exception(), errors.ProtocolError)
     assert "reply sequence out of sync" in str(third.exception())
+
+
+@pytest.mark.parametrize("raw_server", [never_answers], indirect=True)
+def test_server_that_never_answers_the_handshake_fails_calls_without_a_timeout_at_handshake_timeout(
+        host, client, raw_server):
+    pyro_loops.config.HANDSHAKE_TIMEOUT = 0.3
+    proxy = client.proxy(raw_server.uri)  # no _pyroTimeout: COMMTIMEOUT is 0
+    call = host.settle(proxy.add(1, 2))
+    assert isinstance(call.exception(), errors.TimeoutError)
+    assert "HANDSHAKE_TIMEOUT" in str(call.exception())
+    assert raw_server.closed_by_client.wait(WAIT_S)
