@@ -48,6 +48,24 @@ class _Running(threading.local):
 _running = _Running()
 
 
+class fresh_callbacks:  # noqa: N801 - reads as a statement: ``with fresh_callbacks():``
+    """Callbacks of calls completed inside run at once, even inside another callback.
+
+    For the entry points a host loop calls (``Client.handle_event``): a
+    done-callback that runs a nested loop (a Qt modal dialog, a Tk
+    ``wait_window``) must still see the calls completed meanwhile, not have
+    their callbacks queued behind its own return.
+    """
+
+    __slots__ = ("_saved",)
+
+    def __enter__(self) -> None:
+        self._saved, _running.queue = _running.queue, None
+
+    def __exit__(self, *exc_info: object) -> None:
+        _running.queue = self._saved
+
+
 class CallPendingError(errors.PyroError, concurrent.futures.InvalidStateError):
     """``result()`` or ``exception()`` of a call that has not completed yet."""
 

@@ -53,7 +53,7 @@ from ._protocol import (Broken, ClientProtocol, ConnectFailed, Connected, Failur
 from ._resolve import _ns_location
 from ._serializers import ExceptionWrapper, register_class_to_dict
 from ._uri import URI
-from .call import Call, settle_with
+from .call import Call, fresh_callbacks, settle_with
 from .configuration import config
 from .constants import NAMESERVER_NAME
 from .context import current_context
@@ -234,36 +234,38 @@ class Client:
     def handle_event(self, sock: socket.socket, events: int) -> None:
         """The host loop says ``sock`` is ready. Never raises."""
         self._loop_thread = threading.get_ident()
-        try:
-            if sock is self._wake_r:
-                self._drain_wakeups()
-            else:
-                handler = self._socks.get(sock)
-                if handler is not None:
-                    handler.on_ready(events)
-        except Exception as exc:
-            report_error(exc, "client event handling")
+        with fresh_callbacks():  # this may be a nested loop run by a done-callback
+            try:
+                if sock is self._wake_r:
+                    self._drain_wakeups()
+                else:
+                    handler = self._socks.get(sock)
+                    if handler is not None:
+                        handler.on_ready(events)
+            except Exception as exc:
+                report_error(exc, "client event handling")
         self._update_deadline()
 
     def handle_deadline(self) -> None:
         """The deadline the client asked for is due. Never raises."""
-        try:
-            self._deadline = None
-            now = time.monotonic()
-            for channel in list(self._soon):
-                self._soon.discard(channel)
-                channel.resume()
-            while self._timers and self._timers[0][0] <= now:
-                _, _, request = heapq.heappop(self._timers)
-                if request.call.done():
-                    continue
-                error = errors.TimeoutError(f"{request.call.describe}: not done within its timeout")
-                if request.channel is not None:
-                    request.channel.fail(error)  # the calls pipelined behind it could not finish sooner
-                else:
-                    request.call.set_exception(error)
-        except Exception as exc:
-            report_error(exc, "client deadline handling")
+        with fresh_callbacks():
+            try:
+                self._deadline = None
+                now = time.monotonic()
+                for channel in list(self._soon):
+                    self._soon.discard(channel)
+                    channel.resume()
+                while self._timers and self._timers[0][0] <= now:
+                    _, _, request = heapq.heappop(self._timers)
+                    if request.call.done():
+                        continue
+                    error = errors.TimeoutError(f"{request.call.describe}: not done within its timeout")
+                    if request.channel is not None:
+                        request.channel.fail(error)  # the calls pipelined behind it could not finish sooner
+                    else:
+                        request.call.set_exception(error)
+            except Exception as exc:
+                report_error(exc, "client deadline handling")
         self._update_deadline()
 
     def next_deadline(self) -> float | None:

@@ -153,3 +153,21 @@ def test_servers_call_back_into_the_loop_while_many_of_its_calls_are_pending(hos
     host.run_until(lambda: all(c.done() for c in calls))
     assert [c.result() for c in calls] == [2 * i for i in range(80)]
     assert doubler.threads == {threading.get_ident()}
+
+
+@pytest.mark.parametrize("host", ["select", "qt"], indirect=True)  # hosts whose loops nest (a modal dialog)
+def test_done_callback_running_a_nested_loop_sees_other_calls_complete(host, client, local):
+    proxy, second = client.proxy(local[1]), client.proxy(local[1])
+    host.settle(proxy._pyroBind())
+    seen = []
+
+    def modal(call):  # as a QMessageBox.exec() in a done-callback: the loop runs nested
+        # (on another connection: the Qt adapter holds back the one being dispatched)
+        other = second.add(40, 2)
+        other.add_done_callback(lambda c: seen.append(c.result()))
+        host.run_until(lambda: seen)
+        seen.append("dialog closed")
+
+    proxy.add(0, 0).add_done_callback(modal)
+    host.run_until(lambda: "dialog closed" in seen)
+    assert seen == [42, "dialog closed"]
