@@ -94,7 +94,9 @@ class _Request:
         self.proxy: LoopProxy | None = None
 
     def settled(self, _call: Call) -> None:
-        """The call completed: let go of its proxy and arguments (a deadline may still hold it)."""
+        """The call completed: it no longer counts as pending, and lets go of its proxy and
+        arguments (a deadline may still hold the request)."""
+        self.proxy._pyroClient._pending -= 1
         self.proxy = self.args = self.kwargs = None
 
 
@@ -293,7 +295,6 @@ class Client:
             return call
         self._pending += 1
         request.proxy = proxy
-        call.add_done_callback(self._call_done)
         call.add_done_callback(request.settled)
         if proxy._pyroTimeout:
             self._add_timer(request, proxy._pyroTimeout)
@@ -315,9 +316,6 @@ class Client:
         request.deadline = time.monotonic() + delay
         heapq.heappush(self._timers, (request.deadline, next(self._counter), request))
         self._update_deadline()
-
-    def _call_done(self, _call: Call) -> None:
-        self._pending -= 1
 
     def _update_deadline(self) -> None:
         if self._closed:
