@@ -462,7 +462,7 @@ class _Channel:
         self.sock: socket.socket | None = None
         self.uri: URI | None = None
         self.protocol = ClientProtocol(proxy._pyroSerializer or config.SERIALIZER,
-                                       hmac_key=proxy._pyroHmacKeyBytes, max_message_size=config.MAX_MESSAGE_SIZE,
+                                       hmac_key=proxy._pyroHmacKeyBytes, max_message_size=_reply_bound(),
                                        compression=config.COMPRESSION)
         self.out = bytearray()
         self.written = 0        # bytes written over the connection's life
@@ -811,7 +811,8 @@ class _Channel:
             raise errors.CommunicationError(f"connection to {self.location} rejected: {event.reason}")
         if isinstance(event, Broken):
             error = event.error
-            raise type(error)(f"connection to {self.location}: {error}")
+            hint = _REPLY_BOUND_HINT if isinstance(error, errors.MessageTooLargeError) else ""
+            raise type(error)(f"connection to {self.location}: {error}{hint}")
         request = self.inflight.pop(event.seq, None)
         if request is None:
             return  # a call already failed (its deadline) whose reply made it after all
@@ -856,6 +857,18 @@ class _Channel:
         self.queued.clear()
         for request in requests:
             request.call.set_exception(exc)
+
+
+_REPLY_BOUND_HINT = " (MAX_MESSAGE_SIZE, or MAX_BUFFERED_INPUT where that is 0)"
+
+
+def _reply_bound() -> int:
+    """The largest reply a connection accepts: MAX_MESSAGE_SIZE, else MAX_BUFFERED_INPUT.
+
+    With both 0 there is no bound (Pyro4's default); otherwise a server
+    announcing a huge reply cannot make the program buffer it.
+    """
+    return config.MAX_MESSAGE_SIZE or config.MAX_BUFFERED_INPUT
 
 
 #: what a stream-item call completes with when the stream has no more items

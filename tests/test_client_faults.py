@@ -264,3 +264,39 @@ def test_server_that_never_answers_the_handshake_fails_calls_without_a_timeout_a
     assert isinstance(call.exception(), errors.TimeoutError)
     assert "HANDSHAKE_TIMEOUT" in str(call.exception())
     assert raw_server.closed_by_client.wait(WAIT_S)
+
+
+def announces_a_huge_reply(server: RawServer, conn: socket.socket) -> None:
+    """A valid handshake, then a reply header announcing 1 GiB that never comes."""
+    from pyro_loops import _wire
+    from pyro_loops._serializers import get_serializer
+    ser = get_serializer("serpent")
+    reader = _wire.FrameReader()
+
+    def message():
+        while (msg := reader.next_message()) is None:
+            reader.feed(conn.recv(65536))
+        return msg
+
+    connect = message()
+    meta = {"handshake": "hello", "meta": {"methods": ["add"], "oneway": [], "attrs": []}}
+    conn.sendall(_wire.encode(_wire.Message(_wire.MSG_CONNECTOK, ser.dumps(meta), ser.serializer_id,
+                                            _wire.FLAGS_META_ON_CONNECT, connect.seq, {})))
+    call = message()
+    header = _wire.encode(_wire.Message(_wire.MSG_RESULT, b"", ser.serializer_id, 0, call.seq, {}))[:24]
+    size = 1 << 30
+    fields = list(_wire.HEADER.unpack(header))
+    fields[5] = size  # the payload length, with a checksum to match
+    fields[-1] = _wire.checksum(fields[2], fields[3], fields[4], size, fields[6], fields[7])
+    conn.sendall(_wire.HEADER.pack(*fields) + b"x" * 1000)
+    conn.recv(4096)
+
+
+@pytest.mark.parametrize("raw_server", [announces_a_huge_reply], indirect=True)
+def test_reply_announced_over_max_buffered_input_fails_before_it_is_buffered(host, client, raw_server):
+    pyro_loops.config.MAX_BUFFERED_INPUT = 1 << 20
+    proxy = client.proxy(raw_server.uri)
+    proxy._pyroTimeout = WAIT_S
+    call = host.settle(proxy.add(1, 2))
+    assert isinstance(call.exception(), errors.MessageTooLargeError)
+    assert "MAX_BUFFERED_INPUT" in str(call.exception())
