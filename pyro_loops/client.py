@@ -503,15 +503,15 @@ class _Channel:
     def submit(self, request: _Request) -> None:
         request.channel = self
         request.call._on_cancel = lambda _call: self._cancel(request)
-        if self.state == "ready":
-            idle = not self.inflight and not self.out and not self.oneway_marks
-            self._send_request(request)
-            if idle:  # a lone call goes out at once, for latency
-                self._flush()
-            else:  # a burst goes out in one write at the loop's next turn, for throughput
-                self.client._soon.add(self)
+        if self.state == "ready" and not (self.queued or self.inflight or self.out or self.oneway_marks):
+            self._send_request(request)  # a lone call goes out at once, for latency
+            self._flush()
         else:
             self.queued.append(request)
+            if self.state == "ready":
+                # A burst is encoded and written in one go at the loop's next turn, for
+                # throughput; a call cancelled before then is never sent.
+                self.client._soon.add(self)
 
     def _cancel(self, request: _Request) -> None:
         if request.seq < 0:
@@ -740,8 +740,11 @@ class _Channel:
             self.process()
 
     def resume(self) -> None:
-        """Write what a burst of calls queued, and handle replies left for later by the budget."""
-        self._flush()
+        """Send a burst of calls, and handle replies left for later by the budget."""
+        if self.state == "ready" and self.queued:
+            self._ready()
+        else:
+            self._flush()
         self.process()
 
     def process(self) -> None:

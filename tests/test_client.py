@@ -416,3 +416,15 @@ def test_batch_on_a_loop_proxy_is_one_call_of_the_results(host, client, server):
     assert host.settle(oneway(oneway=True)).result() is None
     recorded = host.settle(proxy.recorded()).result()
     assert "batched-oneway" in recorded and "never-reached" not in recorded
+
+
+def test_call_cancelled_in_the_same_turn_as_a_burst_is_never_sent(host, client, server):
+    proxy = proxy_for(client, server)
+    host.settle(proxy._pyroBind())
+    busy = proxy.sleep(0.2)  # the connection is not idle: what follows is a burst
+    dropped = proxy.record("cancelled-in-a-burst")
+    kept = proxy.record("kept-in-a-burst")
+    assert dropped.cancel()
+    host.run_until(lambda: busy.done() and kept.done())
+    recorded = host.settle(proxy.recorded()).result()
+    assert "kept-in-a-burst" in recorded and "cancelled-in-a-burst" not in recorded
