@@ -218,28 +218,39 @@ def test_pyro4_daemon_killed_mid_call_fails_every_pending_call(host, client):
     assert all(isinstance(c.exception(), errors.ConnectionClosedError) for c in calls[:2])
 
 
-def answers_out_of_order_and_unasked(server: RawServer, conn: socket.socket) -> None:
-    """Handshake, then answer two calls in reverse order, then a seq never asked."""
-    from pyro_loops import _wire
-    from pyro_loops._serializers import get_serializer
-    ser = get_serializer("serpent")
-    reader = _wire.FrameReader()
+class ScriptedPeer:
+    """The server side of one raw connection: reads our messages, writes hand-made replies."""
 
-    def message():
-        while (msg := reader.next_message()) is None:
-            reader.feed(conn.recv(65536))
+    def __init__(self, conn: socket.socket) -> None:
+        from pyro_loops import _wire
+        from pyro_loops._serializers import get_serializer
+        self.conn, self.wire, self.ser = conn, _wire, get_serializer("serpent")
+        self.reader = _wire.FrameReader()
+
+    def message(self):
+        while (msg := self.reader.next_message()) is None:
+            self.reader.feed(self.conn.recv(65536))
         return msg
 
-    def reply(msg_type, value, seq, flags=0):
-        return _wire.encode(_wire.Message(msg_type, ser.dumps(value), ser.serializer_id, flags, seq, {}))
+    def reply(self, msg_type, value, seq, flags=0) -> bytes:
+        return self.wire.encode(self.wire.Message(msg_type, self.ser.dumps(value), self.ser.serializer_id, flags,
+                                                  seq, {}))
 
-    connect = message()
-    meta = {"handshake": "hello", "meta": {"methods": ["add"], "oneway": [], "attrs": []}}
-    conn.sendall(reply(_wire.MSG_CONNECTOK, meta, connect.seq, _wire.FLAGS_META_ON_CONNECT))
-    first, second = message(), message()
-    conn.sendall(reply(_wire.MSG_RESULT, "second", second.seq) + reply(_wire.MSG_RESULT, "first", first.seq))
-    third = message()
-    conn.sendall(reply(_wire.MSG_RESULT, "unasked", third.seq + 100))
+    def accept_handshake(self) -> None:
+        connect = self.message()
+        meta = {"handshake": "hello", "meta": {"methods": ["add"], "oneway": [], "attrs": []}}
+        self.conn.sendall(self.reply(self.wire.MSG_CONNECTOK, meta, connect.seq, self.wire.FLAGS_META_ON_CONNECT))
+
+
+def answers_out_of_order_and_unasked(server: RawServer, conn: socket.socket) -> None:
+    """Handshake, then answer two calls in reverse order, then a seq never asked."""
+    peer = ScriptedPeer(conn)
+    peer.accept_handshake()
+    first, second = peer.message(), peer.message()
+    result = peer.wire.MSG_RESULT
+    conn.sendall(peer.reply(result, "second", second.seq) + peer.reply(result, "first", first.seq))
+    third = peer.message()
+    conn.sendall(peer.reply(result, "unasked", third.seq + 100))
     conn.recv(4096)
 
 
@@ -268,27 +279,15 @@ def test_server_that_never_answers_the_handshake_fails_calls_without_a_timeout_a
 
 def announces_a_huge_reply(server: RawServer, conn: socket.socket) -> None:
     """A valid handshake, then a reply header announcing 1 GiB that never comes."""
-    from pyro_loops import _wire
-    from pyro_loops._serializers import get_serializer
-    ser = get_serializer("serpent")
-    reader = _wire.FrameReader()
-
-    def message():
-        while (msg := reader.next_message()) is None:
-            reader.feed(conn.recv(65536))
-        return msg
-
-    connect = message()
-    meta = {"handshake": "hello", "meta": {"methods": ["add"], "oneway": [], "attrs": []}}
-    conn.sendall(_wire.encode(_wire.Message(_wire.MSG_CONNECTOK, ser.dumps(meta), ser.serializer_id,
-                                            _wire.FLAGS_META_ON_CONNECT, connect.seq, {})))
-    call = message()
-    header = _wire.encode(_wire.Message(_wire.MSG_RESULT, b"", ser.serializer_id, 0, call.seq, {}))[:24]
+    peer = ScriptedPeer(conn)
+    peer.accept_handshake()
+    call = peer.message()
+    wire = peer.wire
+    fields = list(wire.HEADER.unpack(peer.reply(wire.MSG_RESULT, None, call.seq)[:wire.HEADER_SIZE]))
     size = 1 << 30
-    fields = list(_wire.HEADER.unpack(header))
     fields[5] = size  # the payload length, with a checksum to match
-    fields[-1] = _wire.checksum(fields[2], fields[3], fields[4], size, fields[6], fields[7])
-    conn.sendall(_wire.HEADER.pack(*fields) + b"x" * 1000)
+    fields[-1] = wire.checksum(fields[2], fields[3], fields[4], size, fields[6], fields[7])
+    conn.sendall(wire.HEADER.pack(*fields) + b"x" * 1000)
     conn.recv(4096)
 
 
