@@ -51,6 +51,7 @@ from .hosting import READ, WRITE, Watcher, report_error
 from ._protocol import (Broken, ClientProtocol, ConnectFailed, Connected, Failure, Metadata, Result, StreamEnd,
                         StreamStarted)
 from ._resolve import _ns_location
+from ._wakeup import Wakeup
 from ._serializers import ExceptionWrapper, register_class_to_dict
 from ._uri import URI
 from .call import Call, fresh_callbacks, settle_with
@@ -111,9 +112,7 @@ class Client:
         self._watcher: Watcher | None = None
         self._socks: dict[socket.socket, Any] = {}  # -> what handles it: a _Channel, a broadcast
         self._channels: set[_Channel] = set()  # every open connection, with a socket or not yet
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wakeup = Wakeup()  # other threads (host-name lookups, submit, close) hand work to the loop
         self._jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._timers: list[tuple[float, int, _Request]] = []
         self._counter = itertools.count()
@@ -192,10 +191,9 @@ class Client:
         self._timers.clear()
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
-            watcher.remove(self._wake_r)
+            watcher.remove(self._wakeup.reader)
             watcher.set_deadline(None)
-        self._wake_r.close()
-        self._wake_w.close()
+        self._wakeup.close()
         if watcher is not None:
             watcher.detached()
         if self._resolver is not None:
@@ -205,7 +203,7 @@ class Client:
 
     @property
     def sockets(self) -> list[socket.socket]:
-        return [self._wake_r, *self._socks]
+        return [self._wakeup.reader, *self._socks]
 
     def attach_watcher(self, watcher: Watcher) -> None:
         """Let a host loop watch this client's sockets and deadline."""
@@ -215,13 +213,13 @@ class Client:
             raise errors.PyroError("client is already attached to a loop; detach it first")
         self._watcher = watcher
         self._loop_thread = threading.get_ident()
-        watcher.add(self._wake_r, READ)
+        watcher.add(self._wakeup.reader, READ)
         for sock, handler in self._socks.items():
             watcher.add(sock, handler.interest)
         self._deadline = None
         self._update_deadline()
         if self._jobs:
-            self._wake()
+            self._wakeup.wake()
 
     def detach_watcher(self) -> None:
         """Stop being watched; connections stay open until a loop serves them again."""
@@ -238,7 +236,7 @@ class Client:
         self._loop_thread = threading.get_ident()
         with fresh_callbacks():  # this may be a nested loop run by a done-callback
             try:
-                if sock is self._wake_r:
+                if sock is self._wakeup.reader:
                     self._drain_wakeups()
                 else:
                     handler = self._socks.get(sock)
@@ -343,20 +341,10 @@ class Client:
     def _post(self, job: Callable[[], None]) -> None:
         """Run ``job`` in the loop's thread soon; safe from any thread."""
         self._jobs.append(job)
-        self._wake()
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:  # full (a wakeup is pending anyway) or closed
-            pass
+        self._wakeup.wake()
 
     def _drain_wakeups(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+        self._wakeup.drain()
         while self._jobs and not self._closed:
             job = self._jobs.popleft()
             try:
@@ -770,8 +758,8 @@ class _Channel:
     def _too_large_for_the_loop(self) -> bool:
         limit = config.MAX_BLOCKING_DECODE
         size = self.protocol.reader.next_size() if limit else None
-        if size is None or self.protocol.reader.buffered < size[0]:
-            return False  # no complete large message yet: receiving it costs the loop nothing
+        if size is None:
+            return False  # no complete message yet: receiving it costs the loop nothing
         length, flags = size
         return length > limit or bool(flags & _wire.FLAGS_COMPRESSED) and length > limit // 1024
 

@@ -64,10 +64,6 @@ _DEFAULTS: dict[str, Any] = {
     "LOG_REPEAT_INTERVAL": 10.0,  # seconds of that interval
     "CLIENT_MAX_PENDING": 10000,  # calls pending per pyro_loops.Client; more fail at once
     "ITER_STREAM_PREFETCH": 8,    # items of a remote iterator a loop client requests ahead
-    # Bytes of a payload decoded in the loop's thread; a larger reply (and a compressed
-    # one over 1/1024 of it: zlib inflates up to ~1000-fold) is decoded by a worker
-    # thread while the loop goes on. 0 = everything in the loop's thread.
-    "MAX_BLOCKING_DECODE": 2 * 1024 * 1024,
     # Seconds a new connection may take to complete its CONNECT handshake (the TLS
     # handshake will share it); silent connections would otherwise hold a
     # MAX_CONNECTIONS slot forever. 0 = no deadline.
@@ -93,6 +89,8 @@ _DEFAULTS: dict[str, Any] = {
     # marshal's container items (4 bytes each), msgpack, pickle. Larger payloads are decoded step by step where
     # the serializer can (serpent's common subset, json) or refused with an
     # error reply naming this item.
+    # A loop client decodes a reply over it (or a compressed one over 1/1024 of it:
+    # zlib inflates up to ~1000-fold) in a worker thread while the loop goes on.
     "MAX_BLOCKING_DECODE": 2 * 1024 * 1024,
     # Decompressed bytes of a CONNECT payload, decoded in the loop's thread
     # before the handshake; a larger one is refused with a CONNECTFAIL.
