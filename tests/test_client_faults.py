@@ -299,3 +299,23 @@ def test_reply_announced_over_max_buffered_input_fails_before_it_is_buffered(hos
     call = host.settle(proxy.add(1, 2))
     assert isinstance(call.exception(), errors.MessageTooLargeError)
     assert "MAX_BUFFERED_INPUT" in str(call.exception())
+
+
+def sends_a_large_reply_with_its_last_bytes_late(server: RawServer, conn: socket.socket) -> None:
+    peer = ScriptedPeer(conn)
+    peer.accept_handshake()
+    call = peer.message()
+    data = peer.reply(peer.wire.MSG_RESULT, "y" * 200_000, call.seq)
+    conn.sendall(data[:-10])
+    server.closed_by_client.wait(0.5)  # the client has all but the last 10 bytes meanwhile
+    conn.sendall(data[-10:])
+    conn.recv(4096)
+
+
+@pytest.mark.parametrize("raw_server", [sends_a_large_reply_with_its_last_bytes_late], indirect=True)
+def test_large_reply_short_of_its_last_bytes_is_decoded_once_complete(host, client, raw_server):
+    pyro_loops.config.MAX_BLOCKING_DECODE = 64 * 1024  # the reply goes to a worker once complete
+    proxy = client.proxy(raw_server.uri)
+    proxy._pyroTimeout = WAIT_S
+    call = host.settle(proxy.add(1, 2))
+    assert call.result() == "y" * 200_000
