@@ -248,6 +248,27 @@ class FrameReader:
         """Bytes received but not yet returned as a message."""
         return len(self._buf) + self._filled
 
+    def next_size(self) -> tuple[int, int] | None:
+        """``(payload length, flags)`` of the next message once all of it is in, else None.
+
+        Lets an owner decide where to decode a message before it is decoded
+        (a large or compressed reply goes to a worker thread). A header that
+        cannot be read gives None: ``next_message()`` then raises for it.
+        """
+        if self._header is None:
+            if len(self._buf) < HEADER_SIZE:
+                return None
+            try:
+                self._header = self._parse_header(self._buf)
+            except ProtocolError:
+                return None
+        _, flags, _, data_len, _, ann_len = self._header
+        if self._body is not None:
+            complete = self._filled >= data_len
+        else:
+            complete = len(self._buf) >= HEADER_SIZE + ann_len + data_len
+        return (data_len, flags) if complete else None
+
     def next_message(self) -> Message | None:
         """The next complete message, or None if more bytes are needed.
 

@@ -14,16 +14,56 @@ is awaitable, and cancelling the task that awaits it cancels the call.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
+import threading
 from typing import Any, Callable, Generator
 
 from . import errors
+from ._ratelog import RateLimitedLog
 from .hosting import report_error
 
 log = logging.getLogger("pyro_loops")
+#: Calls failed together (10,000 pending when a server dies or the client closes)
+#: are collected together: their lines are bounded by LOG_REPEAT_LIMIT.
+_unretrieved_log = RateLimitedLog(log)
 
 _PENDING, _DONE, _CANCELLED = "pending", "done", "cancelled"
+
+
+class _Running(threading.local):
+    """The done-callbacks waiting to run in this thread, while some already run.
+
+    A call completed inside a done-callback (each link of a ``then`` chain)
+    has its callbacks queued here and run once the current one returns,
+    instead of inside it: a chain thousands of links long (a poll written as
+    ``fn`` returning ``proxy.next().then(fn)``) completes without growing the
+    stack link by link into a RecursionError.
+    """
+
+    queue: "collections.deque[tuple[Call, list[Callable[[Call], Any]]]] | None" = None
+
+
+_running = _Running()
+
+
+class fresh_callbacks:  # noqa: N801 - reads as a statement: ``with fresh_callbacks():``
+    """Callbacks of calls completed inside run at once, even inside another callback.
+
+    For the entry points a host loop calls (``Client.handle_event``): a
+    done-callback that runs a nested loop (a Qt modal dialog, a Tk
+    ``wait_window``) must still see the calls completed meanwhile, not have
+    their callbacks queued behind its own return.
+    """
+
+    __slots__ = ("_saved",)
+
+    def __enter__(self) -> None:
+        self._saved, _running.queue = _running.queue, None
+
+    def __exit__(self, *exc_info: object) -> None:
+        _running.queue = self._saved
 
 
 class CallPendingError(errors.PyroError, concurrent.futures.InvalidStateError):
@@ -113,8 +153,20 @@ class Call:
 
     def _run_callbacks(self) -> None:
         callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            self._run_callback(callback)
+        if not callbacks:
+            return
+        queue = _running.queue
+        if queue is not None:  # inside another call's callback: run these when it returns
+            queue.append((self, callbacks))
+            return
+        queue = _running.queue = collections.deque([(self, callbacks)])
+        try:
+            while queue:
+                call, callbacks = queue.popleft()
+                for callback in callbacks:
+                    call._run_callback(callback)
+        finally:
+            _running.queue = None
 
     def _run_callback(self, callback: Callable[[Call], Any]) -> None:
         try:
@@ -126,6 +178,9 @@ class Call:
 
     def add_done_callback(self, fn: Callable[[Call], Any]) -> None:
         """Call ``fn(call)`` in the loop's thread when the call completes (at once if it has).
+
+        Callbacks of a call completed inside a callback run right after that
+        callback returns, not inside it (see ``_Running``).
 
         What ``fn`` raises goes to the error hook (``pyro_loops.set_error_hook``).
         """
@@ -177,8 +232,9 @@ class Call:
         # As asyncio does for futures: an error nobody looked at must not vanish.
         if self._state == _DONE and self._exception is not None and not self._retrieved:
             try:
-                log.error("exception of %s was never retrieved: %s: %s", self.describe,
-                          type(self._exception).__name__, self._exception)
+                _unretrieved_log.log(logging.ERROR, "call exception never retrieved",
+                                     "exception of %s was never retrieved: %s: %s", self.describe,
+                                     type(self._exception).__name__, self._exception)
             except Exception:
                 pass
 

@@ -43,6 +43,7 @@ import random
 import socket
 import threading
 import time
+import weakref
 from typing import Any, Callable
 
 from . import _nslocate, _wire, errors
@@ -50,15 +51,16 @@ from .hosting import READ, WRITE, Watcher, report_error
 from ._protocol import (Broken, ClientProtocol, ConnectFailed, Connected, Failure, Metadata, Result, StreamEnd,
                         StreamStarted)
 from ._resolve import _ns_location
-from ._serializers import register_class_to_dict
+from ._wakeup import Wakeup
+from ._serializers import ExceptionWrapper, register_class_to_dict
 from ._uri import URI
-from .call import Call, settle_with
+from .call import Call, fresh_callbacks, settle_with
 from .configuration import config
 from .constants import NAMESERVER_NAME
 from .context import current_context
-from .proxy import Proxy, _proxy_state, _RemoteMethod
+from .proxy import BatchProxy, Proxy, _proxy_state, _RemoteMethod
 
-__all__ = ["Client", "LoopProxy", "RemoteStream"]
+__all__ = ["Client", "LoopBatch", "LoopProxy", "RemoteStream"]
 
 _RECV_SIZE = 64 * 1024
 _AUTOPROXY_MARKER = b"Pyro4.core.Proxy"
@@ -74,11 +76,12 @@ class _Request:
     ``kind`` is the method name for a call on the proxy's object, or one of
     the channel's own, in angle brackets as no method name is: "<bind>"
     (completes when the connection is ready; nothing is sent), "<metadata>",
-    "<next>" (a stream item), "<close_stream>"; "<timer>" is a deadline
+    "<next>" (a stream item), "<close_stream>", "<batch>" and "<batch-oneway>"
+    (``args`` holds the recorded calls); "<timer>" is a deadline
     alone, for a call that no connection carries (a broadcast).
     """
 
-    __slots__ = ("call", "kind", "args", "kwargs", "deadline", "seq", "channel")
+    __slots__ = ("call", "kind", "args", "kwargs", "deadline", "seq", "channel", "proxy")
 
     def __init__(self, call: Call, kind: str, args: Any, kwargs: Any) -> None:
         self.call = call
@@ -88,6 +91,14 @@ class _Request:
         self.deadline: float | None = None
         self.seq = -1
         self.channel: _Channel | None = None
+        #: the proxy, kept alive while the call is pending (its channel holds it weakly)
+        self.proxy: LoopProxy | None = None
+
+    def settled(self, _call: Call) -> None:
+        """The call completed: it no longer counts as pending, and lets go of its proxy and
+        arguments (a deadline may still hold the request)."""
+        self.proxy._pyroClient._pending -= 1
+        self.proxy = self.args = self.kwargs = None
 
 
 class Client:
@@ -101,9 +112,7 @@ class Client:
         self._watcher: Watcher | None = None
         self._socks: dict[socket.socket, Any] = {}  # -> what handles it: a _Channel, a broadcast
         self._channels: set[_Channel] = set()  # every open connection, with a socket or not yet
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wakeup = Wakeup()  # other threads (host-name lookups, submit, close) hand work to the loop
         self._jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._timers: list[tuple[float, int, _Request]] = []
         self._counter = itertools.count()
@@ -182,10 +191,9 @@ class Client:
         self._timers.clear()
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
-            watcher.remove(self._wake_r)
+            watcher.remove(self._wakeup.reader)
             watcher.set_deadline(None)
-        self._wake_r.close()
-        self._wake_w.close()
+        self._wakeup.close()
         if watcher is not None:
             watcher.detached()
         if self._resolver is not None:
@@ -195,7 +203,7 @@ class Client:
 
     @property
     def sockets(self) -> list[socket.socket]:
-        return [self._wake_r, *self._socks]
+        return [self._wakeup.reader, *self._socks]
 
     def attach_watcher(self, watcher: Watcher) -> None:
         """Let a host loop watch this client's sockets and deadline."""
@@ -205,13 +213,13 @@ class Client:
             raise errors.PyroError("client is already attached to a loop; detach it first")
         self._watcher = watcher
         self._loop_thread = threading.get_ident()
-        watcher.add(self._wake_r, READ)
+        watcher.add(self._wakeup.reader, READ)
         for sock, handler in self._socks.items():
             watcher.add(sock, handler.interest)
         self._deadline = None
         self._update_deadline()
         if self._jobs:
-            self._wake()
+            self._wakeup.wake()
 
     def detach_watcher(self) -> None:
         """Stop being watched; connections stay open until a loop serves them again."""
@@ -226,36 +234,38 @@ class Client:
     def handle_event(self, sock: socket.socket, events: int) -> None:
         """The host loop says ``sock`` is ready. Never raises."""
         self._loop_thread = threading.get_ident()
-        try:
-            if sock is self._wake_r:
-                self._drain_wakeups()
-            else:
-                handler = self._socks.get(sock)
-                if handler is not None:
-                    handler.on_ready(events)
-        except Exception as exc:
-            report_error(exc, "client event handling")
+        with fresh_callbacks():  # this may be a nested loop run by a done-callback
+            try:
+                if sock is self._wakeup.reader:
+                    self._drain_wakeups()
+                else:
+                    handler = self._socks.get(sock)
+                    if handler is not None:
+                        handler.on_ready(events)
+            except Exception as exc:
+                report_error(exc, "client event handling")
         self._update_deadline()
 
     def handle_deadline(self) -> None:
         """The deadline the client asked for is due. Never raises."""
-        try:
-            self._deadline = None
-            now = time.monotonic()
-            for channel in list(self._soon):
-                self._soon.discard(channel)
-                channel.resume()
-            while self._timers and self._timers[0][0] <= now:
-                _, _, request = heapq.heappop(self._timers)
-                if request.call.done():
-                    continue
-                error = errors.TimeoutError(f"{request.call.describe}: not done within its timeout")
-                if request.channel is not None:
-                    request.channel.fail(error)  # the calls pipelined behind it could not finish sooner
-                else:
-                    request.call.set_exception(error)
-        except Exception as exc:
-            report_error(exc, "client deadline handling")
+        with fresh_callbacks():
+            try:
+                self._deadline = None
+                now = time.monotonic()
+                for channel in list(self._soon):
+                    self._soon.discard(channel)
+                    channel.resume()
+                while self._timers and self._timers[0][0] <= now:
+                    _, _, request = heapq.heappop(self._timers)
+                    if request.call.done():
+                        continue
+                    error = errors.TimeoutError(f"{request.call.describe}: not done within its timeout")
+                    if request.channel is not None:
+                        request.channel.fail(error)  # the calls pipelined behind it could not finish sooner
+                    else:
+                        request.call.set_exception(error)
+            except Exception as exc:
+                report_error(exc, "client deadline handling")
         self._update_deadline()
 
     def next_deadline(self) -> float | None:
@@ -282,7 +292,8 @@ class Client:
                 "wait for some to complete"))
             return call
         self._pending += 1
-        call.add_done_callback(self._call_done)
+        request.proxy = proxy
+        call.add_done_callback(request.settled)
         if proxy._pyroTimeout:
             self._add_timer(request, proxy._pyroTimeout)
         channel = proxy._pyroChannel
@@ -303,9 +314,6 @@ class Client:
         request.deadline = time.monotonic() + delay
         heapq.heappush(self._timers, (request.deadline, next(self._counter), request))
         self._update_deadline()
-
-    def _call_done(self, _call: Call) -> None:
-        self._pending -= 1
 
     def _update_deadline(self) -> None:
         if self._closed:
@@ -333,20 +341,10 @@ class Client:
     def _post(self, job: Callable[[], None]) -> None:
         """Run ``job`` in the loop's thread soon; safe from any thread."""
         self._jobs.append(job)
-        self._wake()
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:  # full (a wakeup is pending anyway) or closed
-            pass
+        self._wakeup.wake()
 
     def _drain_wakeups(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+        self._wakeup.drain()
         while self._jobs and not self._closed:
             job = self._jobs.popleft()
             try:
@@ -438,17 +436,21 @@ class _Channel:
     The protocol rules are ``_protocol.ClientProtocol``'s; this class moves its
     bytes. Steps: "resolving" (name server, host name), "connecting",
     "handshake", "metadata" (asked for when the handshake did not bring it),
-    "ready", "closed". Requests submitted before "ready" wait in ``queued``.
+    "ready", "closed", and "decoding" while a worker decodes a large reply
+    (``MAX_BLOCKING_DECODE``). Requests submitted when not "ready" wait in ``queued``.
     """
 
     def __init__(self, client: Client, proxy: "LoopProxy") -> None:
         self.client = client
-        self.proxy = proxy
+        # Weakly: a proxy the program dropped closes its connection once its calls are done
+        # (each pending request holds it strongly until then).
+        self._proxy = weakref.ref(proxy, self._proxy_dropped)
+        self.proxy_uri = proxy._pyroUri
         self.state = "resolving"
         self.sock: socket.socket | None = None
         self.uri: URI | None = None
         self.protocol = ClientProtocol(proxy._pyroSerializer or config.SERIALIZER,
-                                       hmac_key=proxy._pyroHmacKeyBytes, max_message_size=config.MAX_MESSAGE_SIZE,
+                                       hmac_key=proxy._pyroHmacKeyBytes, max_message_size=_reply_bound(),
                                        compression=config.COMPRESSION)
         self.out = bytearray()
         self.written = 0        # bytes written over the connection's life
@@ -456,6 +458,9 @@ class _Channel:
         self.inflight: dict[int, _Request] = {}
         self.oneway_marks: collections.deque[tuple[int, _Request]] = collections.deque()
         self.interest = 0
+        self.cancelled_queued = 0  # calls in ``queued`` cancelled since it was last compacted
+        self.handshake_timer = _Request(Call("no handshake deadline"), "<timer>", None, None)
+        self.resume_state = ""  # the step a worker's decoding interrupted
         client._channels.add(self)
 
     @property
@@ -464,31 +469,51 @@ class _Channel:
 
     @property
     def location(self) -> str:
-        return str((self.uri or self.proxy._pyroUri).location)
+        return str((self.uri or self.proxy_uri).location)
+
+    @property
+    def proxy(self) -> "LoopProxy":
+        """The proxy this connection serves; raises ClientClosedError once it was dropped."""
+        proxy = self._proxy()
+        if proxy is None:
+            raise ClientClosedError(f"the loop proxy for {self.proxy_uri} was dropped")
+        return proxy
+
+    def _proxy_dropped(self, _ref: Any) -> None:
+        # Called where the proxy was collected, any thread: the loop closes the connection.
+        self.client._post(self._release)
+
+    def _release(self) -> None:
+        self.fail(ClientClosedError(f"the loop proxy for {self.proxy_uri} was dropped"))
 
     # -- submitting --
 
     def submit(self, request: _Request) -> None:
         request.channel = self
         request.call._on_cancel = lambda _call: self._cancel(request)
-        if self.state == "ready":
-            idle = not self.inflight and not self.out and not self.oneway_marks
-            self._send_request(request)
-            if idle:  # a lone call goes out at once, for latency
-                self._flush()
-            else:  # a burst goes out in one write at the loop's next turn, for throughput
-                self.client._soon.add(self)
+        if self.state == "ready" and not (self.queued or self.inflight or self.out or self.oneway_marks):
+            self._send_request(request)  # a lone call goes out at once, for latency
+            self._flush()
         else:
             self.queued.append(request)
+            if self.state == "ready":
+                # A burst is encoded and written in one go at the loop's next turn, for
+                # throughput; a call cancelled before then is never sent.
+                self.client._soon.add(self)
 
     def _cancel(self, request: _Request) -> None:
         if request.seq < 0:
-            try:
-                self.queued.remove(request)  # never sent, never will be
-            except ValueError:
-                pass
-        elif self.inflight.pop(request.seq, None) is not None:
-            self.protocol.cancel(request.seq)  # it runs on the server; its reply is dropped
+            # Never sent, and never will be: _send_request skips a done call. Not removed
+            # here (a scan per cancel made cancelling 10,000 queued calls take seconds);
+            # the queue is compacted once it is mostly cancelled calls.
+            self.cancelled_queued += 1
+            if self.cancelled_queued > 64 + len(self.queued) // 2:
+                self.queued = collections.deque(r for r in self.queued if not r.call.done())
+                self.cancelled_queued = 0
+        elif self.inflight.pop(request.seq, None) is not None and self.state != "decoding":
+            # It runs on the server; its reply is dropped (while a worker decodes, by
+            # _handle, which finds no request for it: the protocol is the worker's).
+            self.protocol.cancel(request.seq)
 
     # -- connecting --
 
@@ -503,6 +528,9 @@ class _Channel:
         if self.closed:
             return
         exc = call.exception()
+        if exc is None and call.result().protocol != "PYRO":  # a name registered for a PYRONAME: itself
+            exc = errors.NamingError(f"the name server resolved {self.proxy_uri} to {call.result()}, "
+                                     "not to a PYRO: URI of an object")
         if exc is not None:
             self.fail(exc)
         else:
@@ -545,11 +573,24 @@ class _Channel:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self.sock = sock
         self.state = "connecting"
+        self._bound_handshake()
         err = sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
             self.fail(errors.CommunicationError(f"cannot connect to {self.location}: {os.strerror(err)}"))
             return
         self._set_interest(WRITE)
+
+    def _bound_handshake(self) -> None:
+        """Fail the connection if it is not ready within HANDSHAKE_TIMEOUT (a black hole, a silent server).
+
+        A call's own ``_pyroTimeout`` may be longer or unset; a connection
+        nobody answers must still end.
+        """
+        if config.HANDSHAKE_TIMEOUT > 0:
+            self.handshake_timer = _Request(Call(f"connect and handshake with {self.location} (HANDSHAKE_TIMEOUT "
+                                                 f"{config.HANDSHAKE_TIMEOUT:g} s)"), "<timer>", None, None)
+            self.handshake_timer.channel = self
+            self.client._add_timer(self.handshake_timer, config.HANDSHAKE_TIMEOUT)
 
     def _connected(self) -> None:
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -588,7 +629,9 @@ class _Channel:
 
     def _ready(self) -> None:
         self.state = "ready"
+        self.handshake_timer.call.set_result(None)
         queued, self.queued = self.queued, collections.deque()
+        self.cancelled_queued = 0
         for request in queued:
             self._send_request(request)
         self._flush()
@@ -604,6 +647,8 @@ class _Channel:
 
     def _send_request(self, request: _Request) -> None:
         call = request.call
+        if call.done():  # cancelled while queued
+            return
         kind, args, kwargs = request.kind, request.args, request.kwargs
         protocol = self.protocol
         try:
@@ -616,6 +661,9 @@ class _Channel:
                 out = protocol.next_stream_item(args[0], self._annotations())
             elif kind == "<close_stream>":
                 out = protocol.close_stream(args[0], self._annotations())
+            elif kind in _BATCH_KINDS:
+                out = protocol.batch(self.uri.object, args, oneway=kind == "<batch-oneway>",
+                                     annotations=self._annotations())
             else:
                 proxy = self.proxy
                 if proxy._pyroMetaKnown and kind not in proxy._pyroMethods and kwargs is not None:
@@ -633,7 +681,7 @@ class _Channel:
             self.oneway_marks.append((self.written + len(self.out), request))
 
     def _flush(self) -> None:
-        if self.sock is None or self.state in ("connecting", "closed"):
+        if self.sock is None or self.state in ("connecting", "closed", "decoding"):
             return
         if self.out:
             try:
@@ -658,8 +706,13 @@ class _Channel:
     # -- receiving --
 
     def on_ready(self, events: int) -> None:
+        if self.state == "decoding":  # an event the loop picked before the socket was unwatched
+            return
         if self.state == "connecting":
-            self._connected()
+            try:
+                self._connected()
+            except ClientClosedError as exc:  # every call was cancelled and the proxy dropped
+                self.fail(exc)
             return
         if events & WRITE:
             self._flush()
@@ -675,14 +728,20 @@ class _Channel:
             self.process()
 
     def resume(self) -> None:
-        """Write what a burst of calls queued, and handle replies left for later by the budget."""
-        self._flush()
+        """Send a burst of calls, and handle replies left for later by the budget."""
+        if self.state == "ready" and self.queued:
+            self._ready()
+        else:
+            self._flush()
         self.process()
 
     def process(self) -> None:
         """Handle the replies received, at most MAX_CALLS_PER_WAKEUP of them now."""
         budget = config.MAX_CALLS_PER_WAKEUP
-        while not self.closed:
+        while not self.closed and self.state != "decoding":
+            if self._too_large_for_the_loop():
+                self._decode_aside()
+                return
             event = self.protocol.next_event()
             if event is None:
                 return
@@ -696,6 +755,45 @@ class _Channel:
                 self.client._soon.add(self)
                 return
 
+    def _too_large_for_the_loop(self) -> bool:
+        limit = config.MAX_BLOCKING_DECODE
+        size = self.protocol.reader.next_size() if limit else None
+        if size is None:
+            return False  # no complete message yet: receiving it costs the loop nothing
+        length, flags = size
+        return length > limit or bool(flags & _wire.FLAGS_COMPRESSED) and length > limit // 1024
+
+    def _decode_aside(self) -> None:
+        """Decode the next (large) reply in a worker thread; the loop goes on meanwhile.
+
+        The connection is unwatched and its new calls wait in ``queued`` until
+        the worker is done, so nothing touches the protocol state meanwhile and
+        replies still complete in order.
+        """
+        self.resume_state, self.state = self.state, "decoding"
+        self.client._unwatch(self.sock)
+        self.client._in_worker(self.protocol.next_event, self._decoded)
+
+    def _decoded(self, event: Any, exc: BaseException | None) -> None:
+        if self.closed:
+            return  # failed meanwhile (its deadline, the client's close)
+        self.state = self.resume_state
+        self.client._watch(self.sock, self, self.interest)
+        if exc is not None:
+            self.fail(errors.ProtocolError(f"decoding a reply from {self.location} failed: {exc!r}"))
+            return
+        try:
+            if event is not None:
+                self._handle(event)
+        except Exception as exc:
+            self.fail(exc)
+            return
+        if self.state == "ready":
+            self._ready()  # the calls made meanwhile go out
+        else:
+            self._flush()
+        self.process()
+
     def _handle(self, event: Any) -> None:
         if isinstance(event, Connected):
             self._handshake_done(event)
@@ -704,7 +802,8 @@ class _Channel:
             raise errors.CommunicationError(f"connection to {self.location} rejected: {event.reason}")
         if isinstance(event, Broken):
             error = event.error
-            raise type(error)(f"connection to {self.location}: {error}")
+            hint = _REPLY_BOUND_HINT if isinstance(error, errors.MessageTooLargeError) else ""
+            raise type(error)(f"connection to {self.location}: {error}{hint}")
         request = self.inflight.pop(event.seq, None)
         if request is None:
             return  # a call already failed (its deadline) whose reply made it after all
@@ -715,7 +814,10 @@ class _Channel:
             message = event.message
             if message.flags & _wire.FLAGS_COMPRESSED or _AUTOPROXY_MARKER in message.data:
                 value = _loopify(self.client, value)
-            call.set_result(value)
+            if request.kind in _BATCH_KINDS and value and isinstance(value[-1], ExceptionWrapper):
+                call.set_exception(value[-1].exception)  # as iterating a blocking batch's results raises
+            else:
+                call.set_result(value)
         elif isinstance(event, Failure):
             call.set_exception(event.exception)
         elif isinstance(event, StreamStarted):
@@ -730,9 +832,11 @@ class _Channel:
         if self.closed:
             return
         self.state = "closed"
+        self.handshake_timer.call.set_result(None)
         self.protocol.close()
-        if self.proxy._pyroChannel is self:
-            object.__setattr__(self.proxy, "_pyroChannel", None)
+        proxy = self._proxy()
+        if proxy is not None and proxy._pyroChannel is self:
+            object.__setattr__(proxy, "_pyroChannel", None)
         self.client._soon.discard(self)
         self.client._channels.discard(self)
         if self.sock is not None:
@@ -746,8 +850,21 @@ class _Channel:
             request.call.set_exception(exc)
 
 
+_REPLY_BOUND_HINT = " (MAX_MESSAGE_SIZE, or MAX_BUFFERED_INPUT where that is 0)"
+
+
+def _reply_bound() -> int:
+    """The largest reply a connection accepts: MAX_MESSAGE_SIZE, else MAX_BUFFERED_INPUT.
+
+    With both 0 there is no bound (Pyro4's default); otherwise a server
+    announcing a huge reply cannot make the program buffer it.
+    """
+    return config.MAX_MESSAGE_SIZE or config.MAX_BUFFERED_INPUT
+
+
 #: what a stream-item call completes with when the stream has no more items
 _STREAM_END = object()
+_BATCH_KINDS = ("<batch>", "<batch-oneway>")
 
 
 def _loopify(client: Client, value: Any) -> Any:
@@ -856,6 +973,10 @@ class LoopProxy:
         """A call that sets the remote (exposed) property ``name``; its result is None."""
         return self._pyroInvoke("__setattr__", (name, value), None)
 
+    def _pyroBatch(self) -> "LoopBatch":  # noqa: N802
+        """What ``pyro_loops.batch(loop_proxy)`` returns."""
+        return LoopBatch(self)
+
     def _pyroBind(self) -> Call:  # noqa: N802
         """Connect (and fetch metadata) now; the call's result is True once the connection is ready."""
         return self._pyroRequest("<bind>", None, None, f"connect to {self._pyroUri}")
@@ -878,6 +999,23 @@ class LoopProxy:
                 "to mark them with @expose? (or set config.REQUIRE_EXPOSE = False on the server)")
 
 
+class LoopBatch(BatchProxy):
+    """Calls recorded on a loop proxy, sent as one message: ``pyro_loops.batch(loop_proxy)``.
+
+    ``b = pyro_loops.batch(proxy); b.add(1, 2); b.echo("x"); b().then(show)``:
+    calling it sends the recorded calls and returns a ``Call`` whose result is
+    the list of their results. If one raised on the server (the server stops
+    there), the call fails with that exception, as iterating a blocking
+    batch's results raises it. ``b(oneway=True)``: a call that completes once
+    the batch is written, with None.
+    """
+
+    def __call__(self, oneway: bool = False) -> Call:  # type: ignore[override]  # a Call, not an iterator
+        calls, self._calls = self._calls, []
+        return self._proxy._pyroRequest("<batch-oneway>" if oneway else "<batch>", calls, None,
+                                        f"batch of {len(calls)} calls on {self._proxy._pyroUri}")
+
+
 register_class_to_dict(LoopProxy, lambda p: {"__class__": "Pyro4.core.Proxy", "state": _proxy_state(p)})
 
 
@@ -888,9 +1026,8 @@ class RemoteStream:
     ``stream.for_each(fn)`` calls ``fn(item)`` in the loop's thread for each
     item and returns a ``Call`` that completes at the end of the stream.
     At most ``ITER_STREAM_PREFETCH`` items are requested or held at a time.
-    ``close()`` stops early and tells the server to drop the iterator; a
-    stream dropped without it stays on the server until the connection
-    closes (then ``ITER_STREAM_LINGER`` applies there).
+    ``close()`` stops early and tells the server to drop the iterator; so
+    does a stream the program drops unfinished, once it is collected.
     """
 
     def __init__(self, proxy: LoopProxy, stream_id: str) -> None:
@@ -972,4 +1109,19 @@ class RemoteStream:
         """Stop early: the server drops the iterator (a oneway call)."""
         if not self._ended:
             self._ended = True
-            self.proxy._pyroRequest("<close_stream>", (self.stream_id,), None, f"close stream {self.stream_id}")
+            _close_stream(self.proxy, self.stream_id)
+
+    def __del__(self) -> None:
+        # Dropped unfinished: tell the server, from the loop's thread (this may run in any).
+        if not self._ended:
+            proxy, stream_id = self.proxy, self.stream_id
+            try:
+                proxy._pyroClient._post(lambda: _close_stream(proxy, stream_id))
+            except Exception:  # the interpreter is shutting down
+                pass
+
+
+def _close_stream(proxy: LoopProxy, stream_id: str) -> None:
+    """Send ``close_stream`` (oneway); if the connection is gone, so is the stream on the server."""
+    if not proxy._pyroClient._closed:
+        proxy._pyroRequest("<close_stream>", (stream_id,), None, f"close stream {stream_id}")._retrieved = True

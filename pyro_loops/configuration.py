@@ -89,6 +89,8 @@ _DEFAULTS: dict[str, Any] = {
     # marshal's container items (4 bytes each), msgpack, pickle. Larger payloads are decoded step by step where
     # the serializer can (serpent's common subset, json) or refused with an
     # error reply naming this item.
+    # A loop client decodes a reply over it (or a compressed one over 1/1024 of it:
+    # zlib inflates up to ~1000-fold) in a worker thread while the loop goes on.
     "MAX_BLOCKING_DECODE": 2 * 1024 * 1024,
     # What the host loop's thread may spend encoding one reply, in payload bytes
     # of a list of small ints (an int counts 8, a float 24, a container 32

@@ -444,13 +444,13 @@ class BatchProxy:
     """Records calls on a proxy, then sends them as one message when called."""
 
     def __init__(self, proxy: Proxy) -> None:
-        self.__proxy = proxy
-        self.__calls: list = []
+        self._proxy = proxy
+        self._calls: list = []
 
     def __getattr__(self, name: str) -> _BatchedMethod:
         if name.startswith("_"):
             raise AttributeError(name)
-        return _BatchedMethod(self.__calls, name)
+        return _BatchedMethod(self._calls, name)
 
     def __enter__(self) -> "BatchProxy":
         return self
@@ -461,9 +461,9 @@ class BatchProxy:
     def __call__(self, oneway: bool = False) -> Iterator[Any] | None:
         """Send the recorded calls; returns an iterator over their results
         (raising the first exception where it occurred), or None for oneway."""
-        calls, self.__calls = self.__calls, []
+        calls, self._calls = self._calls, []
         flags = _wire.FLAGS_BATCH | (_wire.FLAGS_ONEWAY if oneway else 0)
-        results = self.__proxy._pyroInvoke("<batch>", calls, None, flags)
+        results = self._proxy._pyroInvoke("<batch>", calls, None, flags)
         if oneway:
             return None
         return _batch_results(results)
@@ -476,9 +476,13 @@ def _batch_results(results: list) -> Iterator[Any]:
         yield result
 
 
-def batch(proxy: Proxy) -> BatchProxy:
-    """Collect calls on ``proxy`` and send them in one message: ``b = batch(p); b.f(); b.g(); results = b()``."""
-    return BatchProxy(proxy)
+def batch(proxy: Proxy) -> Any:
+    """Collect calls on ``proxy`` and send them in one message: ``b = batch(p); b.f(); b.g(); results = b()``.
+
+    A loop proxy gives its own batch (``LoopBatch``), whose call returns a ``Call``.
+    """
+    loop_batch = getattr(type(proxy), "_pyroBatch", None)
+    return loop_batch(proxy) if loop_batch is not None else BatchProxy(proxy)
 
 
 def _connect_socket(uri: URI, timeout: float | None) -> socket.socket:

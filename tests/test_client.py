@@ -392,3 +392,39 @@ def test_pyroname_without_a_location_finds_the_name_server_by_broadcast(host, cl
     daemon.close()
     bc.close()
     ns_daemon.close()
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+def test_batch_on_a_loop_proxy_is_one_call_of_the_results(host, client, server):
+    proxy = proxy_for(client, server)
+    batch = pyro_loops.batch(proxy)
+    batch.add(1, 2)
+    batch.echo("x")
+    batch.add(2, scale=10)
+    results = batch()
+    assert isinstance(results, pyro_loops.Call)
+    assert host.settle(results).result() == [3, "x", 20]
+    failing = pyro_loops.batch(proxy)
+    failing.add(1, 1)
+    failing.divide(1, 0)
+    failing.record("never-reached")
+    assert isinstance(host.settle(failing()).exception(), ZeroDivisionError)
+    oneway = pyro_loops.batch(proxy)
+    oneway.record("batched-oneway")
+    assert host.settle(oneway(oneway=True)).result() is None
+    recorded = host.settle(proxy.recorded()).result()
+    assert "batched-oneway" in recorded and "never-reached" not in recorded
+
+
+def test_call_cancelled_in_the_same_turn_as_a_burst_is_never_sent(host, client, server):
+    proxy = proxy_for(client, server)
+    host.settle(proxy._pyroBind())
+    busy = proxy.sleep(0.2)  # the connection is not idle: what follows is a burst
+    dropped = proxy.record("cancelled-in-a-burst")
+    kept = proxy.record("kept-in-a-burst")
+    assert dropped.cancel()
+    host.run_until(lambda: busy.done() and kept.done())
+    recorded = host.settle(proxy.recorded()).result()
+    assert "kept-in-a-burst" in recorded and "cancelled-in-a-burst" not in recorded

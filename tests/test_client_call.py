@@ -102,3 +102,53 @@ def test_await_gets_the_result_and_task_cancel_cancels_the_call():
 
 async def _await(call: Call):
     return await call
+
+
+def test_then_chain_thousands_of_links_long_completes_without_recursion_error():
+    with errors_reported() as seen:
+        root = Call("root")
+        last = root
+        for _ in range(5000):
+            last = last.then(lambda value: value + 1)
+        root.set_result(0)
+        assert last.result() == 5000
+        assert not seen
+
+
+def test_poll_written_as_recursive_then_completes_after_thousands_of_rounds():
+    pending = []
+
+    def poll(value):
+        if value == 3000:
+            return "finished"
+        step = Call(f"round {value}")
+        pending.append((step, value + 1))
+        return step.then(poll)
+
+    first = Call()
+    outcome = first.then(poll)
+    first.set_result(0)
+    while pending:  # each round completes later, as replies do; every outer link waits on it
+        step, value = pending.pop()
+        step.set_result(value)
+    assert outcome.result() == "finished"
+
+
+def test_ten_thousand_unretrieved_exceptions_log_a_bounded_number_of_lines(caplog, monkeypatch):
+    import gc
+    import logging
+    import re
+
+    import pyro_loops
+    from pyro_loops import _ratelog, call as call_module
+    # a window of its own, so that the other tests' lines are not suppressed after this one
+    monkeypatch.setattr(call_module, "_unretrieved_log", _ratelog.RateLimitedLog(logging.getLogger("pyro_loops")))
+    calls = [Call(f"call {i}") for i in range(10000)]
+    for call in calls:
+        call.set_exception(ConnectionError("the server went away"))
+    with caplog.at_level(logging.ERROR, logger="pyro_loops"):
+        del calls, call
+        gc.collect()
+    lines = [r.getMessage() for r in caplog.records]
+    assert re.fullmatch(r"exception of call \d+ was never retrieved: ConnectionError: the server went away", lines[0])
+    assert len(lines) <= pyro_loops.config.LOG_REPEAT_LIMIT + 2  # the limit, and the line saying so

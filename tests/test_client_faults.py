@@ -193,3 +193,129 @@ def test_client_attached_to_two_loops_is_refused():
         one.attach(made)
         with pytest.raises(errors.PyroError, match="already attached"):
             two.attach(made)
+
+
+def test_name_registered_as_a_pyroname_uri_fails_clearly_instead_of_connecting_to_the_name_server(host, client):
+    from pyro_loops import naming
+    ns_uri, ns_daemon, _ = naming.startNS(host="127.0.0.1", port=0, enableBroadcast=False)
+    host.attach(ns_daemon)
+    loopy = f"PYRONAME:loopy@127.0.0.1:{ns_uri.port}"
+    host.settle(client.proxy(ns_uri).register("loopy", loopy)).result()
+    call = host.settle(client.proxy(loopy).add(1, 2))
+    assert isinstance(call.exception(), errors.NamingError)
+    assert "not to a PYRO: URI" in str(call.exception())
+    ns_daemon.close()
+
+
+def test_pyro4_daemon_killed_mid_call_fails_every_pending_call(host, client):
+    with Pyro4Server() as server:
+        proxy = client.proxy(server.uri)
+        proxy._pyroTimeout = WAIT_S
+        host.settle(proxy._pyroBind())
+        calls = [proxy.sleep(5), proxy.add(1, 2), proxy.record("x")]
+        server.proc.kill()
+        host.run_until(lambda: all(c.done() for c in calls))
+    assert all(isinstance(c.exception(), errors.ConnectionClosedError) for c in calls[:2])
+
+
+class ScriptedPeer:
+    """The server side of one raw connection: reads our messages, writes hand-made replies."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        from pyro_loops import _wire
+        from pyro_loops._serializers import get_serializer
+        self.conn, self.wire, self.ser = conn, _wire, get_serializer("serpent")
+        self.reader = _wire.FrameReader()
+
+    def message(self):
+        while (msg := self.reader.next_message()) is None:
+            self.reader.feed(self.conn.recv(65536))
+        return msg
+
+    def reply(self, msg_type, value, seq, flags=0) -> bytes:
+        return self.wire.encode(self.wire.Message(msg_type, self.ser.dumps(value), self.ser.serializer_id, flags,
+                                                  seq, {}))
+
+    def accept_handshake(self) -> None:
+        connect = self.message()
+        meta = {"handshake": "hello", "meta": {"methods": ["add"], "oneway": [], "attrs": []}}
+        self.conn.sendall(self.reply(self.wire.MSG_CONNECTOK, meta, connect.seq, self.wire.FLAGS_META_ON_CONNECT))
+
+
+def answers_out_of_order_and_unasked(server: RawServer, conn: socket.socket) -> None:
+    """Handshake, then answer two calls in reverse order, then a seq never asked."""
+    peer = ScriptedPeer(conn)
+    peer.accept_handshake()
+    first, second = peer.message(), peer.message()
+    result = peer.wire.MSG_RESULT
+    conn.sendall(peer.reply(result, "second", second.seq) + peer.reply(result, "first", first.seq))
+    third = peer.message()
+    conn.sendall(peer.reply(result, "unasked", third.seq + 100))
+    conn.recv(4096)
+
+
+@pytest.mark.parametrize("raw_server", [answers_out_of_order_and_unasked], indirect=True)
+def test_replies_out_of_order_match_by_seq_and_an_unasked_seq_breaks_the_connection(host, client, raw_server):
+    proxy = client.proxy(raw_server.uri)
+    proxy._pyroTimeout = WAIT_S
+    first, second = proxy.add(1, 1), proxy.add(2, 2)
+    host.run_until(lambda: first.done() and second.done())
+    assert (first.result(), second.result()) == ("first", "second")
+    third = host.settle(proxy.add(3, 3))
+    assert isinstance(third.exception(), errors.ProtocolError)
+    assert "reply sequence out of sync" in str(third.exception())
+
+
+@pytest.mark.parametrize("raw_server", [never_answers], indirect=True)
+def test_server_that_never_answers_the_handshake_fails_calls_without_a_timeout_at_handshake_timeout(
+        host, client, raw_server):
+    pyro_loops.config.HANDSHAKE_TIMEOUT = 0.3
+    proxy = client.proxy(raw_server.uri)  # no _pyroTimeout: COMMTIMEOUT is 0
+    call = host.settle(proxy.add(1, 2))
+    assert isinstance(call.exception(), errors.TimeoutError)
+    assert "HANDSHAKE_TIMEOUT" in str(call.exception())
+    assert raw_server.closed_by_client.wait(WAIT_S)
+
+
+def announces_a_huge_reply(server: RawServer, conn: socket.socket) -> None:
+    """A valid handshake, then a reply header announcing 1 GiB that never comes."""
+    peer = ScriptedPeer(conn)
+    peer.accept_handshake()
+    call = peer.message()
+    wire = peer.wire
+    fields = list(wire.HEADER.unpack(peer.reply(wire.MSG_RESULT, None, call.seq)[:wire.HEADER_SIZE]))
+    size = 1 << 30
+    fields[5] = size  # the payload length, with a checksum to match
+    fields[-1] = wire.checksum(fields[2], fields[3], fields[4], size, fields[6], fields[7])
+    conn.sendall(wire.HEADER.pack(*fields) + b"x" * 1000)
+    conn.recv(4096)
+
+
+@pytest.mark.parametrize("raw_server", [announces_a_huge_reply], indirect=True)
+def test_reply_announced_over_max_buffered_input_fails_before_it_is_buffered(host, client, raw_server):
+    pyro_loops.config.MAX_BUFFERED_INPUT = 1 << 20
+    proxy = client.proxy(raw_server.uri)
+    proxy._pyroTimeout = WAIT_S
+    call = host.settle(proxy.add(1, 2))
+    assert isinstance(call.exception(), errors.MessageTooLargeError)
+    assert "MAX_BUFFERED_INPUT" in str(call.exception())
+
+
+def sends_a_large_reply_with_its_last_bytes_late(server: RawServer, conn: socket.socket) -> None:
+    peer = ScriptedPeer(conn)
+    peer.accept_handshake()
+    call = peer.message()
+    data = peer.reply(peer.wire.MSG_RESULT, "y" * 200_000, call.seq)
+    conn.sendall(data[:-10])
+    server.closed_by_client.wait(0.5)  # the client has all but the last 10 bytes meanwhile
+    conn.sendall(data[-10:])
+    conn.recv(4096)
+
+
+@pytest.mark.parametrize("raw_server", [sends_a_large_reply_with_its_last_bytes_late], indirect=True)
+def test_large_reply_short_of_its_last_bytes_is_decoded_once_complete(host, client, raw_server):
+    pyro_loops.config.MAX_BLOCKING_DECODE = 64 * 1024  # the reply goes to a worker once complete
+    proxy = client.proxy(raw_server.uri)
+    proxy._pyroTimeout = WAIT_S
+    call = host.settle(proxy.add(1, 2))
+    assert call.result() == "y" * 200_000
