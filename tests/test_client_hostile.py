@@ -100,19 +100,14 @@ def test_stream_dropped_unfinished_is_closed_on_the_server(host, client, local):
     assert host.settle(proxy.add(1, 1)).result() == 2
 
 
-def test_cancelling_ten_thousand_queued_calls_costs_no_more_than_making_them(host, client, local):
-    import time
+def test_cancelled_queued_calls_are_dropped_from_the_queue_as_they_go(host, client, local):
     proxy = client.proxy(local[1])
-    started = time.perf_counter()
     calls = [proxy.add(i, 1) for i in range(10000)]  # queued: the connection is not up yet
-    made = time.perf_counter() - started
-    started = time.perf_counter()
     for call in reversed(calls):  # the worst order for a scan of the queue
         call.cancel()
-    cancelled = time.perf_counter() - started
-    # A relation of two costs in the same run, not a timing: a scan per cancel made this 30x.
-    assert cancelled < 5 * made, (cancelled, made)
-    assert len(proxy._pyroChannel.queued) < 200  # compacted as it went
+    # Compacted as it went, so cancelling stays linear (a scan per cancel made it 30x slower
+    # than making the calls); speed itself is for bench/, this pins the mechanism.
+    assert len(proxy._pyroChannel.queued) < 200
     last = proxy.add(1, 1)
     assert host.settle(last).result() == 2 and all(c.cancelled() for c in calls)
 
