@@ -348,6 +348,7 @@ class CallHandling:
         if conn.closed:  # queued while the daemon or the connection closed
             log.info("call from %s dropped before it ran: %s", conn.addr, conn.close_reason)
             return
+        self._worker_call.running = True  # a close() the call asks for waits for its reply
         try:
             data = self._run_call(conn, msg, serializer, call)
         except BaseException as exc:  # even SystemExit in a worker must not lose the reply
@@ -355,8 +356,13 @@ class CallHandling:
             # annotations() hook), the loop closes the connection
             error = exc
             self._post(conn, lambda: self._finish_call(conn, self._exception_reply(conn, msg, serializer, error)))
-            return
-        self._post(conn, lambda: self._finish_call(conn, data))
+        else:
+            self._post(conn, lambda: self._finish_call(conn, data))
+        finally:
+            self._worker_call.running = False
+        if getattr(self._worker_call, "close_after", False):
+            self._worker_call.close_after = False
+            self.close()
 
     def _run_oneway(self, conn: ClientConnection, msg: _wire.Message, call: Callable[[], Any]) -> None:
         token = self._set_context(conn, msg)

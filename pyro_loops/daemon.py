@@ -140,6 +140,7 @@ class Daemon(CallHandling):
         self._accept_resume_at: float | None = None  # accepting is paused until then
         self._close_requested = False
         self._dispatching = 0
+        self._worker_call = threading.local()  # in a worker running a call: close() waits for its reply
         self._write_waiter: threading.Thread | None = None
         self._workers: WorkerPool | None = None
         self._jobs = JobQuota()   # oneway jobs per connection, MAX_QUEUED_JOBS_PER_CONNECTION
@@ -369,9 +370,13 @@ class Daemon(CallHandling):
 
         Called from another thread, or from inside a call being served (so
         that call still gets its reply), it asks the loop to close at its next
-        turn, which comes at once.
+        turn, which comes at once. From a call running in a worker, the close
+        is asked for once that call has returned and its reply is on its way.
         """
         if self._closed:
+            return
+        if getattr(self._worker_call, "running", False):
+            self._worker_call.close_after = True
             return
         if self._watcher is not None and (self._dispatching or
                                           self._loop_thread not in (None, threading.get_ident())):
@@ -523,7 +528,7 @@ class Daemon(CallHandling):
         try:
             self._deadline = None
             if self._close_requested:
-                self._close_now()
+                self._close_as_requested()
                 return
             now = time.monotonic()
             if self._accept_resume_at is not None and now >= self._accept_resume_at:
@@ -905,9 +910,14 @@ class Daemon(CallHandling):
         except (BlockingIOError, InterruptedError):
             pass
         if self._close_requested:
-            self._close_now()
+            self._close_as_requested()
             return
         self._run_loop_jobs()
+
+    def _close_as_requested(self) -> None:
+        """Close at the loop's turn; results that workers finished before the request go out first."""
+        self._run_loop_jobs()
+        self._close_now()
 
     def _run_loop_jobs(self) -> None:
         while self._loop_jobs:
