@@ -96,6 +96,11 @@ _DEFAULTS: dict[str, Any] = {
     # Seconds a name server's list(regex=...)/remove(regex=...) may spend
     # matching, over all names together; a slower pattern gets a NamingError.
     "NS_REGEX_TIMEOUT": 0.05,
+    # Bytes of replies made but not yet taken by the clients' sockets, over all
+    # connections together. MAX_OUTPUT_BUFFER bounds one connection; this bounds
+    # what many clients asking for large replies and never reading them can make
+    # the daemon hold. Past it the connection holding the most is closed. 0 = no bound.
+    "MAX_BUFFERED_OUTPUT": 512 * 1024 * 1024,
 }
 
 

@@ -28,7 +28,7 @@ from ._expose import (class_name, expose, get_exposed_members, reset_metadata_ca
 from .hosting import READ, WRITE, Watcher, log, report_error
 from ._calls import CallHandling
 from ._connection import ClientConnection
-from ._deadlines import KeyedHeap
+from ._deadlines import KeyedHeap, SizeRanking
 from ._eventloop import SelectLoop
 from ._protocol import ServerProtocol
 from ._ratelog import RateLimitedLog
@@ -125,9 +125,9 @@ class Daemon(CallHandling):
         self._soon: set[ClientConnection] = set()
         # per-connection deadlines: (_HANDSHAKE or _HALF_FRAME, conn) -> time.monotonic() when due
         self._timers: KeyedHeap[tuple[str, ClientConnection]] = KeyedHeap()
-        # bytes of input each connection buffers, negated so the largest comes first
-        self._input: KeyedHeap[ClientConnection] = KeyedHeap()
-        self._input_total = 0
+        # bytes each connection buffers (input not yet messages, replies not yet sent)
+        self._input: SizeRanking[ClientConnection] = SizeRanking()
+        self._output: SizeRanking[ClientConnection] = SizeRanking()
         self._streams = StreamRegistry()
         self._single_instances: dict[type, Any] = {}
         self._watcher: Watcher | None = None
@@ -754,21 +754,28 @@ class Daemon(CallHandling):
         largest while something big is being sent.
         """
         if not conn.closed:
-            self._count_input(conn, conn.protocol.reader.buffered)
-        limit = config.MAX_BUFFERED_INPUT
-        while limit and self._input_total > limit and (largest := self._input.first()) is not None:
-            victim, minus_size = largest
-            self._close_conn(victim, f"MAX_BUFFERED_INPUT ({limit} bytes) exceeded by all connections "
-                                     f"together: this one buffered the most ({-minus_size} bytes)")
+            self._input.count(conn, conn.protocol.reader.buffered)
+        self._enforce_total(self._input, "MAX_BUFFERED_INPUT", "buffered the most input")
 
-    def _count_input(self, conn: ClientConnection, size: int) -> None:
-        old = -int(self._input.get(conn))
-        if size != old:
-            self._input_total += size - old
-            if size:
-                self._input.set(conn, -size)
-            else:
-                self._input.discard(conn)
+    def _track_output(self, conn: ClientConnection) -> None:
+        """Count ``conn``'s unsent replies towards MAX_BUFFERED_OUTPUT and enforce it.
+
+        MAX_OUTPUT_BUFFER bounds one connection; without a total, many clients
+        that ask for large replies and never read them make the daemon hold
+        MAX_CONNECTIONS of those. Past the bound the connection holding the
+        most unsent bytes is closed (its undelivered replies are named in the
+        closing log line), as for MAX_BUFFERED_INPUT.
+        """
+        if not conn.closed:
+            self._output.count(conn, len(conn.out))
+        self._enforce_total(self._output, "MAX_BUFFERED_OUTPUT", "held the most unsent replies")
+
+    def _enforce_total(self, ranking: SizeRanking[ClientConnection], item: str, what: str) -> None:
+        limit = getattr(config, item)
+        while limit and ranking.total > limit and (largest := ranking.largest()) is not None:
+            victim, size = largest
+            self._close_conn(victim, f"{item} ({limit} bytes) exceeded by all connections "
+                                     f"together: this one {what} ({size} bytes)")
 
     def _track_partial(self, conn: ClientConnection) -> None:
         """Start or stop the half-frame deadline: only while the daemon waits for the client."""
@@ -816,6 +823,8 @@ class Daemon(CallHandling):
                                    "unread by the client")
         else:
             self._set_interest(conn)
+            if conn.out:
+                self._track_output(conn)
 
     def _flush(self, conn: ClientConnection) -> None:
         sent_total = 0
@@ -829,6 +838,7 @@ class Daemon(CallHandling):
                 return
             del conn.out[:sent]
             sent_total += sent
+        self._output.count(conn, len(conn.out))
         conn.last_active = time.monotonic()
         if not conn.out and not conn.busy:
             self._process(conn)  # input held back while output piled up
@@ -873,7 +883,8 @@ class Daemon(CallHandling):
         self._soon.discard(conn)
         self._timers.discard((_HANDSHAKE, conn))
         self._timers.discard((_HALF_FRAME, conn))
-        self._count_input(conn, 0)
+        self._input.count(conn, 0)
+        self._output.count(conn, 0)
         if self._watcher is not None:
             self._watcher.remove(conn.sock)
         try:

@@ -4,12 +4,20 @@ Each test replays an attack or an unlucky use over real sockets and pins
 what the daemon must do: answer, bound, or log, never lose or hang.
 """
 
+import logging
+import socket
 import threading
 
 import pytest
 
 from pyro_loops import Daemon, config, expose, in_worker
-from test_daemon import TIMEOUT, proxy_for
+from test_daemon import TIMEOUT, RawClient, Service, proxy_for, serving, wait_for
+
+
+@pytest.fixture
+def logs(caplog):
+    caplog.set_level(logging.INFO, logger="pyro_loops")
+    return caplog
 
 
 @expose
@@ -40,3 +48,30 @@ def test_shutdown_called_by_a_call_running_in_a_worker_still_answers_that_call(s
     finally:
         daemon.close()
         loop.join(TIMEOUT)
+
+
+def test_clients_that_ask_for_large_replies_and_never_read_them_are_bounded_over_all_connections(logs):
+    # each stays under MAX_OUTPUT_BUFFER; together they would make the daemon hold
+    # MAX_CONNECTIONS large replies
+    limit, size = 8 << 20, 8 << 20
+    config.MAX_BUFFERED_OUTPUT = limit
+    daemon = Daemon(host="127.0.0.1")
+    uri = daemon.register(Service(), "svc")
+    with serving(daemon):
+        readers = []
+        try:
+            for seq in range(4):
+                reader = RawClient(uri.port)
+                reader.handshake()
+                reader.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                reader.send_call("svc", "big", (size,), seq=seq + 1)
+                readers.append(reader)
+            wait_for(lambda: len(daemon._conns) < 4)  # one (or more) closed: the others stay under the bound
+            closed = 4 - len(daemon._conns)
+            with proxy_for(uri) as honest:
+                assert honest.echo("still served") == "still served"
+            assert daemon._output.total <= limit
+        finally:
+            for reader in readers:
+                reader.close()
+    assert logs.text.count(f"MAX_BUFFERED_OUTPUT ({limit} bytes) exceeded by all connections") >= closed
