@@ -846,15 +846,18 @@ class Daemon(CallHandling):
             self._set_interest(conn)
 
     def _receive_at_close(self, conn: ClientConnection) -> None:
-        """Take (one buffer's worth of) what the client sent but the daemon had not
-        read yet, say behind a running call: those requests get answered or logged too."""
+        """Take what the client sent but the daemon had not read yet, say behind a
+        running call: those requests get answered or logged too, not lost with the
+        socket. Bounded by what the kernel holds for the socket (its receive buffer)."""
         if conn.eof:
             return
         try:
-            data = conn.sock.recv(_RECV_SIZE)
-        except OSError:  # nothing waiting, or the connection is gone anyway
+            budget = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            while budget > 0 and (data := conn.sock.recv(_RECV_SIZE)):
+                conn.protocol.receive_data(data)
+                budget -= len(data)
+        except OSError:  # nothing (more) waiting, or the connection is gone anyway
             return
-        conn.protocol.receive_data(data)
 
     def _flush_at_close(self, conn: ClientConnection) -> None:
         """Write what the socket takes now of replies already made; log what it did not take."""

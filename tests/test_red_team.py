@@ -4,13 +4,15 @@ Each test replays an attack or an unlucky use over real sockets and pins
 what the daemon must do: answer, bound, or log, never lose or hang.
 """
 
+import fcntl
 import logging
 import socket
+import termios
 import threading
 
 import pytest
 
-from pyro_loops import Daemon, config, expose, in_worker
+from pyro_loops import Daemon, _wire, config, expose, in_worker, oneway
 from test_daemon import TIMEOUT, RawClient, Service, proxy_for, serving, wait_for
 
 
@@ -75,3 +77,40 @@ def test_clients_that_ask_for_large_replies_and_never_read_them_are_bounded_over
             for reader in readers:
                 reader.close()
     assert logs.text.count(f"MAX_BUFFERED_OUTPUT ({limit} bytes) exceeded by all connections") >= closed
+
+
+@expose
+class Slow:
+    def __init__(self):
+        self.release = threading.Event()
+        self.notes = 0
+
+    @in_worker
+    def wait(self):
+        self.release.wait(TIMEOUT)
+        return "done"
+
+    @oneway
+    def note(self, value):
+        self.notes += 1
+
+
+def test_requests_waiting_in_the_socket_when_the_daemon_closes_are_all_counted_in_its_log(logs):
+    # more than one recv() of the daemon's, all in its socket, queued behind a running call:
+    # none may vanish unlogged
+    service, count = Slow(), 800
+    daemon = Daemon(host="127.0.0.1")
+    uri = daemon.register(service, "svc")
+    with serving(daemon):
+        client = RawClient(uri.port)
+        client.handshake()
+        client.send_call("svc", "wait", seq=1)
+        wait_for(lambda: any(conn.busy for conn in daemon._conns.values()))
+        for seq in range(count):
+            client.send_call("svc", "note", ("x" * 40,), seq=seq + 2, flags=_wire.FLAGS_ONEWAY)
+        wait_for(lambda: fcntl.ioctl(client.sock, termios.TIOCOUTQ, b"\0\0\0\0") == b"\0\0\0\0")  # all sent
+        daemon.close()
+        wait_for(lambda: daemon._closed)
+        service.release.set()
+        client.close()
+    assert f"{count} queued requests of" in logs.text
