@@ -101,6 +101,12 @@ _DEFAULTS: dict[str, Any] = {
     # what many clients asking for large replies and never reading them can make
     # the daemon hold. Past it the connection holding the most is closed. 0 = no bound.
     "MAX_BUFFERED_OUTPUT": 512 * 1024 * 1024,
+    # Registrations a name server holds (its own included), and characters in one
+    # (name, URI and metadata tags together). Registering is open to anyone who
+    # reaches the name server; without these a client can grow it without end.
+    # A registration past either gets a NamingError naming the item. 0 = no bound.
+    "NS_MAX_ENTRIES": 100_000,
+    "NS_MAX_ENTRY_SIZE": 64 * 1024,
 }
 
 

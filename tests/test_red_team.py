@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from pyro_loops import Daemon, _wire, config, expose, in_worker, oneway
+from pyro_loops import Daemon, _wire, config, errors, expose, in_worker, naming, oneway
 from test_daemon import TIMEOUT, RawClient, Service, proxy_for, serving, wait_for
 
 
@@ -114,3 +114,21 @@ def test_requests_waiting_in_the_socket_when_the_daemon_closes_are_all_counted_i
         service.release.set()
         client.close()
     assert f"{count} queued requests of" in logs.text
+
+
+def test_name_server_registrations_are_bounded_in_number_and_size_with_errors_naming_the_items():
+    # anyone who reaches a name server may register: 100k names grew one by 100 MB, five 20 MB names by 210 MB
+    config.NS_MAX_ENTRIES, config.NS_MAX_ENTRY_SIZE = 4, 1000
+    ns_uri, ns_daemon, _ = naming.startNS(host="127.0.0.1", port=0, enableBroadcast=False)
+    uri = "PYRO:thing@127.0.0.1:1234"
+    with serving(ns_daemon), proxy_for(ns_uri) as ns:
+        for n in range(3):  # the name server's own entry is the fourth
+            ns.register(f"name.{n}", uri)
+        with pytest.raises(errors.NamingError, match=r"NS_MAX_ENTRIES \(4\)"):
+            ns.register("one.too.many", uri)
+        ns.register("name.0", uri, metadata={"tag"})  # replacing one is not growing
+        with pytest.raises(errors.NamingError, match="NS_MAX_ENTRY_SIZE is 1000"):
+            ns.register("name.1", uri, metadata={"m" * 1000})
+        with pytest.raises(errors.NamingError, match="NS_MAX_ENTRY_SIZE is 1000"):
+            ns.set_metadata("name.1", {"m" * 1000})
+        assert ns.count() == 4 and ns.lookup("name.1", return_metadata=True)[1] == []
