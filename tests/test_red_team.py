@@ -5,7 +5,6 @@ what the daemon must do: answer, bound, or log, never lose or hang.
 """
 
 import fcntl
-import logging
 import socket
 import termios
 import threading
@@ -13,13 +12,8 @@ import threading
 import pytest
 
 from pyro_loops import Daemon, _wire, config, errors, expose, in_worker, naming, oneway
+from test_bounds import logs  # noqa: F401 (the fixture: pyro_loops INFO lines captured)
 from test_daemon import TIMEOUT, RawClient, Service, proxy_for, serving, wait_for
-
-
-@pytest.fixture
-def logs(caplog):
-    caplog.set_level(logging.INFO, logger="pyro_loops")
-    return caplog
 
 
 @expose
