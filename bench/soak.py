@@ -44,6 +44,7 @@ FAULT_MIX = {**MIX, "burst": 0.002}  # the other faults come from the orchestrat
 TWO_WAY = ("echo", "worker", "upload", "download")
 VICTIM_DOWNLOAD = 16 << 20  # a killed client's large reply: the daemon is mid-send when it dies
 CONTROL_TIMEOUT = 30.0
+RESTART_TIMEOUT = 120.0  # a server starting or stopping on a loaded machine may take long
 
 
 # --- the server ------------------------------------------------------------------------------
@@ -293,7 +294,7 @@ def client_thread(uri: str, seconds: float, seed: int, payload: bytes, out: dict
             unsure = 0
             proxy._pyroRelease()
             if restarted:
-                time.sleep(0.02)  # the server is restarting: do not spin on refused connections
+                time.sleep(0.1)  # the server is restarting: do not spin on refused connections
     release(proxy)
     out.update(made=made, answered=answered, oneway=oneway, errors=errors, restart_errors=restart_errors,
                latencies=latencies)
@@ -515,8 +516,8 @@ def run_faults(args: argparse.Namespace) -> dict:
         def stop_server() -> None:
             with control_proxy(uri) as control:
                 control.stop()
-            incarnations.append(json.loads(common.read_tagged_line(server, common.RESULT, CONTROL_TIMEOUT)))
-            server.wait(CONTROL_TIMEOUT)
+            incarnations.append(json.loads(common.read_tagged_line(server, common.RESULT, RESTART_TIMEOUT)))
+            server.wait(RESTART_TIMEOUT)
             common.stop(server)
 
         try:
@@ -534,11 +535,14 @@ def run_faults(args: argparse.Namespace) -> dict:
                     stop_server()
                     number += 1
                     server = common.spawn([*server_args, "--port", port], server_cpu, env)
-                    common.read_tagged_line(server, common.READY, CONTROL_TIMEOUT)
+                    common.read_tagged_line(server, common.READY, RESTART_TIMEOUT)
                     generation.write(number, True)
                     next_restart += args.restart_every
                 time.sleep(0.2)
             reports = [json.loads(common.read_tagged_line(c, common.RESULT, CONTROL_TIMEOUT + 60)) for c in clients]
+        except BaseException:
+            common.stop(server)
+            raise
         finally:
             stop.set()
             for actor in actors:
