@@ -187,7 +187,7 @@ class CallHandling:
             return
         if oneway:
             if in_worker or (config.oneway_threaded() and not msg.flags & _wire.FLAGS_BATCH):
-                self._submit_job(conn, lambda: self._run_oneway(conn, msg, call))
+                self._submit_job(conn, lambda: self._run_oneway(conn, msg, call), len(msg.data))
             else:
                 self._dispatching += 1
                 try:

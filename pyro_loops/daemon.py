@@ -969,31 +969,41 @@ class Daemon(CallHandling):
         elif not conn.closed:
             self._set_interest(conn)
 
-    def _submit_job(self, conn: ClientConnection, job: Callable[[], None]) -> None:
-        """Run a oneway call's ``job`` in the pool, counted against the connection's quota.
+    def _submit_job(self, conn: ClientConnection, job: Callable[[], None], size: int) -> None:
+        """Run a oneway call's ``job`` (``size`` payload bytes) in the pool, counted against the quotas.
 
         A connection with MAX_QUEUED_JOBS_PER_CONNECTION jobs queued or running is
         not read (nor are its buffered messages handled) until half of them have
         run: the client's sends block in its own socket buffers, the pool's queue
         stays short for everyone else, and nothing the client sent is dropped.
+        Likewise every connection with jobs pending while all jobs together
+        hold more than MAX_QUEUED_JOB_BYTES of payload.
         """
-        limit = config.MAX_QUEUED_JOBS_PER_CONNECTION
-        if self._jobs.started(conn, limit):
+        limit, total_limit = config.MAX_QUEUED_JOBS_PER_CONNECTION, config.MAX_QUEUED_JOB_BYTES
+        bound = self._jobs.started(conn, limit, size, total_limit)
+        if bound == "count":
             self._limited_log.log(logging.INFO, "MAX_QUEUED_JOBS_PER_CONNECTION",
                                   "connection from %s has MAX_QUEUED_JOBS_PER_CONNECTION (%d) worker jobs "
                                   "queued: not reading from it until half of them have run", conn.addr, limit)
+        elif bound == "total":
+            self._limited_log.log(logging.INFO, "MAX_QUEUED_JOB_BYTES",
+                                  "worker jobs of all connections hold more than MAX_QUEUED_JOB_BYTES (%d): not "
+                                  "reading from %s, which has jobs queued, until half of that has run",
+                                  total_limit, conn.addr)
 
         def run() -> None:
             try:
                 job()
             finally:
-                self._post(conn, lambda: self._job_finished(conn))
+                self._post(conn, lambda: self._job_finished(conn, size))
 
         self._pool().submit(run)
 
-    def _job_finished(self, conn: ClientConnection) -> None:
-        if self._jobs.finished(conn, config.MAX_QUEUED_JOBS_PER_CONNECTION) and not conn.closed:
-            self._soon.add(conn)  # its buffered messages first, then reading again (_process)
+    def _job_finished(self, conn: ClientConnection, size: int) -> None:
+        for owner in self._jobs.finished(conn, config.MAX_QUEUED_JOBS_PER_CONNECTION, size,
+                                         config.MAX_QUEUED_JOB_BYTES):
+            if not owner.closed:
+                self._soon.add(owner)  # its buffered messages first, then reading again (_process)
 
     def _pool(self) -> WorkerPool:
         if self._workers is None:

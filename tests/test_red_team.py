@@ -126,3 +126,51 @@ def test_name_server_registrations_are_bounded_in_number_and_size_with_errors_na
         with pytest.raises(errors.NamingError, match="NS_MAX_ENTRY_SIZE is 1000"):
             ns.set_metadata("name.1", {"m" * 1000})
         assert ns.count() == 4 and ns.lookup("name.1", return_metadata=True)[1] == []
+
+
+@expose
+class Gated:
+    def __init__(self):
+        self.gate = threading.Event()
+        self.ran = 0
+        self.lock = threading.Lock()
+
+    @oneway
+    @in_worker
+    def store(self, data):
+        self.gate.wait(TIMEOUT)
+        with self.lock:
+            self.ran += 1
+
+    def echo(self, value):
+        return value
+
+
+def test_oneway_worker_jobs_of_many_connections_are_bounded_together_and_all_still_run(logs):
+    # each connection stays under MAX_QUEUED_JOBS_PER_CONNECTION; together they queued without end
+    # (10 connections x 100 jobs of 60 KB grew a daemon by 114 MB)
+    size, per_client, clients = 20_000, 40, 4
+    config.MAX_QUEUED_JOB_BYTES = 5 * size
+    service = Gated()
+    daemon = Daemon(host="127.0.0.1")
+    uri = daemon.register(service, "svc")
+    with serving(daemon):
+        flooders = []
+        try:
+            for _ in range(clients):
+                flooder = RawClient(uri.port)
+                flooder.handshake()
+                flooders.append(flooder)
+                for seq in range(per_client):
+                    flooder.send_call("svc", "store", (b"z" * size,), seq=seq + 1, flags=_wire.FLAGS_ONEWAY)
+            wait_for(lambda: "MAX_QUEUED_JOB_BYTES" in logs.text)
+            with proxy_for(uri) as honest:  # a connection without jobs is read and answered
+                assert honest.echo("served") == "served"
+            queued = sum(daemon._jobs._pending.values())
+            assert queued <= 5 + clients  # the bound, plus at most one job per connection that had none
+            service.gate.set()
+            wait_for(lambda: service.ran == clients * per_client)  # held back, never dropped
+        finally:
+            service.gate.set()
+            for flooder in flooders:
+                flooder.close()
