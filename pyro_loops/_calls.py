@@ -187,7 +187,7 @@ class CallHandling:
             return
         if oneway:
             if in_worker or (config.oneway_threaded() and not msg.flags & _wire.FLAGS_BATCH):
-                self._submit_job(conn, lambda: self._run_oneway(conn, msg, call))
+                self._submit_job(conn, lambda: self._run_oneway(conn, msg, call), len(msg.data))
             else:
                 self._dispatching += 1
                 try:
@@ -356,6 +356,7 @@ class CallHandling:
     def _reply_from_here(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                          make: Callable[[], bytes]) -> None:
         """In a worker: make a reply and hand it to the loop, which sends it."""
+        self._worker_call.running = True  # a close() the call asks for waits for its reply
         try:
             data = make()
         except BaseException as exc:  # even SystemExit in a worker must not lose the reply
@@ -363,8 +364,13 @@ class CallHandling:
             # annotations() hook), the loop closes the connection
             error = exc
             self._post(conn, lambda: self._finish_call(conn, self._exception_reply(conn, msg, serializer, error)))
-            return
-        self._post(conn, lambda: self._finish_call(conn, data))
+        else:
+            self._post(conn, lambda: self._finish_call(conn, data))
+        finally:
+            self._worker_call.running = False
+        if getattr(self._worker_call, "close_after", False):
+            self._worker_call.close_after = False
+            self.close()
 
     def _reply_from_worker(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                            make: Callable[[], bytes]) -> None:

@@ -1,4 +1,4 @@
-"""A keyed min-heap: the daemon's timers, and its "largest buffer" ranking.
+"""A keyed min-heap: the daemon's timers, and its "largest buffer" rankings.
 
 The daemon keeps one host deadline, but many things are due at different
 times: each silent connection's handshake deadline, each half-received
@@ -77,3 +77,34 @@ class KeyedHeap(Generic[K]):
         while (first := self.first()) is not None and first[1] <= limit:
             self.discard(first[0])
             yield first[0]
+
+
+class SizeRanking(Generic[K]):
+    """Bytes each key holds, their ``total``, and which key holds the most.
+
+    For bounds over all connections together (MAX_BUFFERED_INPUT and
+    MAX_BUFFERED_OUTPUT): past the bound, the daemon closes the largest. Keys
+    holding nothing are not stored, so the common case (a reply sent at once)
+    costs one dictionary lookup.
+    """
+
+    __slots__ = ("_heap", "total")
+
+    def __init__(self) -> None:
+        self._heap: KeyedHeap[K] = KeyedHeap()   # sizes negated: the largest comes first
+        self.total = 0
+
+    def count(self, key: K, size: int) -> None:
+        """``key`` now holds ``size`` bytes (0 forgets it)."""
+        old = -int(self._heap.get(key))
+        if size != old:
+            self.total += size - old
+            if size:
+                self._heap.set(key, -size)
+            else:
+                self._heap.discard(key)
+
+    def largest(self) -> tuple[K, int] | None:
+        """The key holding the most and its size, or None if none holds anything."""
+        first = self._heap.first()
+        return None if first is None else (first[0], -int(first[1]))

@@ -52,6 +52,16 @@ def _check_name(name: Any) -> str:
     return name
 
 
+def _check_size(name: str, uri: str, tags: frozenset[str]) -> None:
+    """Refuse a registration larger than NS_MAX_ENTRY_SIZE: the name server keeps it,
+    and sends it in every list() reply, for as long as it runs."""
+    limit = config.NS_MAX_ENTRY_SIZE
+    size = len(name) + len(uri) + sum(len(tag) for tag in tags)
+    if limit and size > limit:
+        raise NamingError(f"registration of {size} characters (name, URI and metadata) refused: "
+                          f"NS_MAX_ENTRY_SIZE is {limit}")
+
+
 @expose
 class NameServer:
     """The ``Pyro.NameServer`` object: a table of name -> (URI, metadata tags).
@@ -100,9 +110,15 @@ class NameServer:
             raise TypeError("only URIs or strings can be registered")
         _check_name(name)
         tags = _check_tags(metadata, "metadata")
+        _check_size(name, uri, tags)
         with self._lock:
-            if safe and self._storage.get(name) is not None:
+            known = self._storage.get(name) is not None
+            if safe and known:
                 raise NamingError("name already registered: " + name)
+            limit = config.NS_MAX_ENTRIES
+            if limit and not known and len(self._storage) >= limit:
+                raise NamingError(f"name server full: it holds NS_MAX_ENTRIES ({limit}) registrations; "
+                                  f"{name!r} was not registered")
             self._storage.put(name, uri, tags)
 
     def set_metadata(self, name: str, metadata: Iterable[str] | None) -> None:
@@ -113,6 +129,7 @@ class NameServer:
             entry = self._storage.get(name)
             if entry is None:
                 raise NamingError("unknown name: " + name)
+            _check_size(name, entry.uri, tags)
             self._storage.put(name, entry.uri, tags)
 
     def remove(self, name: str | None = None, prefix: str | None = None, regex: str | None = None) -> int:

@@ -74,40 +74,62 @@ class JobQuota:
 
     Used from the loop thread only. An owner that reaches ``limit`` jobs is
     *full* until half of them have finished: the gap keeps a flooding client
-    from flipping its read interest on and off with every job. ``limit`` 0
+    from flipping its read interest on and off with every job. The payload
+    bytes of all jobs are bounded together too (``total_limit``): past it every
+    owner with jobs pending is *held* until the total is back under half, so
+    many connections each under ``limit`` cannot queue without end. A limit 0
     means no bound.
     """
 
-    __slots__ = ("_pending", "_full", "_told")
+    __slots__ = ("_pending", "_full", "_told", "_bytes", "_total", "_held")
 
     def __init__(self) -> None:
         self._pending: dict[Hashable, int] = {}
         self._full: set[Hashable] = set()
         self._told: set[Hashable] = set()   # full at least once since it last had no jobs
+        self._bytes: dict[Hashable, int] = {}
+        self._total = 0
+        self._held: set[Hashable] = set()   # waiting for the total to come down
 
-    def started(self, owner: Hashable, limit: int) -> bool:
-        """Count a job submitted for ``owner``. True if that made the owner full for the
-        first time since it last had no jobs (the moment worth a log line)."""
+    def started(self, owner: Hashable, limit: int, size: int = 0, total_limit: int = 0) -> str | None:
+        """Count a job of ``size`` payload bytes submitted for ``owner``. Returns the name
+        of the bound that made the owner full or held just now ("count" the first time
+        since it last had no jobs, or "total"): the moment worth a log line."""
         pending = self._pending[owner] = self._pending.get(owner, 0) + 1
+        self._bytes[owner] = self._bytes.get(owner, 0) + size
+        self._total += size
+        if total_limit and self._total > total_limit and owner not in self._held:
+            self._held.add(owner)
+            return "total"
         if limit and pending >= limit and owner not in self._full:
             self._full.add(owner)
             if owner not in self._told:
                 self._told.add(owner)
-                return True
-        return False
+                return "count"
+        return None
 
-    def finished(self, owner: Hashable, limit: int) -> bool:
-        """Count a finished job of ``owner``; True if the owner stopped being full."""
+    def finished(self, owner: Hashable, limit: int, size: int = 0, total_limit: int = 0) -> list[Hashable]:
+        """Count a finished job of ``owner``; returns the owners that stopped being full or held."""
+        freed: list[Hashable] = []
         pending = self._pending.get(owner, 1) - 1
+        self._total -= size
         if pending > 0:
             self._pending[owner] = pending
+            self._bytes[owner] -= size
         else:
             self._pending.pop(owner, None)
+            self._bytes.pop(owner, None)
             self._told.discard(owner)
+            if owner in self._held:  # holds nothing any more
+                self._held.discard(owner)
+                freed.append(owner)
         if owner in self._full and pending <= limit // 2:
             self._full.discard(owner)
-            return True
-        return False
+            freed.append(owner)
+        if self._held and self._total <= total_limit // 2:
+            freed.extend(self._held)
+            self._held.clear()
+        return [o for o in dict.fromkeys(freed) if not self.is_full(o)]
 
     def is_full(self, owner: Hashable) -> bool:
-        return owner in self._full
+        return owner in self._full or owner in self._held

@@ -77,6 +77,11 @@ _DEFAULTS: dict[str, Any] = {
     # them have run, so one flooding client cannot fill the pool's queue ahead of
     # everyone else; nothing it sent is dropped. 0 = no bound.
     "MAX_QUEUED_JOBS_PER_CONNECTION": 100,
+    # Payload bytes of the oneway worker jobs of all connections together. The
+    # count per connection alone lets MAX_CONNECTIONS clients queue 100 jobs
+    # each (10 connections x 100 jobs of 60 KB grew a daemon by 114 MB). Past
+    # it, connections with jobs pending are not read until half has run. 0 = no bound.
+    "MAX_QUEUED_JOB_BYTES": 64 * 1024 * 1024,
     # Bytes received but not yet turned into messages, over all connections
     # together. MAX_MESSAGE_SIZE (0 by default, as in Pyro4) bounds one message;
     # this bounds what many peers announcing huge bodies can make the daemon
@@ -107,6 +112,17 @@ _DEFAULTS: dict[str, Any] = {
     # Seconds a name server's list(regex=...)/remove(regex=...) may spend
     # matching, over all names together; a slower pattern gets a NamingError.
     "NS_REGEX_TIMEOUT": 0.05,
+    # Bytes of replies made but not yet taken by the clients' sockets, over all
+    # connections together. MAX_OUTPUT_BUFFER bounds one connection; this bounds
+    # what many clients asking for large replies and never reading them can make
+    # the daemon hold. Past it the connection holding the most is closed. 0 = no bound.
+    "MAX_BUFFERED_OUTPUT": 512 * 1024 * 1024,
+    # Registrations a name server holds (its own included), and characters in one
+    # (name, URI and metadata tags together). Registering is open to anyone who
+    # reaches the name server; without these a client can grow it without end.
+    # A registration past either gets a NamingError naming the item. 0 = no bound.
+    "NS_MAX_ENTRIES": 100_000,
+    "NS_MAX_ENTRY_SIZE": 64 * 1024,
 }
 
 

@@ -28,7 +28,7 @@ from ._expose import (class_name, expose, get_exposed_members, reset_metadata_ca
 from .hosting import READ, WRITE, Watcher, log, report_error
 from ._calls import CallHandling
 from ._connection import ClientConnection
-from ._deadlines import KeyedHeap
+from ._deadlines import KeyedHeap, SizeRanking
 from ._eventloop import SelectLoop
 from ._protocol import ServerProtocol
 from ._ratelog import RateLimitedLog
@@ -124,9 +124,9 @@ class Daemon(CallHandling):
         self._soon: set[ClientConnection] = set()
         # per-connection deadlines: (_HANDSHAKE or _HALF_FRAME, conn) -> time.monotonic() when due
         self._timers: KeyedHeap[tuple[str, ClientConnection]] = KeyedHeap()
-        # bytes of input each connection buffers, negated so the largest comes first
-        self._input: KeyedHeap[ClientConnection] = KeyedHeap()
-        self._input_total = 0
+        # bytes each connection buffers (input not yet messages, replies not yet sent)
+        self._input: SizeRanking[ClientConnection] = SizeRanking()
+        self._output: SizeRanking[ClientConnection] = SizeRanking()
         self._streams = StreamRegistry()
         self._single_instances: dict[type, Any] = {}
         self._watcher: Watcher | None = None
@@ -139,6 +139,7 @@ class Daemon(CallHandling):
         self._accept_resume_at: float | None = None  # accepting is paused until then
         self._close_requested = False
         self._dispatching = 0
+        self._worker_call = threading.local()  # in a worker running a call: close() waits for its reply
         self._write_waiter: threading.Thread | None = None
         self._workers: WorkerPool | None = None
         self._jobs = JobQuota()   # oneway jobs per connection, MAX_QUEUED_JOBS_PER_CONNECTION
@@ -368,9 +369,13 @@ class Daemon(CallHandling):
 
         Called from another thread, or from inside a call being served (so
         that call still gets its reply), it asks the loop to close at its next
-        turn, which comes at once.
+        turn, which comes at once. From a call running in a worker, the close
+        is asked for once that call has returned and its reply is on its way.
         """
         if self._closed:
+            return
+        if getattr(self._worker_call, "running", False):
+            self._worker_call.close_after = True
             return
         if self._watcher is not None and (self._dispatching or
                                           self._loop_thread not in (None, threading.get_ident())):
@@ -522,7 +527,7 @@ class Daemon(CallHandling):
         try:
             self._deadline = None
             if self._close_requested:
-                self._close_now()
+                self._close_as_requested()
                 return
             now = time.monotonic()
             if self._accept_resume_at is not None and now >= self._accept_resume_at:
@@ -748,21 +753,28 @@ class Daemon(CallHandling):
         largest while something big is being sent.
         """
         if not conn.closed:
-            self._count_input(conn, conn.protocol.reader.buffered)
-        limit = config.MAX_BUFFERED_INPUT
-        while limit and self._input_total > limit and (largest := self._input.first()) is not None:
-            victim, minus_size = largest
-            self._close_conn(victim, f"MAX_BUFFERED_INPUT ({limit} bytes) exceeded by all connections "
-                                     f"together: this one buffered the most ({-minus_size} bytes)")
+            self._input.count(conn, conn.protocol.reader.buffered)
+        self._enforce_total(self._input, "MAX_BUFFERED_INPUT", "buffered the most input")
 
-    def _count_input(self, conn: ClientConnection, size: int) -> None:
-        old = -int(self._input.get(conn))
-        if size != old:
-            self._input_total += size - old
-            if size:
-                self._input.set(conn, -size)
-            else:
-                self._input.discard(conn)
+    def _track_output(self, conn: ClientConnection) -> None:
+        """Count ``conn``'s unsent replies towards MAX_BUFFERED_OUTPUT and enforce it.
+
+        MAX_OUTPUT_BUFFER bounds one connection; without a total, many clients
+        that ask for large replies and never read them make the daemon hold
+        MAX_CONNECTIONS of those. Past the bound the connection holding the
+        most unsent bytes is closed (its undelivered replies are named in the
+        closing log line), as for MAX_BUFFERED_INPUT.
+        """
+        if not conn.closed:
+            self._output.count(conn, len(conn.out))
+        self._enforce_total(self._output, "MAX_BUFFERED_OUTPUT", "held the most unsent replies")
+
+    def _enforce_total(self, ranking: SizeRanking[ClientConnection], item: str, what: str) -> None:
+        limit = getattr(config, item)
+        while limit and ranking.total > limit and (largest := ranking.largest()) is not None:
+            victim, size = largest
+            self._close_conn(victim, f"{item} ({limit} bytes) exceeded by all connections "
+                                     f"together: this one {what} ({size} bytes)")
 
     def _track_partial(self, conn: ClientConnection) -> None:
         """Start or stop the half-frame deadline: only while the daemon waits for the client."""
@@ -810,6 +822,8 @@ class Daemon(CallHandling):
                                    "unread by the client")
         else:
             self._set_interest(conn)
+            if conn.out:
+                self._track_output(conn)
 
     def _flush(self, conn: ClientConnection) -> None:
         sent_total = 0
@@ -823,6 +837,7 @@ class Daemon(CallHandling):
                 return
             del conn.out[:sent]
             sent_total += sent
+        self._output.count(conn, len(conn.out))
         conn.last_active = time.monotonic()
         if not conn.out and not conn.busy:
             self._process(conn)  # input held back while output piled up
@@ -830,15 +845,18 @@ class Daemon(CallHandling):
             self._set_interest(conn)
 
     def _receive_at_close(self, conn: ClientConnection) -> None:
-        """Take (one buffer's worth of) what the client sent but the daemon had not
-        read yet, say behind a running call: those requests get answered or logged too."""
+        """Take what the client sent but the daemon had not read yet, say behind a
+        running call: those requests get answered or logged too, not lost with the
+        socket. Bounded by what the kernel holds for the socket (its receive buffer)."""
         if conn.eof:
             return
         try:
-            data = conn.sock.recv(_RECV_SIZE)
-        except OSError:  # nothing waiting, or the connection is gone anyway
+            budget = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            while budget > 0 and (data := conn.sock.recv(_RECV_SIZE)):
+                conn.protocol.receive_data(data)
+                budget -= len(data)
+        except OSError:  # nothing (more) waiting, or the connection is gone anyway
             return
-        conn.protocol.receive_data(data)
 
     def _flush_at_close(self, conn: ClientConnection) -> None:
         """Write what the socket takes now of replies already made; log what it did not take."""
@@ -867,7 +885,8 @@ class Daemon(CallHandling):
         self._soon.discard(conn)
         self._timers.discard((_HANDSHAKE, conn))
         self._timers.discard((_HALF_FRAME, conn))
-        self._count_input(conn, 0)
+        self._input.count(conn, 0)
+        self._output.count(conn, 0)
         if self._watcher is not None:
             self._watcher.remove(conn.sock)
         try:
@@ -904,9 +923,14 @@ class Daemon(CallHandling):
         except (BlockingIOError, InterruptedError):
             pass
         if self._close_requested:
-            self._close_now()
+            self._close_as_requested()
             return
         self._run_loop_jobs()
+
+    def _close_as_requested(self) -> None:
+        """Close at the loop's turn; results that workers finished before the request go out first."""
+        self._run_loop_jobs()
+        self._close_now()
 
     def _run_loop_jobs(self) -> None:
         while self._loop_jobs:
@@ -944,31 +968,41 @@ class Daemon(CallHandling):
         elif not conn.closed:
             self._set_interest(conn)
 
-    def _submit_job(self, conn: ClientConnection, job: Callable[[], None]) -> None:
-        """Run a oneway call's ``job`` in the pool, counted against the connection's quota.
+    def _submit_job(self, conn: ClientConnection, job: Callable[[], None], size: int) -> None:
+        """Run a oneway call's ``job`` (``size`` payload bytes) in the pool, counted against the quotas.
 
         A connection with MAX_QUEUED_JOBS_PER_CONNECTION jobs queued or running is
         not read (nor are its buffered messages handled) until half of them have
         run: the client's sends block in its own socket buffers, the pool's queue
         stays short for everyone else, and nothing the client sent is dropped.
+        Likewise every connection with jobs pending while all jobs together
+        hold more than MAX_QUEUED_JOB_BYTES of payload.
         """
-        limit = config.MAX_QUEUED_JOBS_PER_CONNECTION
-        if self._jobs.started(conn, limit):
+        limit, total_limit = config.MAX_QUEUED_JOBS_PER_CONNECTION, config.MAX_QUEUED_JOB_BYTES
+        bound = self._jobs.started(conn, limit, size, total_limit)
+        if bound == "count":
             self._limited_log.log(logging.INFO, "MAX_QUEUED_JOBS_PER_CONNECTION",
                                   "connection from %s has MAX_QUEUED_JOBS_PER_CONNECTION (%d) worker jobs "
                                   "queued: not reading from it until half of them have run", conn.addr, limit)
+        elif bound == "total":
+            self._limited_log.log(logging.INFO, "MAX_QUEUED_JOB_BYTES",
+                                  "worker jobs of all connections hold more than MAX_QUEUED_JOB_BYTES (%d): not "
+                                  "reading from %s, which has jobs queued, until half of that has run",
+                                  total_limit, conn.addr)
 
         def run() -> None:
             try:
                 job()
             finally:
-                self._post(conn, lambda: self._job_finished(conn))
+                self._post(conn, lambda: self._job_finished(conn, size))
 
         self._pool().submit(run)
 
-    def _job_finished(self, conn: ClientConnection) -> None:
-        if self._jobs.finished(conn, config.MAX_QUEUED_JOBS_PER_CONNECTION) and not conn.closed:
-            self._soon.add(conn)  # its buffered messages first, then reading again (_process)
+    def _job_finished(self, conn: ClientConnection, size: int) -> None:
+        for owner in self._jobs.finished(conn, config.MAX_QUEUED_JOBS_PER_CONNECTION, size,
+                                         config.MAX_QUEUED_JOB_BYTES):
+            if not owner.closed:
+                self._soon.add(owner)  # its buffered messages first, then reading again (_process)
 
     def _pool(self) -> WorkerPool:
         if self._workers is None:
