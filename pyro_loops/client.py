@@ -41,6 +41,7 @@ import itertools
 import os
 import random
 import socket
+import ssl
 import threading
 import time
 from typing import Any, Callable
@@ -51,6 +52,8 @@ from ._protocol import (Broken, ClientProtocol, ConnectFailed, Connected, Failur
                         StreamStarted)
 from ._resolve import _ns_location
 from ._serializers import register_class_to_dict
+from ._tls import TLSError, client_context_from_config
+from ._transport import PlainTransport, TLSTransport, tls_transport
 from ._uri import URI
 from .call import Call, settle_with
 from .configuration import config
@@ -97,7 +100,10 @@ class Client:
     ``ClientClosedError`` and releases sockets, threads and the watcher.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        #: TLS for this client's connections (a proxy's ``_pyroSslContext`` overrides it);
+        #: None follows config.SSL, with a context made from the SSL_* items
+        self.ssl_context = ssl_context
         self._watcher: Watcher | None = None
         self._socks: dict[socket.socket, Any] = {}  # -> what handles it: a _Channel, a broadcast
         self._channels: set[_Channel] = set()  # every open connection, with a socket or not yet
@@ -446,6 +452,7 @@ class _Channel:
         self.proxy = proxy
         self.state = "resolving"
         self.sock: socket.socket | None = None
+        self.transport: PlainTransport | TLSTransport | None = None
         self.uri: URI | None = None
         self.protocol = ClientProtocol(proxy._pyroSerializer or config.SERIALIZER,
                                        hmac_key=proxy._pyroHmacKeyBytes, max_message_size=config.MAX_MESSAGE_SIZE,
@@ -556,6 +563,39 @@ class _Channel:
         if err:
             self.fail(errors.CommunicationError(f"cannot connect to {self.location}: {os.strerror(err)}"))
             return
+        context = self.proxy._pyroSslContext or self.client.ssl_context
+        if context is None and config.SSL:
+            try:
+                context = client_context_from_config(config)
+            except (OSError, ssl.SSLError, TLSError) as exc:
+                self.fail(TLSError(f"cannot make the TLS context for {self.location}: {exc}"))
+                return
+        if context is None:
+            self.transport = PlainTransport(self.sock)
+            self._send_connect()
+            return
+        self.state = "tls"
+        uri = self.uri
+        self.transport = tls_transport(self.sock, context, False, None if uri.sockname else uri.host)
+        self._tls_step(self.transport.start)
+
+    def _tls_step(self, step: Callable[[], Any]) -> None:
+        """Advance the TLS handshake; once done, the Pyro handshake starts."""
+        try:
+            step()
+        except TLSError as exc:
+            self.fail(TLSError(f"TLS handshake with {self.location} failed: {exc}"))
+            return
+        except OSError as exc:
+            self.fail(TLSError(f"TLS handshake with {self.location} failed ({exc}): does the daemon use "
+                               "TLS? Both ends must set SSL"))
+            return
+        if self.transport.handshaking:
+            self._set_interest(READ | WRITE if self.transport.wants_write else READ)
+        else:
+            self._send_connect()
+
+    def _send_connect(self) -> None:
         self.state = "handshake"
         self.out += self.protocol.connect(self.uri.object, self.proxy._pyroHandshake, metadata=config.METADATA,
                                           annotations=self._annotations())
@@ -633,14 +673,14 @@ class _Channel:
             self.oneway_marks.append((self.written + len(self.out), request))
 
     def _flush(self) -> None:
-        if self.sock is None or self.state in ("connecting", "closed"):
+        if self.sock is None or self.state in ("connecting", "tls", "closed"):
             return
         if self.out:
             try:
-                sent = self.sock.send(self.out)
+                sent = self.transport.send(self.out)
             except (BlockingIOError, InterruptedError):
                 sent = 0
-            except OSError as exc:
+            except (OSError, TLSError) as exc:
                 self.fail(errors.ConnectionClosedError(f"sending to {self.location} failed: {exc}"))
                 return
             del self.out[:sent]
@@ -648,7 +688,13 @@ class _Channel:
             marks = self.oneway_marks
             while marks and marks[0][0] <= self.written:
                 marks.popleft()[1].call.set_result(None)
-        self._set_interest(READ | WRITE if self.out else READ)
+        else:
+            try:
+                self.transport.flush()
+            except OSError as exc:
+                self.fail(errors.ConnectionClosedError(f"sending to {self.location} failed: {exc}"))
+                return
+        self._set_interest(READ | WRITE if self.out or self.transport.wants_write else READ)
 
     def _set_interest(self, events: int) -> None:
         if events != self.interest:
@@ -661,18 +707,34 @@ class _Channel:
         if self.state == "connecting":
             self._connected()
             return
+        if self.state == "tls":
+            self._tls_step(self._tls_read if events & READ else self.transport.flush)
+            return
         if events & WRITE:
             self._flush()
         if events & READ and not self.closed:
             try:
-                data = self.sock.recv(_RECV_SIZE)
+                data = self.transport.recv(_RECV_SIZE)
             except (BlockingIOError, InterruptedError):
+                return
+            except TLSError as exc:
+                self.fail(errors.ConnectionClosedError(f"receiving from {self.location} failed: {exc}"))
                 return
             except OSError as exc:
                 self.fail(errors.ConnectionClosedError(f"receiving from {self.location} failed: {exc}"))
                 return
             self.protocol.receive_data(data)  # b"": the server closed; the protocol says what that means
             self.process()
+
+    def _tls_read(self) -> None:
+        """Handshake records from the daemon; a plaintext daemon closes at our first one."""
+        try:
+            data = self.transport.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:
+            raise TLSError("the daemon closed the connection: does it use TLS? Both ends must set SSL")
+        self.protocol.receive_data(data)  # cannot happen before the handshake ends: kept for process()
 
     def resume(self) -> None:
         """Write what a burst of calls queued, and handle replies left for later by the budget."""
@@ -704,7 +766,10 @@ class _Channel:
             raise errors.CommunicationError(f"connection to {self.location} rejected: {event.reason}")
         if isinstance(event, Broken):
             error = event.error
-            raise type(error)(f"connection to {self.location}: {error}")
+            hint = ""
+            if self.state == "handshake" and not self.transport.tls:
+                hint = " (at the handshake: if the daemon uses TLS, set config.SSL or an ssl_context)"
+            raise type(error)(f"connection to {self.location}: {error}{hint}")
         request = self.inflight.pop(event.seq, None)
         if request is None:
             return  # a call already failed (its deadline) whose reply made it after all
@@ -737,6 +802,8 @@ class _Channel:
         self.client._channels.discard(self)
         if self.sock is not None:
             self.client._unwatch(self.sock)
+            if self.transport is not None:
+                self.transport.close()  # TLS: close_notify, if the socket takes it now
             self.sock.close()
         requests = [r for _, r in self.oneway_marks] + list(self.inflight.values()) + list(self.queued)
         self.oneway_marks.clear()
@@ -764,7 +831,8 @@ def _loopify(client: Client, value: Any) -> Any:
 
 
 _LOCAL = ("_pyroClient", "_pyroUri", "_pyroChannel", "_pyroTimeout", "_pyroHmacKeyBytes", "_pyroHandshake",
-          "_pyroSerializer", "_pyroMethods", "_pyroAttrs", "_pyroOneway", "_pyroMetaKnown", "_pyroMaxRetries")
+          "_pyroSerializer", "_pyroMethods", "_pyroAttrs", "_pyroOneway", "_pyroMetaKnown", "_pyroMaxRetries",
+          "_pyroSslContext")
 
 
 class LoopProxy:
@@ -792,11 +860,13 @@ class LoopProxy:
         set_(self, "_pyroOneway", set())
         set_(self, "_pyroMetaKnown", False)
         set_(self, "_pyroMaxRetries", 0)
+        set_(self, "_pyroSslContext", None)  # TLS for this proxy; None: its client's ssl_context
 
     @classmethod
     def _from_proxy(cls, client: Client, proxy: Proxy) -> "LoopProxy":
         loop_proxy = cls(client, proxy._pyroUri)
-        for name in ("_pyroHmacKeyBytes", "_pyroHandshake", "_pyroSerializer", "_pyroMetaKnown"):
+        for name in ("_pyroHmacKeyBytes", "_pyroHandshake", "_pyroSerializer", "_pyroMetaKnown",
+                     "_pyroSslContext"):
             object.__setattr__(loop_proxy, name, getattr(proxy, name))
         for name in ("_pyroMethods", "_pyroAttrs", "_pyroOneway"):
             object.__setattr__(loop_proxy, name, set(getattr(proxy, name)))
@@ -819,6 +889,13 @@ class LoopProxy:
             return
         raise AttributeError(f"cannot set '{name}' on a loop proxy: remote attributes are set with "
                              "_pyroSetAttr(name, value), which returns a Call")
+
+    @property
+    def _pyroConnection(self) -> PlainTransport | TLSTransport | None:  # noqa: N802 - Pyro4's name
+        """The open connection, for ``_pyroConnection.getpeercert()`` in ``_pyroValidateHandshake``
+        as in Pyro4 (None without TLS); None when not connected."""
+        channel = self._pyroChannel
+        return None if channel is None else channel.transport
 
     def __repr__(self) -> str:
         state = "connected" if self._pyroChannel is not None else "not connected"
