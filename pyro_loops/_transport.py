@@ -104,6 +104,11 @@ class TLSTransport:
             data = self.sock.recv(size)
         except (BlockingIOError, InterruptedError):
             data = None   # nothing new, but a deferred handshake step may be due
+        except ConnectionResetError:
+            # What a TLS 1.3 peer's close usually looks like: the session tickets a
+            # server sends after the handshake sat unread in its socket. An end of
+            # stream like any other (a message cut short still says so upstream).
+            data = b""
         if data is not None:
             if not self._received_any and data and session.server_side and data.startswith(b"PYRO"):
                 raise TLSError("plaintext Pyro peer: this end speaks TLS (SSL), the peer does not")
