@@ -296,7 +296,18 @@ def server_context_from_config(config: Any) -> ssl.SSLContext:
                           config.SSL_CACERTS, config.SSL_REQUIRECLIENTCERT)
 
 
+_client_contexts: dict[tuple, ssl.SSLContext] = {}
+
+
 def client_context_from_config(config: Any) -> ssl.SSLContext:
-    """A proxy's or client's default context, made from the ``SSL_*`` config items."""
-    return client_context(config.SSL_CLIENTCERT, config.SSL_CLIENTKEY, config.SSL_CLIENTKEYPASSWD,
-                          config.SSL_CACERTS)
+    """A proxy's or client's default context, made from the ``SSL_*`` config items.
+
+    Made once per set of item values and then shared (as Pyro4 does): loading
+    the system's trust store takes a good part of a second, which must not be
+    paid per connection, least of all on a loop's thread.
+    """
+    items = (config.SSL_CLIENTCERT, config.SSL_CLIENTKEY, config.SSL_CLIENTKEYPASSWD, config.SSL_CACERTS)
+    context = _client_contexts.get(items)
+    if context is None:
+        context = _client_contexts[items] = client_context(*items)
+    return context

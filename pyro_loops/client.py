@@ -104,6 +104,8 @@ class Client:
         #: TLS for this client's connections (a proxy's ``_pyroSslContext`` overrides it);
         #: None follows config.SSL, with a context made from the SSL_* items
         self.ssl_context = ssl_context
+        if ssl_context is None and config.SSL:
+            client_context_from_config(config)  # made now, not on the loop's time at the first connection
         self._watcher: Watcher | None = None
         self._socks: dict[socket.socket, Any] = {}  # -> what handles it: a _Channel, a broadcast
         self._channels: set[_Channel] = set()  # every open connection, with a socket or not yet

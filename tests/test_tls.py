@@ -412,3 +412,39 @@ def test_loop_client_gets_a_clear_error_from_a_daemon_of_the_other_kind(host, re
             to_plain.result()
     tls_daemon.close()
     plain_daemon.close()
+
+
+def test_handshakes_past_the_per_pass_budget_wait_for_the_next_pass_and_all_complete(pki):
+    pyro_loops.config.SSL_HANDSHAKES_PER_WAKEUP = 1
+    daemon = Daemon(host="127.0.0.1", ssl_context=pki.server_ctx())
+    uri = daemon.register(Echo(), "echo")
+    deferred = []
+    may_step = daemon._may_step_tls
+
+    def counting(conn):
+        allowed = may_step(conn)
+        if not allowed:
+            deferred.append(conn)
+        return allowed
+
+    daemon._may_step_tls = counting
+    hello = client_hello(pki)
+    with serving(daemon):
+        waiting = [raw_connection(daemon, hello) for _ in range(10)]  # ten ClientHellos in one go
+        results = []
+
+        def call(i: int) -> None:
+            with pyro_loops.Proxy(uri) as proxy:
+                proxy._pyroSslContext = pki.client_ctx()
+                results.append(proxy.echo(i))
+
+        import threading
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(TIMEOUT)
+        assert sorted(results) == list(range(10))
+        assert deferred, "no handshake step was ever deferred: the budget did not apply"
+        for sock in waiting:
+            sock.close()
