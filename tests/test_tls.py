@@ -448,3 +448,22 @@ def test_handshakes_past_the_per_pass_budget_wait_for_the_next_pass_and_all_comp
         assert deferred, "no handshake step was ever deferred: the budget did not apply"
         for sock in waiting:
             sock.close()
+
+
+def test_tls12_renegotiation_is_refused_and_the_connection_closed_with_a_logged_reason(tls_daemon, caplog, pki):
+    # Python's ssl cannot start a renegotiation; the openssl command's "R" does.
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    port = tls_daemon.sock.getsockname()[1]
+    client = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2",
+                               "-CAfile", pki.ca], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: [c for c in list(tls_daemon._conns.values()) if not c.transport.handshaking])
+        client.stdin.write("R\n")
+        client.stdin.flush()
+        wait_until(lambda: any("TLS error" in line for line in closing_lines(caplog)))
+        wait_until(lambda: len(tls_daemon._conns) == 0)
+    finally:
+        client.kill()
+        client.communicate(timeout=TIMEOUT)
