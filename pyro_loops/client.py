@@ -578,7 +578,11 @@ class _Channel:
             return
         self.state = "tls"
         uri = self.uri
-        self.transport = tls_transport(self.sock, context, False, None if uri.sockname else uri.host)
+        try:
+            self.transport = tls_transport(self.sock, context, False, None if uri.sockname else uri.host)
+        except ValueError as exc:  # say, a unix socket URI (no host name) with a context that checks host names
+            self.fail(TLSError(f"cannot start TLS with {self.location}: {exc}"))
+            return
         self._tls_step(self.transport.start)
 
     def _tls_step(self, step: Callable[[], Any]) -> None:

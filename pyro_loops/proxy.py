@@ -525,6 +525,9 @@ def _start_tls(sock: socket.socket, context: ssl.SSLContext, uri: URI) -> ssl.SS
     except ssl.SSLCertVerificationError as exc:
         sock.close()
         raise TLSError(f"TLS handshake with {uri.location} failed: {exc.verify_message or exc}") from None
+    except ValueError as exc:  # say, a unix socket URI (no host name) with a context that checks host names
+        sock.close()
+        raise TLSError(f"cannot start TLS with {uri.location}: {exc}") from None
     except (ssl.SSLError, OSError) as exc:
         sock.close()
         raise TLSError(f"TLS handshake with {uri.location} failed ({exc}): does the daemon use TLS? "

@@ -248,9 +248,7 @@ def test_garbage_is_closed_with_a_logged_reason(tls_daemon, caplog, pki, garbage
 
 def test_peer_leaving_halfway_through_the_handshake_is_closed_with_a_logged_reason(tls_daemon, caplog, pki):
     hello = client_hello(pki)
-    sock = raw_connection(tls_daemon, hello[: len(hello) // 2])
-    time.sleep(0.05)
-    sock.close()
+    raw_connection(tls_daemon, hello[: len(hello) // 2]).close()
     wait_until(lambda: any("during the TLS handshake" in line for line in closing_lines(caplog)))
 
 
@@ -467,3 +465,16 @@ def test_tls12_renegotiation_is_refused_and_the_connection_closed_with_a_logged_
     finally:
         client.kill()
         client.communicate(timeout=TIMEOUT)
+
+
+def test_tls_over_a_unix_socket_needs_a_context_that_checks_no_host_name(pki, tmp_path):
+    daemon = Daemon(unixsocket=str(tmp_path / "tls.sock"), ssl_context=pki.server_ctx())
+    uri = daemon.register(Echo(), "echo")
+    with serving(daemon), pyro_loops.Proxy(uri) as proxy:
+        proxy._pyroSslContext = pki.client_ctx()
+        with pytest.raises(TLSError, match="cannot start TLS"):
+            proxy.echo(1)
+        no_names = pki.client_ctx()
+        no_names.check_hostname = False  # the chain is still verified
+        proxy._pyroSslContext = no_names
+        assert proxy.echo(2) == 2
