@@ -13,6 +13,10 @@ contract, which that code already handles:
 ``send(data)``
     how many application bytes were taken (maybe fewer than given); raises
     ``BlockingIOError`` when none could be.
+``ended``
+    the peer will send nothing more though its socket may stay open (TLS
+    ``close_notify`` that came with the last data): an end of stream that
+    no readiness event will report.
 ``wants_write``
     bytes are waiting for the socket to take them (TLS records made while
     reading, say handshake messages): watch the socket for writability and
@@ -45,6 +49,7 @@ class PlainTransport:
     __slots__ = ("sock",)
     wants_write = False
     handshaking = False
+    ended = False
     tls = False
 
     def __init__(self, sock: socket.socket) -> None:
@@ -93,6 +98,10 @@ class TLSTransport:
     @property
     def handshaking(self) -> bool:
         return self.session.state is TLSState.HANDSHAKING
+
+    @property
+    def ended(self) -> bool:
+        return self.session.state is TLSState.CLOSED
 
     def start(self) -> None:
         """Client side: make and send the first handshake flight (ClientHello)."""

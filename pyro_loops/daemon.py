@@ -727,6 +727,8 @@ class Daemon(CallHandling):
             reader.received(count)
         else:
             conn.protocol.receive_data(data)
+        if conn.transport.ended:  # TLS close_notify right behind the data, the socket left open
+            self._end_of_stream(conn)
         self._process(conn)
 
     def _notice_hangup(self, conn: ClientConnection) -> None:

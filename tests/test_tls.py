@@ -32,8 +32,15 @@ from test_daemon import serving
 
 @pyro_loops.expose
 class Echo:
+    def __init__(self) -> None:
+        self.notes: list = []
+
     def echo(self, value):
         return value
+
+    @pyro_loops.oneway
+    def note(self, value):
+        self.notes.append(value)
 
 
 class CertCheckingDaemon(Daemon):
@@ -478,3 +485,32 @@ def test_tls_over_a_unix_socket_needs_a_context_that_checks_no_host_name(pki, tm
         no_names.check_hostname = False  # the chain is still verified
         proxy._pyroSslContext = no_names
         assert proxy.echo(2) == 2
+
+
+def test_close_notify_right_behind_a_oneway_call_with_the_socket_left_open_ends_the_connection(pki):
+    from pyro_loops._protocol import ClientProtocol, Connected
+    from pyro_loops._tls import TLSSession
+    daemon = Daemon(host="127.0.0.1", ssl_context=pki.server_ctx())
+    echo = Echo()
+    daemon.register(echo, "echo")
+    with serving(daemon):
+        sock = raw_connection(daemon)
+        sock.settimeout(5)  # without an end of stream the daemon would hold the connection for good
+        session = TLSSession(pki.client_ctx(), False, "127.0.0.1")
+        while not session.do_handshake():
+            sock.sendall(session.ciphertext_to_send())
+            session.receive_ciphertext(sock.recv(65536))
+        protocol = ClientProtocol("serpent")
+        session.write(protocol.connect("echo", metadata=False))
+        sock.sendall(session.ciphertext_to_send())
+        while (event := protocol.next_event()) is None:
+            session.receive_ciphertext(sock.recv(65536))
+            plaintext = session.read()  # b"" after records of TLS's own (session tickets)
+            if plaintext:
+                protocol.receive_data(plaintext)
+        assert isinstance(event, Connected)
+        session.write(protocol.invoke("echo", "note", (1,), {}, oneway=True).data)
+        session.close()  # close_notify in the same segment; the socket stays open
+        sock.sendall(session.ciphertext_to_send())
+        assert closed_by_daemon(sock)
+        wait_until(lambda: echo.notes == [1])
