@@ -326,11 +326,13 @@ def test_our_proxy_and_loop_client_call_a_pyro4_tls_daemon(pki, mutual):
         loop = selectloop.SelectLoop()
         with pyro_loops.Client(ssl_context=pki.client_ctx(mutual)) as client:
             handle = selectloop.attach(client, loop)
-            call = client.proxy(server.uri).echo("loop")
+            loop_proxy = client.proxy(server.uri)
+            call = loop_proxy.echo("loop")
             deadline = time.monotonic() + WAIT_S
             while not call.done() and time.monotonic() < deadline:
                 loop.poll(0.01)
             assert call.result() == "loop"
+            assert ("IP Address", "127.0.0.1") in loop_proxy._pyroConnection.getpeercert()["subjectAltName"]
             handle.detach()
         loop.close()
 
