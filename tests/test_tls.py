@@ -106,6 +106,13 @@ def pki(tmp_path_factory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))
 
 
+def server_ctx_from(issued: trustme.LeafCert, folder) -> ssl.SSLContext:
+    """A daemon context for a certificate trustme issued, through files as a user would have them."""
+    issued.cert_chain_pems[0].write_to_path(folder / "c.pem")
+    issued.private_key_pem.write_to_path(folder / "k.pem")
+    return _tls.server_context(str(folder / "c.pem"), str(folder / "k.pem"))
+
+
 def client_hello(pki: Pki) -> bytes:
     """The first flight of a real TLS client (a ClientHello), made without a socket."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -178,10 +185,8 @@ def test_mutual_tls_daemon_refuses_a_client_without_certificate(pki):
 
 def test_proxy_refuses_a_daemon_whose_certificate_does_not_match_the_uri_host(pki, tmp_path):
     other = trustme.CA()
-    wrong = pki.ca_obj.issue_cert("elsewhere.example.org")
-    wrong.cert_chain_pems[0].write_to_path(tmp_path / "c.pem")
-    wrong.private_key_pem.write_to_path(tmp_path / "k.pem")
-    daemon = Daemon(host="127.0.0.1", ssl_context=_tls.server_context(str(tmp_path / "c.pem"), str(tmp_path / "k.pem")))
+    daemon = Daemon(host="127.0.0.1", ssl_context=server_ctx_from(pki.ca_obj.issue_cert("elsewhere.example.org"),
+                                                                  tmp_path))
     uri = daemon.register(Echo(), "echo")
     with serving(daemon), pyro_loops.Proxy(uri) as proxy:
         proxy._pyroSslContext = pki.client_ctx()
@@ -198,16 +203,13 @@ def test_new_context_given_to_a_running_daemon_applies_to_new_connections(pki, t
     daemon = Daemon(host="127.0.0.1", ssl_context=pki.server_ctx())
     uri = daemon.register(Echo(), "echo")
     renewed_ca = trustme.CA()
-    renewed = renewed_ca.issue_cert("127.0.0.1")
-    renewed.cert_chain_pems[0].write_to_path(tmp_path / "c.pem")
-    renewed.private_key_pem.write_to_path(tmp_path / "k.pem")
     trusting_renewed = ssl.create_default_context()
     renewed_ca.configure_trust(trusting_renewed)
     with serving(daemon), pyro_loops.Proxy(uri) as old, pyro_loops.Proxy(uri) as new:
         old._pyroSslContext = pki.client_ctx()
         new._pyroSslContext = trusting_renewed
         assert old.echo(1) == 1
-        daemon.ssl_context = _tls.server_context(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+        daemon.ssl_context = server_ctx_from(renewed_ca.issue_cert("127.0.0.1"), tmp_path)
         assert new.echo(2) == 2
         assert old.echo(3) == 3  # its connection keeps the context it was made with
 
