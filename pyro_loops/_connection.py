@@ -8,6 +8,7 @@ from typing import Any
 
 from .hosting import READ
 from ._protocol import ServerProtocol
+from ._transport import PlainTransport, TLSTransport
 
 
 class ClientConnection:
@@ -19,10 +20,12 @@ class ClientConnection:
 
     __slots__ = ("sock", "addr", "protocol", "out", "busy", "read_paused", "interest", "closed",
                  "partial_since", "last_active", "decoded", "pyroInstances", "tracked_resources",
-                 "eof", "close_reason", "__weakref__")
+                 "eof", "close_reason", "transport", "__weakref__")
 
-    def __init__(self, sock: socket.socket, addr: Any, protocol: ServerProtocol) -> None:
+    def __init__(self, sock: socket.socket, addr: Any, protocol: ServerProtocol,
+                 transport: PlainTransport | TLSTransport | None = None) -> None:
         self.sock = sock
+        self.transport = transport or PlainTransport(sock)  # what reads and writes go through
         self.addr = addr
         self.protocol = protocol
         self.out = bytearray()
@@ -37,6 +40,11 @@ class ClientConnection:
         self.last_active = time.monotonic()
         self.pyroInstances: dict = {}   # per-connection instances of registered classes
         self.tracked_resources: set = set()
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        """The client's certificate (as ``ssl.SSLSocket.getpeercert``), None without TLS
+        or when the client presented none; what ``validateHandshake`` checks, as in Pyro4."""
+        return self.transport.getpeercert(binary_form)
 
     def __repr__(self) -> str:
         return f"<ClientConnection {self.addr} {'closed' if self.closed else 'open'}>"

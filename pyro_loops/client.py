@@ -41,6 +41,7 @@ import itertools
 import os
 import random
 import socket
+import ssl
 import threading
 import time
 import weakref
@@ -51,8 +52,10 @@ from .hosting import READ, WRITE, Watcher, report_error
 from ._protocol import (Broken, ClientProtocol, ConnectFailed, Connected, Failure, Metadata, Result, StreamEnd,
                         StreamStarted)
 from ._resolve import _ns_location
-from ._wakeup import Wakeup
 from ._serializers import ExceptionWrapper, register_class_to_dict
+from ._tls import TLSError, client_context_from_config
+from ._transport import PlainTransport, TLSTransport, tls_transport
+from ._wakeup import Wakeup
 from ._uri import URI
 from .call import Call, fresh_callbacks, settle_with
 from .configuration import config
@@ -108,7 +111,12 @@ class Client:
     ``ClientClosedError`` and releases sockets, threads and the watcher.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        #: TLS for this client's connections (a proxy's ``_pyroSslContext`` overrides it);
+        #: None follows config.SSL, with a context made from the SSL_* items
+        self.ssl_context = ssl_context
+        if ssl_context is None and config.SSL:
+            client_context_from_config(config)  # made now, not on the loop's time at the first connection
         self._watcher: Watcher | None = None
         self._socks: dict[socket.socket, Any] = {}  # -> what handles it: a _Channel, a broadcast
         self._channels: set[_Channel] = set()  # every open connection, with a socket or not yet
@@ -448,6 +456,7 @@ class _Channel:
         self.proxy_uri = proxy._pyroUri
         self.state = "resolving"
         self.sock: socket.socket | None = None
+        self.transport: PlainTransport | TLSTransport | None = None
         self.uri: URI | None = None
         self.protocol = ClientProtocol(proxy._pyroSerializer or config.SERIALIZER,
                                        hmac_key=proxy._pyroHmacKeyBytes, max_message_size=_reply_bound(),
@@ -597,6 +606,43 @@ class _Channel:
         if err:
             self.fail(errors.CommunicationError(f"cannot connect to {self.location}: {os.strerror(err)}"))
             return
+        context = self.proxy._pyroSslContext or self.client.ssl_context
+        if context is None and config.SSL:
+            try:
+                context = client_context_from_config(config)
+            except (OSError, ssl.SSLError, TLSError) as exc:
+                self.fail(TLSError(f"cannot make the TLS context for {self.location}: {exc}"))
+                return
+        if context is None:
+            self.transport = PlainTransport(self.sock)
+            self._send_connect()
+            return
+        self.state = "tls"
+        uri = self.uri
+        try:
+            self.transport = tls_transport(self.sock, context, False, None if uri.sockname else uri.host)
+        except ValueError as exc:  # say, a unix socket URI (no host name) with a context that checks host names
+            self.fail(TLSError(f"cannot start TLS with {self.location}: {exc}"))
+            return
+        self._tls_step(self.transport.start)
+
+    def _tls_step(self, step: Callable[[], Any]) -> None:
+        """Advance the TLS handshake; once done, the Pyro handshake starts."""
+        try:
+            step()
+        except TLSError as exc:
+            self.fail(TLSError(f"TLS handshake with {self.location} failed: {exc}"))
+            return
+        except OSError as exc:
+            self.fail(TLSError(f"TLS handshake with {self.location} failed ({exc}): does the daemon use "
+                               "TLS? Both ends must set SSL"))
+            return
+        if self.transport.handshaking:
+            self._set_interest(READ | WRITE if self.transport.wants_write else READ)
+        else:
+            self._send_connect()
+
+    def _send_connect(self) -> None:
         self.state = "handshake"
         self.out += self.protocol.connect(self.uri.object, self.proxy._pyroHandshake, metadata=config.METADATA,
                                           annotations=self._annotations())
@@ -681,14 +727,14 @@ class _Channel:
             self.oneway_marks.append((self.written + len(self.out), request))
 
     def _flush(self) -> None:
-        if self.sock is None or self.state in ("connecting", "closed", "decoding"):
+        if self.sock is None or self.state in ("connecting", "tls", "closed", "decoding"):
             return
         if self.out:
             try:
-                sent = self.sock.send(self.out)
+                sent = self.transport.send(self.out)
             except (BlockingIOError, InterruptedError):
                 sent = 0
-            except OSError as exc:
+            except (OSError, TLSError) as exc:
                 self.fail(errors.ConnectionClosedError(f"sending to {self.location} failed: {exc}"))
                 return
             del self.out[:sent]
@@ -696,7 +742,13 @@ class _Channel:
             marks = self.oneway_marks
             while marks and marks[0][0] <= self.written:
                 marks.popleft()[1].call.set_result(None)
-        self._set_interest(READ | WRITE if self.out else READ)
+        else:
+            try:
+                self.transport.flush()
+            except OSError as exc:
+                self.fail(errors.ConnectionClosedError(f"sending to {self.location} failed: {exc}"))
+                return
+        self._set_interest(READ | WRITE if self.out or self.transport.wants_write else READ)
 
     def _set_interest(self, events: int) -> None:
         if events != self.interest:
@@ -714,18 +766,34 @@ class _Channel:
             except ClientClosedError as exc:  # every call was cancelled and the proxy dropped
                 self.fail(exc)
             return
+        if self.state == "tls":
+            self._tls_step(self._tls_read if events & READ else self.transport.flush)
+            return
         if events & WRITE:
             self._flush()
         if events & READ and not self.closed:
             try:
-                data = self.sock.recv(_RECV_SIZE)
+                data = self.transport.recv(_RECV_SIZE)
             except (BlockingIOError, InterruptedError):
+                return
+            except TLSError as exc:
+                self.fail(errors.ConnectionClosedError(f"receiving from {self.location} failed: {exc}"))
                 return
             except OSError as exc:
                 self.fail(errors.ConnectionClosedError(f"receiving from {self.location} failed: {exc}"))
                 return
             self.protocol.receive_data(data)  # b"": the server closed; the protocol says what that means
             self.process()
+
+    def _tls_read(self) -> None:
+        """Handshake records from the daemon; a plaintext daemon closes at our first one."""
+        try:
+            data = self.transport.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:
+            raise TLSError("the daemon closed the connection: does it use TLS? Both ends must set SSL")
+        self.protocol.receive_data(data)  # cannot happen before the handshake ends: kept for process()
 
     def resume(self) -> None:
         """Send a burst of calls, and handle replies left for later by the budget."""
@@ -803,6 +871,8 @@ class _Channel:
         if isinstance(event, Broken):
             error = event.error
             hint = _REPLY_BOUND_HINT if isinstance(error, errors.MessageTooLargeError) else ""
+            if self.state == "handshake" and not self.transport.tls:
+                hint += " (at the handshake: if the daemon uses TLS, set config.SSL or an ssl_context)"
             raise type(error)(f"connection to {self.location}: {error}{hint}")
         request = self.inflight.pop(event.seq, None)
         if request is None:
@@ -841,6 +911,8 @@ class _Channel:
         self.client._channels.discard(self)
         if self.sock is not None:
             self.client._unwatch(self.sock)
+            if self.transport is not None:
+                self.transport.close()  # TLS: close_notify, if the socket takes it now
             self.sock.close()
         requests = [r for _, r in self.oneway_marks] + list(self.inflight.values()) + list(self.queued)
         self.oneway_marks.clear()
@@ -881,7 +953,8 @@ def _loopify(client: Client, value: Any) -> Any:
 
 
 _LOCAL = ("_pyroClient", "_pyroUri", "_pyroChannel", "_pyroTimeout", "_pyroHmacKeyBytes", "_pyroHandshake",
-          "_pyroSerializer", "_pyroMethods", "_pyroAttrs", "_pyroOneway", "_pyroMetaKnown", "_pyroMaxRetries")
+          "_pyroSerializer", "_pyroMethods", "_pyroAttrs", "_pyroOneway", "_pyroMetaKnown", "_pyroMaxRetries",
+          "_pyroSslContext")
 
 
 class LoopProxy:
@@ -909,11 +982,13 @@ class LoopProxy:
         set_(self, "_pyroOneway", set())
         set_(self, "_pyroMetaKnown", False)
         set_(self, "_pyroMaxRetries", 0)
+        set_(self, "_pyroSslContext", None)  # TLS for this proxy; None: its client's ssl_context
 
     @classmethod
     def _from_proxy(cls, client: Client, proxy: Proxy) -> "LoopProxy":
         loop_proxy = cls(client, proxy._pyroUri)
-        for name in ("_pyroHmacKeyBytes", "_pyroHandshake", "_pyroSerializer", "_pyroMetaKnown"):
+        for name in ("_pyroHmacKeyBytes", "_pyroHandshake", "_pyroSerializer", "_pyroMetaKnown",
+                     "_pyroSslContext"):
             object.__setattr__(loop_proxy, name, getattr(proxy, name))
         for name in ("_pyroMethods", "_pyroAttrs", "_pyroOneway"):
             object.__setattr__(loop_proxy, name, set(getattr(proxy, name)))
@@ -936,6 +1011,13 @@ class LoopProxy:
             return
         raise AttributeError(f"cannot set '{name}' on a loop proxy: remote attributes are set with "
                              "_pyroSetAttr(name, value), which returns a Call")
+
+    @property
+    def _pyroConnection(self) -> PlainTransport | TLSTransport | None:  # noqa: N802 - Pyro4's name
+        """The open connection, for ``_pyroConnection.getpeercert()`` in ``_pyroValidateHandshake``
+        as in Pyro4 (None without TLS); None when not connected."""
+        channel = self._pyroChannel
+        return None if channel is None else channel.transport
 
     def __repr__(self) -> str:
         state = "connected" if self._pyroChannel is not None else "not connected"

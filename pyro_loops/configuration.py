@@ -54,6 +54,20 @@ _DEFAULTS: dict[str, Any] = {
     "BROADCAST_ADDRS": "<broadcast>, 0.0.0.0",
     "MAX_RETRIES": 0,
     "LOGWIRE": False,
+    # TLS, with Pyro4's names and meaning; both ends must agree (nothing on the wire says TLS is on)
+    "SSL": False,
+    "SSL_SERVERCERT": "",
+    "SSL_SERVERKEY": "",
+    "SSL_SERVERKEYPASSWD": "",
+    "SSL_REQUIRECLIENTCERT": False,
+    "SSL_CLIENTCERT": "",
+    "SSL_CLIENTKEY": "",
+    "SSL_CLIENTKEYPASSWD": "",
+    "SSL_CACERTS": "",
+    # TLS handshake steps (key exchange, signatures: milliseconds of CPU each) a
+    # daemon takes per pass of its host loop; more wait for the next pass, so
+    # many clients handshaking at once cannot hold the loop. Must be >= 1.
+    "SSL_HANDSHAKES_PER_WAKEUP": 4,
     # pyro_loops items
     "HALF_FRAME_TIMEOUT": 10.0,   # seconds a partly received message may wait
     "IDLE_TIMEOUT": 0.0,          # seconds without traffic before a connection is closed; 0 = never

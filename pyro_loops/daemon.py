@@ -17,6 +17,7 @@ import logging
 import os
 import select
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -35,6 +36,8 @@ from ._ratelog import RateLimitedLog
 from ._resolve import locate_ns
 from ._serving import serving as _serving, serving_lock as _serving_lock  # under the names the body uses
 from ._streams import StreamRegistry
+from ._tls import TLSError, server_context_from_config
+from ._transport import tls_transport
 from ._uri import URI
 from ._workers import JobQuota, WorkerPool
 from .configuration import config
@@ -95,7 +98,7 @@ class Daemon(CallHandling):
 
     def __init__(self, host: str | None = None, port: int = 0, unixsocket: str | None = None,
                  nathost: str | None = None, natport: int | None = None,
-                 interface: type = DaemonObject) -> None:
+                 interface: type = DaemonObject, ssl_context: ssl.SSLContext | None = None) -> None:
         if host is None:
             host = config.HOST
         if nathost is None:
@@ -103,6 +106,9 @@ class Daemon(CallHandling):
         if natport is None:
             natport = config.NATPORT or None
         self._hmac_key: bytes | None = None
+        if ssl_context is None and config.SSL:
+            ssl_context = server_context_from_config(config)
+        self.ssl_context = ssl_context
         if nathost and unixsocket:
             raise ValueError("cannot use nathost together with unixsocket")
         if natport is not None and not nathost:
@@ -122,6 +128,8 @@ class Daemon(CallHandling):
         self._loop_jobs: collections.deque = collections.deque()  # (conn, job) posted by workers
         self._jobs_after_close = False  # closed: posted jobs run at once (their connections are closed)
         self._soon: set[ClientConnection] = set()
+        self._tls_waiting: set[ClientConnection] = set()  # a handshake step deferred to the next pass
+        self._tls_steps = config.SSL_HANDSHAKES_PER_WAKEUP  # left in this pass
         # per-connection deadlines: (_HANDSHAKE or _HALF_FRAME, conn) -> time.monotonic() when due
         self._timers: KeyedHeap[tuple[str, ClientConnection]] = KeyedHeap()
         # bytes each connection buffers (input not yet messages, replies not yet sent)
@@ -320,13 +328,15 @@ class Daemon(CallHandling):
         """
         for sock in list(eventsockets):
             self.handle_event(sock, READ)
-        pending = [c.sock for c in self._conns.values() if c.out]
-        for sock in pending:
+        for sock in self._output_pending():
             self.handle_event(sock, WRITE)
         if self._deadline is not None and self._deadline <= time.monotonic():
             self.handle_deadline()
         if self._watcher is None:
-            self._wake_when_writable([c.sock for c in self._conns.values() if c.out])
+            self._wake_when_writable(self._output_pending())
+
+    def _output_pending(self) -> list[socket.socket]:
+        return [c.sock for c in self._conns.values() if c.out or c.transport.wants_write]
 
     def _wake_when_writable(self, socks: list[socket.socket]) -> None:
         """For loops that only watch readability: a short-lived thread waits until
@@ -535,6 +545,10 @@ class Daemon(CallHandling):
             for conn in list(self._soon):
                 self._soon.discard(conn)
                 self._guarded(conn, "daemon request handling", self._process, conn)
+            self._tls_steps = config.SSL_HANDSHAKES_PER_WAKEUP  # a new pass
+            waiting, self._tls_waiting = self._tls_waiting, set()
+            for conn in waiting:
+                self._guarded(conn, "TLS handshake", self._read, conn)
             for kind, conn in list(self._timers.pop_due(now)):
                 self._timer_due(kind, conn)
             idle_timeout = config.idle_timeout()
@@ -556,7 +570,7 @@ class Daemon(CallHandling):
         if self._closed:
             return
         when = None
-        if self._soon or self._close_requested:
+        if self._soon or self._tls_waiting or self._close_requested:
             when = time.monotonic()
         else:
             first = self._timers.first()
@@ -574,6 +588,33 @@ class Daemon(CallHandling):
             if self._watcher is not None:
                 self._watcher.set_deadline(when)
 
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of connections accepted from now on (None: plaintext).
+
+        Given as ``Daemon(ssl_context=...)``, or made from the ``SSL_*`` items when
+        ``config.SSL`` is on. Setting it on a running daemon (say, to renew a
+        certificate) applies to new connections; open ones keep theirs.
+        """
+        return self._ssl_context
+
+    @ssl_context.setter
+    def ssl_context(self, context: ssl.SSLContext | None) -> None:
+        self._ssl_context = context
+
+    def _may_step_tls(self, conn: ClientConnection) -> bool:
+        """Whether ``conn`` may take a TLS handshake step in this loop pass (SSL_HANDSHAKES_PER_WAKEUP).
+
+        When not, it is resumed by the next ``handle_deadline``, which the
+        daemon asks for at once. A hand-written loop without a watcher gets no
+        bound, as with MAX_CALLS_PER_WAKEUP.
+        """
+        if self._watcher is None or self._tls_steps > 0:
+            self._tls_steps -= 1
+            return True
+        self._tls_waiting.add(conn)
+        return False
+
     def _handshake_done(self, conn: ClientConnection) -> None:
         self._timers.discard((_HANDSHAKE, conn))
 
@@ -582,7 +623,10 @@ class Daemon(CallHandling):
         if kind == _HANDSHAKE:
             reason = f"no handshake within HANDSHAKE_TIMEOUT ({config.HANDSHAKE_TIMEOUT} s)"
             if not conn.closed and not conn.protocol.established:
-                self._send(conn, conn.protocol.connect_fail_bytes(reason))
+                if conn.transport.handshaking:
+                    reason = f"TLS handshake not done within HANDSHAKE_TIMEOUT ({config.HANDSHAKE_TIMEOUT} s)"
+                else:
+                    self._send(conn, conn.protocol.connect_fail_bytes(reason))
                 self._close_conn(conn, reason)
         elif conn.partial_since is not None:
             self._close_conn(conn, f"message incomplete after {config.HALF_FRAME_TIMEOUT} s (HALF_FRAME_TIMEOUT)")
@@ -616,6 +660,9 @@ class Daemon(CallHandling):
                 if config.SOCK_NODELAY:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = ClientConnection(sock, addr, ServerProtocol(config.MAX_MESSAGE_SIZE, self._hmac_key))
+            if self.ssl_context is not None:
+                conn.transport = tls_transport(sock, self.ssl_context, True,
+                                               may_step=lambda conn=conn: self._may_step_tls(conn))
             self._conns[sock] = conn
             if config.HANDSHAKE_TIMEOUT > 0:
                 self._timers.set((_HANDSHAKE, conn), time.monotonic() + config.HANDSHAKE_TIMEOUT)
@@ -657,15 +704,20 @@ class Daemon(CallHandling):
                 self._set_interest(conn)
             return
         reader = conn.protocol.reader
-        view = reader.receive_into()  # a large payload under way: straight into its buffer
+        # a large payload under way: straight into its buffer (TLS hands over plaintext of its own sizes)
+        view = None if conn.transport.tls else reader.receive_into()
         try:
             if view is not None:
                 with view:
                     count = conn.sock.recv_into(view)
             else:
-                data = conn.sock.recv(_RECV_SIZE)
+                data = conn.transport.recv(_RECV_SIZE)
                 count = len(data)
         except (BlockingIOError, InterruptedError):
+            self._set_interest(conn)  # TLS may have records of its own to send
+            return
+        except TLSError as exc:
+            self._close_conn(conn, str(exc))
             return
         except OSError as exc:
             self._close_conn(conn, f"receive failed: {exc}")
@@ -679,6 +731,8 @@ class Daemon(CallHandling):
             reader.received(count)
         else:
             conn.protocol.receive_data(data)
+        if conn.transport.ended:  # TLS close_notify right behind the data, the socket left open
+            self._end_of_stream(conn)
         self._process(conn)
 
     def _notice_hangup(self, conn: ClientConnection) -> None:
@@ -794,7 +848,7 @@ class Daemon(CallHandling):
         else:
             events = READ
             conn.read_paused = False
-        if conn.out:
+        if conn.out or conn.transport.wants_write:
             events |= WRITE
         if events != conn.interest:
             conn.interest = events
@@ -809,10 +863,10 @@ class Daemon(CallHandling):
             conn.out += data
         else:
             try:
-                sent = conn.sock.send(data)
+                sent = conn.transport.send(data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
-            except OSError as exc:
+            except (OSError, TLSError) as exc:
                 self._close_conn(conn, f"send failed: {exc}")
                 return
             if sent < len(data):
@@ -827,12 +881,17 @@ class Daemon(CallHandling):
 
     def _flush(self, conn: ClientConnection) -> None:
         sent_total = 0
+        try:
+            conn.transport.flush()
+        except OSError as exc:
+            self._close_conn(conn, f"send failed: {exc}")
+            return
         while conn.out and sent_total < _SEND_BUDGET:
             try:
-                sent = conn.sock.send(conn.out)
+                sent = conn.transport.send(conn.out)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as exc:
+            except (OSError, TLSError) as exc:
                 self._close_conn(conn, f"send failed: {exc}")
                 return
             del conn.out[:sent]
@@ -852,20 +911,18 @@ class Daemon(CallHandling):
             return
         try:
             budget = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-            while budget > 0 and (data := conn.sock.recv(_RECV_SIZE)):
+            while budget > 0 and (data := conn.transport.recv(_RECV_SIZE)):
                 conn.protocol.receive_data(data)
                 budget -= len(data)
-        except OSError:  # nothing (more) waiting, or the connection is gone anyway
+        except (OSError, TLSError):  # nothing (more) waiting, or the connection is gone anyway
             return
 
     def _flush_at_close(self, conn: ClientConnection) -> None:
         """Write what the socket takes now of replies already made; log what it did not take."""
         while conn.out and not conn.closed:
             try:
-                sent = conn.sock.send(conn.out)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
+                sent = conn.transport.send(conn.out)
+            except (OSError, TLSError):  # full or gone: what is left is logged below
                 break
             del conn.out[:sent]
         if conn.out:
@@ -883,12 +940,14 @@ class Daemon(CallHandling):
                             "closing connection from %s: %s", conn.addr, reason)
         self._conns.pop(conn.sock, None)
         self._soon.discard(conn)
+        self._tls_waiting.discard(conn)
         self._timers.discard((_HANDSHAKE, conn))
         self._timers.discard((_HALF_FRAME, conn))
         self._input.count(conn, 0)
         self._output.count(conn, 0)
         if self._watcher is not None:
             self._watcher.remove(conn.sock)
+        conn.transport.close()  # TLS: close_notify, if the socket takes it now
         try:
             conn.sock.close()
         except OSError:

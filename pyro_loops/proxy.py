@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import select
 import socket
+import ssl
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -20,6 +21,7 @@ from . import _protocol, _wire, errors
 from ._resolve import resolve
 from ._serializers import ExceptionWrapper, get_serializer, register_class_to_dict, register_dict_to_class
 from ._serving import daemon_served_by_current_thread
+from ._tls import TLSError, client_context_from_config
 from ._uri import URI
 from .configuration import config
 from .context import current_context
@@ -34,7 +36,7 @@ _LOCAL_ATTRS = frozenset((
     "_pyroUri", "_pyroConnection", "_pyroSeq", "_pyroTimeout", "_pyroMaxRetries", "_pyroHmacKey",
     "_pyroHandshake", "_pyroSerializer", "_pyroMethods", "_pyroAttrs", "_pyroOneway",
     "_pyroRawWireResponse", "_pyroLock", "_pyroResolved", "_pyroProtocol", "_pyroMetaKnown",
-    "_pyroHmacKeyBytes", "_pyroPoller"))
+    "_pyroHmacKeyBytes", "_pyroPoller", "_pyroSslContext"))
 
 
 class _RemoteMethod:
@@ -79,6 +81,9 @@ class Proxy:
         set_(self, "_pyroResolved", None)
         set_(self, "_pyroProtocol", None)
         set_(self, "_pyroPoller", None)
+        # TLS for this proxy's connections: an ssl.SSLContext, or None to follow
+        # config.SSL (a context from the SSL_CLIENT*/SSL_CACERTS items)
+        set_(self, "_pyroSslContext", None)
 
     # --- attribute plumbing -----------------------------------------------------------
 
@@ -145,7 +150,7 @@ class Proxy:
     def __copy__(self) -> "Proxy":
         clone = Proxy(self._pyroUri)
         for name in ("_pyroTimeout", "_pyroMaxRetries", "_pyroHmacKeyBytes", "_pyroHandshake",
-                     "_pyroSerializer", "_pyroMetaKnown"):
+                     "_pyroSerializer", "_pyroMetaKnown", "_pyroSslContext"):
             object.__setattr__(clone, name, getattr(self, name))
         for name in ("_pyroMethods", "_pyroAttrs", "_pyroOneway"):
             object.__setattr__(clone, name, set(getattr(self, name)))
@@ -242,6 +247,11 @@ class Proxy:
                 "daemon cannot answer while this thread waits. Make the call from another thread, mark "
                 "the calling method @pyro_loops.in_worker, or call the object directly")
         sock = _connect_socket(uri, self._pyroTimeout)
+        context = self._pyroSslContext
+        if context is None and config.SSL:
+            context = client_context_from_config(config)
+        if context is not None:
+            sock = _start_tls(sock, context, uri)
         object.__setattr__(self, "_pyroProtocol", _protocol.ClientProtocol(
             self._pyroSerializer or config.SERIALIZER, hmac_key=self._pyroHmacKeyBytes,
             max_message_size=config.MAX_MESSAGE_SIZE, compression=config.COMPRESSION, seq=self._pyroSeq))
@@ -260,7 +270,14 @@ class Proxy:
         conn = self._pyroProtocol
         self.__send(conn.connect(uri.object, self._pyroHandshake, metadata=config.METADATA,
                                  annotations=self.__annotations()))
-        event = self.__receive()
+        try:
+            event = self.__receive()
+        except errors.ConnectionClosedError as exc:
+            if isinstance(self._pyroConnection, ssl.SSLSocket):
+                raise
+            raise errors.ConnectionClosedError(
+                f"{exc}: the daemon at {uri.location} closed the connection at the handshake; "
+                "if it uses TLS, set config.SSL (or the proxy's _pyroSslContext)") from None
         if isinstance(event, _protocol.ConnectFailed):
             raise errors.CommunicationError(f"connection to {uri.location} rejected: {event.reason}")
         self._pyroValidateHandshake(event.handshake)
@@ -319,11 +336,7 @@ class Proxy:
             return
         if not self._pyroPoller.poll(0):
             return  # alive and quiet, the normal case
-        try:
-            peeked = sock.recv(1, socket.MSG_PEEK)
-        except OSError:
-            peeked = b""
-        if not peeked:
+        if not _still_open(sock):
             self._pyroRelease()
             try:
                 self.__connect()
@@ -501,6 +514,55 @@ def _connect_socket(uri: URI, timeout: float | None) -> socket.socket:
     except OSError as exc:
         raise errors.CommunicationError(f"cannot connect to {uri.location}: {exc}") from None
     return sock
+
+
+def _start_tls(sock: socket.socket, context: ssl.SSLContext, uri: URI) -> ssl.SSLSocket:
+    """The TLS handshake on a fresh connection (blocking, within the socket's timeout).
+
+    The daemon's certificate must match the URI's host (a name, or an IP address
+    against the certificate's IP entries) when the context checks host names,
+    as the default one from the SSL_* items does.
+    """
+    try:
+        return context.wrap_socket(sock, server_hostname=None if uri.sockname else uri.host)
+    except socket.timeout:
+        sock.close()
+        raise errors.TimeoutError(f"TLS handshake with {uri.location}: timeout") from None
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise TLSError(f"TLS handshake with {uri.location} failed: {exc.verify_message or exc}") from None
+    except ValueError as exc:  # say, a unix socket URI (no host name) with a context that checks host names
+        sock.close()
+        raise TLSError(f"cannot start TLS with {uri.location}: {exc}") from None
+    except (ssl.SSLError, OSError) as exc:
+        sock.close()
+        raise TLSError(f"TLS handshake with {uri.location} failed ({exc}): does the daemon use TLS? "
+                       "Both ends must set SSL") from None
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """Whether an idle connection that became readable is still open (not closed by the daemon).
+
+    Plain sockets are peeked. A TLS socket cannot be: it reads one record
+    without waiting; tickets the daemon sent after the handshake are taken in
+    passing, and application data nobody asked for means the connection is unusable.
+    """
+    if not isinstance(sock, ssl.SSLSocket):
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK))
+        except OSError:
+            return False
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        sock.recv(1)
+        return False
+    except ssl.SSLWantReadError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.settimeout(timeout)
 
 
 def _proxy_state(proxy: Proxy) -> tuple:
