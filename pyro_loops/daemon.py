@@ -39,6 +39,7 @@ from ._streams import StreamRegistry
 from ._tls import TLSError, server_context_from_config
 from ._transport import tls_transport
 from ._uri import URI
+from ._wakeup import Wakeup
 from ._workers import JobQuota, WorkerPool
 from .configuration import config
 from .constants import DAEMON_NAME
@@ -122,9 +123,7 @@ class Daemon(CallHandling):
             self.natLocationStr = f"[{nathost}]:{nat_port}" if ":" in nathost else f"{nathost}:{nat_port}"
         self.objectsById: dict[str, Any] = {}
         self._conns: dict[socket.socket, ClientConnection] = {}
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wakeup = Wakeup()  # workers hand results to the loop through it
         self._loop_jobs: collections.deque = collections.deque()  # (conn, job) posted by workers
         self._jobs_after_close = False  # closed: posted jobs run at once (their connections are closed)
         self._soon: set[ClientConnection] = set()
@@ -317,7 +316,7 @@ class Daemon(CallHandling):
         if self._closed:
             return []
         listening = [self.sock] if self._accept_resume_at is None else []
-        return [*listening, self._wake_r, *(sock for sock, conn in self._conns.items()
+        return [*listening, self._wakeup.reader, *(sock for sock, conn in self._conns.items()
                                             if not (conn.eof or self._jobs.is_full(conn)))]
 
     def events(self, eventsockets: Iterable[socket.socket]) -> None:
@@ -420,11 +419,11 @@ class Daemon(CallHandling):
             self._flush_at_close(conn)
             self._close_conn(conn, None)
         watcher, self._watcher = self._watcher, None
-        for sock in (self.sock, self._wake_r):
-            if watcher is not None:
-                watcher.remove(sock)
-            sock.close()
-        self._wake_w.close()
+        if watcher is not None:
+            watcher.remove(self.sock)
+            watcher.remove(self._wakeup.reader)
+        self.sock.close()
+        self._wakeup.close()
         if watcher is not None:
             watcher.detached()
         self._forget_loop_thread()
@@ -466,7 +465,7 @@ class Daemon(CallHandling):
             _serving[id(self)] = self
         if self._accept_resume_at is None:
             watcher.add(self.sock, READ)
-        watcher.add(self._wake_r, READ)
+        watcher.add(self._wakeup.reader, READ)
         for conn in self._conns.values():
             watcher.add(conn.sock, conn.interest)
         self._deadline = None
@@ -503,7 +502,7 @@ class Daemon(CallHandling):
         try:
             if sock is self.sock:
                 self._accept()
-            elif sock is self._wake_r:
+            elif sock is self._wakeup.reader:
                 self._drain_wakeups()
             else:
                 conn = self._conns.get(sock)
@@ -970,17 +969,10 @@ class Daemon(CallHandling):
             report_error(exc, "clientDisconnect")
 
     def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:  # full (a wakeup is pending anyway) or closed
-            pass
+        self._wakeup.wake()
 
     def _drain_wakeups(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+        self._wakeup.drain()
         if self._close_requested:
             self._close_as_requested()
             return

@@ -622,7 +622,7 @@ def test_idle_daemon_has_no_deadline_and_a_half_frame_sets_one():
         client = socket.create_connection(("127.0.0.1", d.sock.getsockname()[1]), timeout=TIMEOUT)
         d.handle_event(d.sock, hosting.READ)
         assert d.next_deadline() is None
-        conn_sock = next(s for s in watcher.watched if s not in (d.sock, d._wake_r))
+        conn_sock = next(s for s in watcher.watched if s not in (d.sock, d._wakeup.reader))
         client.sendall(b"PYRO")
         select.select([conn_sock], [], [], TIMEOUT)
         d.handle_event(conn_sock, hosting.READ)
