@@ -153,3 +153,16 @@ def test_module_imports_on_its_own_in_a_fresh_interpreter(module):
     if missing and not missing.group(1).startswith("pyro_loops"):
         pytest.skip(f"{module} needs {missing.group(1)}, which is not installed")  # e.g. tkinter
     assert done.returncode == 0, done.stderr
+
+
+
+def test_every_package_directory_is_installed():
+    # A subpackage missing from pyproject's list is absent from a non-editable install
+    # (``pip install .``), though every editable run of the tests still finds it.
+    listed = re.search(r"^packages = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M)
+    assert listed, "pyproject.toml lists no packages"
+    installed = set(re.findall(r'"([^"]+)"', listed.group(1)))
+    found = {"pyro_loops.adapters"} | {
+        ".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "pyro_loops").rglob("__init__.py")
+        if not init.parent.is_symlink()}
+    assert found <= installed, f"not installed by pip install .: {sorted(found - installed)}"
