@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Callable, Hashable
+from typing import Callable, Generic, Hashable, TypeVar
 
 log = logging.getLogger("pyro_loops")
 
@@ -69,7 +69,10 @@ class WorkerPool:
             self._queue.put(_STOP)
 
 
-class JobQuota:
+_Owner = TypeVar("_Owner", bound=Hashable)
+
+
+class JobQuota(Generic[_Owner]):
     """Worker jobs queued or running per owner (a connection), for back-pressure.
 
     Used from the loop thread only. An owner that reaches ``limit`` jobs is
@@ -84,14 +87,14 @@ class JobQuota:
     __slots__ = ("_pending", "_full", "_told", "_bytes", "_total", "_held")
 
     def __init__(self) -> None:
-        self._pending: dict[Hashable, int] = {}
-        self._full: set[Hashable] = set()
-        self._told: set[Hashable] = set()   # full at least once since it last had no jobs
-        self._bytes: dict[Hashable, int] = {}
+        self._pending: dict[_Owner, int] = {}
+        self._full: set[_Owner] = set()
+        self._told: set[_Owner] = set()   # full at least once since it last had no jobs
+        self._bytes: dict[_Owner, int] = {}
         self._total = 0
-        self._held: set[Hashable] = set()   # waiting for the total to come down
+        self._held: set[_Owner] = set()   # waiting for the total to come down
 
-    def started(self, owner: Hashable, limit: int, size: int = 0, total_limit: int = 0) -> str | None:
+    def started(self, owner: _Owner, limit: int, size: int = 0, total_limit: int = 0) -> str | None:
         """Count a job of ``size`` payload bytes submitted for ``owner``. Returns the name
         of the bound that made the owner full or held just now ("count" the first time
         since it last had no jobs, or "total"): the moment worth a log line."""
@@ -108,9 +111,9 @@ class JobQuota:
                 return "count"
         return None
 
-    def finished(self, owner: Hashable, limit: int, size: int = 0, total_limit: int = 0) -> list[Hashable]:
+    def finished(self, owner: _Owner, limit: int, size: int = 0, total_limit: int = 0) -> list[_Owner]:
         """Count a finished job of ``owner``; returns the owners that stopped being full or held."""
-        freed: list[Hashable] = []
+        freed: list[_Owner] = []
         pending = self._pending.get(owner, 1) - 1
         self._total -= size
         if pending > 0:
@@ -131,5 +134,5 @@ class JobQuota:
             self._held.clear()
         return [o for o in dict.fromkeys(freed) if not self.is_full(o)]
 
-    def is_full(self, owner: Hashable) -> bool:
+    def is_full(self, owner: _Owner) -> bool:
         return owner in self._full or owner in self._held

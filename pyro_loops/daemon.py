@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import inspect
 import logging
 import os
@@ -149,7 +150,7 @@ class Daemon(CallHandling):
         self._worker_call = threading.local()  # in a worker running a call: close() waits for its reply
         self._write_waiter: threading.Thread | None = None
         self._workers: WorkerPool | None = None
-        self._jobs = JobQuota()   # oneway jobs per connection, MAX_QUEUED_JOBS_PER_CONNECTION
+        self._jobs: JobQuota[ClientConnection] = JobQuota()   # oneway jobs per connection, MAX_QUEUED_JOBS_PER_CONNECTION
         self.coroutine_runner: Callable[[Any, Callable[[Any, BaseException | None], None]], None] | None = None
         self._servertype = config.SERVERTYPE
         if self._servertype not in ("thread", "multiplex"):
@@ -661,7 +662,7 @@ class Daemon(CallHandling):
             conn = ClientConnection(sock, addr, ServerProtocol(config.MAX_MESSAGE_SIZE, self._hmac_key))
             if self.ssl_context is not None:
                 conn.transport = tls_transport(sock, self.ssl_context, True,
-                                               may_step=lambda conn=conn: self._may_step_tls(conn))
+                                               may_step=functools.partial(self._may_step_tls, conn))
             self._conns[sock] = conn
             if config.HANDSHAKE_TIMEOUT > 0:
                 self._timers.set((_HANDSHAKE, conn), time.monotonic() + config.HANDSHAKE_TIMEOUT)

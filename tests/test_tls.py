@@ -393,7 +393,8 @@ def test_tls_call_served_while_50_peers_are_stuck_mid_handshake(host, reported, 
     with pyro_loops.Client(ssl_context=pki.client_ctx()) as client:
         host.attach(client)
         host.run_until(lambda: len(daemon._conns) == 50)
-        call = client.proxy(uri).echo("through")
+        proxy = client.proxy(uri)  # kept: a dropped loop proxy closes its connection once its calls are done
+        call = proxy.echo("through")
         host.settle(call)
         assert call.result() == "through"
         served_at = len(ticks)
