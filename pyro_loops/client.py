@@ -48,7 +48,7 @@ import weakref
 from typing import Any, Callable
 
 from . import _nslocate, _wire, errors
-from .hosting import READ, WRITE, Watcher, report_error
+from .hosting import READ, WRITE, Watcher, release, report_error
 from ._protocol import (Broken, ClientProtocol, ConnectFailed, Connected, Failure, Metadata, Result, StreamEnd,
                         StreamStarted)
 from ._resolve import _ns_location
@@ -234,10 +234,7 @@ class Client:
         watcher, self._watcher = self._watcher, None
         if watcher is None:
             return
-        for sock in self.sockets:
-            watcher.remove(sock)
-        watcher.set_deadline(None)
-        watcher.detached()
+        release(watcher, self.sockets)
 
     def handle_event(self, sock: socket.socket, events: int) -> None:
         """The host loop says ``sock`` is ready. Never raises."""

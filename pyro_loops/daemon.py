@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 
 from . import errors, socketutil
 from ._expose import (class_name, expose, get_exposed_members, reset_metadata_cache)
-from .hosting import READ, WRITE, Watcher, log, report_error
+from .hosting import READ, WRITE, Watcher, log, release, report_error
 from ._calls import CallHandling
 from ._connection import ClientConnection
 from ._deadlines import KeyedHeap, SizeRanking
@@ -477,10 +477,7 @@ class Daemon(CallHandling):
         watcher, self._watcher = self._watcher, None
         if watcher is None:
             return
-        for sock in self.sockets:
-            watcher.remove(sock)
-        watcher.set_deadline(None)
-        watcher.detached()
+        release(watcher, self.sockets)
         self._forget_loop_thread()
 
     @property

@@ -50,7 +50,7 @@ import logging
 import selectors
 import socket
 import threading
-from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
+from typing import Any, Callable, Iterable, Protocol, TypeVar, runtime_checkable
 
 __all__ = ["READ", "WRITE", "Watcher", "Hosted", "set_error_hook", "report_error"]
 
@@ -148,6 +148,19 @@ class Hosted(Protocol):
         Bounded like ``handle_event``; the object sets its next deadline (or
         None) before returning.
         """
+
+
+def release(watcher: Watcher, sockets: Iterable[socket.socket]) -> None:
+    """Let go of ``watcher`` in the order ``Watcher.detached`` promises the host.
+
+    Every socket is removed and the deadline cancelled before ``detached()``;
+    a hosted object's ``detach_watcher`` calls this once it has dropped its
+    reference to the watcher.
+    """
+    for sock in sockets:
+        watcher.remove(sock)
+    watcher.set_deadline(None)
+    watcher.detached()
 
 
 def _log_error(exc: BaseException, where: str) -> None:
