@@ -104,10 +104,8 @@ class BroadcastServer:
 
     def handle_event(self, sock: socket.socket, events: int) -> None:
         """Answer every request waiting on the socket; never raises."""
-        try:
+        with hosting.reported("name server broadcast responder"):
             self._drain()
-        except Exception as exc:  # the host loop must never see our errors
-            hosting.report_error(exc, "name server broadcast responder")
 
     def handle_deadline(self) -> None:
         """Nothing is ever due: the responder has no deadlines."""

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 
 from . import errors, socketutil
 from ._expose import (class_name, expose, get_exposed_members, reset_metadata_cache)
-from .hosting import READ, WRITE, Watcher, log, release, report_error
+from .hosting import READ, WRITE, Watcher, log, release, report_error, reported
 from ._calls import CallHandling
 from ._connection import ClientConnection
 from ._deadlines import KeyedHeap, SizeRanking
@@ -440,12 +440,8 @@ class Daemon(CallHandling):
         self._streams.clear()
         self._jobs_after_close = True
         self._run_loop_jobs()  # results that arrived meanwhile: their drop is logged
-        try:
+        with reported("Daemon.onClose"):
             self.onClose()
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # any other error, even a BaseException subclass
-            report_error(exc, "Daemon.onClose")
 
     # --- the hosting interface ------------------------------------------------------------
 
@@ -497,7 +493,7 @@ class Daemon(CallHandling):
     def handle_event(self, sock: socket.socket, events: int) -> None:
         """The host loop says ``sock`` is ready (READ and/or WRITE). Never raises."""
         self._event_thread = threading.get_ident()  # a loop may run in another thread than attached it
-        try:
+        with reported("daemon event handling"):
             if sock is self.sock:
                 self._accept()
             elif sock is self._wakeup.reader:
@@ -507,8 +503,6 @@ class Daemon(CallHandling):
                 if conn is None:
                     return  # a stale notification for a socket already closed
                 self._guarded(conn, "daemon event handling", self._serve_ready, conn, events)
-        except Exception as exc:
-            report_error(exc, "daemon event handling")
         self._update_deadline()
 
     def _serve_ready(self, conn: ClientConnection, events: int) -> None:
@@ -520,7 +514,10 @@ class Daemon(CallHandling):
     def _guarded(self, conn: ClientConnection, where: str, work: Callable[..., None], *args: Any) -> None:
         """Run ``work(*args)`` for ``conn``; an error raised inside the daemon closes
         that connection at once (as Pyro4 does), so its client is never left
-        waiting for a reply that no code path will send."""
+        waiting for a reply that no code path will send.
+
+        Not ``hosting.reported``: besides reporting, it must close the
+        connection, naming the error's type in the reason."""
         try:
             work(*args)
         except (KeyboardInterrupt, SystemExit):
@@ -531,7 +528,7 @@ class Daemon(CallHandling):
 
     def handle_deadline(self) -> None:
         """The deadline the daemon asked for is due. Never raises."""
-        try:
+        with reported("daemon deadline handling"):
             self._deadline = None
             if self._close_requested:
                 self._close_as_requested()
@@ -555,8 +552,6 @@ class Daemon(CallHandling):
                         self._close_conn(conn, f"idle for {idle_timeout} s")
                 self._idle_check_at = None
             self._streams.expire(now)
-        except Exception as exc:
-            report_error(exc, "daemon deadline handling")
         self._update_deadline()
 
     def next_deadline(self) -> float | None:
@@ -953,18 +948,10 @@ class Daemon(CallHandling):
         for instance in conn.pyroInstances.values():
             closer = getattr(instance, "_pyroClose", None)
             if callable(closer):
-                try:
+                with reported("_pyroClose of a session instance"):
                     closer()
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except BaseException as exc:  # any other error, even a BaseException subclass
-                    report_error(exc, "_pyroClose of a session instance")
-        try:
+        with reported("clientDisconnect"):
             self.clientDisconnect(conn)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # any other error, even a BaseException subclass
-            report_error(exc, "clientDisconnect")
 
     def _wake(self) -> None:
         self._wakeup.wake()
