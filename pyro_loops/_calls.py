@@ -1,13 +1,22 @@
 """What a daemon does with each request: handshakes, calls, replies, streams.
 
-A mixin of ``Daemon``, kept apart from the socket and registry code: these
-methods turn protocol events into user calls (in the loop, in a worker, or as
-an awaited coroutine) and their outcomes into reply bytes. They never touch a
-socket themselves; replies go through ``Daemon._send``.
+``CallDispatcher`` turns protocol events into user calls (in the loop, in a
+worker, or as an awaited coroutine) and their outcomes into reply bytes. It
+never touches a socket itself: replies go through the daemon's
+``Connections``. What it needs of the daemon is declared in ``CallHost``; it
+owns the worker pool, the per-connection job quota and the queue of jobs that
+workers hand back to the loop.
+
+The ``except BaseException`` clauses here (KeyboardInterrupt and SystemExit
+let through) are not ``hosting.reported``: they turn whatever a published
+method, a hook or an encoder raised into the caller's error reply (or, for a
+oneway call, a log line about the caller's method), which is the Pyro
+behaviour, not an internal error for the error hook.
 """
 
 from __future__ import annotations
 
+import collections
 import collections.abc
 import functools
 import inspect
@@ -17,14 +26,17 @@ import threading
 import time
 import traceback
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from . import _wire, errors
 from ._connection import ClientConnection
+from ._connections import Connections
 from ._expose import find_property, get_attribute, marked_in_worker
 from .hosting import log, report_error
 from ._protocol import ConnectRequest, InvokeRequest, PingRequest, Violation
 from ._serializers import ExceptionWrapper, Serializer, encoding_cost, get_serializer
+from ._streams import StreamRegistry
+from ._workers import JobQuota, WorkerPool
 from .configuration import config
 from .constants import DAEMON_NAME
 from .context import current_context, enter_call_context, reset_call_context, set_call_context
@@ -38,27 +50,166 @@ class _Deferred(Exception):
     """Raised by a dispatch step whose reply is sent later (a coroutine being awaited)."""
 
 
-class CallHandling:
-    """The request-handling half of ``Daemon`` (see the module docstring)."""
+class CallHost(Protocol):
+    """What call dispatch needs of the daemon it serves (``Daemon`` is one)."""
+
+    objectsById: dict[str, Any]
+    coroutine_runner: Callable[[Any, Callable[[Any, BaseException | None], None]], None] | None
+
+    @property
+    def _loop_thread(self) -> int | None:
+        """The thread running the host loop, None while none is known."""
+
+    def annotations(self) -> dict[str, bytes]:
+        """Annotations for every reply (a subclass hook)."""
+
+    def validateHandshake(self, conn: ClientConnection, data: Any) -> Any:  # noqa: N802 - Pyro4's name
+        """The handshake reply for ``data``; raises to refuse the connection (a subclass hook)."""
+
+    def close(self) -> None:
+        """Close the daemon (deferred to the loop's turn when it must be)."""
+
+    def _update_deadline(self) -> None:
+        """Tell the host loop when the daemon next needs time."""
+
+
+class CallDispatcher:
+    """The daemon's call dispatch (see the module docstring).
+
+    ``wake`` makes the host loop run ``run_loop_jobs`` soon; any thread may call it.
+    """
+
+    def __init__(self, host: CallHost, connections: Connections, streams: StreamRegistry,
+                 servertype: str, wake: Callable[[], None]) -> None:
+        self.host = host
+        self.connections = connections
+        self.streams = streams
+        self.servertype = servertype
+        self.wake = wake
+        self.single_instances: dict[type, Any] = {}
+        self.dispatching = 0  # calls running in the loop's thread right now (nested loops included)
+        self.worker_call = threading.local()  # in a worker running a call: close() waits for its reply
+        self.workers: WorkerPool | None = None
+        self.jobs: JobQuota[ClientConnection] = JobQuota()  # oneway jobs per connection, MAX_QUEUED_JOBS_PER_CONNECTION
+        self.loop_jobs: collections.deque = collections.deque()  # (conn, job) posted by workers
+        self.jobs_after_close = False  # closed: posted jobs run at once (their connections are closed)
+
+    # --- what the connection side asks for (``_connections.Requests``) ----------------------
+
+    def holds_back(self, conn: ClientConnection) -> bool:
+        return self.jobs.is_full(conn)
+
+    def dispatch_decoded(self, conn: ClientConnection) -> None:
+        assert conn.decoded is not None
+        msg, serializer, request = conn.decoded
+        conn.decoded = None
+        self._dispatch(conn, msg, serializer, request)
+
+    # --- workers and the loop -------------------------------------------------------------
+
+    def pool(self) -> WorkerPool:
+        if self.workers is None:
+            self.workers = WorkerPool(config.THREADPOOL_SIZE)
+        return self.workers
+
+    def post(self, conn: ClientConnection, job: Callable[[], None]) -> None:
+        """Run ``job`` for ``conn`` in the loop's thread soon; safe from any thread.
+
+        Once the daemon has closed, no loop runs jobs any more: the job runs
+        here and now, where it finds its connection closed and logs the drop.
+        """
+        self.loop_jobs.append((conn, job))
+        if self.jobs_after_close:
+            self.run_loop_jobs()
+        else:
+            self.wake()
+
+    def run_loop_jobs(self) -> None:
+        while self.loop_jobs:
+            try:
+                conn, job = self.loop_jobs.popleft()
+            except IndexError:  # taken by another thread meanwhile (only after close)
+                return
+            self.connections.guarded(conn, "daemon job from a worker", job)
+
+    def close(self) -> None:
+        """The daemon closed: stop the workers; results they post from now on run at once."""
+        if self.workers is not None:
+            self.workers.close()
+        self.jobs_after_close = True
+        self.run_loop_jobs()  # results that arrived meanwhile: their drop is logged
+
+    def finish_call(self, conn: ClientConnection, data: bytes | None) -> None:
+        conn.busy = False
+        if conn.closed:
+            if data is not None:
+                self._log_dropped_reply(conn)
+            return
+        if data is not None:
+            self.connections.send(conn, data)
+        if conn.protocol.partial or conn.eof:
+            # More requests wait (or the connection closes once answered). Not run from here: this runs in the callback
+            # of the wakeup socket that every worker shares, and a call that
+            # starts a nested loop would keep that socket unwatched meanwhile.
+            self.connections.soon.add(conn)
+        elif not conn.closed:
+            self.connections.set_interest(conn)
+
+    def submit_job(self, conn: ClientConnection, job: Callable[[], None], size: int) -> None:
+        """Run a oneway call's ``job`` (``size`` payload bytes) in the pool, counted against the quotas.
+
+        A connection with MAX_QUEUED_JOBS_PER_CONNECTION jobs queued or running is
+        not read (nor are its buffered messages handled) until half of them have
+        run: the client's sends block in its own socket buffers, the pool's queue
+        stays short for everyone else, and nothing the client sent is dropped.
+        Likewise every connection with jobs pending while all jobs together
+        hold more than MAX_QUEUED_JOB_BYTES of payload.
+        """
+        limit, total_limit = config.MAX_QUEUED_JOBS_PER_CONNECTION, config.MAX_QUEUED_JOB_BYTES
+        bound = self.jobs.started(conn, limit, size, total_limit)
+        if bound == "count":
+            self.connections.limited_log.log(
+                logging.INFO, "MAX_QUEUED_JOBS_PER_CONNECTION",
+                "connection from %s has MAX_QUEUED_JOBS_PER_CONNECTION (%d) worker jobs "
+                "queued: not reading from it until half of them have run", conn.addr, limit)
+        elif bound == "total":
+            self.connections.limited_log.log(
+                logging.INFO, "MAX_QUEUED_JOB_BYTES",
+                "worker jobs of all connections hold more than MAX_QUEUED_JOB_BYTES (%d): not "
+                "reading from %s, which has jobs queued, until half of that has run", total_limit, conn.addr)
+
+        def run() -> None:
+            try:
+                job()
+            finally:
+                self.post(conn, lambda: self._job_finished(conn, size))
+
+        self.pool().submit(run)
+
+    def _job_finished(self, conn: ClientConnection, size: int) -> None:
+        for owner in self.jobs.finished(conn, config.MAX_QUEUED_JOBS_PER_CONNECTION, size,
+                                        config.MAX_QUEUED_JOB_BYTES):
+            if not owner.closed:
+                self.connections.soon.add(owner)  # its buffered messages first, then reading again
 
     # --- protocol events ---------------------------------------------------------------
 
-    def _handle(self, conn: ClientConnection, event: Any) -> None:
+    def handle(self, conn: ClientConnection, event: Any) -> None:
         if isinstance(event, InvokeRequest):
             self._invoke(conn, event.msg)
         elif isinstance(event, PingRequest):
-            self._send(conn, conn.protocol.pong_bytes(event.msg, self._reply_annotations(event.msg)))
+            self.connections.send(conn, conn.protocol.pong_bytes(event.msg, self._reply_annotations(event.msg)))
         elif isinstance(event, ConnectRequest):
             self._handshake(conn, event.msg)
         elif isinstance(event, Violation):
             if event.reply is not None:
-                self._send(conn, event.reply)
-            self._close_conn(conn, "protocol error: " + event.reason)
+                self.connections.send(conn, event.reply)
+            self.connections.close_conn(conn, "protocol error: " + event.reason)
 
     def _reply_annotations(self, request: _wire.Message, corr: bytes | None = None) -> dict[str, bytes]:
         # a correlation id needs to be unique, not secret: no system call per reply
         annotations = {"CORR": corr or request.annotations.get("CORR") or random.randbytes(16)}
-        annotations.update(self.annotations())
+        annotations.update(self.host.annotations())
         return annotations
 
     def _handshake(self, conn: ClientConnection, msg: _wire.Message) -> None:
@@ -79,18 +230,18 @@ class CallHandling:
                     f"handshake payload exceeds MAX_HANDSHAKE_SIZE ({config.MAX_HANDSHAKE_SIZE} bytes) "
                     "when decompressed")
             data = serializer.loads(payload)
-            response = self.validateHandshake(conn, data["handshake"])
+            response = self.host.validateHandshake(conn, data["handshake"])
             flags = 0
             if msg.flags & _wire.FLAGS_META_ON_CONNECT:
                 flags = _wire.FLAGS_META_ON_CONNECT
-                meta = self.objectsById[DAEMON_NAME].get_metadata(data["object"], as_lists=True)
+                meta = self.host.objectsById[DAEMON_NAME].get_metadata(data["object"], as_lists=True)
                 response = {"handshake": response, "meta": meta}
             payload = serializer.dumps(response)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # any other error, even a BaseException subclass
             text = _describe(exc)
-            self._limited_log.log(logging.INFO, "refused handshake", "refused connection from %s: %s",
+            self.connections.limited_log.log(logging.INFO, "refused handshake", "refused connection from %s: %s",
                                   conn.addr, text)
             fail_data = None
             if serializer is not None:
@@ -98,20 +249,20 @@ class CallHandling:
                     fail_data = serializer.dumps(text)
                 except Exception:
                     pass
-            self._send(conn, conn.protocol.connect_fail_bytes(text, msg, fail_data))
-            self._close_conn(conn, None)
+            self.connections.send(conn, conn.protocol.connect_fail_bytes(text, msg, fail_data))
+            self.connections.close_conn(conn, None)
             return
         if config.COMPRESSION:
             payload, flags = _wire.compress_if_useful(payload, flags)
-        self._handshake_done(conn)
-        self._send(conn, conn.protocol.connect_ok_bytes(msg, payload, flags,
+        self.connections.handshake_done(conn)
+        self.connections.send(conn, conn.protocol.connect_ok_bytes(msg, payload, flags,
                                                         self._reply_annotations(msg, corr)))
 
     def _invoke(self, conn: ClientConnection, msg: _wire.Message) -> None:
         try:
             serializer = get_serializer(msg.serializer_id)
         except errors.SerializeError:
-            self._close_conn(conn, f"protocol error: unknown serializer id {msg.serializer_id}")
+            self.connections.close_conn(conn, f"protocol error: unknown serializer id {msg.serializer_id}")
             return
         try:
             # judged by the decompressed size, found out at the cost of _LARGE
@@ -121,13 +272,13 @@ class CallHandling:
             payload = None  # the worker's decoding reports it
         if payload is None and not msg.flags & _wire.FLAGS_COMPRESSED and serializer.decodes_quickly(msg.data):
             payload = msg.data  # e.g. one big bytes argument: a worker would only add its round trip
-        if payload is None and self._watcher is not None:
+        if payload is None and self.connections.watcher is not None:
             # Decompressing and decoding a large payload takes time in
             # proportion to its size: a worker does it, the loop only runs the
             # call. The serializers keep the worker from holding the
             # interpreter lock for long (MAX_BLOCKING_DECODE).
             conn.busy = True
-            self._pool().submit(lambda: self._decode_in_worker(conn, msg, serializer))
+            self.pool().submit(lambda: self._decode_in_worker(conn, msg, serializer))
             return
         try:
             request = _decode_call(msg, serializer, payload)
@@ -142,9 +293,9 @@ class CallHandling:
         try:
             request = _decode_call(msg, serializer)
         except BaseException as exc:
-            self._post(conn, functools.partial(self._refuse_call, conn, msg, serializer, exc, now=False))
+            self.post(conn, functools.partial(self._refuse_call, conn, msg, serializer, exc, now=False))
             return
-        self._post(conn, lambda: self._decoded(conn, msg, serializer, request))
+        self.post(conn, lambda: self._decoded(conn, msg, serializer, request))
 
     def _decoded(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                  request: tuple) -> None:
@@ -156,7 +307,7 @@ class CallHandling:
             log.info("call from %s dropped before it ran: %s", conn.addr, conn.close_reason)
         else:
             conn.decoded = (msg, serializer, request)
-            self._soon.add(conn)
+            self.connections.soon.add(conn)
 
     def _refuse_call(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                      exc: BaseException, now: bool) -> None:
@@ -168,9 +319,9 @@ class CallHandling:
             data = self._exception_reply(conn, msg, serializer, exc)
         if now:
             if data is not None:
-                self._send(conn, data)
+                self.connections.send(conn, data)
         else:
-            self._finish_call(conn, data)
+            self.finish_call(conn, data)
 
     def _dispatch(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                   request: tuple) -> None:
@@ -187,41 +338,41 @@ class CallHandling:
             return
         if oneway:
             if in_worker or (config.oneway_threaded() and not msg.flags & _wire.FLAGS_BATCH):
-                self._submit_job(conn, lambda: self._run_oneway(conn, msg, call), len(msg.data))
+                self.submit_job(conn, lambda: self._run_oneway(conn, msg, call), len(msg.data))
             else:
-                self._dispatching += 1
+                self.dispatching += 1
                 try:
                     self._run_oneway(conn, msg, call)
                 finally:
-                    self._dispatching -= 1
+                    self.dispatching -= 1
             return
         conn.busy = True
         if in_worker:
-            self._pool().submit(lambda: self._run_in_worker(conn, msg, serializer, call))
+            self.pool().submit(lambda: self._run_in_worker(conn, msg, serializer, call))
             return
-        self._dispatching += 1
+        self.dispatching += 1
         try:
             data = self._run_call(conn, msg, serializer, call)
         except _Deferred:
             return  # a coroutine runs on the host loop; its reply comes later
         finally:
-            self._dispatching -= 1
+            self.dispatching -= 1
         if not conn.closed:
             # nothing was read while the call ran here: one cheap peek tells
             # whether the client hung up meanwhile, so its reply is not lost silently
-            self._notice_hangup(conn)
+            self.connections.notice_hangup(conn)
         conn.busy = False
         if conn.closed:  # say, the daemon closed during a nested loop the call ran
             self._log_dropped_reply(conn)
             return
-        self._send(conn, data)
+        self.connections.send(conn, data)
         if conn.read_paused:
-            self._set_interest(conn)
+            self.connections.set_interest(conn)
 
     def _log_dropped_reply(self, conn: ClientConnection) -> None:
         log.info("reply for %s dropped: its connection closed during the call (%s)", conn.addr, conn.close_reason)
 
-    def _refuse_queued(self, conn: ClientConnection) -> None:
+    def refuse_queued(self, conn: ClientConnection) -> None:
         """At daemon close: answer the complete requests still queued on ``conn``
         with an error, so their callers learn at once that they did not run.
         Behind a running call they cannot be answered in order: they are counted
@@ -253,27 +404,27 @@ class CallHandling:
         if msg.flags & _wire.FLAGS_BATCH and method == "<batch>":
             calls = [(get_attribute(obj, name), args, kw) for name, args, kw in vargs]
             run_in_worker = any(marked_in_worker(obj, func) for func, _, _ in calls)
-            return (lambda: _run_batch(calls)), self._servertype == "thread" or run_in_worker
+            return (lambda: _run_batch(calls)), self.servertype == "thread" or run_in_worker
         if kwargs is None and method in ("__getattr__", "__setattr__"):
             name = vargs[0]
             prop = find_property(obj, name)
             if prop is None or (method == "__setattr__" and prop.fset is None):
                 raise AttributeError(f"attempt to access unexposed or unknown remote attribute '{name}'")
             if method == "__getattr__":
-                return (lambda: prop.__get__(obj, type(obj))), self._servertype == "thread"
+                return (lambda: prop.__get__(obj, type(obj))), self.servertype == "thread"
             value = vargs[1]
-            return (lambda: prop.__set__(obj, value)), self._servertype == "thread"
+            return (lambda: prop.__set__(obj, value)), self.servertype == "thread"
         func = get_attribute(obj, method)
         if not callable(func):
             raise AttributeError(f"attempt to access unexposed or unknown remote attribute '{method}'")
-        run_in_worker = self._servertype == "thread" or marked_in_worker(obj, func)
+        run_in_worker = self.servertype == "thread" or marked_in_worker(obj, func)
         run = functools.partial(func, *vargs, **kwargs)
         if getattr(func, "_pyroCallback", False):
             run = _ReportedCall(run)
         return run, run_in_worker
 
     def _target(self, conn: ClientConnection, obj_id: str) -> Any:
-        obj = self.objectsById.get(obj_id) if isinstance(obj_id, str) else None
+        obj = self.host.objectsById.get(obj_id) if isinstance(obj_id, str) else None
         if obj is None:
             raise errors.DaemonError("unknown object")
         if not inspect.isclass(obj):
@@ -283,9 +434,9 @@ class CallHandling:
         if mode == "percall":
             instance = make()
         elif mode == "single":
-            instance = self._single_instances.get(obj)
+            instance = self.single_instances.get(obj)
             if instance is None:
-                instance = self._single_instances[obj] = make()
+                instance = self.single_instances[obj] = make()
         else:
             instance = conn.pyroInstances.get(obj)
             if instance is None:
@@ -318,8 +469,8 @@ class CallHandling:
 
     def _await(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer, coro: Any,
                facts: Any) -> bytes:
-        runner = self.coroutine_runner
-        if runner is None or threading.get_ident() != self._loop_thread:
+        runner = self.host.coroutine_runner
+        if runner is None or threading.get_ident() != self.host._loop_thread:
             coro.close()
             return self._exception_reply(conn, msg, serializer, TypeError(
                 "async def methods need a daemon hosted by the asyncio adapter "
@@ -333,11 +484,11 @@ class CallHandling:
                     data = self._result_reply(conn, msg, serializer, result, facts.response_annotations)
                 except _Deferred:
                     return  # a worker encodes it
-            self._finish_call(conn, data)
+            self.finish_call(conn, data)
 
         def done(result: Any, exc: BaseException | None) -> None:
-            self._guarded(conn, "reply of an awaited call", reply, result, exc)
-            self._update_deadline()
+            self.connections.guarded(conn, "reply of an awaited call", reply, result, exc)
+            self.host._update_deadline()
 
         token = enter_call_context(facts)  # the task copies the context it is created in
         try:
@@ -356,28 +507,28 @@ class CallHandling:
     def _reply_from_here(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                          make: Callable[[], bytes]) -> None:
         """In a worker: make a reply and hand it to the loop, which sends it."""
-        self._worker_call.running = True  # a close() the call asks for waits for its reply
+        self.worker_call.running = True  # a close() the call asks for waits for its reply
         try:
             data = make()
         except BaseException as exc:  # even SystemExit in a worker must not lose the reply
             # its reply is made in the loop: should that fail too (a raising
             # annotations() hook), the loop closes the connection
             error = exc
-            self._post(conn, lambda: self._finish_call(conn, self._exception_reply(conn, msg, serializer, error)))
+            self.post(conn, lambda: self.finish_call(conn, self._exception_reply(conn, msg, serializer, error)))
         else:
-            self._post(conn, lambda: self._finish_call(conn, data))
+            self.post(conn, lambda: self.finish_call(conn, data))
         finally:
-            self._worker_call.running = False
-        if getattr(self._worker_call, "close_after", False):
-            self._worker_call.close_after = False
-            self.close()
+            self.worker_call.running = False
+        if getattr(self.worker_call, "close_after", False):
+            self.worker_call.close_after = False
+            self.host.close()
 
     def _reply_from_worker(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                            make: Callable[[], bytes]) -> None:
         """Have a worker make a reply the loop's thread must not spend its time on;
         raises _Deferred. The connection stays busy until the reply is sent, so
         replies keep the order of their requests."""
-        self._pool().submit(lambda: self._reply_from_here(conn, msg, serializer, make))
+        self.pool().submit(lambda: self._reply_from_here(conn, msg, serializer, make))
         raise _Deferred()
 
     def _run_oneway(self, conn: ClientConnection, msg: _wire.Message, call: Callable[[], Any]) -> None:
@@ -385,8 +536,8 @@ class CallHandling:
         try:
             result = call()
             if inspect.iscoroutine(result):
-                if self.coroutine_runner is not None and threading.get_ident() == self._loop_thread:
-                    self.coroutine_runner(result, lambda _r, e: e and log.info("oneway coroutine failed: %r", e))
+                if self.host.coroutine_runner is not None and threading.get_ident() == self.host._loop_thread:
+                    self.host.coroutine_runner(result, lambda _r, e: e and log.info("oneway coroutine failed: %r", e))
                 else:
                     result.close()
         except (KeyboardInterrupt, SystemExit):
@@ -427,7 +578,7 @@ class CallHandling:
             flags |= _wire.FLAGS_BATCH
         elif _is_stream(result):
             return self._start_stream(conn, msg, serializer, result)
-        can_defer = threading.get_ident() == self._loop_thread and self._watcher is not None
+        can_defer = threading.get_ident() == self.host._loop_thread and self.connections.watcher is not None
         large = encoding_cost(result, config.MAX_BLOCKING_ENCODE) > config.MAX_BLOCKING_ENCODE
         if large and can_defer:
             self._reply_from_worker(conn, msg, serializer, lambda: self._result_message(
@@ -465,7 +616,7 @@ class CallHandling:
         # Whatever the exception does wrong (a failing __str__ or __setattr__,
         # unserializable attributes), the caller must still get an answer.
         traceback_lines = _attach_traceback(exc)
-        annotations = annotations if annotations is not None else dict(self.annotations())
+        annotations = annotations if annotations is not None else dict(self.host.annotations())
         try:
             data = serializer.dumps(exc)
         except (KeyboardInterrupt, SystemExit):
@@ -482,10 +633,10 @@ class CallHandling:
     def _start_stream(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                       iterator: Any) -> bytes:
         flags = _wire.FLAGS_EXCEPTION | _wire.FLAGS_ITEMSTREAMRESULT
-        annotations = dict(self.annotations())
+        annotations = dict(self.host.annotations())
         if config.ITER_STREAMING:
             try:
-                stream_id = self._streams.open(iterator, conn, time.monotonic())
+                stream_id = self.streams.open(iterator, conn, time.monotonic())
             except errors.PyroError as exc:  # ITER_STREAMS_MAX_PER_CONNECTION reached
                 return self._exception_reply(conn, msg, serializer, exc)
             annotations["STRM"] = stream_id.encode("ascii")
@@ -493,8 +644,6 @@ class CallHandling:
         marker._pyroTraceback = None  # tells the client this is no real error
         return self._exception_reply(conn, msg, serializer, marker, flags, annotations)
 
-    def _next_stream_item(self, stream_id: str) -> Any:
-        return self._streams.next_item(stream_id, getattr(current_context, "client", None))
 
 
 _MISSING = object()

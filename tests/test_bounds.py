@@ -212,7 +212,7 @@ def test_huge_bodies_from_many_peers_close_the_largest_and_honest_calls_are_serv
                 assert honest.echo(b"y" * (300 * 1024)) == b"y" * (300 * 1024)
             closed = sum(closed_now(o.sock) for o in offenders)
             assert closed >= 2
-            assert daemon._input.total <= limit
+            assert daemon._connections.input.total <= limit
             gc.collect()
             assert sum(ref() is None for ref in connections) == closed  # their buffers are freed
         finally:

@@ -512,7 +512,7 @@ def test_full_thread_pool_queues_calls_instead_of_refusing_them():
         for caller in callers:
             caller.join(TIMEOUT)
     assert results == [True] * 5
-    assert d._workers is None or d._workers.threads <= 2
+    assert d._calls.workers is None or d._calls.workers.threads <= 2
 
 
 def test_call_blocked_in_a_worker_does_not_stop_the_loop_serving_others():

@@ -82,14 +82,18 @@ class LoggingDaemon(pyro_loops.Daemon):
     def __init__(self, log: list[str]) -> None:
         super().__init__(host="127.0.0.1")
         self.log = log
+        invoke, send = self._calls._invoke, self._connections.send
 
-    def _invoke(self, conn, msg):
-        self.log.append("arrived")
-        super()._invoke(conn, msg)
+        def logged_invoke(conn, msg):
+            log.append("arrived")
+            invoke(conn, msg)
 
-    def _send(self, conn, data):
-        self.log.append("sent")
-        super()._send(conn, data)
+        def logged_send(conn, data):
+            log.append("sent")
+            send(conn, data)
+
+        self._calls._invoke = logged_invoke
+        self._connections.send = logged_send
 
 
 def json_call(method: str, *args: Any) -> bytes:

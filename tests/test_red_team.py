@@ -66,7 +66,7 @@ def test_clients_that_ask_for_large_replies_and_never_read_them_are_bounded_over
             closed = 4 - len(daemon._conns)
             with proxy_for(uri) as honest:
                 assert honest.echo("still served") == "still served"
-            assert daemon._output.total <= limit
+            assert daemon._connections.output.total <= limit
         finally:
             for reader in readers:
                 reader.close()
@@ -166,7 +166,7 @@ def test_oneway_worker_jobs_of_many_connections_are_bounded_together_and_all_sti
             wait_for(lambda: "MAX_QUEUED_JOB_BYTES" in logs.text)
             with proxy_for(uri) as honest:  # a connection without jobs is read and answered
                 assert honest.echo("served") == "served"
-            queued = sum(daemon._jobs._pending.values())
+            queued = sum(daemon._calls.jobs._pending.values())
             assert queued <= 5 + clients  # the bound, plus at most one job per connection that had none
             service.gate.set()
             wait_for(lambda: service.ran == clients * per_client)  # held back, never dropped

@@ -429,7 +429,7 @@ def test_handshakes_past_the_per_pass_budget_wait_for_the_next_pass_and_all_comp
     daemon = Daemon(host="127.0.0.1", ssl_context=pki.server_ctx())
     uri = daemon.register(Echo(), "echo")
     deferred = []
-    may_step = daemon._may_step_tls
+    may_step = daemon._connections.may_step_tls
 
     def counting(conn):
         allowed = may_step(conn)
@@ -437,7 +437,7 @@ def test_handshakes_past_the_per_pass_budget_wait_for_the_next_pass_and_all_comp
             deferred.append(conn)
         return allowed
 
-    daemon._may_step_tls = counting
+    daemon._connections.may_step_tls = counting
     hello = client_hello(pki)
     with serving(daemon):
         waiting = [raw_connection(daemon, hello) for _ in range(10)]  # ten ClientHellos in one go

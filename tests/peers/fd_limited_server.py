@@ -19,10 +19,18 @@ attempts = 0
 
 
 class CountingDaemon(pyro_loops.Daemon):
-    def _accept(self):
-        global attempts
-        attempts += 1
-        super()._accept()
+    """Counts the tries of its socket side to accept."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        accept = self._connections.accept
+
+        def counted():
+            global attempts
+            attempts += 1
+            accept()
+
+        self._connections.accept = counted
 
 
 @pyro_loops.expose

@@ -1,0 +1,560 @@
+"""The daemon's socket side: the listening socket and every accepted connection.
+
+``Connections`` accepts (backing off while descriptors run out), reads,
+sends and closes, computes each socket's interest, keeps the totals of
+buffered input and output within their bounds and runs the per-connection
+deadlines (handshake, half frame, idle). It knows nothing about calls: the
+complete messages it reads go to a ``Requests`` object (the daemon's call
+dispatch), and what happens when a connection closes is the daemon's
+``closed`` callback.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import socket
+import ssl
+import sys
+import time
+from typing import Any, Callable, Protocol
+
+from . import socketutil
+from ._connection import ClientConnection
+from ._deadlines import KeyedHeap, SizeRanking
+from ._protocol import ServerProtocol
+from ._ratelog import RateLimitedLog
+from ._tls import TLSError
+from ._transport import tls_transport
+from .configuration import config
+from .hosting import READ, WRITE, Watcher, log, report_error
+
+_RECV_SIZE = 64 * 1024  # larger requests allocate through mmap on every recv: several times slower
+_SEND_BUDGET = 4 * 1024 * 1024     # bytes written per writable event, for fairness
+_ACCEPT_BUDGET = 64                # connections accepted per readable event
+_OUTPUT_HIGH_WATER = 1024 * 1024   # stop reading a connection whose replies pile up
+_ACCEPT_BACKOFF = (0.1, 1.0)       # seconds accepting pauses when out of descriptors: first, most
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_HANDSHAKE = "handshake"           # kinds of per-connection deadline in Connections.timers
+_HALF_FRAME = "half frame"
+
+
+class Requests(Protocol):
+    """What the connection side hands complete messages to (the daemon's call dispatch)."""
+
+    def handle(self, conn: ClientConnection, event: Any) -> None:
+        """Act on one protocol event of ``conn`` (a call, a ping, a handshake, a violation)."""
+
+    def dispatch_decoded(self, conn: ClientConnection) -> None:
+        """Run the request a worker decoded for ``conn`` (``conn.decoded``, taken here)."""
+
+    def holds_back(self, conn: ClientConnection) -> bool:
+        """Whether ``conn`` must not be read: its worker jobs pile up (MAX_QUEUED_JOBS_PER_CONNECTION)."""
+
+    def refuse_queued(self, conn: ClientConnection) -> None:
+        """At daemon close: answer or log the complete requests still queued on ``conn``."""
+
+
+def bind(host: str, port: int, unixsocket: str | None) -> tuple[socket.socket, str]:
+    """A listening, non-blocking socket for the daemon and its location string."""
+    if unixsocket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if not unixsocket.startswith("\0") and os.path.exists(unixsocket):
+            os.remove(unixsocket)
+        socketutil.bind(sock, unixsocket)
+        location = "./u:" + unixsocket
+    else:
+        family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(config.PREFER_IP_VERSION, socket.AF_UNSPEC)
+        if ":" in host:
+            family = socket.AF_INET6
+        socketutil.check_port(port)
+        infos = socket.getaddrinfo(host or None, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+        af, _, _, _, address = infos[0]
+        sock = socket.socket(af, socket.SOCK_STREAM)
+        if config.SOCK_REUSE:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        socketutil.bind(sock, address)
+        bound = sock.getsockname()
+        shown = host or bound[0]
+        location = f"[{shown}]:{bound[1]}" if ":" in shown else f"{shown}:{bound[1]}"
+    sock.listen(100)
+    sock.setblocking(False)
+    return sock, location
+
+
+class Connections:
+    """The listening socket and the accepted connections of one daemon.
+
+    ``watcher`` is the host's watcher while one is attached (the daemon sets
+    it); without one, nothing is registered and no per-pass budget applies.
+    ``requests`` must be set before anything is served.
+    """
+
+    def __init__(self, sock: socket.socket, closed: Callable[[ClientConnection], None],
+                 ssl_context: ssl.SSLContext | None) -> None:
+        self.sock = sock
+        self.closed = closed   # told of every connection that closes, after its socket closed
+        self.ssl_context = ssl_context
+        self.hmac_key: bytes | None = None
+        self.requests: Requests  # set by the daemon once its call dispatch exists
+        self.watcher: Watcher | None = None
+        self.conns: dict[socket.socket, ClientConnection] = {}
+        self.soon: set[ClientConnection] = set()  # messages to handle at the next deadline
+        self.tls_waiting: set[ClientConnection] = set()  # a handshake step deferred to the next pass
+        self.tls_steps = config.SSL_HANDSHAKES_PER_WAKEUP  # left in this pass
+        # per-connection deadlines: (_HANDSHAKE or _HALF_FRAME, conn) -> time.monotonic() when due
+        self.timers: KeyedHeap[tuple[str, ClientConnection]] = KeyedHeap()
+        # bytes each connection buffers (input not yet messages, replies not yet sent)
+        self.input: SizeRanking[ClientConnection] = SizeRanking()
+        self.output: SizeRanking[ClientConnection] = SizeRanking()
+        self.limited_log = RateLimitedLog(log)  # for what peers can make the daemon say again and again
+        self.accept_backoff = 0.0  # > 0 while accept() fails for want of descriptors
+        self.accept_resume_at: float | None = None  # accepting is paused until then
+        self.idle_check_at: float | None = None
+
+    def set_hmac_key(self, key: bytes | None) -> None:
+        self.hmac_key = key
+        for conn in self.conns.values():
+            conn.protocol.hmac_key = key
+
+    def readable_sockets(self) -> list[socket.socket]:
+        """The sockets a select loop should watch for reading (see ``Daemon.sockets``)."""
+        holds_back = self.requests.holds_back
+        listening = [self.sock] if self.accept_resume_at is None else []
+        return [*listening, *(sock for sock, conn in self.conns.items() if not (conn.eof or holds_back(conn)))]
+
+    def output_pending(self) -> list[socket.socket]:
+        return [c.sock for c in self.conns.values() if c.out or c.transport.wants_write]
+
+    # --- readiness and deadlines ---------------------------------------------------------
+
+    def serve_ready(self, conn: ClientConnection, events: int) -> None:
+        if events & WRITE:
+            self.flush(conn)
+        if events & READ and not conn.closed and not self.requests.holds_back(conn):
+            self.read(conn)
+
+    def guarded(self, conn: ClientConnection, where: str, work: Callable[..., None], *args: Any) -> None:
+        """Run ``work(*args)`` for ``conn``; an error raised inside the daemon closes
+        that connection at once (as Pyro4 does), so its client is never left
+        waiting for a reply that no code path will send.
+
+        Not ``hosting.reported``: besides reporting, it must close the
+        connection, naming the error's type in the reason."""
+        try:
+            work(*args)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # any other error, even from a hook such as annotations()
+            report_error(exc, where)
+            self.close_conn(conn, f"internal error in {where}: {type(exc).__name__}")
+
+    def run_due(self, now: float) -> None:
+        """The deadline work of one pass: accepting again, deferred messages and
+        handshakes, per-connection timers and the idle check."""
+        if self.accept_resume_at is not None and now >= self.accept_resume_at:
+            self.resume_accepting()
+        for conn in list(self.soon):
+            self.soon.discard(conn)
+            self.guarded(conn, "daemon request handling", self.process, conn)
+        self.tls_steps = config.SSL_HANDSHAKES_PER_WAKEUP  # a new pass
+        waiting, self.tls_waiting = self.tls_waiting, set()
+        for conn in waiting:
+            self.guarded(conn, "TLS handshake", self.read, conn)
+        for kind, conn in list(self.timers.pop_due(now)):
+            self._timer_due(kind, conn)
+        idle_timeout = config.idle_timeout()
+        if idle_timeout and self.idle_check_at is not None and now >= self.idle_check_at:
+            for conn in list(self.conns.values()):
+                if not conn.busy and now - conn.last_active >= idle_timeout:
+                    self.close_conn(conn, f"idle for {idle_timeout} s")
+            self.idle_check_at = None
+
+    def next_due(self) -> float | None:
+        """When ``run_due`` should next run (``time.monotonic()``), or None; the
+        listening socket's back-off is included, whatever else is due."""
+        if self.soon or self.tls_waiting:
+            when: float | None = time.monotonic()
+        else:
+            first = self.timers.first()
+            when = None if first is None else first[1]
+            idle_timeout = config.idle_timeout()
+            if idle_timeout and self.conns:
+                if self.idle_check_at is None:
+                    self.idle_check_at = time.monotonic() + idle_timeout / 2
+                when = self.idle_check_at if when is None else min(when, self.idle_check_at)
+        if self.accept_resume_at is not None:
+            when = self.accept_resume_at if when is None else min(when, self.accept_resume_at)
+        return when
+
+    def may_step_tls(self, conn: ClientConnection) -> bool:
+        """Whether ``conn`` may take a TLS handshake step in this loop pass (SSL_HANDSHAKES_PER_WAKEUP).
+
+        When not, it is resumed by the next ``handle_deadline``, which the
+        daemon asks for at once. A hand-written loop without a watcher gets no
+        bound, as with MAX_CALLS_PER_WAKEUP.
+        """
+        if self.watcher is None or self.tls_steps > 0:
+            self.tls_steps -= 1
+            return True
+        self.tls_waiting.add(conn)
+        return False
+
+    def handshake_done(self, conn: ClientConnection) -> None:
+        self.timers.discard((_HANDSHAKE, conn))
+
+    def _timer_due(self, kind: str, conn: ClientConnection) -> None:
+        """A per-connection deadline from ``self.timers`` has passed."""
+        if kind == _HANDSHAKE:
+            reason = f"no handshake within HANDSHAKE_TIMEOUT ({config.HANDSHAKE_TIMEOUT} s)"
+            if not conn.closed and not conn.protocol.established:
+                if conn.transport.handshaking:
+                    reason = f"TLS handshake not done within HANDSHAKE_TIMEOUT ({config.HANDSHAKE_TIMEOUT} s)"
+                else:
+                    self.send(conn, conn.protocol.connect_fail_bytes(reason))
+                self.close_conn(conn, reason)
+        elif conn.partial_since is not None:
+            self.close_conn(conn, f"message incomplete after {config.HALF_FRAME_TIMEOUT} s (HALF_FRAME_TIMEOUT)")
+
+    # --- accepting ------------------------------------------------------------------------
+
+    def accept(self) -> None:
+        for _ in range(_ACCEPT_BUDGET):
+            try:
+                sock, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                self.accept_backoff = 0.0  # nobody waits: whatever the shortage was, it is over
+                return
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._pause_accepting(exc)
+                else:  # say, a connection reset while queued: keep serving the others
+                    self.limited_log.log(logging.WARNING, "accept failed", "accept failed: %s", exc)
+                return
+            if self.accept_backoff:
+                self.limited_log.log(logging.WARNING, "accept resumed", "accepting connections again")
+                self.accept_backoff = 0.0
+            if len(self.conns) >= config.MAX_CONNECTIONS:
+                self.limited_log.log(logging.WARNING, "MAX_CONNECTIONS", "connection from %s refused: "
+                                     "MAX_CONNECTIONS (%d) reached", addr, config.MAX_CONNECTIONS)
+                sock.close()
+                continue
+            sock.setblocking(False)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                if config.SOCK_NODELAY:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = ClientConnection(sock, addr, ServerProtocol(config.MAX_MESSAGE_SIZE, self.hmac_key))
+            if self.ssl_context is not None:
+                conn.transport = tls_transport(sock, self.ssl_context, True,
+                                               may_step=functools.partial(self.may_step_tls, conn))
+            self.conns[sock] = conn
+            if config.HANDSHAKE_TIMEOUT > 0:
+                self.timers.set((_HANDSHAKE, conn), time.monotonic() + config.HANDSHAKE_TIMEOUT)
+            if self.watcher is not None:
+                self.watcher.add(sock, READ)
+            log.debug("accepted connection from %s", addr)
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors (or memory): the pending connection stays in the
+        listen queue and the listening socket stays readable, so retrying at
+        once would spin the loop. Stop watching it for a back-off that doubles
+        while the shortage lasts; one log line per episode."""
+        low, high = _ACCEPT_BACKOFF
+        if not self.accept_backoff:
+            self.limited_log.log(logging.WARNING, "accept paused", "accept failed: %s; not accepting "
+                                 "connections until descriptors free up (retrying after %g s, then up "
+                                 "to every %g s)", exc, low, high)
+        self.accept_backoff = min(high, self.accept_backoff * 2 or low)
+        self.accept_resume_at = time.monotonic() + self.accept_backoff
+        if self.watcher is not None:
+            self.watcher.modify(self.sock, 0)
+
+    def resume_accepting(self) -> None:
+        self.accept_resume_at = None
+        if self.watcher is not None:
+            self.watcher.modify(self.sock, READ)
+        self.accept()  # one try now: with nobody waiting, no readiness would come to end the episode
+
+    # --- reading --------------------------------------------------------------------------
+
+    def read(self, conn: ClientConnection) -> None:
+        if conn.eof:
+            return  # a stale notification: nothing more comes from this client
+        if conn.busy:
+            # A client that hung up mid-call is noticed now; anything else waits
+            # until the call is done (per-connection order), unwatched, or
+            # level-triggered loops would fire again and again.
+            self.notice_hangup(conn)
+            if not conn.closed:
+                conn.read_paused = True
+                self.set_interest(conn)
+            return
+        reader = conn.protocol.reader
+        # a large payload under way: straight into its buffer (TLS hands over plaintext of its own sizes)
+        view = None if conn.transport.tls else reader.receive_into()
+        try:
+            if view is not None:
+                with view:
+                    count = conn.sock.recv_into(view)
+            else:
+                data = conn.transport.recv(_RECV_SIZE)
+                count = len(data)
+        except (BlockingIOError, InterruptedError):
+            self.set_interest(conn)  # TLS may have records of its own to send
+            return
+        except TLSError as exc:
+            self.close_conn(conn, str(exc))
+            return
+        except OSError as exc:
+            self.close_conn(conn, f"receive failed: {exc}")
+            return
+        if not count:
+            self._end_of_stream(conn)
+            self.process(conn)
+            return
+        conn.last_active = time.monotonic()
+        if view is not None:
+            reader.received(count)
+        else:
+            conn.protocol.receive_data(data)
+        if conn.transport.ended:  # TLS close_notify right behind the data, the socket left open
+            self._end_of_stream(conn)
+        self.process(conn)
+
+    def notice_hangup(self, conn: ClientConnection) -> None:
+        """Peek whether the client of a running call hung up (nothing is read meanwhile).
+
+        A reset closes the connection: the reply has nowhere to go. An end of
+        stream only marks it: the client may have half-closed and still wait
+        for its replies, so they are sent; the connection closes after them.
+        """
+        try:
+            if conn.sock.recv(1, socket.MSG_PEEK):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.close_conn(conn, f"connection lost while its call was running: {exc}")
+            return
+        self._end_of_stream(conn)
+
+    def _end_of_stream(self, conn: ClientConnection) -> None:
+        """The client closed its sending end: what it sent is still executed and answered."""
+        if conn.eof:
+            return
+        conn.eof = True
+        if conn.busy:
+            log.info("client %s disconnected or half-closed while its call was running: the reply "
+                     "is sent all the same, and is lost unless the client only half-closed", conn.addr)
+        self.set_interest(conn)
+
+    def process(self, conn: ClientConnection) -> None:
+        """Handle the complete messages buffered for ``conn``, a bounded number at a time."""
+        requests = self.requests
+        budget = config.MAX_CALLS_PER_WAKEUP if self.watcher is not None else sys.maxsize
+        drained = False
+        while not conn.closed and not conn.busy:
+            if len(conn.out) > _OUTPUT_HIGH_WATER:
+                break  # the peer is not reading its replies: wait for the output to drain
+            if requests.holds_back(conn):
+                break  # its worker jobs pile up: wait for them (see CallDispatcher.submit_job)
+            if budget <= 0:
+                self.soon.add(conn)
+                break
+            budget -= 1
+            if conn.decoded is not None:  # comes before anything the client sent after it
+                requests.dispatch_decoded(conn)
+                continue
+            event = conn.protocol.next_event()
+            if event is None:
+                drained = True
+                break
+            requests.handle(conn, event)
+        if drained and conn.eof and not conn.out:
+            # every complete request of a client that closed its end is answered
+            self.close_conn(conn, "client closed its end in the middle of a message"
+                            if conn.protocol.partial else None)
+            return
+        self._track_input(conn)
+        self._track_partial(conn)
+        if not conn.closed:
+            self.set_interest(conn)
+
+    # --- bounds ---------------------------------------------------------------------------
+
+    def _track_input(self, conn: ClientConnection) -> None:
+        """Count ``conn``'s buffered input towards MAX_BUFFERED_INPUT and enforce it.
+
+        Past the bound the connection buffering the most is closed (its peer
+        sees the connection end, as with MAX_MESSAGE_SIZE), again until the
+        total fits. Not back-pressure: a connection that is merely not read
+        keeps its buffer until HALF_FRAME_TIMEOUT, and meanwhile the next
+        honest message would find the budget still full. Closing the largest
+        frees memory at once and spares small calls, which are never the
+        largest while something big is being sent.
+        """
+        if not conn.closed:
+            self.input.count(conn, conn.protocol.reader.buffered)
+        self._enforce_total(self.input, "MAX_BUFFERED_INPUT", "buffered the most input")
+
+    def _track_output(self, conn: ClientConnection) -> None:
+        """Count ``conn``'s unsent replies towards MAX_BUFFERED_OUTPUT and enforce it.
+
+        MAX_OUTPUT_BUFFER bounds one connection; without a total, many clients
+        that ask for large replies and never read them make the daemon hold
+        MAX_CONNECTIONS of those. Past the bound the connection holding the
+        most unsent bytes is closed (its undelivered replies are named in the
+        closing log line), as for MAX_BUFFERED_INPUT.
+        """
+        if not conn.closed:
+            self.output.count(conn, len(conn.out))
+        self._enforce_total(self.output, "MAX_BUFFERED_OUTPUT", "held the most unsent replies")
+
+    def _enforce_total(self, ranking: SizeRanking[ClientConnection], item: str, what: str) -> None:
+        limit = getattr(config, item)
+        while limit and ranking.total > limit and (largest := ranking.largest()) is not None:
+            victim, size = largest
+            self.close_conn(victim, f"{item} ({limit} bytes) exceeded by all connections "
+                                    f"together: this one {what} ({size} bytes)")
+
+    def _track_partial(self, conn: ClientConnection) -> None:
+        """Start or stop the half-frame deadline: only while the daemon waits for the client."""
+        waiting_for_client = not (conn.closed or conn.busy or conn in self.soon
+                                  or self.requests.holds_back(conn))
+        if waiting_for_client and conn.protocol.partial:
+            if conn.partial_since is None:
+                conn.partial_since = time.monotonic()
+                self.timers.set((_HALF_FRAME, conn), conn.partial_since + config.HALF_FRAME_TIMEOUT)
+        elif conn.partial_since is not None:
+            conn.partial_since = None
+            self.timers.discard((_HALF_FRAME, conn))
+
+    def set_interest(self, conn: ClientConnection) -> None:
+        if (conn.eof or conn.busy and conn.read_paused or len(conn.out) > _OUTPUT_HIGH_WATER
+                or self.requests.holds_back(conn)):
+            events = 0
+        else:
+            events = READ
+            conn.read_paused = False
+        if conn.out or conn.transport.wants_write:
+            events |= WRITE
+        if events != conn.interest:
+            conn.interest = events
+            if self.watcher is not None:
+                self.watcher.modify(conn.sock, events)
+
+    # --- writing --------------------------------------------------------------------------
+
+    def send(self, conn: ClientConnection, data: bytes) -> None:
+        """Queue reply bytes and write as much as the socket takes now."""
+        if conn.closed:
+            return
+        if conn.out:
+            conn.out += data
+        else:
+            try:
+                sent = conn.transport.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except (OSError, TLSError) as exc:
+                self.close_conn(conn, f"send failed: {exc}")
+                return
+            if sent < len(data):
+                conn.out += memoryview(data)[sent:]
+        if len(conn.out) > config.MAX_OUTPUT_BUFFER:
+            self.close_conn(conn, f"more than MAX_OUTPUT_BUFFER ({config.MAX_OUTPUT_BUFFER} bytes) of replies "
+                                  "unread by the client")
+        else:
+            self.set_interest(conn)
+            if conn.out:
+                self._track_output(conn)
+
+    def flush(self, conn: ClientConnection) -> None:
+        sent_total = 0
+        try:
+            conn.transport.flush()
+        except OSError as exc:
+            self.close_conn(conn, f"send failed: {exc}")
+            return
+        while conn.out and sent_total < _SEND_BUDGET:
+            try:
+                sent = conn.transport.send(conn.out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except (OSError, TLSError) as exc:
+                self.close_conn(conn, f"send failed: {exc}")
+                return
+            del conn.out[:sent]
+            sent_total += sent
+        self.output.count(conn, len(conn.out))
+        conn.last_active = time.monotonic()
+        if not conn.out and not conn.busy:
+            self.process(conn)  # input held back while output piled up
+        else:
+            self.set_interest(conn)
+
+    # --- closing --------------------------------------------------------------------------
+
+    def close_all(self) -> None:
+        """At daemon close: every connection gets what can still be answered, then closes."""
+        refuse_queued = self.requests.refuse_queued
+        for conn in list(self.conns.values()):
+            conn.close_reason = "the daemon closed"
+            self._receive_at_close(conn)
+            self.guarded(conn, "closing the daemon", refuse_queued, conn)
+            self._flush_at_close(conn)
+            self.close_conn(conn, None)
+
+    def _receive_at_close(self, conn: ClientConnection) -> None:
+        """Take what the client sent but the daemon had not read yet, say behind a
+        running call: those requests get answered or logged too, not lost with the
+        socket. Bounded by what the kernel holds for the socket (its receive buffer)."""
+        if conn.eof:
+            return
+        try:
+            budget = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            while budget > 0 and (data := conn.transport.recv(_RECV_SIZE)):
+                conn.protocol.receive_data(data)
+                budget -= len(data)
+        except (OSError, TLSError):  # nothing (more) waiting, or the connection is gone anyway
+            return
+
+    def _flush_at_close(self, conn: ClientConnection) -> None:
+        """Write what the socket takes now of replies already made; log what it did not take."""
+        while conn.out and not conn.closed:
+            try:
+                sent = conn.transport.send(conn.out)
+            except (OSError, TLSError):  # full or gone: what is left is logged below
+                break
+            del conn.out[:sent]
+        if conn.out:
+            log.info("%d bytes of replies to %s dropped: %s", len(conn.out), conn.addr, conn.close_reason)
+
+    def close_conn(self, conn: ClientConnection, reason: str | None) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        conn.close_reason = conn.close_reason or reason or "the client disconnected"
+        if reason:
+            # keyed by the kind of reason (the text before any detail): a flood
+            # of bad peers must not flood the log
+            self.limited_log.log(logging.INFO, "closing: " + reason.split(":", 1)[0],
+                                 "closing connection from %s: %s", conn.addr, reason)
+        self.conns.pop(conn.sock, None)
+        self.soon.discard(conn)
+        self.tls_waiting.discard(conn)
+        self.timers.discard((_HANDSHAKE, conn))
+        self.timers.discard((_HALF_FRAME, conn))
+        self.input.count(conn, 0)
+        self.output.count(conn, 0)
+        if self.watcher is not None:
+            self.watcher.remove(conn.sock)
+        conn.transport.close()  # TLS: close_notify, if the socket takes it now
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+        self.closed(conn)
