@@ -150,6 +150,7 @@ class DemoQueries:
         pass
 
 
+
 class SignalWakeup(Wakeup):
     """A socket that becomes readable when a signal arrives.
 
@@ -220,3 +221,32 @@ def logged(method: Callable) -> Callable:
         return result
 
     return wrapper
+
+
+@pyro_loops.expose
+class Tally(DemoQueries):
+    """A counter and a message list kept in plain Python objects: what the demos without a
+    window (asyncio, custom loop) publish where the window demos have widgets."""
+
+    def __init__(self) -> None:
+        self.counter = 0
+        self.messages: list[str] = []
+
+    @logged
+    def increment(self, step: int = 1) -> int:
+        self.counter += int(step)
+        return self.counter
+
+    @logged
+    def add_message(self, text: str) -> int:
+        self.messages.append(str(text))
+        return len(self.messages)
+
+
+def work_in_steps(seconds: float, report: Callable[[int], None], steps: int = 20) -> str:
+    """Sleep ``seconds`` in ``steps`` slices (standing for real work in a worker thread),
+    passing the percentage done to ``report`` after each; the window demos' ``long_task``."""
+    for step in range(1, steps + 1):
+        time.sleep(float(seconds) / steps)
+        report(step * 100 // steps)
+    return f"worked {float(seconds):g} s in {threading.current_thread().name}"

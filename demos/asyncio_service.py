@@ -38,19 +38,18 @@ from typing import Any, Iterator
 import pyro_loops
 from pyro_loops.adapters import asyncio as asyncio_adapter
 
-from _support import CallLog, DemoQueries, add_server_options, logged, register_name
+from _support import CallLog, Tally, add_server_options, logged, register_name
 
 PUSH_TIMEOUT = 5.0   # seconds a listener may take to take a note
 
 @pyro_loops.expose
-class AsyncService(DemoQueries):
+class AsyncService(Tally):
     """The published object; every method runs on the asyncio loop."""
 
     def __init__(self, client: pyro_loops.Client) -> None:
+        super().__init__()
         self.client = client    # for calls back to our callers, made from this loop
         self.log = CallLog()
-        self.counter = 0
-        self.messages: list[str] = []
         self.ticks = 0          # advanced by a task of the program's own, next to the daemon
         self.waiting = 0        # async calls awaiting right now
         self.most_waiting = 0   # the most that were awaiting at the same time
@@ -103,16 +102,6 @@ class AsyncService(DemoQueries):
     def countdown(self, start: int = 5) -> Iterator[int]:
         """A generator: the caller gets a stream and fetches its items as it goes."""
         yield from range(int(start), 0, -1)
-
-    @logged
-    def increment(self, step: int = 1) -> int:
-        self.counter += int(step)
-        return self.counter
-
-    @logged
-    def add_message(self, text: str) -> int:
-        self.messages.append(str(text))
-        return len(self.messages)
 
     def state(self) -> dict:
         return {

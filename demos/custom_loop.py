@@ -38,7 +38,7 @@ from typing import Any, Callable
 import pyro_loops
 from pyro_loops.naming import startNS
 
-from _support import CallLog, DemoQueries, SignalWakeup, logged
+from _support import CallLog, SignalWakeup, Tally, logged
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
@@ -151,29 +151,18 @@ class UdpEcho:
 
 
 @pyro_loops.expose
-class LoopService(DemoQueries):
+class LoopService(Tally):
     """The published object; runs in the loop's thread like everything else here."""
 
     def __init__(self, loop: MainLoop, udp: UdpEcho, ns_uri: pyro_loops.URI, log: CallLog) -> None:
+        super().__init__()
         self.loop = loop
         self.udp = udp
         self.ns_uri = ns_uri
         self.log = log
-        self.counter = 0
-        self.messages: list[str] = []
 
     def info(self) -> str:
         return "custom loop demo: a selectors loop of its own hosts a name server, this daemon and a UDP service"
-
-    @logged
-    def increment(self, step: int = 1) -> int:
-        self.counter += int(step)
-        return self.counter
-
-    @logged
-    def add_message(self, text: str) -> int:
-        self.messages.append(str(text))
-        return len(self.messages)
 
     @logged
     def udp_address(self) -> list:

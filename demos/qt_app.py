@@ -27,8 +27,6 @@ import importlib
 import os
 import signal
 import sys
-import threading
-import time
 from typing import Callable
 
 # The first installed of the bindings the adapter takes (names all three spell alike).
@@ -45,7 +43,7 @@ Signal = getattr(QtCore, "pyqtSignal", None) or QtCore.Signal
 import pyro_loops
 from pyro_loops.adapters import qt as qt_adapter
 
-from _support import CallLog, DemoQueries, SignalWakeup, add_server_options, logged, register_name
+from _support import CallLog, DemoQueries, SignalWakeup, add_server_options, logged, register_name, work_in_steps
 
 
 class Bridge(QtCore.QObject):
@@ -148,11 +146,7 @@ class Board(DemoQueries):
     @logged
     def long_task(self, seconds: float = 3.0) -> str:
         """Work for a while in a worker thread; progress reaches the bar through a signal."""
-        steps = 20
-        for step in range(1, steps + 1):
-            time.sleep(float(seconds) / steps)  # stands for real work
-            self.bridge.progress.emit(step * 100 // steps)
-        return f"worked {float(seconds):g} s in {threading.current_thread().name}"
+        return work_in_steps(seconds, self.bridge.progress.emit)
 
     def state(self) -> dict:
         """What the window shows right now, read back from the widgets."""

@@ -28,7 +28,6 @@ import queue
 import signal
 import sys
 import threading
-import time
 import tkinter
 from tkinter import ttk
 from typing import Callable
@@ -36,7 +35,7 @@ from typing import Callable
 import pyro_loops
 from pyro_loops.adapters import tk as tk_adapter
 
-from _support import CallLog, DemoQueries, SignalWakeup, add_server_options, logged, register_name
+from _support import CallLog, DemoQueries, SignalWakeup, add_server_options, logged, register_name, work_in_steps
 
 WORKER_EVENT = "<<DemoWorkerNews>>"
 
@@ -160,11 +159,7 @@ class Board(DemoQueries):
     @logged
     def long_task(self, seconds: float = 3.0) -> str:
         """Work for a while in a worker thread; progress reaches the bar through WorkerNews."""
-        steps = 20
-        for step in range(1, steps + 1):
-            time.sleep(float(seconds) / steps)  # stands for real work
-            self.news.post(lambda percent=step * 100 // steps: self.window.progress.set(percent))
-        return f"worked {float(seconds):g} s in {threading.current_thread().name}"
+        return work_in_steps(seconds, lambda percent: self.news.post(lambda: self.window.progress.set(percent)))
 
     def state(self) -> dict:
         """What the window shows right now, read back from the widgets."""

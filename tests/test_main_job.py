@@ -44,8 +44,10 @@ def test_main_job_reports_every_step_working_and_exits_0():
     assert re.search(r"slow_square\(12, [\d.]+\) = 144 .* meanwhile the loop answered [1-9]\d* pings", report)
     counts = re.search(r"the client made (\d+) calls .* this process served (\d+)$", report, re.M)
     assert counts and counts.group(1) == counts.group(2), report
-    assert re.search(r"^burst: 2000 calls in [\d.]+ s = [\d,]+ calls/s; latency p50 [\d.]+ ms, p99 [\d.]+ ms$",
-                     report, re.M), report
+    # The burst stops after BURST_SECONDS on a slow or busy machine, so any count up to 2000 is right.
+    burst = re.search(r"^burst: (\d+) calls in [\d.]+ s = [\d,]+ calls/s; latency p50 [\d.]+ ms, p99 [\d.]+ ms$",
+                      report, re.M)
+    assert burst and 0 < int(burst.group(1)) <= 2000, report
     assert re.search(r"^threads: every call ran in the loop's thread \(MainThread\) except slow_square "
                      r"\(in [^)]+\)$", report, re.M), report
     assert "pyro_loops.adapters.selectloop" in report
