@@ -441,7 +441,7 @@ class CallDispatcher:
             instance = conn.pyroInstances.get(obj)
             if instance is None:
                 instance = conn.pyroInstances[obj] = make()
-        instance._pyroDaemon = self
+        instance._pyroDaemon = self.host  # the daemon, as for registered objects
         instance._pyroId = obj_id
         return instance
 
