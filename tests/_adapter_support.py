@@ -135,6 +135,21 @@ def in_threads(*clients: Callable[[], Any], when_done: Callable[[], None] | None
     return threads, results, failures
 
 
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``fn`` in a new thread; the list gets its result or exception."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
 def half_frame_client(uri) -> socket.socket:
     """A raw client that sends 10 of the 24 header bytes of a CONNECT and stalls."""
     sock = socket.create_connection((uri.host, uri.port), timeout=WAIT_S)

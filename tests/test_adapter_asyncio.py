@@ -80,23 +80,6 @@ def test_detach_takes_back_the_coroutine_runner_and_reattach_restores_it(daemon,
     run(scenario)
 
 
-def test_loop_attached_here_and_run_in_another_thread_serves_this_threads_calls(daemon, uri):
-    """The loop's thread is the thread that runs it: this thread's calls are no
-    calls of the loop to itself (which would be refused as a deadlock)."""
-    loop = asyncio.new_event_loop()
-    handle = asyncio_adapter.attach(daemon, loop)
-    runner = threading.Thread(target=loop.run_forever, name="asyncio-loop")
-    runner.start()
-    try:
-        assert call_once(uri, "echo", "from the attaching thread") == "from the attaching thread"
-    finally:
-        loop.call_soon_threadsafe(handle.detach)
-        loop.call_soon_threadsafe(loop.stop)
-        runner.join(WAIT_S)
-        loop.close()
-    assert not handle.attached
-
-
 def test_async_method_awaits_while_other_connections_are_served(daemon, uri, service):
     def other_client():
         assert service.awaiting.wait(WAIT_S)

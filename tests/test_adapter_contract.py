@@ -1,40 +1,37 @@
 """The adapter contract, written once and run against every host loop.
 
-Each test runs once per host: the select loop, asyncio, Qt (an offscreen
-QApplication through pytest-qt) and Tk under Xvfb with both of its strategies
-("filehandler", and "thread", the helper-thread fallback meant for Windows).
-A ``Host`` runs its real loop in the test's thread while clients run in
-threads, and reads back what the loop really watches (its selector, Qt's
-notifiers, the Tk handle's registrations). What is particular to one loop
-(nested loops, async methods, the program's own sockets, ...) stays in
-``test_adapter_<name>.py``.
+Each test runs once per host (``_hosts.py``): the select loop, asyncio, Qt (an
+offscreen QApplication through pytest-qt) and Tk under Xvfb with both of its
+strategies ("filehandler", and "thread", the helper-thread fallback meant for
+Windows). A ``Host`` runs its real loop in the test's thread while clients run
+in threads, and reads back what the loop really watches (its selector, Qt's
+notifiers, the Tk handle's registrations). The few promises that only some
+loops can keep say so in their parametrization (only the select loop and
+asyncio can run in a thread other than the one that made them). What is
+particular to one loop (nested loops, async methods, the program's own
+sockets, ...) stays in ``test_adapter_<name>.py``.
 
 The select-loop and asyncio runs need neither Qt, nor a display, nor Pyro4:
-``-k "selectloop or asyncio"`` runs the contract for the core alone; the Qt
+they belong to the ``core`` group (``-m core``, see ``conftest.py``); the Qt
 and Tk runs skip when their toolkit is missing.
 """
 
 from __future__ import annotations
 
-import asyncio
-import gc
-import selectors
 import socket
 import threading
-import time
 from typing import Any, Callable
 
 import pytest
 
 import pyro_loops
-from pyro_loops.adapters import asyncio as asyncio_adapter
-from pyro_loops.adapters import selectloop
+from pyro_loops.adapters.selectloop import SelectLoop
 
 from _adapter_support import (BIG_REPLY, FLOOD, WAIT_S, BaseService, DisconnectFails, RawClient, call_once,
-                              fail_first_event, half_frame_client, in_threads, proxy, reported)
+                              fail_first_event, half_frame_client, in_threads, proxy, reported)  # noqa: F401
+from _hosts import READ, RUN_ANYWHERE, WRITE, host  # noqa: F401
+from _util import wait_until
 
-READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-BOTH = READ | WRITE
 IDLE_SOCKETS = 2  # a daemon without clients: its listening socket and its wakeup socket
 
 
@@ -42,299 +39,6 @@ IDLE_SOCKETS = 2  # a daemon without clients: its listening socket and its wakeu
 class Service(BaseService):
     def in_loop_thread(self):
         return threading.current_thread() is threading.main_thread()
-
-
-# --- the hosts --------------------------------------------------------------------------
-
-
-class Host:
-    """One host loop, run in the test's thread. Subclasses say how to attach, run,
-    time and inspect it; the shared parts are written here once."""
-
-    name: str
-    where: str            # what the error hook is told for a fault inside this host's callbacks
-    expected: str         # what attach() says it needs when given something else
-    adapter: Any          # the adapter module, for its attach()
-
-    def attach(self, daemon: Any) -> Any:
-        raise NotImplementedError
-
-    def run_until(self, condition: Callable[[], Any], timeout: float = WAIT_S) -> None:
-        """Run the loop until ``condition()`` holds (it is checked at least every 10 ms)."""
-        raise NotImplementedError
-
-    def repeat(self, interval: float, fn: Callable[[], None]) -> Callable[[], None]:
-        """Call ``fn`` from a loop timer every ``interval`` seconds (0: every turn); returns a stop function."""
-        raise NotImplementedError
-
-    def watched(self, events: int = BOTH) -> list[int]:
-        """The descriptors the loop watches for ``events`` on behalf of adapters, sorted, each
-        as often as it is watched (one Qt notifier too many would show as a repeat)."""
-        raise NotImplementedError
-
-    def deadline_timers(self) -> int:
-        """How many deadline timers of the adapters are armed in the loop."""
-        raise NotImplementedError
-
-    def assert_released(self) -> None:
-        """Nothing of any adapter handle remains in the loop."""
-        assert self.watched() == []
-        assert self.deadline_timers() == 0
-
-    def close(self) -> None:
-        """End of the test: nothing may have escaped into the loop."""
-
-    def run_for(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        self.run_until(lambda: time.monotonic() >= end)
-
-    def serve(self, *clients: Callable[[], Any]) -> list[Any]:
-        """Run the loop while each client runs in a thread; return their results, re-raise their errors."""
-        threads, results, failures = in_threads(*clients)
-        self.run_until(lambda: not any(t.is_alive() for t in threads))
-        if failures:
-            raise failures[0]
-        return results
-
-
-class SelectorHost(Host):
-    """A host whose loop has ``call_later`` and watches sockets with a ``selectors`` selector."""
-
-    loop: Any
-
-    def repeat(self, interval: float, fn: Callable[[], None]) -> Callable[[], None]:
-        def tick() -> None:
-            fn()
-            timer[0] = self.loop.call_later(interval, tick)
-
-        timer = [self.loop.call_later(interval, tick)]
-        return lambda: timer[0].cancel()
-
-    def watched(self, events: int = BOTH) -> list[int]:
-        own = self._own_fd()
-        return sorted(key.fd for key in self.loop._selector.get_map().values() if key.events & events and key.fd != own)
-
-    def _own_fd(self) -> int:
-        """The loop's own wakeup descriptor, which is no adapter's."""
-        raise NotImplementedError
-
-
-class SelectLoopHost(SelectorHost):
-    name = "selectloop"
-    where = "select loop"
-    expected = "SelectLoop"
-    adapter = selectloop
-
-    def __init__(self) -> None:
-        self.loop = selectloop.SelectLoop()
-
-    def attach(self, daemon: Any) -> Any:
-        return selectloop.attach(daemon, self.loop)
-
-    def run_until(self, condition: Callable[[], Any], timeout: float = WAIT_S) -> None:
-        safety = self.loop.call_later(timeout, self.loop.stop)
-        self.loop.run(until=condition, max_wait=0.01)
-        safety.cancel()
-        assert condition(), f"not reached within {timeout} s"
-
-    def _own_fd(self) -> int:
-        return self.loop._wakeup.reader.fileno()
-
-    def deadline_timers(self) -> int:
-        return sum(1 for _, _, timer in self.loop._timers if not timer.cancelled)
-
-    def close(self) -> None:
-        self.loop.close()
-
-
-class AsyncioHost(SelectorHost):
-    name = "asyncio"
-    where = "asyncio adapter"
-    expected = "asyncio event loop"
-    adapter = asyncio_adapter
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.escaped: list[dict] = []
-        self.loop.set_exception_handler(lambda loop, context: self.escaped.append(context))
-        self.handles: list[asyncio_adapter.AsyncioHandle] = []
-
-    def attach(self, daemon: Any) -> Any:
-        handle = asyncio_adapter.attach(daemon, self.loop)  # not running yet: the thread that runs it serves
-        self.handles.append(handle)
-        return handle
-
-    def run_until(self, condition: Callable[[], Any], timeout: float = WAIT_S) -> None:
-        async def until() -> None:
-            deadline = time.monotonic() + timeout
-            while not condition() and time.monotonic() < deadline:
-                await asyncio.sleep(0.005)
-
-        self.loop.run_until_complete(until())
-        assert condition(), f"not reached within {timeout} s"
-
-    def _own_fd(self) -> int:
-        return self.loop._ssock.fileno()  # the loop's self-pipe
-
-    def deadline_timers(self) -> int:
-        return sum(1 for handle in self.handles if handle._timer is not None)
-
-    def close(self) -> None:
-        self.loop.close()
-        assert self.escaped == [], f"errors reached the loop's exception handler: {self.escaped}"
-
-
-class QtHost(Host):
-    name = "qt"
-    where = "qt adapter"
-    expected = "Qt application"
-
-    def __init__(self, qtbot: Any, qapp: Any) -> None:
-        from pytestqt.qt_compat import qt_api
-
-        from pyro_loops.adapters import qt as qt_adapter
-
-        self.adapter = qt_adapter
-        self.qtbot = qtbot
-        self.app = qapp
-        self.qt = qt_api.QtCore
-
-    def attach(self, daemon: Any) -> Any:
-        return self.adapter.attach(daemon, self.app)
-
-    def run_until(self, condition: Callable[[], Any], timeout: float = WAIT_S) -> None:
-        self.qtbot.waitUntil(lambda: bool(condition()), timeout=int(timeout * 1000))
-
-    def repeat(self, interval: float, fn: Callable[[], None]) -> Callable[[], None]:
-        timer = self.qt.QTimer()
-        timer.timeout.connect(fn)
-        timer.start(int(interval * 1000))
-        return timer.stop
-
-    def _owners(self) -> list[Any]:
-        return self.app.findChildren(self.qt.QObject, "pyro_loops.adapters.qt")
-
-    def watched(self, events: int = BOTH) -> list[int]:
-        kinds = {READ: self.qt.QSocketNotifier.Type.Read, WRITE: self.qt.QSocketNotifier.Type.Write}
-        wanted = [kind for bit, kind in kinds.items() if events & bit]
-        notifiers = [n for owner in self._owners() for n in owner.findChildren(self.qt.QSocketNotifier)
-                     if n.isEnabled() and n.type() in wanted]
-        if events == BOTH:  # a socket is watched once however many directions
-            return sorted({int(n.socket()) for n in notifiers})
-        return sorted(int(n.socket()) for n in notifiers)
-
-    def deadline_timers(self) -> int:
-        return sum(1 for owner in self._owners() for t in owner.findChildren(self.qt.QTimer) if t.isActive())
-
-    def assert_released(self) -> None:
-        super().assert_released()
-        self.qt.QCoreApplication.sendPostedEvents(None, self.qt.QEvent.Type.DeferredDelete)
-        assert self._owners() == []  # every notifier and timer went with its owner
-
-    def close(self) -> None:
-        self.assert_released()
-
-
-class TkHost(Host):
-    where = "tk adapter"
-    expected = "tkinter widget"
-
-    def __init__(self, strategy: str) -> None:
-        import tkinter
-
-        from pyro_loops.adapters import tk as tk_adapter
-
-        self.adapter = tk_adapter
-        self.name = f"tk-{strategy}"
-        self.strategy = strategy
-        self.root = tkinter.Tk()
-        self.root.withdraw()
-        self.escaped: list[BaseException] = []
-        self.root.report_callback_exception = lambda exc_type, exc, tb: self.escaped.append(exc)
-        self.handles: list[Any] = []
-
-    def attach(self, daemon: Any) -> Any:
-        handle = self.adapter.attach(daemon, self.root, strategy=self.strategy)
-        self.handles.append(handle)
-        return handle
-
-    def run_until(self, condition: Callable[[], Any], timeout: float = WAIT_S) -> None:
-        deadline = time.monotonic() + timeout
-
-        def check() -> None:
-            if condition() or time.monotonic() > deadline:
-                self.root.quit()
-            else:
-                self.root.after(5, check)
-
-        self.root.after(5, check)
-        self.root.mainloop()
-        assert condition(), f"not reached within {timeout} s"
-
-    def repeat(self, interval: float, fn: Callable[[], None]) -> Callable[[], None]:
-        def tick() -> None:
-            fn()
-            timer[0] = self.root.after(int(interval * 1000), tick)
-
-        timer = [self.root.after(int(interval * 1000), tick)]
-        return lambda: self.root.after_cancel(timer[0])
-
-    def watched(self, events: int = BOTH) -> list[int]:
-        # Tk cannot list its file handlers: the handles' own books, checked
-        # against the helper thread's where there is one (test_adapter_tk.py
-        # catches leaked handlers by their effect).
-        fds = []
-        for handle in self.handles:
-            helper = getattr(handle._watching, "selector", None)
-            if helper is not None:
-                assert helper.watched() == set(handle._socks.values())
-            fds += [fd for fd, registered in handle._events.items() if registered & events]
-        return sorted(fds)
-
-    def deadline_timers(self) -> int:
-        """Pending Tcl ``after`` timers (the test's own are gone once mainloop returned)."""
-        return len(self.root.tk.splitlist(self.root.tk.call("after", "info")))
-
-    def assert_released(self) -> None:
-        super().assert_released()
-        deadline = time.monotonic() + WAIT_S
-        while self._helper_threads() and time.monotonic() < deadline:
-            self.root.update()  # delivers a wakeup in flight, after which the helper ends
-            for thread in self._helper_threads():
-                thread.join(0.01)
-        assert self._helper_threads() == []
-
-    @staticmethod
-    def _helper_threads() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t.name == "pyro_loops-tk-selector"]
-
-    def close(self) -> None:
-        self.root.destroy()
-        # A Tcl interpreter must be deleted in its own thread: free this one here,
-        # not in whichever client thread the garbage collector would next run in.
-        del self.root
-        gc.collect()
-        assert not self.escaped, f"exceptions escaped into Tk: {self.escaped}"
-
-
-def _make_host(request: pytest.FixtureRequest) -> Host:
-    name = request.param
-    if name == "selectloop":
-        return SelectLoopHost()
-    if name == "asyncio":
-        return AsyncioHost()
-    if name == "qt":
-        pytest.importorskip("pytestqt", reason="the Qt runs need pytest-qt and a Qt binding")
-        return QtHost(request.getfixturevalue("qtbot"), request.getfixturevalue("qapp"))
-    pytest.importorskip("tkinter", reason="the Tk runs need tkinter")
-    return TkHost(name.partition("-")[2])
-
-
-@pytest.fixture(params=["selectloop", "asyncio", "qt", "tk-filehandler", "tk-thread"])
-def host(request):
-    host = _make_host(request)
-    yield host
-    host.close()
 
 
 @pytest.fixture
@@ -627,6 +331,34 @@ def test_attach_and_detach_from_another_thread_are_refused_alike(host, daemon, s
         assert f"call {action} in the loop's own thread" in error
     assert daemon.sockets == []
     host.assert_released()
+
+
+def test_client_attached_twice_is_refused_and_its_first_loop_keeps_serving_it(host, daemon, service):
+    with pyro_loops.Client() as client, SelectLoop() as other_loop:
+        handle = host.attach(client)
+        for again in (lambda: host.attach(client), lambda: other_loop.attach(client)):
+            with pytest.raises(pyro_loops.errors.PyroError, match="already attached"):
+                again()
+        host.attach(daemon)
+        call = client.proxy(service.uri).echo("still served")
+        assert host.settle(call).result() == "still served"
+        assert handle.attached
+
+
+@pytest.mark.parametrize("host", RUN_ANYWHERE, indirect=True)
+def test_loop_attached_here_and_run_in_another_thread_serves_this_threads_calls(host, daemon, service):
+    """The loop's thread is the thread that runs it: calls from the thread that
+    attached are no calls of the loop to itself (which are refused as a deadlock)."""
+    handle = host.attach(daemon)
+    stop = host.run_in_thread()
+    try:
+        assert call_once(service.uri, "echo", "from the attaching thread") == "from the attaching thread"
+        assert call_once(service.uri, "in_loop_thread") is False
+    finally:
+        daemon.close()  # from outside the loop's thread: the loop carries it out
+        wait_until(lambda: not handle.attached, WAIT_S)
+        stop()
+    assert daemon.sockets == []
 
 
 def test_attach_to_something_that_is_not_a_loop_says_what_it_needs(host, daemon):

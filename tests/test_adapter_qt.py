@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from pytestqt.qt_compat import qt_api
+qt_api = pytest.importorskip("pytestqt.qt_compat", reason="needs pytest-qt and a Qt binding").qt_api
 
 import pyro_loops
 from pyro_loops.adapters import qt as qt_adapter

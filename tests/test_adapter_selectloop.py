@@ -1,10 +1,10 @@
 """The select loop (``pyro_loops.adapters.selectloop``) serving real clients.
 
-The loop runs in the test's thread; clients run in threads and stop the loop
-when they are done (``SelectLoop.stop`` is thread-safe), with a loop timer as
-the safety net. What the loop watches is read from its selector, the real
-registration state. The seed's hand-written ``select()`` pattern is covered
-at the end.
+What the select loop does beyond the adapter contract (``test_adapter_contract.py``):
+the program's own sockets, timers and frame loop sharing it with a daemon, and
+``stop()`` from another thread. The loop runs in the test's thread
+(``selectloop_host`` from ``_hosts.py``); clients run in threads. The seed's
+hand-written ``select()`` pattern is covered at the end.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 
 import pyro_loops
-from pyro_loops.adapters.selectloop import SelectLoop, attach
+from pyro_loops.adapters.selectloop import attach
 
-from _adapter_support import BIG_REPLY, WAIT_S, BaseService, call_once, in_threads, proxy, reported
+from _adapter_support import BIG_REPLY, WAIT_S, BaseService, call_once, in_threads, proxy, reported  # noqa: F401
+from _hosts import selectloop_host  # noqa: F401
 
 
 @pyro_loops.expose
@@ -33,9 +34,8 @@ class Service(BaseService):
 
 
 @pytest.fixture
-def loop():
-    with SelectLoop() as loop:
-        yield loop
+def loop(selectloop_host):
+    return selectloop_host.loop
 
 
 @pytest.fixture
@@ -51,63 +51,16 @@ def service(daemon):
     return service
 
 
-# --- helpers --------------------------------------------------------------------------
-
-
-def run_until(loop: SelectLoop, condition: Callable[[], Any]) -> None:
-    """Run the loop until ``condition()`` holds, re-checked at least every 10 ms."""
-    safety = loop.call_later(WAIT_S, loop.stop)
-    loop.run(until=condition, max_wait=0.01)
-    safety.cancel()
-    assert condition(), f"not reached within {WAIT_S} s"
-
-
-def serve_clients(loop: SelectLoop, *clients: Callable[[], Any]) -> list[Any]:
-    """Run the loop while each client runs in a thread; return their results, re-raise their errors."""
-    threads, results, failures = in_threads(*clients, when_done=loop.stop)
-    safety = loop.call_later(WAIT_S, loop.stop)
-    loop.run()
-    safety.cancel()
-    for thread in threads:
-        thread.join(WAIT_S)
-    assert not any(t.is_alive() for t in threads), "clients still running"
-    if failures:
-        raise failures[0]
-    return results
-
-
-def watched(loop: SelectLoop) -> set[Any]:
-    """The sockets registered in the loop's selector, its own wakeup socket left out."""
-    return {key.fileobj for key in loop._selector.get_map().values()} - {loop._wakeup.reader}
-
-
 # --- the loop hosting daemons ----------------------------------------------------------
 
 
-def test_exception_in_the_programs_callback_goes_to_the_hook(loop, daemon, service, reported):
+def test_exception_in_the_programs_callback_goes_to_the_hook(selectloop_host, loop, daemon, service, reported):
     attach(daemon, loop)
     loop.call_later(0, lambda: 1 / 0)
-    assert serve_clients(loop, lambda: call_once(service.uri, "echo", 1)) == [1]
+    assert selectloop_host.serve(lambda: call_once(service.uri, "echo", 1)) == [1]
     [(exc, _where)] = reported
     assert isinstance(exc, ZeroDivisionError)
     reported.clear()
-
-
-def test_loop_attached_here_and_run_in_another_thread_serves_this_threads_calls(loop, daemon, service, reported):
-    """The loop's thread is the thread that runs it: calls from the thread that
-    attached are no calls of the loop to itself (which are refused as a deadlock)."""
-    handle = attach(daemon, loop)
-    runner = threading.Thread(target=loop.run, name="select-loop")
-    runner.start()
-    try:
-        assert call_once(service.uri, "echo", "from the attaching thread") == "from the attaching thread"
-        assert call_once(service.uri, "in_loop_thread") is False
-    finally:
-        daemon.close()  # from outside the loop's thread: the loop carries it out
-        loop.stop()
-        runner.join(WAIT_S)
-    assert not runner.is_alive()
-    assert not handle.attached
 
 
 def test_request_loop_in_another_thread_ends_when_shut_down_before_any_client(daemon, reported):
@@ -125,7 +78,7 @@ def test_request_loop_in_another_thread_ends_when_shut_down_before_any_client(da
 # --- the program's own sockets, timers and frame loop ----------------------------------
 
 
-def test_programs_own_socket_and_timer_share_the_loop_with_a_daemon(loop, daemon, service, reported):
+def test_programs_own_socket_and_timer_share_the_loop_with_a_daemon(selectloop_host, loop, daemon, service, reported):
     attach(daemon, loop)
     mine, theirs = socket.socketpair()
     received: list[bytes] = []
@@ -138,11 +91,11 @@ def test_programs_own_socket_and_timer_share_the_loop_with_a_daemon(loop, daemon
             theirs.sendall(b"sensor reading")
             return call_once(service.uri, "echo", "call")
 
-        assert serve_clients(loop, client) == ["call"]
-        run_until(loop, lambda: received and timer_fired)
+        assert selectloop_host.serve(client) == ["call"]
+        selectloop_host.run_until(lambda: received and timer_fired)
         assert received == [b"sensor reading"]
         loop.remove_reader(mine)
-        assert watched(loop) == set(daemon.sockets)
+        assert selectloop_host.watched() == sorted(s.fileno() for s in daemon.sockets)
 
 
 def test_frame_loop_pumping_poll_zero_keeps_running_during_a_long_call(loop, daemon, service, reported):

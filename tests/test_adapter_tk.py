@@ -2,9 +2,10 @@
 
 Both strategies run on Linux: "filehandler" (Tcl file handlers, the default
 here) and "thread" (the selector-thread fallback meant for Tk on Windows).
-Clients run in threads while the test runs ``root.mainloop()``; the test's own
-``after`` timer ends the loop once the clients are done (or a safety timeout
-passed). Tk cannot list its file handlers, so leaks are caught by their effect:
+Clients run in threads while the test runs ``root.mainloop()`` (``tk_host``
+from ``_hosts.py``, whose ``after`` timer ends the loop once the clients are
+done, or a safety timeout passed); what every adapter promises is in
+``test_adapter_contract.py``. Tk cannot list its file handlers, so leaks are caught by their effect:
 a handler left on a readable descriptor keeps Tk busy for ever
 (``tk_settles``). Any exception that escapes into Tk fails the test.
 """
@@ -27,9 +28,8 @@ import pytest
 import pyro_loops
 from pyro_loops.adapters import tk as tk_adapter
 
-from _adapter_support import WAIT_S, BaseService, call_once, in_threads, proxy, reported
-
-HELPER_THREAD = "pyro_loops-tk-selector"
+from _adapter_support import WAIT_S, BaseService, call_once, proxy, reported  # noqa: F401
+from _hosts import helper_threads, helper_threads_end, tk_host  # noqa: F401
 
 
 @pyro_loops.expose
@@ -74,21 +74,8 @@ class Service(BaseService):
 
 
 @pytest.fixture
-def root():
-    root = tkinter.Tk()
-    root.withdraw()
-    escaped: list[BaseException] = []
-    root.report_callback_exception = lambda exc_type, exc, tb: escaped.append(exc)
-    yield root
-    try:
-        root.destroy()
-    except tkinter.TclError:
-        pass  # the test destroyed it
-    # A Tcl interpreter must be deleted in its own thread: free this one here,
-    # not in whichever client thread the garbage collector would next run in.
-    del root
-    gc.collect()
-    assert not escaped, f"exceptions escaped into Tk: {escaped}"
+def root(tk_host):
+    return tk_host.root
 
 
 @pytest.fixture(params=["filehandler", "thread"])
@@ -112,30 +99,6 @@ def service(daemon, root):
 # --- helpers --------------------------------------------------------------------------
 
 
-def run_mainloop_until(root: tkinter.Tk, condition: Callable[[], Any], timeout: float = WAIT_S) -> None:
-    """Run ``root.mainloop()`` until ``condition()`` holds, checked by the test's own timer."""
-    deadline = time.monotonic() + timeout
-
-    def check() -> None:
-        if condition() or time.monotonic() > deadline:
-            root.quit()
-        else:
-            root.after(5, check)
-
-    root.after(5, check)
-    root.mainloop()
-    assert condition(), f"not reached within {timeout} s"
-
-
-def serve_clients(root: tkinter.Tk, *clients: Callable[[], Any]) -> list[Any]:
-    """Run each client in a thread while Tk runs; return their results, re-raise their errors."""
-    threads, results, failures = in_threads(*clients)
-    run_mainloop_until(root, lambda: not any(t.is_alive() for t in threads))
-    if failures:
-        raise failures[0]
-    return results
-
-
 def tk_settles(root: tkinter.Tk, rounds: int = 500) -> bool:
     """True once Tk has nothing left to do; False if some handler keeps firing."""
     for _ in range(rounds):
@@ -151,19 +114,6 @@ def watched(handle: tk_adapter.TkHandle) -> set[socket.socket]:
     if helper is not None:
         assert helper.watched() == socks
     return socks
-
-
-def helper_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == HELPER_THREAD]
-
-
-def helper_threads_end(root: tkinter.Tk) -> bool:
-    deadline = time.monotonic() + WAIT_S
-    while helper_threads() and time.monotonic() < deadline:
-        root.tk.dooneevent(_tkinter.ALL_EVENTS | _tkinter.DONT_WAIT)  # delivers a wakeup in flight
-        for thread in helper_threads():
-            thread.join(0.01)
-    return not helper_threads()
 
 
 def reuse_descriptors_readably(count: int = 8) -> list[socket.socket]:
@@ -185,7 +135,7 @@ def test_auto_strategy_uses_file_handlers_where_tk_has_them(root, daemon, report
 
 
 @pytest.mark.parametrize("end", ["clients_leave", "daemon_closes"])
-def test_no_handler_is_left_on_a_closed_socket(root, daemon, service, strategy, end, reported):
+def test_no_handler_is_left_on_a_closed_socket(tk_host, root, daemon, service, strategy, end, reported):
     """Tk cannot list its file handlers: one left behind shows by firing on the
     readable socket that now has its descriptor number (the contract tests
     read the handle's own books)."""
@@ -194,9 +144,9 @@ def test_no_handler_is_left_on_a_closed_socket(root, daemon, service, strategy, 
     def client(n):
         return lambda: [call_once(service.uri, "echo", (n, i)) for i in range(5)]
 
-    assert serve_clients(root, *(client(n) for n in range(12))) == [[(n, i) for i in range(5)] for n in range(12)]
+    assert tk_host.serve(*(client(n) for n in range(12))) == [[(n, i) for i in range(5)] for n in range(12)]
     # the daemon notices each disconnect when it reads the end of the stream
-    run_mainloop_until(root, lambda: len(daemon.sockets) == 2)
+    tk_host.run_until(lambda: len(daemon.sockets) == 2)
     if end == "daemon_closes":
         daemon.close()
         assert helper_threads_end(root)
@@ -208,29 +158,29 @@ def test_no_handler_is_left_on_a_closed_socket(root, daemon, service, strategy, 
         for sock in reused:
             sock.close()
     if end == "clients_leave":
-        assert serve_clients(root, lambda: call_once(service.uri, "echo", "still served")) == ["still served"]
+        assert tk_host.serve(lambda: call_once(service.uri, "echo", "still served")) == ["still served"]
     handle.detach()
 
 
 @pytest.mark.parametrize("nested", ["open_dialog", "spin_nested"])
-def test_call_in_a_nested_loop_lets_other_clients_through(root, daemon, service, strategy, nested, reported):
+def test_call_in_a_nested_loop_lets_other_clients_through(tk_host, root, daemon, service, strategy, nested, reported):
     def second_client():
         assert service.nested_open.wait(WAIT_S)
         return call_once(service.uri, "close_nested")
 
     with tk_adapter.attach(daemon, root, strategy=strategy):
-        results = serve_clients(root, lambda: call_once(service.uri, nested), second_client)
+        results = tk_host.serve(lambda: call_once(service.uri, nested), second_client)
         assert results == ["closed", None]
         assert service.log == ["opened", "closing", "returned"]
-        assert serve_clients(root, lambda: call_once(service.uri, "echo", "after")) == ["after"]
+        assert tk_host.serve(lambda: call_once(service.uri, "echo", "after")) == ["after"]
 
 
-def test_destroying_the_root_closes_the_daemon(root, daemon, service, strategy, reported):
+def test_destroying_the_root_closes_the_daemon(tk_host, root, daemon, service, strategy, reported):
     handle = tk_adapter.attach(daemon, root, strategy=strategy)
     user_saw_destroy = []
     root.bind("<Destroy>", lambda e: user_saw_destroy.append(e.widget), add="+")
     with proxy(service.uri) as p:
-        assert serve_clients(root, lambda: p.echo(1)) == [1]
+        assert tk_host.serve(lambda: p.echo(1)) == [1]
         root.destroy()
         assert not handle.attached
         assert daemon.sockets == []
@@ -247,7 +197,7 @@ def test_destroying_the_root_can_leave_the_daemon_open(root, daemon, service, st
     assert len(daemon.sockets) == 2
 
 
-def test_thread_strategy_waits_for_mainloop_when_pumped_with_update(root, daemon, service, reported):
+def test_thread_strategy_waits_for_mainloop_when_pumped_with_update(tk_host, root, daemon, service, reported):
     """The documented limit: tkinter refuses calls from other threads outside mainloop()."""
     with tk_adapter.attach(daemon, root, strategy="thread"):
         client = threading.Thread(target=lambda: results.append(call_once(service.uri, "echo", 1)))
@@ -260,7 +210,7 @@ def test_thread_strategy_waits_for_mainloop_when_pumped_with_update(root, daemon
         [(exc, where)] = reported
         assert "main thread is not in main loop" in str(exc) and "waking the Tk thread" in where
         reported.clear()
-        run_mainloop_until(root, lambda: not client.is_alive())
+        tk_host.run_until(lambda: not client.is_alive())
         assert results == [1]
 
 

@@ -93,6 +93,7 @@ def test_open_streams_per_connection_are_bounded_with_an_error_naming_the_item()
         assert [next(stream) for stream in streams[1:]] == [1, 1]  # the open ones were kept
 
 
+@pytest.mark.pyro4
 def test_a_stock_pyro4_client_is_told_which_item_bounds_its_streams():
     daemon, uri = start(Service(), ITER_STREAMS_MAX_PER_CONNECTION=2)
     with serving(daemon), pyro4_client() as pyro4:

@@ -15,7 +15,6 @@ import pytest
 
 import pyro_loops
 from pyro_loops import errors
-from pyro_loops.adapters import selectloop
 
 from _client_hosts import WAIT_S, LoopsServer, client, host, pyro4_server, reported  # noqa: F401
 from _util import Pyro4Server, free_port
@@ -186,13 +185,6 @@ def test_other_connections_go_on_when_one_fails(host, client, pyro4_server):
         doomed.proc.kill()
         host.settle(pending)
     assert host.settle(healthy.add(1, 2)).result() == 3
-
-
-def test_client_attached_to_two_loops_is_refused():
-    with pyro_loops.Client() as made, selectloop.SelectLoop() as one, selectloop.SelectLoop() as two:
-        one.attach(made)
-        with pytest.raises(errors.PyroError, match="already attached"):
-            two.attach(made)
 
 
 def test_name_registered_as_a_pyroname_uri_fails_clearly_instead_of_connecting_to_the_name_server(host, client):

@@ -150,7 +150,7 @@ def test_servers_call_back_into_the_loop_while_many_of_its_calls_are_pending(hos
     assert doubler.threads == {threading.get_ident()}
 
 
-@pytest.mark.parametrize("host", ["select", "qt"], indirect=True)  # hosts whose loops nest (a modal dialog)
+@pytest.mark.parametrize("host", ["selectloop", "qt"], indirect=True)  # hosts whose loops nest (a modal dialog)
 def test_done_callback_running_a_nested_loop_sees_other_calls_complete(host, client, local):
     proxy, second = client.proxy(local[1]), client.proxy(local[1])
     host.settle(proxy._pyroBind())

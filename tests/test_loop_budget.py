@@ -16,24 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import os
 import socket
 import threading
-import time
-import tkinter
 import zlib
 from typing import Any, Callable
 
 import pytest
 
 import pyro_loops
-from _util import TIMEOUT, pyro4_client
 from pyro_loops import _wire, errors
-from pyro_loops._eventloop import SelectLoop
 from pyro_loops._serializers import get_serializer
 from pyro_loops.configuration import config
+
+from _adapter_support import in_thread
+from _hosts import asyncio_host, host  # noqa: F401
+from _util import TIMEOUT, pyro4_client
 
 JSON = get_serializer("json")
 MARSHAL = get_serializer("marshal")
@@ -163,105 +162,16 @@ def served(log: list[str]):
         yield daemon
 
 
-def client_thread(port: int, make) -> tuple[threading.Thread, list]:
-    result: list = []
-
-    def run():
-        try:
-            result.append(send_hostile(port, make))
-        except BaseException as exc:
-            result.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, result
-
-
-def start_ticking(log: list[str], call_later: Callable[[float, Callable[[], Any]], Any]) -> None:
-    """Log "tick" every 10 ms through the host loop's own timer call."""
-    def tick():
-        log.append("tick")
-        call_later(0.01, tick)
-
-    call_later(0.01, tick)
-
-
-def finished(thread: threading.Thread) -> Callable[[], bool]:
-    """True once ``thread`` has ended (or the test's patience has)."""
-    deadline = time.monotonic() + TIMEOUT
-    return lambda: not thread.is_alive() or time.monotonic() > deadline
-
-
-def run_selectloop(daemon, log: list[str], make) -> Any:
-    with SelectLoop() as loop:
-        loop.attach(daemon)
-        start_ticking(log, loop.call_later)
-        thread, result = client_thread(daemon.sock.getsockname()[1], make)
-        loop.run(until=finished(thread), max_wait=0.05)
-    return result
-
-
-def run_asyncio(daemon, log: list[str], make) -> Any:
-    from pyro_loops.adapters import asyncio as asyncio_adapter
-
-    async def main():
-        loop = asyncio.get_running_loop()
-        handle = asyncio_adapter.attach(daemon)
-        start_ticking(log, loop.call_later)
-        thread, result = client_thread(daemon.sock.getsockname()[1], make)
-        done = finished(thread)
-        while not done():
-            await asyncio.sleep(0.02)
-        handle.detach()
-        return result
-
-    return asyncio.run(main())
-
-
-def run_qt(daemon, log: list[str], make, qtbot) -> Any:
-    from PyQt5 import QtCore
-
-    from pyro_loops.adapters import qt as qt_adapter
-
-    handle = qt_adapter.attach(daemon, close_on_quit=False)
-    timer = QtCore.QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(lambda: log.append("tick"))
-    timer.start()
+def run_host(host, daemon, log: list[str], make) -> Any:
+    """Serve ``daemon`` from ``host`` while a client sends ``make()``'s request; a host
+    timer logs "tick" every 10 ms meanwhile. Returns what the client got."""
+    host.attach(daemon)
+    stop_ticking = host.repeat(0.01, lambda: log.append("tick"))
     try:
-        thread, result = client_thread(daemon.sock.getsockname()[1], make)
-        qtbot.waitUntil(lambda: not thread.is_alive(), timeout=int(TIMEOUT * 1000))
+        thread, result = in_thread(lambda: send_hostile(daemon.sock.getsockname()[1], make))
+        host.run_until(lambda: not thread.is_alive(), TIMEOUT)
     finally:
-        timer.stop()
-        handle.detach()
-    return result
-
-
-def run_tk(daemon, log: list[str], make) -> Any:
-    from pyro_loops.adapters import tk as tk_adapter
-
-    root = tkinter.Tk()
-    root.withdraw()
-    try:
-        with tk_adapter.attach(daemon, root):
-            start_ticking(log, lambda delay, callback: root.after(int(delay * 1000), callback))
-            thread, result = client_thread(daemon.sock.getsockname()[1], make)
-            done = finished(thread)
-
-            def check():
-                if done():
-                    root.quit()
-                else:
-                    root.after(5, check)
-
-            root.after(5, check)
-            root.mainloop()
-    finally:
-        root.destroy()
-        # a Tcl interpreter must be freed in its own thread, not in whichever
-        # thread the garbage collector next runs in (Tcl_AsyncDelete aborts)
-        del root
-        gc.collect()
+        stop_ticking()
     return result
 
 
@@ -273,22 +183,14 @@ def ticks_between(log: list[str], first: str, then: str) -> int:
     return log[start:log.index(then, start)].count("tick")
 
 
-def run_host(host: str, daemon, log: list[str], make, request) -> Any:
-    if host == "qt":
-        return run_qt(daemon, log, make, request.getfixturevalue("qtbot"))
-    return {"selectloop": run_selectloop, "asyncio": run_asyncio, "tk": run_tk}[host](daemon, log, make)
-
-
-HOSTS = ["selectloop", "asyncio", "qt", "tk"]
 HOSTILE = {"compressed bomb": bomb, "huge json": huge_json}
 
 
 @pytest.mark.parametrize("make", HOSTILE.values(), ids=HOSTILE.keys())
-@pytest.mark.parametrize("host", HOSTS)
-def test_the_host_timer_ticks_while_a_hostile_request_is_decoded(host, make, request):
+def test_the_host_timer_ticks_while_a_hostile_request_is_decoded(host, make):
     log: list[str] = []
     with served(log) as daemon:
-        result = run_host(host, daemon, log, make, request)
+        result = run_host(host, daemon, log, make)
     assert result == [ITEMS]
     assert ticks_between(log, "arrived", "ran") >= TICKS
 
@@ -305,14 +207,13 @@ LARGE_REPLIES = {
 
 
 @pytest.mark.parametrize("case", LARGE_REPLIES.values(), ids=LARGE_REPLIES.keys())
-@pytest.mark.parametrize("host", HOSTS)
-def test_the_host_timer_ticks_while_a_large_reply_of_a_loop_run_method_is_made(host, case, request, monkeypatch):
+def test_the_host_timer_ticks_while_a_large_reply_of_a_loop_run_method_is_made(host, case, monkeypatch):
     make, expected, settings = case
     for name, value in settings.items():
         monkeypatch.setattr(config, name, value)
     log: list[str] = []
     with served(log) as daemon:
-        result = run_host(host, daemon, log, make, request)
+        result = run_host(host, daemon, log, make)
     assert result == [expected]
     assert ticks_between(log, "ran", "sent") >= REPLY_TICKS
 
@@ -409,10 +310,10 @@ def test_a_large_reply_of_a_loop_run_method_goes_out_compressed_and_intact(loop_
     assert SERPENT.loads(reply.payload()) == "y" * 2_000_000
 
 
-def test_the_asyncio_loop_ticks_while_a_large_result_of_an_async_method_is_encoded():
+def test_the_asyncio_loop_ticks_while_a_large_result_of_an_async_method_is_encoded(asyncio_host):
     log: list[str] = []
     with served(log) as daemon:
-        result = run_asyncio(daemon, log, lambda: (JSON, json_call("numbers_awaited", NUMBERS), 0))
+        result = run_host(asyncio_host, daemon, log, lambda: (JSON, json_call("numbers_awaited", NUMBERS), 0))
     assert result == [[i % 1000 for i in range(NUMBERS)]]
     assert ticks_between(log, "ran", "sent") >= REPLY_TICKS
 

@@ -541,6 +541,7 @@ def test_a_pyro4_daemon_s_connectfail_for_an_unknown_object_gives_its_reason():
     assert [e.reason for e in events(conn)] == ["unknown object"]
 
 
+@pytest.mark.pyro4
 def test_pipelined_calls_to_a_live_pyro4_daemon_are_answered_on_one_connection():
     with Pyro4Server() as server:
         uri = URI(server.uri)

@@ -18,7 +18,7 @@ import sys
 import time
 
 import pytest
-import trustme
+trustme = pytest.importorskip("trustme")
 
 import pyro_loops
 from pyro_loops import _tls, errors

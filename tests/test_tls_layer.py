@@ -9,7 +9,7 @@ from __future__ import annotations
 import ssl
 
 import pytest
-import trustme
+trustme = pytest.importorskip("trustme")
 from cryptography.hazmat.primitives import serialization
 
 import pyro_loops
