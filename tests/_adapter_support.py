@@ -45,6 +45,9 @@ class BaseService:
     def big(self):
         return "x" * BIG_REPLY
 
+    def in_loop_thread(self):
+        return threading.current_thread() is threading.main_thread()
+
     @pyro_loops.in_worker
     def wait_in_worker(self):
         self.worker_started.set()
@@ -91,6 +94,21 @@ def reported() -> Iterator[list[tuple[BaseException, str]]]:
     """``errors_reported`` as a fixture, for the test modules that import it."""
     with errors_reported() as seen:
         yield seen
+
+
+@pytest.fixture
+def daemon() -> Iterator[pyro_loops.Daemon]:
+    """A daemon on 127.0.0.1, closed at the end."""
+    with pyro_loops.Daemon(host="127.0.0.1") as daemon:
+        yield daemon
+
+
+@pytest.fixture
+def service(daemon) -> BaseService:
+    """A ``BaseService`` registered in ``daemon`` as "service"; ``service.uri`` is its URI."""
+    service = BaseService()
+    service.uri = daemon.register(service, "service")
+    return service
 
 
 # --- clients ----------------------------------------------------------------------------

@@ -28,30 +28,17 @@ import pyro_loops
 from pyro_loops.adapters.selectloop import SelectLoop
 
 from _adapter_support import (BIG_REPLY, FLOOD, WAIT_S, BaseService, DisconnectFails, RawClient, call_once,
-                              fail_first_event, half_frame_client, in_threads, proxy, reported)  # noqa: F401
+                              fail_first_event, half_frame_client, in_threads, proxy, reported, service)  # noqa: F401
 from _hosts import READ, RUN_ANYWHERE, WRITE, host  # noqa: F401
 from _util import wait_until
 
 IDLE_SOCKETS = 2  # a daemon without clients: its listening socket and its wakeup socket
 
 
-@pyro_loops.expose
-class Service(BaseService):
-    def in_loop_thread(self):
-        return threading.current_thread() is threading.main_thread()
-
-
 @pytest.fixture
 def daemon(host, reported):
     with pyro_loops.Daemon(host="127.0.0.1") as daemon:
         yield daemon
-
-
-@pytest.fixture
-def service(daemon):
-    service = Service()
-    service.uri = daemon.register(service, "service")
-    return service
 
 
 def fds(*daemons: pyro_loops.Daemon) -> list[int]:
@@ -200,7 +187,7 @@ def test_exception_in_a_method_goes_back_to_its_caller_and_serving_goes_on(host,
 
 def test_internal_error_goes_to_the_hook_and_serving_goes_on(host, reported):
     with DisconnectFails(host="127.0.0.1") as daemon:
-        uri = daemon.register(Service(), "service")
+        uri = daemon.register(BaseService(), "service")
         host.attach(daemon)
         assert host.serve(lambda: call_once(uri, "echo", 1)) == [1]
         host.run_until(lambda: reported)
@@ -244,7 +231,7 @@ def test_detach_leaves_nothing_and_reattach_serves_the_waiting_client(host, daem
 
 def test_two_daemons_share_one_loop(host, daemon, service):
     with pyro_loops.Daemon(host="127.0.0.1") as second:
-        other_uri = second.register(Service(), "other")
+        other_uri = second.register(BaseService(), "other")
         host.attach(daemon)
         second_handle = host.attach(second)
 

@@ -17,17 +17,10 @@ from typing import Callable
 
 import pytest
 
-import pyro_loops
 from pyro_loops.adapters.selectloop import attach
 
-from _adapter_support import BIG_REPLY, WAIT_S, BaseService, call_once, in_threads, proxy, reported  # noqa: F401
+from _adapter_support import BIG_REPLY, WAIT_S, call_once, daemon, in_threads, proxy, reported, service  # noqa: F401
 from _hosts import selectloop_host  # noqa: F401
-
-
-@pyro_loops.expose
-class Service(BaseService):
-    def in_loop_thread(self):
-        return threading.current_thread() is threading.main_thread()
 
 
 # --- fixtures -------------------------------------------------------------------------
@@ -36,19 +29,6 @@ class Service(BaseService):
 @pytest.fixture
 def loop(selectloop_host):
     return selectloop_host.loop
-
-
-@pytest.fixture
-def daemon():
-    with pyro_loops.Daemon(host="127.0.0.1") as daemon:
-        yield daemon
-
-
-@pytest.fixture
-def service(daemon):
-    service = Service()
-    service.uri = daemon.register(service, "service")
-    return service
 
 
 # --- the loop hosting daemons ----------------------------------------------------------

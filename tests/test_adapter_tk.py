@@ -28,7 +28,7 @@ import pytest
 import pyro_loops
 from pyro_loops.adapters import tk as tk_adapter
 
-from _adapter_support import WAIT_S, BaseService, call_once, proxy, reported  # noqa: F401
+from _adapter_support import WAIT_S, BaseService, call_once, daemon, proxy, reported  # noqa: F401
 from _hosts import helper_threads, helper_threads_end, tk_host  # noqa: F401
 
 
@@ -81,12 +81,6 @@ def root(tk_host):
 @pytest.fixture(params=["filehandler", "thread"])
 def strategy(request):
     return request.param
-
-
-@pytest.fixture
-def daemon():
-    with pyro_loops.Daemon(host="127.0.0.1") as daemon:
-        yield daemon
 
 
 @pytest.fixture

@@ -112,7 +112,8 @@ def path_without(program: str, shadow: Path) -> str:
 
 # --- no Xvfb ----------------------------------------------------------------------------
 
-DISPLAY_TESTS = ["tests/test_adapter_tk.py", "tests/test_demos.py", "-k", "tk or every_demo"]
+DISPLAY_TESTS = ["tests/test_adapter_tk.py", "tests/test_adapter_contract.py", "tests/test_demos.py",
+                 "-k", "tk or every_demo"]
 
 
 def test_without_xvfb_display_tests_skip_with_one_reason_naming_the_package(tmp_path):
