@@ -38,6 +38,8 @@ BOTH = READ | WRITE
 HOSTS = ["selectloop", "asyncio", "qt", "tk-filehandler", "tk-thread"]
 # Loops that any thread may run (Qt's and Tk's run only in the thread that made them).
 RUN_ANYWHERE = ["selectloop", "asyncio"]
+# Loops that can run nested inside one of their callbacks (a modal dialog); asyncio's cannot.
+NESTING = ["selectloop", "qt", "tk-filehandler", "tk-thread"]
 
 
 class Host:
@@ -77,6 +79,11 @@ class Host:
 
         cancel = [self.call_later(interval, tick)]
         return lambda: cancel[0]()
+
+    def nest(self, until: Callable[[], Any]) -> None:
+        """Run a nested loop until ``until()`` holds, as a modal dialog opened in a callback does
+        (only the hosts in ``NESTING``: an asyncio loop cannot run inside itself)."""
+        raise NotImplementedError
 
     def watched(self, events: int = BOTH) -> list[int]:
         """The descriptors the loop watches for ``events`` on behalf of adapters, sorted, each
@@ -169,6 +176,9 @@ class SelectLoopHost(SelectorHost):
         self.loop.run(until=condition, max_wait=0.01)
         safety.cancel()
         assert condition(), f"{self.name}: not reached within {timeout} s"
+
+    def nest(self, until: Callable[[], Any]) -> None:
+        self.loop.run(until=until, max_wait=0.01)
 
     def _own_fd(self) -> int:
         return self.loop._wakeup.reader.fileno()
@@ -276,6 +286,14 @@ class QtHost(Host):
         self._timers.add(timer)
         return cancel
 
+    def nest(self, until: Callable[[], Any]) -> None:
+        nested = self.qt.QEventLoop()
+        check = self.qt.QTimer()
+        check.timeout.connect(lambda: until() and nested.quit())
+        check.start(5)
+        nested.exec()
+        check.stop()
+
     def _owners(self) -> list[Any]:
         return self.app.findChildren(self.qt.QObject, "pyro_loops.adapters.qt")
 
@@ -337,6 +355,12 @@ class TkHost(Host):
         self.root.after(0, check)
         self.root.mainloop()
         assert condition(), f"{self.name}: not reached within {timeout} s"
+
+    def nest(self, until: Callable[[], Any]) -> None:
+        import _tkinter
+
+        while not until():
+            self.root.tk.dooneevent(_tkinter.ALL_EVENTS)  # sleeps until an event: a socket's, a timer's
 
     def call_later(self, delay: float, fn: Callable[[], Any]) -> Callable[[], None]:
         timer = self.root.after(int(delay * 1000), fn)

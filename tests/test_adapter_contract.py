@@ -7,9 +7,11 @@ Windows). A ``Host`` runs its real loop in the test's thread while clients run
 in threads, and reads back what the loop really watches (its selector, Qt's
 notifiers, the Tk handle's registrations). The few promises that only some
 loops can keep say so in their parametrization (only the select loop and
-asyncio can run in a thread other than the one that made them). What is
-particular to one loop (nested loops, async methods, the program's own
-sockets, ...) stays in ``test_adapter_<name>.py``.
+asyncio can run in a thread other than the one that made them; asyncio's
+cannot run nested, as a modal dialog runs Qt's or Tk's). What is particular
+to one loop (Qt's notifiers during a nested loop, Tk's ``wait_window`` and
+helper thread, async methods, the program's own sockets, ...) stays in
+``test_adapter_<name>.py``.
 
 The select-loop and asyncio runs need neither Qt, nor a display, nor Pyro4:
 they belong to the ``core`` group (``-m core``, see ``conftest.py``); the Qt
@@ -29,7 +31,7 @@ from pyro_loops.adapters.selectloop import SelectLoop
 
 from _adapter_support import (BIG_REPLY, FLOOD, WAIT_S, BaseService, DisconnectFails, RawClient, call_once,
                               fail_first_event, half_frame_client, in_threads, proxy, reported, service)  # noqa: F401
-from _hosts import READ, RUN_ANYWHERE, WRITE, host  # noqa: F401
+from _hosts import NESTING, READ, RUN_ANYWHERE, WRITE, host  # noqa: F401
 from _util import wait_until
 
 IDLE_SOCKETS = 2  # a daemon without clients: its listening socket and its wakeup socket
@@ -330,6 +332,49 @@ def test_client_attached_twice_is_refused_and_its_first_loop_keeps_serving_it(ho
         call = client.proxy(service.uri).echo("still served")
         assert host.settle(call).result() == "still served"
         assert handle.attached
+
+
+@pyro_loops.expose
+class Modal:
+    """A method that opens a modal dialog: a nested run of the host's loop until another call closes it."""
+
+    def __init__(self, host) -> None:
+        self.host = host
+        self.opened = threading.Event()
+        self.nested = False
+        self.closed = False
+
+    def run_nested_loop(self):
+        self.nested = True
+        self.opened.set()
+        self.host.nest(lambda: self.closed)
+        self.nested = False
+        return "nested loop ended"
+
+    def in_nested_loop(self):
+        return self.nested
+
+    def close_dialog(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("host", NESTING, indirect=True)
+def test_call_running_a_nested_loop_lets_other_clients_through(host, daemon):
+    modal = Modal(host)
+    uri = daemon.register(modal, "modal")
+    host.attach(daemon)
+
+    def other_client():
+        assert modal.opened.wait(WAIT_S)
+        with proxy(uri) as p:
+            answers = [(p.in_nested_loop(), i) for i in range(5)]
+            p.close_dialog()
+            return answers
+
+    opener, answers = host.serve(lambda: call_once(uri, "run_nested_loop"), other_client)
+    assert opener == "nested loop ended"
+    assert answers == [(True, i) for i in range(5)]
+    assert host.serve(lambda: call_once(uri, "in_nested_loop")) == [False]
 
 
 @pytest.mark.parametrize("host", RUN_ANYWHERE, indirect=True)

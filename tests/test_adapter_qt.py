@@ -171,23 +171,6 @@ def test_reused_descriptors_get_one_fresh_notifier_each_time(qtbot, qapp, daemon
     assert len(set(connection_fds)) < len(connection_fds)  # the kernel did hand out the same fds again
 
 
-def test_nested_event_loop_in_a_call_keeps_serving_other_clients(qtbot, uri, service):
-    modal = ThreadedCall(call_once, uri, "run_nested_loop")
-
-    def other_client():
-        assert service.nested_loop_started.wait(WAIT_S)
-        with proxy(uri) as p:
-            answers = [(p.echo(i), p.in_nested_loop()) for i in range(5)]
-            p.quit_nested_loop()
-            return answers
-
-    other = ThreadedCall(other_client)
-    qtbot.waitUntil(lambda: modal.done() and other.done(), timeout=WAIT_MS)
-    assert other.result() == [(i, True) for i in range(5)]
-    assert modal.result() == "nested loop ended"
-    assert run(qtbot, call_once, uri, "echo", "still serving") == "still serving"
-
-
 def test_request_arriving_during_its_connections_nested_loop_call_waits_unwatched(qtbot, uri, service):
     # Inside the nested loop the busy connection's socket becomes readable: its
     # notifier fires there once, must not re-enter the daemon, and is disabled
