@@ -18,6 +18,7 @@ import threading
 import pytest
 
 import pyro_loops
+from _hosts import host  # noqa: F401
 from _util import TIMEOUT, peer_env, wait_until
 from pyro_loops import hosting, errors
 from pyro_loops._eventloop import SelectLoop
@@ -645,42 +646,19 @@ def start_client(stack: contextlib.ExitStack, bc) -> subprocess.Popen:
     return client
 
 
-def test_one_select_loop_hosts_name_server_responder_and_app_for_a_client_in_another_process():
+def test_one_host_loop_hosts_name_server_responder_and_app_for_a_client_in_another_process(host):
     uri, ns_daemon, bc = startNS(host="127.0.0.1", port=0, bchost="127.0.0.1", bcport=0)
     app = Daemon(host="127.0.0.1", port=0)
-    loop = SelectLoop()
     with contextlib.ExitStack() as stack:
         stack.callback(bc.close)
         stack.callback(ns_daemon.close)
         stack.callback(app.close)
-        stack.callback(loop.close)
         for hosted in (ns_daemon, bc, app):
-            loop.attach(hosted)
+            host.attach(hosted)
         # Registering from the loop's own thread goes to the object, not through a proxy.
         ns_daemon.nameserver.register("app.thing", app.register(Thing()))
         client = start_client(stack, bc)
-        guard = loop.call_later(TIMEOUT, loop.stop)
-        loop.run(until=lambda: client.poll() is not None, max_wait=0.05)
-        guard.cancel()
-        out, err = client.communicate(timeout=TIMEOUT)
-        assert client.returncode == 0, err
-        assert out.split() == ["42", str(uri)]
-
-
-def test_one_qt_application_hosts_name_server_responder_and_app_for_a_client_in_another_process(qtbot):
-    from pyro_loops.adapters import qt as qt_adapter
-
-    uri, ns_daemon, bc = startNS(host="127.0.0.1", port=0, bchost="127.0.0.1", bcport=0)
-    app = Daemon(host="127.0.0.1", port=0)
-    with contextlib.ExitStack() as stack:
-        stack.callback(bc.close)
-        stack.callback(ns_daemon.close)
-        stack.callback(app.close)
-        for hosted in (ns_daemon, bc, app):
-            stack.callback(qt_adapter.attach(hosted).detach)
-        ns_daemon.nameserver.register("app.thing", app.register(Thing()))
-        client = start_client(stack, bc)
-        qtbot.waitUntil(lambda: client.poll() is not None, timeout=int(TIMEOUT * 1000))
+        host.run_until(lambda: client.poll() is not None, TIMEOUT)
         out, err = client.communicate(timeout=TIMEOUT)
         assert client.returncode == 0, err
         assert out.split() == ["42", str(uri)]
