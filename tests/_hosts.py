@@ -50,6 +50,8 @@ class Host:
     where: str            # what the error hook is told for a fault inside this host's callbacks
     expected: str         # what attach() says it needs when given something else
     adapter: Any          # the adapter module, for its attach()
+    native: Any           # what that attach() takes: the SelectLoop, asyncio loop, QApplication or Tk root
+    attach_options: dict[str, Any] = {}
 
     def __init__(self) -> None:
         self.handles: list[Any] = []
@@ -61,7 +63,7 @@ class Host:
         return handle
 
     def _attach(self, hosted: Any) -> Any:
-        raise NotImplementedError
+        return self.adapter.attach(hosted, self.native, **self.attach_options)
 
     def run_until(self, condition: Callable[[], Any], timeout: float = WAIT_S) -> None:
         """Run the loop until ``condition()`` holds (checked at least every 10 ms); fail after ``timeout``."""
@@ -126,7 +128,9 @@ class SelectorHost(Host):
     """A host whose loop has ``call_later`` and watches sockets with a ``selectors`` selector;
     any thread may run it (``run_in_thread``)."""
 
-    loop: Any
+    def __init__(self, loop: Any) -> None:
+        super().__init__()
+        self.loop = self.native = loop
 
     def call_later(self, delay: float, fn: Callable[[], Any]) -> Callable[[], None]:
         return self.loop.call_later(delay, fn).cancel
@@ -165,11 +169,7 @@ class SelectLoopHost(SelectorHost):
     adapter = selectloop
 
     def __init__(self) -> None:
-        super().__init__()
-        self.loop = selectloop.SelectLoop()
-
-    def _attach(self, hosted: Any) -> Any:
-        return selectloop.attach(hosted, self.loop)
+        super().__init__(selectloop.SelectLoop())
 
     def run_until(self, condition: Callable[[], Any], timeout: float = WAIT_S) -> None:
         safety = self.loop.call_later(timeout, self.loop.stop)
@@ -204,14 +204,10 @@ class AsyncioHost(SelectorHost):
     adapter = asyncio_adapter
 
     def __init__(self) -> None:
-        super().__init__()
-        self.loop = asyncio.new_event_loop()
+        super().__init__(asyncio.new_event_loop())  # attached before it runs: the thread that runs it serves
         asyncio.set_event_loop(self.loop)
         self.escaped: list[dict] = []
         self.loop.set_exception_handler(lambda loop, context: self.escaped.append(context))
-
-    def _attach(self, hosted: Any) -> Any:
-        return asyncio_adapter.attach(hosted, self.loop)  # not running yet: the thread that runs it serves
 
     def run_until(self, condition: Callable[[], Any], timeout: float = WAIT_S) -> None:
         async def until() -> None:
@@ -259,12 +255,10 @@ class QtHost(Host):
 
         self.adapter = qt_adapter
         self.qtbot = qtbot
-        self.app = qapp
+        self.app = self.native = qapp
         self.qt = qt_api.QtCore
         self._timers: set[Any] = set()  # single-shot timers of the test, kept alive until they fire
 
-    def _attach(self, hosted: Any) -> Any:
-        return self.adapter.attach(hosted, self.app)
 
     def run_until(self, condition: Callable[[], Any], timeout: float = WAIT_S) -> None:
         self.qtbot.waitUntil(lambda: bool(condition()), timeout=int(timeout * 1000))
@@ -334,14 +328,12 @@ class TkHost(Host):
         self.adapter = tk_adapter
         self.tkinter = tkinter
         self.name = f"tk-{strategy}"
-        self.strategy = strategy
-        self.root = tkinter.Tk()
+        self.attach_options = {"strategy": strategy}
+        self.root = self.native = tkinter.Tk()
         self.root.withdraw()
         self.escaped: list[BaseException] = []
         self.root.report_callback_exception = lambda exc_type, exc, tb: self.escaped.append(exc)
 
-    def _attach(self, hosted: Any) -> Any:
-        return self.adapter.attach(hosted, self.root, strategy=self.strategy)
 
     def run_until(self, condition: Callable[[], Any], timeout: float = WAIT_S) -> None:
         deadline = time.monotonic() + timeout
@@ -443,22 +435,16 @@ def host(request):
     yield from _hosted(request.param, request)
 
 
-@pytest.fixture
-def selectloop_host(request):
-    yield from _hosted("selectloop", request)
+def _adapter_fixture(name: str, doc: str) -> Any:
+    """A fixture ``<adapter>_host``: the host called ``name`` alone, for one adapter's own tests."""
+    def fixture(request):
+        yield from _hosted(name, request)
+
+    fixture.__doc__ = doc
+    return pytest.fixture(name=f"{name.partition('-')[0]}_host")(fixture)
 
 
-@pytest.fixture
-def asyncio_host(request):
-    yield from _hosted("asyncio", request)
-
-
-@pytest.fixture
-def qt_host(request):
-    yield from _hosted("qt", request)
-
-
-@pytest.fixture
-def tk_host(request):
-    """Tk with its default strategy; ``tk_host.root`` is its root window."""
-    yield from _hosted("tk", request)
+selectloop_host = _adapter_fixture("selectloop", "A SelectLoop; ``selectloop_host.loop`` is the loop.")
+asyncio_host = _adapter_fixture("asyncio", "A fresh asyncio loop, not running; ``asyncio_host.loop`` is the loop.")
+qt_host = _adapter_fixture("qt", "The offscreen QApplication of pytest-qt; ``qt_host.app`` is the application.")
+tk_host = _adapter_fixture("tk", "A Tk root with Tk's default strategy; ``tk_host.root`` is the root window.")
