@@ -1,8 +1,11 @@
 """The Qt adapter serving real clients from a real (offscreen) QApplication.
 
-Clients run in threads while the test pumps the Qt event loop through
-``qtbot.waitUntil``. Notifier checks look at the real Qt objects the adapter
-created, found under its owner object in the application tree.
+What Qt adds to the adapter contract (``test_adapter_contract.py``): notifiers
+made afresh for reused descriptors, and nested loops (a modal dialog) meeting
+the notifier that fired them. Clients run in threads while the test pumps the
+Qt event loop (``qt_host`` from ``_hosts.py``). Notifier checks look at the
+real Qt objects the adapter created, found under its owner object in the
+application tree.
 
 The binding is pytest-qt's (PyQt5 by default); ``-o qt_api=pyside6`` or
 ``pyqt6`` runs the same tests against those bindings.
@@ -19,7 +22,8 @@ qt_api = pytest.importorskip("pytestqt.qt_compat", reason="needs pytest-qt and a
 import pyro_loops
 from pyro_loops.adapters import qt as qt_adapter
 
-from _adapter_support import WAIT_S, BaseService, RawClient, call_once, proxy, pyro4_send_requests
+from _adapter_support import WAIT_S, BaseService, RawClient, call_once, in_threads, proxy, pyro4_send_requests
+from _hosts import qt_host  # noqa: F401
 
 QCoreApplication = qt_api.QtCore.QCoreApplication
 QEvent = qt_api.QtCore.QEvent
@@ -28,7 +32,6 @@ QObject = qt_api.QtCore.QObject
 QSocketNotifier = qt_api.QtCore.QSocketNotifier
 QTimer = qt_api.QtCore.QTimer
 
-WAIT_MS = int(WAIT_S * 1000)
 OWNER_NAME = "pyro_loops.adapters.qt"
 READ_TYPE = QSocketNotifier.Type.Read
 
@@ -68,38 +71,6 @@ class Service(BaseService):
     def watched_for_reading(self):
         """How many sockets have an enabled read notifier now (asked from the GUI thread)."""
         return len(read_fds(QCoreApplication.instance()))
-
-
-class ThreadedCall:
-    """A client function running in its own thread; ``result()`` re-raises its error."""
-
-    def __init__(self, fn, *args) -> None:
-        self._outcome: dict = {}
-        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn, args) -> None:
-        try:
-            self._outcome["value"] = fn(*args)
-        except BaseException as exc:  # handed to the test thread
-            self._outcome["error"] = exc
-
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def result(self):
-        self._thread.join(WAIT_S)
-        assert not self._thread.is_alive(), "client thread still running"
-        if "error" in self._outcome:
-            raise self._outcome["error"]
-        return self._outcome["value"]
-
-
-def run(qtbot, fn, *args):
-    """Run a client function in a thread while Qt serves; return its result."""
-    call = ThreadedCall(fn, *args)
-    qtbot.waitUntil(call.done, timeout=WAIT_MS)
-    return call.result()
 
 
 def owners(app) -> list[QObject]:
@@ -146,7 +117,7 @@ def uri(qapp, daemon, service):
         yield uri
 
 
-def test_reused_descriptors_get_one_fresh_notifier_each_time(qtbot, qapp, daemon, uri):
+def test_reused_descriptors_get_one_fresh_notifier_each_time(qt_host, qapp, daemon, uri):
     idle = daemon_fds(daemon)
     connection_fds = []
     for round_no in range(8):
@@ -158,20 +129,20 @@ def test_reused_descriptors_get_one_fresh_notifier_each_time(qtbot, qapp, daemon
                 connected.set()
                 release.wait(WAIT_S)
 
-        call = ThreadedCall(client)
-        qtbot.waitUntil(connected.is_set, timeout=WAIT_MS)
+        threads, _, failures = in_threads(client)
+        qt_host.run_until(connected.is_set)
         assert read_fds(qapp) == daemon_fds(daemon)  # exactly one enabled notifier per socket
         connection_fds += set(daemon_fds(daemon)) - set(idle)
         release.set()
-        qtbot.waitUntil(call.done, timeout=WAIT_MS)
-        call.result()
-        qtbot.waitUntil(lambda: daemon_fds(daemon) == idle, timeout=WAIT_MS)
+        qt_host.run_until(lambda: not threads[0].is_alive())
+        assert not failures
+        qt_host.run_until(lambda: daemon_fds(daemon) == idle)
         QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
         assert len([n for owner in owners(qapp) for n in owner.findChildren(QSocketNotifier)]) == len(idle)
     assert len(set(connection_fds)) < len(connection_fds)  # the kernel did hand out the same fds again
 
 
-def test_request_arriving_during_its_connections_nested_loop_call_waits_unwatched(qtbot, uri, service):
+def test_request_arriving_during_its_connections_nested_loop_call_waits_unwatched(qt_host, uri, service):
     # Inside the nested loop the busy connection's socket becomes readable: its
     # notifier fires there once, must not re-enter the daemon, and is disabled
     # (a level-triggered notifier left on would spin the nested loop) until the
@@ -191,17 +162,15 @@ def test_request_arriving_during_its_connections_nested_loop_call_waits_unwatche
             p.quit_nested_loop()
         return unwatched, raw.results()
 
-    unwatched, results = run(qtbot, clients)
+    [(unwatched, results)] = qt_host.serve(clients)
     assert unwatched, "the busy connection's read notifier stayed enabled during the nested loop"
     assert results == ["nested loop ended", False]
 
 
-def worker_result_during_nested_loop(qtbot, uri, service, *requests) -> object:
+def worker_result_during_nested_loop(qt_host, uri, service, *requests) -> object:
     """Pipeline ``requests`` on one Pyro4 connection (one of them opens a nested loop),
     and meanwhile call a worker method from another client: what that client got."""
     # Both clients start before the test pumps Qt: the nested loop will run inside that pumping.
-    pipelined = ThreadedCall(pyro4_send_requests, uri, *requests)
-
     def other_client():
         assert service.nested_loop_started.wait(WAIT_S)
         with proxy(uri) as p:
@@ -213,25 +182,24 @@ def worker_result_during_nested_loop(qtbot, uri, service, *requests) -> object:
         call_once(uri, "quit_nested_loop")
         return answer
 
-    other = ThreadedCall(other_client)
-    qtbot.waitUntil(lambda: pipelined.done() and other.done(), timeout=WAIT_MS)
-    pipelined.result()._pyroRelease()
-    return other.result()
+    pipelined, answer = qt_host.serve(lambda: pyro4_send_requests(uri, *requests), other_client)
+    pipelined._pyroRelease()
+    return answer
 
 
-def test_nested_loop_started_after_a_worker_call_still_gets_worker_results(qtbot, uri, service):
+def test_nested_loop_started_after_a_worker_call_still_gets_worker_results(qt_host, uri, service):
     # One connection pipelines a worker call and a nested-loop call: the second is
     # dispatched when the worker's result comes back through the daemon's wakeup socket.
     assert worker_result_during_nested_loop(
-        qtbot, uri, service, ("echo_in_worker", (1,)), ("run_nested_loop", ())) == 2
+        qt_host, uri, service, ("echo_in_worker", (1,)), ("run_nested_loop", ())) == 2
 
 
-def test_nested_loop_in_a_large_request_still_gets_worker_results(qtbot, uri, service):
+def test_nested_loop_in_a_large_request_still_gets_worker_results(qt_host, uri, service):
     # A request of 64 KiB or more is decoded by a worker and handed back through the
     # daemon's wakeup socket; the nested loop its call starts must not leave that socket
     # unwatched, or no worker result would come back until the loop ends.
     assert worker_result_during_nested_loop(
-        qtbot, uri, service, ("run_nested_loop_after_upload", (list(range(30000)),))) == 2
+        qt_host, uri, service, ("run_nested_loop_after_upload", (list(range(30000)),))) == 2
 
 
 def test_application_quit_closes_the_daemon(qapp):
