@@ -81,6 +81,10 @@ def loads(data: bytes) -> Any:
     start = text.find("\n")
     if start < 0 or "\x00" in text:
         return FAIL
+    if text.find("\n ", start) >= 0 or text.find("\n\t", start) >= 0:
+        # An indented line is an IndentationError to Python's parser in some places
+        # ("0\n ", "\n 0") and fine in others ("[1,\n 2]"); the full parser decides.
+        return FAIL
     if len(text) > _STEPWISE_TEXT:
         # One findall() over megabytes holds the interpreter lock until it is
         # done, even in a worker thread; token by token, the loop's thread gets

@@ -56,3 +56,9 @@ def test_reader_declines_text_outside_its_subset():
 def test_single_parenthesised_value_is_not_a_tuple():
     assert _fastserpent.loads(b"# serpent utf-8 python3.2\n(5)") == 5
     assert _fastserpent.loads(b"# serpent utf-8 python3.2\n(5,)") == (5,)
+
+
+def test_indented_lines_go_to_the_full_parser_which_may_refuse_them():
+    # Python's parser refuses "0\n " (IndentationError) yet reads "[1,\n 2]": the reader declines both.
+    for body in (b"0\n ", b"0\n\t", b"\n 0", b"[1,\n 2]"):
+        assert _fastserpent.loads(b"# serpent utf-8 python3.2\n" + body) is _fastserpent.FAIL
