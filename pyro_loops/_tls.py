@@ -32,6 +32,13 @@ from .errors import CommunicationError, SecurityError
 # fed ciphertext is used up, so its work is bounded by what the socket layer fed.
 _READ_CHUNK = 256 * 1024
 
+# A Pyro message starts with this tag; TLS records never do (their first byte is a record type).
+_PYRO_TAG = b"PYRO"
+_PLAINTEXT_PEER = {
+    True: "plaintext Pyro peer: this end speaks TLS (SSL), the peer does not",
+    False: "the daemon answered in plaintext Pyro: it does not use TLS (SSL); both ends must set SSL",
+}
+
 PasswordSource = str | bytes | Callable[[], str | bytes] | None
 
 
@@ -75,7 +82,7 @@ class TLSSession:
     ``ciphertext_to_send()`` still holds, typically an alert).
     """
 
-    __slots__ = ("_in", "_out", "_obj", "state", "peer_closed", "server_side")
+    __slots__ = ("_in", "_out", "_obj", "state", "peer_closed", "server_side", "_head")
 
     def __init__(self, context: ssl.SSLContext, server_side: bool,
                  server_hostname: str | None = None) -> None:
@@ -86,6 +93,9 @@ class TLSSession:
         self.server_side = server_side
         self.state = TLSState.HANDSHAKING
         self.peer_closed = False
+        # The peer's first bytes, kept to tell a plaintext Pyro peer from a broken
+        # TLS one even when its header arrives in pieces.
+        self._head = b""
 
     # --- ciphertext side --------------------------------------------------------------
 
@@ -97,6 +107,8 @@ class TLSSession:
         becomes True and ``read()`` returns what was complete before it.
         """
         if data:
+            if len(self._head) < len(_PYRO_TAG):
+                self._head += data[:len(_PYRO_TAG) - len(self._head)]
             self._in.write(data)
         else:
             self._in.write_eof()
@@ -128,6 +140,8 @@ class TLSSession:
             return False
         except ssl.SSLError as exc:
             self.state = TLSState.CLOSED
+            if self._head == _PYRO_TAG:
+                raise TLSError(_PLAINTEXT_PEER[self.server_side]) from None
             raise TLSError(f"TLS handshake failed: {_describe(exc)}") from None
         self.state = TLSState.ESTABLISHED
         return True

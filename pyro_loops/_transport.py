@@ -31,7 +31,7 @@ import socket
 import ssl
 from typing import Any, Callable
 
-from ._tls import TLSError, TLSSession, TLSState
+from ._tls import TLSSession, TLSState
 
 # Plaintext taken per send(): the ciphertext of one chunk is what a TLS
 # transport holds for the socket at most, the rest stays in the caller's buffer
@@ -119,8 +119,6 @@ class TLSTransport:
             # stream like any other (a message cut short still says so upstream).
             data = b""
         if data is not None:
-            if not self._received_any and data and session.server_side and data.startswith(b"PYRO"):
-                raise TLSError("plaintext Pyro peer: this end speaks TLS (SSL), the peer does not")
             self._received_any = self._received_any or bool(data)
             session.receive_ciphertext(data)
         if session.state is TLSState.HANDSHAKING:

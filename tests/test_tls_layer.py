@@ -119,11 +119,28 @@ def test_untrusted_server_fails_verification(pki):
         pump(client, server)
 
 
-def test_plaintext_pyro_header_to_a_tls_server_fails_its_handshake(pki):
+def test_plaintext_pyro_header_to_a_tls_server_fails_its_handshake_naming_the_plaintext_peer(pki):
     server = TLSSession(_tls.server_context(pki["server_cert"], pki["server_key"]), server_side=True)
     server.receive_ciphertext(b"PYRO\x000\x00\x01" + bytes(16))
-    with pytest.raises(TLSError, match="handshake failed"):
+    with pytest.raises(TLSError, match="plaintext Pyro peer"):
         server.do_handshake()
+
+
+def test_plaintext_pyro_header_in_pieces_is_still_named_as_a_plaintext_peer(pki):
+    server = TLSSession(_tls.server_context(pki["server_cert"], pki["server_key"]), server_side=True)
+    server.receive_ciphertext(b"PY")
+    assert server.do_handshake() is False  # too little to tell yet
+    server.receive_ciphertext(b"RO\x000\x00\x01" + bytes(16))
+    with pytest.raises(TLSError, match="plaintext Pyro peer"):
+        server.do_handshake()
+
+
+def test_a_client_answered_in_plaintext_pyro_names_the_daemon_as_not_using_tls(pki):
+    client = TLSSession(_tls.client_context(cacerts=pki["ca"]), server_side=False, server_hostname="localhost")
+    assert client.do_handshake() is False
+    client.receive_ciphertext(b"PYRO\x000\x00\x05" + bytes(16))
+    with pytest.raises(TLSError, match="answered in plaintext Pyro: it does not use TLS"):
+        client.do_handshake()
 
 
 def test_garbage_record_after_the_handshake_is_an_error(pki):
