@@ -20,6 +20,8 @@ from .errors import MessageTooLargeError, ProtocolError, SecurityError
 HEADER = struct.Struct("!4sHHHHiHHHH")
 HEADER_SIZE = HEADER.size  # 24
 TAG = b"PYRO"
+# The first bytes of a TLS handshake record (type 22, version 3.x): what a ClientHello starts with.
+_TLS_HANDSHAKE_RECORD = b"\x16\x03"
 _CHECKSUM_MAGIC = 0x34E9
 
 MSG_CONNECT = 1
@@ -183,6 +185,15 @@ class FrameError(ProtocolError):
     """The byte stream is not valid Pyro framing; the connection cannot continue."""
 
 
+def _not_pyro(buf: bytes | bytearray) -> FrameError:
+    """The error for a stream that does not start as Pyro; a TLS handshake is named,
+    since a client configured for SSL talking to a plain daemon is the usual cause."""
+    reason = "invalid data or unsupported protocol version"
+    if bytes(buf[:2]) == _TLS_HANDSHAKE_RECORD:
+        reason += " (a TLS handshake: the peer uses SSL, this end does not; both ends must set SSL)"
+    return FrameError(reason)
+
+
 class FrameReader:
     """Assembles messages from a byte stream that arrives in arbitrary pieces.
 
@@ -280,7 +291,7 @@ class FrameReader:
         if header is None:
             if len(buf) < HEADER_SIZE:
                 if len(buf) >= 4 and buf[:4] != TAG or len(buf) < 4 and TAG[:len(buf)] != buf:
-                    raise FrameError("invalid data or unsupported protocol version")
+                    raise _not_pyro(buf)
                 return None
             header = self._header = self._parse_header(buf)
         msg_type, flags, seq, data_len, ser_id, ann_len = header
@@ -317,7 +328,7 @@ class FrameReader:
         tag, version, msg_type, flags, seq, data_len, ser_id, ann_len, _reserved, check = \
             HEADER.unpack_from(buf)
         if tag != TAG or version != PROTOCOL_VERSION:
-            raise FrameError("invalid data or unsupported protocol version")
+            raise _not_pyro(buf)
         if check != checksum(msg_type, flags, seq, data_len, ser_id, ann_len):
             raise FrameError("header checksum mismatch")
         if data_len < 0:
