@@ -333,3 +333,78 @@ def test_request_cut_mid_record_without_close_notify_runs_nothing_and_is_closed(
     sock.close()
     wait_until(lambda: len(tls_daemon._conns) == 0)
     assert echo.notes == []
+
+
+# --- bursts against a daemon on a select loop with a heartbeat -----------------------------------
+
+
+def heartbeat(host) -> list[float]:
+    ticks: list[float] = []
+
+    def tick() -> None:
+        ticks.append(time.monotonic())
+        if len(ticks) < 100_000:
+            host.call_later(0.005, tick)
+
+    host.call_later(0.005, tick)
+    return ticks
+
+
+@pytest.mark.parametrize("host", ["select"], indirect=True)
+def test_a_request_in_100k_one_byte_records_is_read_in_bounded_steps_while_the_heartbeat_ticks(host, reported, pki):
+    daemon = Daemon(host="127.0.0.1", ssl_context=pki.server_ctx())
+    echo = Echo()
+    daemon.register(echo, "notes")
+    host.attach(daemon)
+    ticks = heartbeat(host)
+    marks: dict[str, int] = {}
+
+    def hostile() -> None:
+        sock, session, protocol = pyro_over_tls(daemon, pki, "notes")
+        data = protocol.invoke("notes", "note", ("y" * 100_000,), {}, oneway=True).data
+        for i in range(len(data)):
+            session.write(data[i:i + 1])  # one TLS record per byte: ~23 times the ciphertext
+        burst = session.ciphertext_to_send()
+        marks["start"] = len(ticks)
+        sock.sendall(burst)
+        marks["sent"] = len(ticks)
+        marks["bytes"] = len(burst)
+        sock.close()
+
+    sender = threading.Thread(target=hostile, daemon=True)
+    sender.start()
+    host.run_until(lambda: echo.notes, timeout=60)
+    marks["ran"] = len(ticks)
+    sender.join(TIMEOUT)
+    assert echo.notes == ["y" * 100_000]
+    assert marks["bytes"] > 2_000_000
+    # the burst was read over many loop passes, with the timer firing between them
+    assert marks["ran"] - marks["start"] >= 3
+    daemon.close()
+
+
+@pytest.mark.parametrize("host", ["select"], indirect=True)
+def test_60_simultaneous_handshakes_from_one_peer_leave_the_heartbeat_ticking_and_a_call_served(host, reported, pki):
+    pyro_loops.config.SSL_HANDSHAKES_PER_WAKEUP = 2
+    daemon = Daemon(host="127.0.0.1", ssl_context=pki.server_ctx())
+    uri = daemon.register(Echo(), "echo")
+    host.attach(daemon)
+    ticks = heartbeat(host)
+    hello = client_hello(pki)
+    flood = [raw_connection(daemon, hello) for _ in range(60)]  # each asks the daemon for a key exchange
+    answered = []
+    with pyro_loops.Client(ssl_context=pki.client_ctx()) as client:
+        host.attach(client)
+        proxy = client.proxy(uri)
+        start = len(ticks)
+        call = host.settle(proxy.echo("through"), timeout=60)
+        assert call.result() == "through"
+        for sock in flood:
+            sock.settimeout(0)
+            with contextlib.suppress(BlockingIOError):
+                answered.append(bool(sock.recv(65536)))
+        assert len(ticks) - start >= 3
+    assert sum(answered) >= 30  # the flood was served as well, a few per loop pass
+    for sock in flood:
+        sock.close()
+    daemon.close()
