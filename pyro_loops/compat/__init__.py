@@ -23,6 +23,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import os
 import sys
 from types import CodeType, ModuleType
 from typing import Sequence
@@ -101,12 +102,17 @@ def installed() -> bool:
     return any(isinstance(finder, Pyro4Finder) for finder in sys.meta_path)
 
 
+#: On ``sys.path`` while the shim is on, for multiprocessing children (see _spawn/Pyro4.py).
+SPAWN_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_spawn")
+
+
 def install() -> None:
     """Switch the shim on: from now on ``import Pyro4`` gives pyro_loops.
 
     Idempotent. Raises ImportError if the real Pyro4 was already imported in
     this process: the two cannot share the name, and mixing them silently
-    would be worse.
+    would be worse. Multiprocessing children (spawn, forkserver) inherit the
+    shim through ``sys.path``; other child processes do not get it.
     """
     if installed():
         return
@@ -115,13 +121,16 @@ def install() -> None:
         raise ImportError("the real Pyro4 is already imported in this process; call "
                           "pyro_loops.compat.install() before the first 'import Pyro4'")
     sys.meta_path.insert(0, Pyro4Finder())
+    if SPAWN_PATH not in sys.path:
+        sys.path.insert(1, SPAWN_PATH)  # after the script's folder, which stays sys.path[0]
 
 
 def uninstall() -> None:
     """Switch the shim off and forget the ``Pyro4`` aliases imported so far."""
     sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, Pyro4Finder)]
+    sys.path[:] = [entry for entry in sys.path if entry != SPAWN_PATH]
     for name in [name for name in sys.modules if target_name(name) is not None]:
         del sys.modules[name]
 
 
-__all__ = ["ALIAS", "TARGET", "Pyro4Finder", "install", "installed", "target_name", "uninstall"]
+__all__ = ["ALIAS", "SPAWN_PATH", "TARGET", "Pyro4Finder", "install", "installed", "target_name", "uninstall"]
