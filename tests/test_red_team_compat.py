@@ -159,3 +159,17 @@ def test_traceback_of_a_failing_script_shows_the_script_not_the_shim(tmp_path):
     assert done.returncode == 1
     assert "runpy" not in done.stderr and "compat" not in done.stderr, done.stderr
     assert done.stderr.count("File ") == 2  # the script's two frames, as under python
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="python -P is 3.11+")
+def test_safe_path_flag_keeps_the_path_python_would_have(tmp_path):
+    write(tmp_path, "prog.py", """
+        import sys
+        from pyro_loops.compat import SPAWN_PATH
+        print([entry for entry in sys.path if entry != SPAWN_PATH])
+    """)
+    under_shim = subprocess.run([sys.executable, "-P", "-m", "pyro_loops.compat", str(tmp_path / "prog.py")],
+                                capture_output=True, text=True, timeout=TIMEOUT * 2, env=peer_env(), cwd="/")
+    under_python = plain("-P", str(tmp_path / "prog.py"))
+    assert under_shim.returncode == 0, under_shim.stderr
+    assert under_shim.stdout == under_python.stdout

@@ -38,7 +38,8 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2  # python's own status for it
     sys.argv = list(argv)
-    sys.path[0] = os.path.dirname(script)  # what "python SCRIPT" puts first
+    if not getattr(sys.flags, "safe_path", False):  # python -P (3.11+) puts no script folder first
+        sys.path[0] = os.path.dirname(script)  # what "python SCRIPT" puts first
     install()
     try:
         runpy.run_path(script, run_name="__main__")
