@@ -22,7 +22,8 @@ from docutils import nodes
 from docutils.parsers.rst import Directive
 from sphinx.application import Sphinx
 
-TABLE = Path(__file__).resolve().parents[2] / "tests" / "pyro4_examples_table.py"
+TESTS = Path(__file__).resolve().parents[2] / "tests"
+TABLE = TESTS / "pyro4_examples_table.py"
 
 
 def read_table(path: Path = TABLE) -> tuple[list[tuple[str, str | None]], dict[str, str]]:
@@ -31,7 +32,7 @@ def read_table(path: Path = TABLE) -> tuple[list[tuple[str, str | None]], dict[s
     The table is run as Python (with ``tests/`` importable, as under pytest), so
     reasons kept in named constants read the same as literal ones.
     """
-    tests = str(TABLE.parent)
+    tests = str(TESTS)
     added = tests not in sys.path
     if added:
         sys.path.insert(0, tests)
@@ -56,10 +57,9 @@ class Pyro4Examples(Directive):
 
     def run(self) -> list[nodes.Node]:
         self.state.document.settings.env.note_dependency(str(TABLE))
-        if not TABLE.exists():
-            return [nodes.paragraph(text="The table of Pyro4's examples (tests/pyro4_examples_table.py) "
-                                         "is not part of this build yet.")]
-        examples, not_run = read_table()
+        if not TABLE.exists():  # moved or renamed: the page must not quietly lose its list
+            raise self.error(f"pyro4-examples: the table of Pyro4's examples ({TABLE}) is missing")
+        examples, not_run = read_table(TABLE)
         differing = [(label, reason) for label, reason in examples if reason]
         out: list[nodes.Node] = [nodes.paragraph(
             text=f"The test suite runs {len(examples)} example programs on Pyro4 4.82 and on pyro_loops and "

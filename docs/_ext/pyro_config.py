@@ -83,9 +83,10 @@ class PyroConfig(Directive):
         env = self.state.document.settings.env
         holder = nodes.container()
         self.state.nested_parse(self.content, self.content_offset, holder)
-        items = [node for node in holder.findall(nodes.definition_list_item)]
-        if not items or len(holder.children) != 1 or not isinstance(holder.children[0], nodes.definition_list):
+        if len(holder.children) != 1 or not isinstance(holder.children[0], nodes.definition_list):
             raise self.error("pyro-config holds one definition list: ITEM_NAME, then its meaning indented")
+        # the list's own items only: a meaning may hold a definition list of its own (say, of values)
+        items = [node for node in holder.children[0].children if isinstance(node, nodes.definition_list_item)]
         defaults = _defaults()
         table = nodes.table(classes=["pyro-config"])
         group = nodes.tgroup(cols=3)
@@ -99,7 +100,7 @@ class PyroConfig(Directive):
         group += body
         for item in items:
             name = item.next_node(nodes.term).astext().strip()
-            classifiers = [c.astext().strip() for c in item.findall(nodes.classifier)]
+            classifiers = [c.astext().strip() for c in item.children if isinstance(c, nodes.classifier)]
             unknown = [c for c in classifiers if c != _UPCOMING]
             if unknown:
                 raise self.error(f"pyro-config: unknown classifier {unknown[0]!r} on {name} "
