@@ -57,7 +57,10 @@ class TLSState(enum.Enum):
     HANDSHAKING: no application data may move yet.
     ESTABLISHED: ``read()``/``write()`` move application data.
     CLOSED: the peer sent ``close_notify`` or the transport ended, or
-    ``close()`` was called; nothing more moves in either direction.
+    ``close()`` was called, or TLS failed; nothing more is read. After the
+    peer's close alone, ``write()`` still sends (``half_closed``): a peer may
+    close its side right behind a call and wait for the reply, as TLS 1.3
+    and TCP allow.
     """
 
     HANDSHAKING = "handshaking"
@@ -82,7 +85,7 @@ class TLSSession:
     ``ciphertext_to_send()`` still holds, typically an alert).
     """
 
-    __slots__ = ("_in", "_out", "_obj", "state", "peer_closed", "server_side", "_head")
+    __slots__ = ("_in", "_out", "_obj", "state", "peer_closed", "server_side", "_head", "_writable")
 
     def __init__(self, context: ssl.SSLContext, server_side: bool,
                  server_hostname: str | None = None) -> None:
@@ -93,6 +96,7 @@ class TLSSession:
         self.server_side = server_side
         self.state = TLSState.HANDSHAKING
         self.peer_closed = False
+        self._writable = False  # established, and neither close() nor a TLS failure since
         # The peer's first bytes, kept to tell a plaintext Pyro peer from a broken
         # TLS one even when its header arrives in pieces.
         self._head = b""
@@ -144,6 +148,7 @@ class TLSSession:
                 raise TLSError(_PLAINTEXT_PEER[self.server_side]) from None
             raise TLSError(f"TLS handshake failed: {_describe(exc)}") from None
         self.state = TLSState.ESTABLISHED
+        self._writable = True
         return True
 
     # --- application data -------------------------------------------------------------
@@ -172,7 +177,7 @@ class TLSSession:
                 self.state = TLSState.CLOSED
                 break
             except ssl.SSLError as exc:
-                self.state = TLSState.CLOSED
+                self._fail()
                 raise TLSError(f"TLS error: {_describe(exc)}") from None
             if not chunk:
                 self.state = TLSState.CLOSED
@@ -183,17 +188,18 @@ class TLSSession:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt application bytes; they appear in ``ciphertext_to_send()``.
 
-        Raises ``TLSError`` if the session is not established (a write before
-        the handshake would silently be lost otherwise).
+        Raises ``TLSError`` before the handshake (the data would silently be
+        lost otherwise) and after ``close()`` or a TLS failure; after the peer's
+        close alone it still sends.
         """
-        if self.state is not TLSState.ESTABLISHED:
+        if not self._writable:
             raise TLSError(f"cannot send application data: TLS session is {self.state.value}")
         view = memoryview(data)
         while view:
             try:
                 written = self._obj.write(view)
             except ssl.SSLError as exc:
-                self.state = TLSState.CLOSED
+                self._fail()
                 raise TLSError(f"TLS error while sending: {_describe(exc)}") from None
             view = view[written:]
 
@@ -203,12 +209,21 @@ class TLSSession:
         The alert appears in ``ciphertext_to_send()``; we do not wait for the
         peer's answer, since Pyro peers just close the socket.
         """
-        if self.state is TLSState.ESTABLISHED:
+        if self._writable:
             try:
                 self._obj.unwrap()
             except ssl.SSLError:
                 pass
+        self._fail()
+
+    @property
+    def half_closed(self) -> bool:
+        """The peer closed its side (``close_notify`` or end of stream); we may still send."""
+        return self.state is TLSState.CLOSED and self._writable
+
+    def _fail(self) -> None:
         self.state = TLSState.CLOSED
+        self._writable = False
 
     # --- what user code may read --------------------------------------------------------
 

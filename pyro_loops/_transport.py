@@ -177,7 +177,7 @@ class TLSTransport:
 
     def close(self) -> None:
         """Queue ``close_notify`` and send what the socket takes now (best effort)."""
-        if self.session.state is TLSState.ESTABLISHED:
+        if self.session.state is TLSState.ESTABLISHED or self.session.half_closed:
             self.session.close()
             self._queue_output()
 

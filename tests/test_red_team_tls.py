@@ -408,3 +408,59 @@ def test_60_simultaneous_handshakes_from_one_peer_leave_the_heartbeat_ticking_an
     for sock in flood:
         sock.close()
     daemon.close()
+
+
+# --- half-close ------------------------------------------------------------------------------------
+
+
+def test_a_call_followed_by_close_notify_is_executed_and_answered(tls_daemon, pki):
+    from pyro_loops._protocol import Result as Reply
+    sock, session, protocol = pyro_over_tls(tls_daemon, pki, "echo")
+    session.write(protocol.invoke("echo", "echo", ("half",), {}).data)
+    session.close()  # close_notify right behind the call; the socket stays open for the reply
+    sock.sendall(session.ciphertext_to_send())
+    sock.settimeout(TIMEOUT)
+    answered = None
+    try:
+        while answered is None:
+            data = sock.recv(65536)
+            if not data:
+                break
+            session.receive_ciphertext(data)
+            with contextlib.suppress(TLSError):
+                # our own session is closed for reading after close(): read the raw session object
+                plaintext = session._obj.read(1 << 20)
+                protocol.receive_data(plaintext)
+                event = protocol.next_event()
+                if isinstance(event, Reply):
+                    answered = event
+    except (ssl.SSLError, OSError):
+        pass
+    sock.close()
+    # TLS 1.3 (and TCP) let a peer close its side and still read: the reply must come
+    assert answered is not None, "the reply to a call followed by close_notify was not sent"
+    assert answered.value == "half"
+
+
+def test_session_still_sends_after_the_peers_close_but_not_after_its_own_or_a_failure(pki):
+    from pyro_loops._tls import TLSSession, TLSState
+    server = TLSSession(pki.server_ctx(), server_side=True)
+    client = TLSSession(pki.client_ctx(), server_side=False, server_hostname="localhost")
+    for _ in range(10):
+        done = [client.do_handshake(), server.do_handshake()]
+        for sender, receiver in ((client, server), (server, client)):
+            data = sender.ciphertext_to_send()
+            if data:  # b"" would mean end of stream
+                receiver.receive_ciphertext(data)
+        if all(done):
+            break
+    client.write(b"call")
+    client.close()
+    server.receive_ciphertext(client.ciphertext_to_send())
+    assert server.read() == b"call"
+    assert server.state is TLSState.CLOSED and server.half_closed
+    server.write(b"reply")  # the peer only closed its side
+    server.close()
+    assert not server.half_closed
+    with pytest.raises(TLSError, match="closed"):
+        server.write(b"more")
