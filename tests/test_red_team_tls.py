@@ -464,3 +464,14 @@ def test_session_still_sends_after_the_peers_close_but_not_after_its_own_or_a_fa
     assert not server.half_closed
     with pytest.raises(TLSError, match="closed"):
         server.write(b"more")
+
+
+def test_pyro4_client_without_certificate_to_our_mutual_tls_daemon_fails_and_the_daemon_logs_why(pki, caplog):
+    caplog.set_level(logging.INFO, logger="pyro_loops")
+    daemon = Daemon(host="127.0.0.1", ssl_context=pki.server_ctx(mutual=True))
+    uri = daemon.register(Echo(), "echo")
+    with serving(daemon), pyro4_client(**pki.pyro4_client_env()) as peer:
+        with pytest.raises(PeerError) as failed:
+            peer.run("Pyro4.Proxy(uri).echo(1)", uri=str(uri))
+        assert "Communication" in failed.value.type or "ConnectionClosed" in failed.value.type, failed.value
+        wait_until(lambda: any("CERTIFICATE" in line for line in closing_lines(caplog)))
