@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _resolve, constants, errors, socketutil, util
+from ._blob import SerializedBlob
 from ._expose import behavior, callback, expose, in_worker, oneway
 from .hosting import set_error_hook
 from ._uri import URI
@@ -50,6 +51,6 @@ def resolve(uri: URI | str, hmac_key: bytes | None = None) -> URI:
     return _resolve.resolve(uri, hmac_key, Proxy)
 
 
-__all__ = ["Call", "Client", "Daemon", "DaemonObject", "LoopProxy", "Proxy", "URI", "batch", "behavior", "callback",
-           "config", "constants", "current_context", "errors", "expose", "in_worker", "locateNS", "oneway", "resolve",
-           "set_error_hook", "socketutil", "util"]
+__all__ = ["Call", "Client", "Daemon", "DaemonObject", "LoopProxy", "Proxy", "SerializedBlob", "URI", "batch",
+           "behavior", "callback", "config", "constants", "current_context", "errors", "expose", "in_worker", "locateNS",
+           "oneway", "resolve", "set_error_hook", "socketutil", "util"]

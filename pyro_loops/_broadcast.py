@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import select
 import socket
+import threading
 import time
 from typing import Any, Iterable
 
@@ -122,6 +124,24 @@ class BroadcastServer:
 
     def getPort(self) -> int:  # noqa: N802 - Pyro4's name
         return self.sock.getsockname()[1]
+
+    def runInThread(self) -> threading.Thread:  # noqa: N802 - Pyro4's name
+        """Answer requests in a thread of its own instead of a host loop (Pyro4's
+        spelling); the thread ends once ``close()`` is called, within POLLTIMEOUT."""
+        if self._watcher is not None:
+            raise PyroError("this broadcast server is attached to a loop already")
+        thread = threading.Thread(target=self._serve_in_thread, name="pyro_loops-broadcast", daemon=True)
+        thread.start()
+        return thread
+
+    def _serve_in_thread(self) -> None:
+        while (sock := self.sock) is not None:
+            try:
+                ready, _, _ = select.select([sock], [], [], config.POLLTIMEOUT)
+            except (OSError, ValueError):  # closed meanwhile: the loop condition says so
+                continue
+            if ready:
+                self.handle_event(sock, hosting.READ)
 
     # --- answering ---------------------------------------------------------
 

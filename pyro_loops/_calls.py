@@ -29,6 +29,7 @@ import zlib
 from typing import Any, Callable, Protocol
 
 from . import _wire, errors
+from ._blob import blob_call
 from ._connection import ClientConnection
 from ._connections import Connections
 from ._expose import find_property, get_attribute, marked_in_worker
@@ -80,11 +81,12 @@ class CallDispatcher:
     """
 
     def __init__(self, host: CallHost, connections: Connections, streams: StreamRegistry,
-                 servertype: str, wake: Callable[[], None]) -> None:
+                 servertype: str | None, wake: Callable[[], None]) -> None:
         self.host = host
         self.connections = connections
         self.streams = streams
-        self.servertype = servertype
+        self.servertype_set = servertype  # SERVERTYPE as configured; None: decided by how the daemon is served
+        self.own_loop = False  # served by requestLoop() or a hand-written events() loop (the daemon says)
         self.wake = wake
         self.single_instances: dict[type, Any] = {}
         self.dispatching = 0  # calls running in the loop's thread right now (nested loops included)
@@ -93,6 +95,26 @@ class CallDispatcher:
         self.jobs: JobQuota[ClientConnection] = JobQuota()  # oneway jobs per connection, MAX_QUEUED_JOBS_PER_CONNECTION
         self.loop_jobs: collections.deque = collections.deque()  # (conn, job) posted by workers
         self.jobs_after_close = False  # closed: posted jobs run at once (their connections are closed)
+
+    @property
+    def servertype(self) -> str:
+        """"thread" or "multiplex": SERVERTYPE if set, else by what serves the daemon.
+
+        Left unset, a daemon served by ``requestLoop()``, ``serveSimple()`` or a
+        hand-written ``events()`` loop is a thread server as in Pyro4 (such
+        programs rely on callbacks, circular and concurrent calls); one attached
+        to an adapter runs calls in its loop's thread.
+        """
+        if self.servertype_set is not None:
+            return self.servertype_set
+        return "thread" if self.own_loop else "multiplex"
+
+    def oneway_threaded(self) -> bool:
+        """Whether oneway calls run in the background: ONEWAY_THREADED if set, else under the
+        thread server and under an explicit multiplex server (Pyro4's default), not in an adapter's loop."""
+        if config.ONEWAY_THREADED is not None:
+            return bool(config.ONEWAY_THREADED)
+        return self.servertype_set is not None or self.own_loop
 
     # --- what the connection side asks for (``_connections.Requests``) ----------------------
 
@@ -337,7 +359,7 @@ class CallDispatcher:
             self._refuse_call(conn, msg, serializer, exc, now=True)
             return
         if oneway:
-            if in_worker or (config.oneway_threaded() and not msg.flags & _wire.FLAGS_BATCH):
+            if in_worker or (self.oneway_threaded() and not msg.flags & _wire.FLAGS_BATCH):
                 self.submit_job(conn, lambda: self._run_oneway(conn, msg, call), len(msg.data))
             else:
                 self.dispatching += 1
@@ -348,7 +370,7 @@ class CallDispatcher:
             return
         conn.busy = True
         if in_worker:
-            self.pool().submit(lambda: self._run_in_worker(conn, msg, serializer, call))
+            self.pool().submit(lambda: self._run_in_worker(conn, msg, serializer, call), affinity=conn)
             return
         self.dispatching += 1
         try:
@@ -400,7 +422,7 @@ class CallDispatcher:
     def _prepare_call(self, conn: ClientConnection, msg: _wire.Message, obj_id: str, method: str,
                       vargs: Any, kwargs: Any) -> tuple[Callable[[], Any], bool]:
         """The call to make for this request, and whether it must run in a worker."""
-        obj = self._target(conn, obj_id)
+        obj = self._target(conn, obj_id, msg)
         if msg.flags & _wire.FLAGS_BATCH and method == "<batch>":
             calls = [(get_attribute(obj, name), args, kw) for name, args, kw in vargs]
             run_in_worker = any(marked_in_worker(obj, func) for func, _, _ in calls)
@@ -423,14 +445,22 @@ class CallDispatcher:
             run = _ReportedCall(run)
         return run, run_in_worker
 
-    def _target(self, conn: ClientConnection, obj_id: str) -> Any:
+    def _target(self, conn: ClientConnection, obj_id: str, msg: _wire.Message) -> Any:
         obj = self.host.objectsById.get(obj_id) if isinstance(obj_id, str) else None
         if obj is None:
             raise errors.DaemonError("unknown object")
         if not inspect.isclass(obj):
             return obj
         mode, creator = obj._pyroInstancing
-        make = (lambda: creator(obj)) if creator else obj
+
+        def make() -> Any:
+            # inside the call's context, as in Pyro4: a creator may read annotations or the correlation id
+            token = self._set_context(conn, msg)
+            try:
+                return creator(obj) if creator else obj()
+            finally:
+                reset_call_context(token)
+
         if mode == "percall":
             instance = make()
         elif mode == "single":
@@ -675,6 +705,8 @@ def _decode_call(msg: _wire.Message, serializer: Serializer, payload: bytes | by
     corr = msg.annotations.get("CORR")
     if corr is not None and len(corr) != 16:
         raise ValueError("bytes is not a 16-char string")
+    if msg.flags & _wire.FLAGS_KEEPSERIALIZED:
+        return blob_call(msg)  # the payload stays as it is: the method gets it as a SerializedBlob
     if payload is None:
         payload = msg.payload(config.MAX_MESSAGE_SIZE)
     return serializer.loads_call(payload)

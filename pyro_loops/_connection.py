@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+import weakref
 from typing import Any
 
 from .hosting import READ
@@ -39,7 +40,7 @@ class ClientConnection:
         self.partial_since: float | None = None
         self.last_active = time.monotonic()
         self.pyroInstances: dict = {}   # per-connection instances of registered classes
-        self.tracked_resources: set = set()
+        self.tracked_resources: weakref.WeakSet = weakref.WeakSet()  # closed when the connection ends
 
     def getpeercert(self, binary_form: bool = False) -> Any:
         """The client's certificate (as ``ssl.SSLSocket.getpeercert``), None without TLS

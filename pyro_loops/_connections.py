@@ -95,7 +95,10 @@ class Connections:
     def __init__(self, sock: socket.socket, closed: Callable[[ClientConnection], None],
                  ssl_context: ssl.SSLContext | None) -> None:
         self.sock = sock
-        self.closed = closed   # told of every connection that closes, after its socket closed
+        self.listening = True  # False: ``sock`` is a connected socket, adopted as the one connection
+        # told of every connection that closes, just before its socket closes (as in Pyro4,
+        # clientDisconnect may still ask the socket for its peer)
+        self.closed = closed
         self.ssl_context = ssl_context
         self.hmac_key: bytes | None = None
         self.requests: Requests  # set by the daemon once its call dispatch exists
@@ -122,7 +125,7 @@ class Connections:
     def readable_sockets(self) -> list[socket.socket]:
         """The sockets a select loop should watch for reading (see ``Daemon.sockets``)."""
         holds_back = self.requests.holds_back
-        listening = [self.sock] if self.accept_resume_at is None else []
+        listening = [self.sock] if self.listening and self.accept_resume_at is None else []
         return [*listening, *(sock for sock, conn in self.conns.items() if not (conn.eof or holds_back(conn)))]
 
     def output_pending(self) -> list[socket.socket]:
@@ -256,6 +259,17 @@ class Connections:
             if self.watcher is not None:
                 self.watcher.add(sock, READ)
             log.debug("accepted connection from %s", addr)
+
+    def adopt(self) -> None:
+        """Serve ``sock``, connected already, as the one connection (Pyro4's ``connected_socket``):
+        no listening, and no handshake (Pyro4's proxy on such a socket sends none)."""
+        self.listening = False
+        self.sock.getpeername()  # raises unless connected
+        self.sock.setblocking(False)
+        conn = ClientConnection(self.sock, self.sock.getpeername(),
+                                ServerProtocol(config.MAX_MESSAGE_SIZE, self.hmac_key))
+        conn.protocol.established = True
+        self.conns[self.sock] = conn
 
     def _pause_accepting(self, exc: OSError) -> None:
         """Out of descriptors (or memory): the pending connection stays in the
@@ -552,9 +566,9 @@ class Connections:
         self.output.count(conn, 0)
         if self.watcher is not None:
             self.watcher.remove(conn.sock)
+        self.closed(conn)
         conn.transport.close()  # TLS: close_notify, if the socket takes it now
         try:
             conn.sock.close()
         except OSError:
             pass
-        self.closed(conn)

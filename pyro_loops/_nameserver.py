@@ -217,7 +217,7 @@ class NameServerDaemon(Daemon):
     name server's own entry registered in it (which is why ``count()`` starts
     at 1). Closing the daemon closes the storage.
 
-    ``storage`` is a spec (``"memory"``, ``"sql:<file>"``) or a storage object.
+    ``storage`` is a spec (``"memory"``, ``"sql:<file>"``, ``"dbm:<file>"``) or a storage object.
     """
 
     def __init__(self, host: str | None = None, port: int | None = None, unixsocket: str | None = None,

@@ -1,4 +1,4 @@
-"""Where the name server keeps its registrations: in memory, or in a SQLite file.
+"""Where the name server keeps its registrations: in memory, in a SQLite file, or in a dbm file.
 
 Both storages hold the same thing -- name -> (URI string, set of metadata tags) --
 and offer the same few operations; all searching (prefix, regex, metadata) is
@@ -12,10 +12,11 @@ Pyro4 name server can be served by ours and the other way round.
 
 from __future__ import annotations
 
+import dbm
 import logging
 import sqlite3
 import threading
-from typing import Iterable, NamedTuple, Protocol
+from typing import Any, Iterable, NamedTuple, Protocol
 
 from .errors import NamingError
 
@@ -153,10 +154,68 @@ class SqlStorage:
             self._db.close()
 
 
-def open_storage(spec: str | None) -> MemoryStorage | SqlStorage:
-    """Build the storage named by a ``-s`` style spec: ``"memory"`` (or None) or ``"sql:<file>"``."""
+class DbmStorage:
+    """Registrations in a ``dbm`` file, as Pyro4's ``dbm:`` storage keeps them.
+
+    Name and URI are the key and value, UTF-8 encoded; dbm has no room for
+    metadata, so (as in Pyro4) tags given with a registration are dropped with
+    a warning and every entry has none. The file is opened for each operation,
+    so every change is on disk once acknowledged and a Pyro4 name server can
+    take the file over; a lock keeps worker threads from interleaving.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            with dbm.open(path, "c", 0o600):
+                pass
+        except (dbm.error[0], OSError) as exc:
+            raise NamingError(f"cannot use {path!r} as name server storage: {exc}") from exc
+        log.debug("name server storage: dbm file %s, %d entries", path, len(self))
+
+    def _open(self, flag: str = "r") -> Any:
+        return dbm.open(self.path, flag)
+
+    def get(self, name: str) -> Entry | None:
+        with self._lock, self._open() as db:
+            uri = db.get(name.encode("utf-8"))
+        return None if uri is None else Entry(uri.decode("utf-8"), frozenset())
+
+    def put(self, name: str, uri: str, metadata: Iterable[str]) -> None:
+        if frozenset(metadata):
+            log.warning("the name server's dbm storage cannot keep metadata: the tags of %r are dropped", name)
+        with self._lock, self._open("w") as db:
+            db[name.encode("utf-8")] = uri.encode("utf-8")
+
+    def delete(self, names: Iterable[str]) -> int:
+        deleted = 0
+        with self._lock, self._open("w") as db:
+            for name in names:
+                key = name.encode("utf-8")
+                if key in db:
+                    del db[key]
+                    deleted += 1
+        return deleted
+
+    def entries(self) -> list[tuple[str, Entry]]:
+        with self._lock, self._open() as db:
+            return [(key.decode("utf-8"), Entry(db[key].decode("utf-8"), frozenset())) for key in db.keys()]
+
+    def __len__(self) -> int:
+        with self._lock, self._open() as db:
+            return len(db)
+
+    def close(self) -> None:
+        """Nothing stays open between operations."""
+
+
+def open_storage(spec: str | None) -> MemoryStorage | SqlStorage | DbmStorage:
+    """Build the storage named by a ``-s`` style spec: ``"memory"`` (or None), ``"sql:<file>"`` or ``"dbm:<file>"``."""
     if spec is None or spec == "memory":
         return MemoryStorage()
     if spec.startswith("sql:") and len(spec) > 4:
         return SqlStorage(spec[4:])
-    raise ValueError(f"invalid storage type '{spec}' (use 'memory' or 'sql:<file>')")
+    if spec.startswith("dbm:") and len(spec) > 4:
+        return DbmStorage(spec[4:])
+    raise ValueError(f"invalid storage type '{spec}' (use 'memory', 'sql:<file>' or 'dbm:<file>')")

@@ -5,13 +5,23 @@ than being refused. The queue is bounded per client instead: ``JobQuota``
 counts each connection's jobs so the daemon can stop reading a connection
 whose quota is full. They are daemon threads, so a long call still running at
 interpreter exit never keeps the process alive.
+
+A job may name the connection it serves (``affinity``): it then runs in the
+thread that ran that connection's previous job whenever that thread is idle
+or finishing it. Pyro4's thread server gives each connection a thread of its
+own; a client that waits for each reply sees the same here (its calls run in
+one thread, so thread-locals and thread names behave as on Pyro4), while a
+connection holds no thread between calls, so more connections than threads
+can be served.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
+import weakref
 from typing import Callable, Generic, Hashable, TypeVar
 
 log = logging.getLogger("pyro_loops")
@@ -19,34 +29,72 @@ log = logging.getLogger("pyro_loops")
 _STOP = object()
 
 
+class _Worker:
+    """One pool thread with a queue of its own (jobs are handed to a chosen thread)."""
+
+    __slots__ = ("thread", "jobs", "key")
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.key: object | None = None  # the affinity of the job it runs (None: idle or unkeyed)
+        self.thread: threading.Thread | None = None
+
+
 class WorkerPool:
     def __init__(self, size: int, name: str = "pyro_loops-worker") -> None:
         self.size = max(1, size)
         self.name = name
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._workers: list[_Worker] = []
+        self._idle: list[_Worker] = []
+        self._backlog: collections.deque = collections.deque()  # (affinity, job) while every thread is busy
+        self._last: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # affinity -> its last worker
         self._lock = threading.Lock()
         self._closed = False
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Run ``job()`` in a worker thread. Jobs must handle their own errors."""
+    def submit(self, job: Callable[[], None], affinity: object | None = None) -> None:
+        """Run ``job()`` in a worker thread. Jobs must handle their own errors.
+
+        With ``affinity`` (weakly referenced), the job goes to the thread that
+        ran the previous job of the same affinity if that thread is idle or
+        busy with that affinity (the caller runs one job of an affinity at a
+        time, so the thread is finishing it); else to any idle thread.
+        """
         if self._closed:
             raise RuntimeError("worker pool is closed")
         with self._lock:
-            if self._idle == 0 and len(self._threads) < self.size:
-                thread = threading.Thread(target=self._work, daemon=True,
-                                          name=f"{self.name}-{len(self._threads) + 1}")
-                self._threads.append(thread)
-                self._idle += 1
-                thread.start()
-            self._idle -= 1
-        self._queue.put(job)
+            worker = self._last.get(affinity) if affinity is not None else None
+            if worker is not None and worker in self._idle:
+                self._idle.remove(worker)
+            elif worker is None or worker.key is not affinity:
+                if self._idle:
+                    worker = self._idle.pop()
+                elif len(self._workers) < self.size:
+                    worker = self._start()
+                else:
+                    self._backlog.append((affinity, job))
+                    return
+            self._assign(worker, affinity, job)
 
-    def _work(self) -> None:
+    def _start(self) -> _Worker:
+        worker = _Worker()
+        worker.thread = threading.Thread(target=self._work, args=(worker,), daemon=True,
+                                         name=f"{self.name}-{len(self._workers) + 1}")
+        self._workers.append(worker)
+        worker.thread.start()
+        return worker
+
+    def _assign(self, worker: _Worker, affinity: object | None, job: Callable[[], None]) -> None:
+        """Under the lock: hand ``job`` to ``worker``."""
+        worker.key = affinity
+        if affinity is not None:
+            self._last[affinity] = worker
+        worker.jobs.put(job)
+
+    def _work(self, worker: _Worker) -> None:
         while True:
-            job = self._queue.get()
+            job = worker.jobs.get()
             if job is _STOP:
+                self._run_backlog()
                 return
             try:
                 job()
@@ -54,19 +102,37 @@ class WorkerPool:
                 log.exception("unhandled error in worker job")
             finally:
                 with self._lock:
-                    self._idle += 1
+                    if worker.jobs.empty():
+                        if self._backlog:
+                            self._assign(worker, *self._backlog.popleft())
+                        else:
+                            worker.key = None
+                            self._idle.append(worker)
+
+    def _run_backlog(self) -> None:
+        """At close: jobs still waiting for a thread run all the same (they answer their callers)."""
+        while True:
+            with self._lock:
+                if not self._backlog:
+                    return
+                _, job = self._backlog.popleft()
+            try:
+                job()
+            except BaseException:
+                log.exception("unhandled error in worker job")
 
     @property
     def threads(self) -> int:
-        return len(self._threads)
+        return len(self._workers)
 
     def close(self) -> None:
         """Let the threads finish their current job and end; does not wait for them."""
-        if self._closed:
-            return
-        self._closed = True
-        for _ in self._threads:
-            self._queue.put(_STOP)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for worker in self._workers:
+                worker.jobs.put(_STOP)
 
 
 _Owner = TypeVar("_Owner", bound=Hashable)

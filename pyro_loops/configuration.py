@@ -28,10 +28,13 @@ _DEFAULTS: dict[str, Any] = {
     "NATPORT": 0,
     # "multiplex": calls run in the thread of the loop that hosts the daemon,
     # which is what a GUI wants. "thread": calls run in a bounded worker pool.
-    "SERVERTYPE": "multiplex",
+    # None (unset): "thread" for a daemon served by requestLoop()/serveSimple()/a
+    # hand-written events() loop, as in Pyro4; "multiplex" in an adapter's loop.
+    "SERVERTYPE": None,
     "THREADPOOL_SIZE": 40,
     "THREADPOOL_SIZE_MIN": 4,
-    # None: threaded under SERVERTYPE "thread", inline under "multiplex".
+    # None: in the background unless the daemon runs calls in an adapter's loop
+    # with SERVERTYPE unset (there inline, in order with the connection's calls).
     "ONEWAY_THREADED": None,
     "AUTOPROXY": True,
     "COMPRESSION": False,
@@ -188,11 +191,6 @@ class Configuration:
             value = getattr(self, name)
             setattr(clone, name, set(value) if isinstance(value, set) else value)
         return clone
-
-    def oneway_threaded(self) -> bool:
-        if self.ONEWAY_THREADED is None:
-            return self.SERVERTYPE == "thread"
-        return bool(self.ONEWAY_THREADED)
 
     def idle_timeout(self) -> float:
         """IDLE_TIMEOUT, or else Pyro4's COMMTIMEOUT, whose daemons drop clients idle that long."""

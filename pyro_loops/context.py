@@ -13,8 +13,11 @@ other calls are dispatched on the same thread.
 from __future__ import annotations
 
 import contextvars
+import random
 import uuid
 from typing import Any
+
+from .errors import PyroError
 
 
 class _Facts:
@@ -52,6 +55,9 @@ class _CallContext:
             facts = _current()
             if facts.correlation_bytes is not None:
                 return uuid.UUID(bytes=facts.correlation_bytes)  # made on demand: rarely read
+            if facts.correlation_uuid is None and facts.client is not None:
+                # a served call whose client sent no CORR gets a fresh id, as in Pyro4 (unique, not secret)
+                facts.correlation_uuid = uuid.UUID(bytes=random.randbytes(16), version=4)
             return facts.correlation_uuid
         try:
             return getattr(_current(), name)
@@ -64,6 +70,26 @@ class _CallContext:
             facts.correlation_bytes, facts.correlation_uuid = None, value
         else:
             setattr(facts, name, value)
+
+    def track_resource(self, resource: Any) -> None:
+        """Have ``resource.close()`` called when the calling client's connection ends
+        (weakly held, as in Pyro4)."""
+        self._connection("track").tracked_resources.add(resource)
+
+    def untrack_resource(self, resource: Any) -> None:
+        """No longer close ``resource`` when the client's connection ends."""
+        self._connection("untrack").tracked_resources.discard(resource)
+
+    @property
+    def tracked_resources(self) -> Any:
+        """The resources tracked for the calling client's connection."""
+        return self._connection("list tracked").tracked_resources
+
+    def _connection(self, action: str) -> Any:
+        client = _current().client
+        if client is None:
+            raise PyroError(f"cannot {action} resources outside a call from a client connection")
+        return client
 
     def facts(self) -> _Facts:
         """The object holding the current call's facts (kept by deferred replies)."""

@@ -86,12 +86,24 @@ class DaemonObject:
 def _always() -> bool:
     return True
 
+
+def _location_of(sock: socket.socket) -> str:
+    """Pyro4's location string for a daemon on a connected socket."""
+    name = sock.getsockname()
+    if sock.family == getattr(socket, "AF_UNIX", None):
+        return "./u:" + (name or "<<not-bound>>")
+    host, port = name[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
 class Daemon:
     """Publishes objects to remote callers; see the module docstring."""
 
     def __init__(self, host: str | None = None, port: int = 0, unixsocket: str | None = None,
                  nathost: str | None = None, natport: int | None = None,
-                 interface: type = DaemonObject, ssl_context: ssl.SSLContext | None = None) -> None:
+                 interface: type = DaemonObject, ssl_context: ssl.SSLContext | None = None,
+                 connected_socket: socket.socket | None = None) -> None:
+        if connected_socket is not None:
+            nathost, natport, unixsocket = "", None, None  # no address of its own to publish
         if host is None:
             host = config.HOST
         if nathost is None:
@@ -105,18 +117,23 @@ class Daemon:
         if natport is not None and not nathost:
             raise ValueError("must provide natport with nathost")
         socketutil.check_port(natport, "natport")
-        servertype = config.SERVERTYPE
-        if servertype not in ("thread", "multiplex"):
+        servertype = config.SERVERTYPE  # None: decided by what serves the daemon (see CallDispatcher.servertype)
+        if servertype not in (None, "thread", "multiplex"):
             raise errors.PyroError("invalid server type: " + str(servertype))
-        self.sock, self.locationStr = bind(host, port, unixsocket)
-        bound_port = None if unixsocket else self.sock.getsockname()[1]
+        if connected_socket is not None:
+            if ssl_context is not None:
+                raise errors.DaemonError("a daemon on a connected socket cannot use TLS")
+            self.sock, self.locationStr = connected_socket, _location_of(connected_socket)
+        else:
+            self.sock, self.locationStr = bind(host, port, unixsocket)
+        bound_port = None if unixsocket or connected_socket else self.sock.getsockname()[1]
         self.natLocationStr: str | None = None
         if nathost:
             nat_port = natport or bound_port
             self.natLocationStr = f"[{nathost}]:{nat_port}" if ":" in nathost else f"{nathost}:{nat_port}"
         self.objectsById: dict[str, Any] = {}
         self.coroutine_runner: Callable[[Any, Callable[[Any, BaseException | None], None]], None] | None = None
-        self._servertype = servertype
+        self._combined: list[Any] = []  # served by this daemon's own loop too (combine)
         self._wakeup = Wakeup()  # workers hand results to the loop through it
         self._streams = StreamRegistry()
         self._connections = Connections(self.sock, self._connection_closed, ssl_context)
@@ -130,7 +147,9 @@ class Daemon:
         self._closed = False
         self._close_requested = False
         self.register(interface(self), DAEMON_NAME)
-        self._open_to_all = host in ("", "0.0.0.0", "::") and not unixsocket
+        self._open_to_all = host in ("", "0.0.0.0", "::") and not unixsocket and connected_socket is None
+        if connected_socket is not None:
+            self._connections.adopt()  # the daemon closes when that connection ends (Pyro4's loop ends)
 
     @property
     def _watcher(self) -> Watcher | None:
@@ -146,7 +165,7 @@ class Daemon:
         return self._connections.hmac_key
 
     def _serves(self, uri: URI) -> bool:
-        if self._closed:
+        if self._closed or not self._connections.listening:
             return False
         if uri.sockname:
             return self.sock.family == getattr(socket, "AF_UNIX", None) and self.sock.getsockname() == uri.sockname
@@ -272,7 +291,8 @@ class Daemon:
         end-of-file or held back by MAX_QUEUED_JOBS_PER_CONNECTION: a select loop would spin on it)."""
         if self._closed:
             return []
-        return [self._wakeup.reader, *self._connections.readable_sockets()]
+        return [self._wakeup.reader, *self._connections.readable_sockets(),
+                *(sock for other in self._combined for sock in other.sockets)]
 
     def events(self, eventsockets: Iterable[socket.socket]) -> None:
         """Handle readable sockets, as a hand-written ``select()`` loop reports them.
@@ -280,6 +300,13 @@ class Daemon:
         Loops without write notifications get their pending output flushed here
         as far as the sockets take it; attach a watcher for real write interest.
         """
+        if self._watcher is None:
+            self._calls.own_loop = True
+        eventsockets = list(eventsockets)
+        for other in self._combined:
+            theirs = set(other.sockets)
+            other.events([sock for sock in eventsockets if sock in theirs])  # its deadlines run too
+            eventsockets = [sock for sock in eventsockets if sock not in theirs]
         self._seed_loop.events(eventsockets)
 
     def requestLoop(self, loopCondition: Callable[[], bool] = _always) -> None:  # noqa: N802
@@ -288,13 +315,38 @@ class Daemon:
         A custom ``loopCondition`` is re-checked at least every POLLTIMEOUT
         seconds; with the default the loop sleeps until there is work.
         """
+        served = [self, *self._combined]
+        daemons = [daemon for daemon in served if isinstance(daemon, Daemon)]
+        for daemon in daemons:
+            daemon._calls.own_loop = True
         with SelectLoop() as loop:
-            hosted = loop.attach(self)
+            hosted = [loop.attach(item) for item in served]
             try:
                 loop.run(until=lambda: self._closed or not loopCondition(),
                          max_wait=None if loopCondition is _always else config.POLLTIMEOUT)
             finally:
-                hosted.detach()
+                for watcher in hosted:
+                    watcher.detach()
+                for daemon in daemons:
+                    daemon._calls.own_loop = False
+
+    @property
+    def transportServer(self) -> "Daemon":  # noqa: N802 - Pyro4's name
+        """Pyro4's socket server object: here the daemon itself, which has what
+        programs use of it (``sock``, ``sockets``, ``events()``, ``locationStr``)."""
+        return self
+
+    def combine(self, other: Any) -> None:
+        """Serve ``other`` from this daemon's own loop as well (Pyro4's ``combine``).
+
+        ``other`` is another daemon or a name server's broadcast responder.
+        ``requestLoop()`` then serves both, and a hand-written loop serves both
+        through this daemon's ``sockets`` and ``events()``. A host loop's adapter
+        is attached to each daemon instead; ``combine`` does not reach it.
+        """
+        if other is self or any(other is known for known in self._combined):
+            raise errors.DaemonError("daemon is already combined with that one")
+        self._combined.append(other)
 
     def shutdown(self) -> None:
         """Stop serving and close the daemon; safe from any thread, takes effect at once."""
@@ -342,14 +394,15 @@ class Daemon:
         self._connections.close_all()
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
-            watcher.remove(self.sock)
+            if self._connections.listening:
+                watcher.remove(self.sock)
             watcher.remove(self._wakeup.reader)
         self.sock.close()
         self._wakeup.close()
         if watcher is not None:
             watcher.detached()
         self._forget_loop_thread()
-        if self.sock.family == getattr(socket, "AF_UNIX", None):
+        if self._connections.listening and self.sock.family == getattr(socket, "AF_UNIX", None):
             path = self.locationStr[4:]
             if path and not path.startswith("\0") and os.path.exists(path):
                 try:
@@ -377,7 +430,7 @@ class Daemon:
         self._event_thread = None if hasattr(watcher, "loop_thread") else threading.get_ident()
         with _serving_lock:
             _serving[id(self)] = self
-        if self._connections.accept_resume_at is None:
+        if self._connections.listening and self._connections.accept_resume_at is None:
             watcher.add(self.sock, READ)
         watcher.add(self._wakeup.reader, READ)
         for conn in self._conns.values():
@@ -411,7 +464,7 @@ class Daemon:
         """The host loop says ``sock`` is ready (READ and/or WRITE). Never raises."""
         self._event_thread = threading.get_ident()  # a loop may run in another thread than attached it
         with reported("daemon event handling"):
-            if sock is self.sock:
+            if sock is self.sock and self._connections.listening:
                 self._connections.accept()
             elif sock is self._wakeup.reader:
                 self._drain_wakeups()
@@ -481,21 +534,29 @@ class Daemon:
         self._close_now()
 
     def _connection_closed(self, conn: ClientConnection) -> None:
-        """The socket side closed ``conn``: its streams and session instances go, the hook is told."""
+        """The socket side is closing ``conn``: the hook is told (while the socket still
+        knows its peer, as in Pyro4), then its streams, session instances and tracked
+        resources go."""
+        with reported("clientDisconnect"):
+            self.clientDisconnect(conn)
         self._streams.orphan(conn, time.monotonic())
         for instance in conn.pyroInstances.values():
             closer = getattr(instance, "_pyroClose", None)
             if callable(closer):
                 with reported("_pyroClose of a session instance"):
                     closer()
-        with reported("clientDisconnect"):
-            self.clientDisconnect(conn)
+        for resource in list(conn.tracked_resources):  # after the hook, which may still list them
+            with reported("close() of a tracked resource"):
+                resource.close()
+        conn.tracked_resources.clear()
+        if not self._connections.listening:
+            self.close()  # its one connection is gone
 
     # --- misc --------------------------------------------------------------------------
 
     def _servertype_text(self) -> str:
         workers = self._calls.workers.threads if self._calls.workers else 0
-        return f"<pyro_loops {self._servertype} daemon on {self.locationStr}; {workers} workers>"
+        return f"<pyro_loops {self._calls.servertype} daemon on {self.locationStr}; {workers} workers>"
 
     def __repr__(self) -> str:
         return f"<pyro_loops.Daemon at 0x{id(self):x}; {self.locationStr}; {len(self.objectsById)} objects>"

@@ -93,7 +93,7 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("-p", "--port", type=_port, help=f"port to bind the server on (0 = any free port; "
                                                        f"default {config.NS_PORT})")
     parser.add_argument("-u", "--unixsocket", help="Unix domain socket to bind the server on instead")
-    parser.add_argument("-s", "--storage", default="memory", help="'memory' (default) or 'sql:<file>'")
+    parser.add_argument("-s", "--storage", default="memory", help="'memory' (default), 'sql:<file>' or 'dbm:<file>'")
     parser.add_argument("-x", "--nobc", dest="enablebc", action="store_false", help="don't start a broadcast server")
     parser.add_argument("--bchost", help="address to bind the broadcast server on (default: all)")
     parser.add_argument("--bcport", type=_port, help=f"port of the broadcast server (default {config.NS_BCPORT})")

@@ -36,7 +36,7 @@ _LOCAL_ATTRS = frozenset((
     "_pyroUri", "_pyroConnection", "_pyroSeq", "_pyroTimeout", "_pyroMaxRetries", "_pyroHmacKey",
     "_pyroHandshake", "_pyroSerializer", "_pyroMethods", "_pyroAttrs", "_pyroOneway",
     "_pyroRawWireResponse", "_pyroLock", "_pyroResolved", "_pyroProtocol", "_pyroMetaKnown",
-    "_pyroHmacKeyBytes", "_pyroPoller", "_pyroSslContext"))
+    "_pyroHmacKeyBytes", "_pyroPoller", "_pyroSslContext", "_pyroConnectedSocket"))
 
 
 class _RemoteMethod:
@@ -58,7 +58,9 @@ class _RemoteMethod:
 class Proxy:
     """Stands in for a remote object: method calls and property access go over the wire."""
 
-    def __init__(self, uri: "str | URI") -> None:
+    def __init__(self, uri: "str | URI", connected_socket: socket.socket | None = None) -> None:
+        if connected_socket is not None:  # ``uri`` is the object id (Pyro4's spelling)
+            uri = URI(f"PYRO:{uri}@<<connected-socket>>:0")
         if isinstance(uri, str):
             uri = URI(uri)
         elif not isinstance(uri, URI):
@@ -84,6 +86,7 @@ class Proxy:
         # TLS for this proxy's connections: an ssl.SSLContext, or None to follow
         # config.SSL (a context from the SSL_CLIENT*/SSL_CACERTS items)
         set_(self, "_pyroSslContext", None)
+        set_(self, "_pyroConnectedSocket", connected_socket)  # used as is, never closed by the proxy
 
     # --- attribute plumbing -----------------------------------------------------------
 
@@ -176,7 +179,7 @@ class Proxy:
         """Close the connection; the next call opens a new one."""
         with self._pyroLock:
             sock = self._pyroConnection
-            if sock is not None:
+            if sock is not None and sock is not self._pyroConnectedSocket:
                 object.__setattr__(self, "_pyroConnection", None)
                 try:
                     sock.close()
@@ -237,6 +240,8 @@ class Proxy:
         """Open the connection and do the handshake; False if it was open already."""
         if self._pyroConnection is not None:
             return False
+        if self._pyroConnectedSocket is not None:
+            return self.__adopt(self._pyroConnectedSocket)
         uri = self._pyroUri
         if uri.protocol != "PYRO":
             uri = resolve(uri, self._pyroHmacKeyBytes, Proxy)
@@ -264,6 +269,21 @@ class Proxy:
         except BaseException:
             self._pyroRelease()
             raise
+        return True
+
+    def __adopt(self, sock: socket.socket) -> bool:
+        """Use a socket connected to a daemon already: no handshake, as in Pyro4."""
+        protocol = _protocol.ClientProtocol(self._pyroSerializer or config.SERIALIZER, hmac_key=self._pyroHmacKeyBytes,
+                                            max_message_size=config.MAX_MESSAGE_SIZE,
+                                            compression=config.COMPRESSION, seq=self._pyroSeq)
+        protocol.state = _protocol.State.ESTABLISHED
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        for name, value in (("_pyroResolved", self._pyroUri), ("_pyroProtocol", protocol),
+                            ("_pyroPoller", poller), ("_pyroConnection", sock)):
+            object.__setattr__(self, name, value)
+        if config.METADATA and not self._pyroMetaKnown:
+            self._pyroGetMetadata(self._pyroUri.object)
         return True
 
     def __handshake(self, uri: URI) -> None:
@@ -322,6 +342,7 @@ class Proxy:
         if isinstance(event, _protocol.Broken):
             self._pyroRelease()
             raise event.error
+        current_context.response_annotations = dict(event.message.annotations)  # as Pyro4: the last reply's
         self._pyroResponseAnnotations(event.message.annotations, event.message.type)
         return event
 

@@ -8,6 +8,7 @@ import socket
 from typing import Any
 
 from .configuration import config
+from .errors import ConnectionClosedError
 
 _BIND_ADVICE = {
     errno.EADDRINUSE: "something else listens there (another daemon or name server?): stop it, "
@@ -82,3 +83,61 @@ def getInterfaceAddress(ip_address: str) -> str:  # noqa: N802
             return sock.getsockname()[0]
         except OSError:
             return "::1" if family == socket.AF_INET6 else "127.0.0.1"
+
+
+_NO_TIMEOUT_GIVEN = object()
+_bind = bind  # createSocket's parameter of the same name hides it
+
+
+def createSocket(bind: Any = None, connect: Any = None, reuseaddr: bool = False, keepalive: bool = True,  # noqa: N802
+                 timeout: Any = _NO_TIMEOUT_GIVEN, noinherit: bool = False, ipv6: bool = False,
+                 nodelay: bool = True, sslContext: Any = None) -> socket.socket:  # noqa: N803
+    """A blocking TCP (or, for a str address, Unix) socket, bound and listening or connected (Pyro4's helper).
+
+    ``timeout`` 0 means none (Pyro4's reading). ``noinherit`` is accepted:
+    Python's sockets are never inherited by child processes anyway.
+    """
+    if bind and connect:
+        raise ValueError("bind and connect cannot both be specified at the same time")
+    address = bind or connect
+    if isinstance(address, str):
+        family = socket.AF_UNIX
+    elif ipv6 or (address and ":" in str(address[0])):
+        family = socket.AF_INET6
+    else:
+        family = socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if sslContext is not None:
+        sock = sslContext.wrap_socket(sock, server_side=bool(bind),
+                                      server_hostname=None if bind or family == socket.AF_UNIX else connect[0])
+    if reuseaddr:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family != socket.AF_UNIX:
+        if nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if timeout is not _NO_TIMEOUT_GIVEN:
+        sock.settimeout(timeout or None)
+    if bind:
+        bind_to = bind if isinstance(bind, str) else (bind[0] or ("::" if family == socket.AF_INET6 else ""), bind[1])
+        _bind(sock, bind_to)
+        sock.listen(100)
+    elif connect:
+        try:
+            sock.connect(connect)
+        except OSError:
+            sock.close()
+            raise
+    return sock
+
+
+def receiveData(sock: socket.socket, size: int) -> bytes:  # noqa: N802
+    """Exactly ``size`` bytes from ``sock``; ConnectionClosedError if it ends first (Pyro4's helper)."""
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(size - len(chunks))
+        if not chunk:
+            raise ConnectionClosedError(f"receiving: connection lost after {len(chunks)} of {size} bytes")
+        chunks += chunk
+    return bytes(chunks)

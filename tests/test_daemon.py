@@ -474,6 +474,7 @@ def test_hand_written_select_loop_of_the_seed_serves_calls():
 
 
 def test_multiplex_runs_calls_in_the_loop_thread_and_in_worker_methods_elsewhere():
+    config.SERVERTYPE = "multiplex"  # requestLoop() is a thread server unless told otherwise
     d = Daemon(host="127.0.0.1")
     uri = d.register(Service(), "svc")
     with serving(d) as loop_thread, proxy_for(uri) as proxy:

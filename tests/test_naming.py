@@ -101,7 +101,7 @@ def test_open_storage_understands_memory_and_sql_and_rejects_the_rest(tmp_path):
         assert isinstance(sql, SqlStorage)
     finally:
         sql.close()
-    for bad in ("dbm:file", "sql:", "nonsense"):
+    for bad in ("dbm:", "sql:", "nonsense"):
         with pytest.raises(ValueError, match="invalid storage type"):
             open_storage(bad)
 

@@ -249,7 +249,7 @@ def test_ns_on_a_busy_port_fails_with_a_message_naming_the_address():
     (("-p", "ninety"), "argument -p/--port: 'ninety' is not a port number"),
     (("--bcport", "70000"), "argument --bcport: port 70000 is out of range"),
     (("--nathost", "nat.example", "--natport", "65536"), "argument --natport: port 65536 is out of range"),
-    (("-s", "dbm:file"), "invalid storage type 'dbm:file' (use 'memory' or 'sql:<file>')"),
+    (("-s", "dbm:"), "invalid storage type 'dbm:' (use 'memory', 'sql:<file>' or 'dbm:<file>')"),
     (("-s", "sql:{tmp}/missing/dir/x.sqlite"), "cannot use '{tmp}/missing/dir/x.sqlite' as name server storage"),
 ])
 def test_ns_refuses_bad_arguments_with_exit_code_2_and_a_message_naming_them(tmp_path, args, message):
