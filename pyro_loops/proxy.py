@@ -10,6 +10,7 @@ client follows); this module is the blocking socket loop around it.
 from __future__ import annotations
 
 import base64
+import copy
 import select
 import socket
 import ssl
@@ -18,6 +19,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from . import _protocol, _wire, errors
+from ._expose import is_private_attribute
 from ._resolve import resolve
 from ._serializers import ExceptionWrapper, get_serializer, register_class_to_dict, register_dict_to_class
 from ._serving import daemon_served_by_current_thread
@@ -25,6 +27,7 @@ from ._tls import TLSError, client_context_from_config
 from ._uri import URI
 from .configuration import config
 from .context import current_context
+from .futures import FutureResult
 
 #: makes the request of one call on a connection, given the annotations to send with it
 _MakeRequest = Callable[[_protocol.ClientProtocol, "dict[str, bytes]"], _protocol.Request]
@@ -36,7 +39,11 @@ _LOCAL_ATTRS = frozenset((
     "_pyroUri", "_pyroConnection", "_pyroSeq", "_pyroTimeout", "_pyroMaxRetries", "_pyroHmacKey",
     "_pyroHandshake", "_pyroSerializer", "_pyroMethods", "_pyroAttrs", "_pyroOneway",
     "_pyroRawWireResponse", "_pyroLock", "_pyroResolved", "_pyroProtocol", "_pyroMetaKnown",
-    "_pyroHmacKeyBytes", "_pyroPoller", "_pyroSslContext"))
+    "_pyroHmacKeyBytes", "_pyroPoller", "_pyroSslContext", "_pyroAsyncCalls"))
+
+#: dunder names a proxy never forwards, whatever the metadata says: Python's own
+#: protocols (copying, pickling) ask for them and must get the local answer
+_LOCAL_DUNDERS = frozenset(("__getnewargs__", "__getnewargs_ex__", "__getinitargs__"))
 
 
 class _RemoteMethod:
@@ -84,18 +91,24 @@ class Proxy:
         # TLS for this proxy's connections: an ssl.SSLContext, or None to follow
         # config.SSL (a context from the SSL_CLIENT*/SSL_CACERTS items)
         set_(self, "_pyroSslContext", None)
+        # Pyro4's asynchronous mode (_pyroAsync): each method call runs in a thread of its own
+        set_(self, "_pyroAsyncCalls", False)
 
     # --- attribute plumbing -----------------------------------------------------------
 
     def __getattr__(self, name: str) -> Any:
-        if name in _LOCAL_ATTRS or name.startswith("_pyro") or name.startswith("__") and name.endswith("__"):
+        if name in _LOCAL_ATTRS or name.startswith("_pyro") or name in _LOCAL_DUNDERS:
+            raise AttributeError(name)
+        dunder = name.startswith("__") and name.endswith("__")
+        if dunder and (is_private_attribute(name) or not config.METADATA):
+            # without metadata a dunder cannot be told apart from Python probing the proxy
             raise AttributeError(name)
         if not self._pyroMetaKnown and config.METADATA:
             self._pyroGetMetadata()
         if name in self._pyroAttrs:
             return self._pyroInvoke("__getattr__", (name,), None)
         if name in self._pyroMethods or not config.METADATA:
-            return _RemoteMethod(self, name)
+            return _AsyncRemoteMethod(self, name) if self._pyroAsyncCalls else _RemoteMethod(self, name)
         raise AttributeError(f"remote object '{self._pyroUri}' has no exposed attribute or method '{name}'")
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -148,9 +161,10 @@ class Proxy:
             pass
 
     def __copy__(self) -> "Proxy":
-        clone = Proxy(self._pyroUri)
+        """An unconnected twin, of the same class, with this proxy's settings (asynchronous mode included)."""
+        clone = type(self)(self._pyroUri)
         for name in ("_pyroTimeout", "_pyroMaxRetries", "_pyroHmacKeyBytes", "_pyroHandshake",
-                     "_pyroSerializer", "_pyroMetaKnown", "_pyroSslContext"):
+                     "_pyroSerializer", "_pyroMetaKnown", "_pyroSslContext", "_pyroAsyncCalls"):
             object.__setattr__(clone, name, getattr(self, name))
         for name in ("_pyroMethods", "_pyroAttrs", "_pyroOneway"):
             object.__setattr__(clone, name, set(getattr(self, name)))
@@ -207,6 +221,20 @@ class Proxy:
                 known_metadata = self._pyroCall(lambda conn, annotations: conn.get_metadata(
                     objectId or self.__object_id(), annotations))
         self.__apply_metadata(known_metadata)
+
+    def _pyroAsync(self, asynchronous: bool = True) -> None:  # noqa: N802
+        """Switch Pyro4's asynchronous mode on (or off): method calls return a ``FutureResult`` at once.
+
+        Each call then runs in a thread of its own, on a copy of this proxy (a
+        connection of its own), as in Pyro4. Attribute access stays synchronous.
+        This is the porting path for Pyro4 code; in an event loop use
+        ``pyro_loops.Client``, whose calls never block the loop.
+        """
+        object.__setattr__(self, "_pyroAsyncCalls", bool(asynchronous))
+
+    def _pyroBatch(self) -> "BatchProxy":  # noqa: N802
+        """A batch of calls on this proxy (``pyro_loops.batch(proxy)``)."""
+        return BatchProxy(self)
 
     def _pyroValidateHandshake(self, response: Any) -> None:  # noqa: N802
         """Override to check the daemon's handshake response; raise to refuse it."""
@@ -326,25 +354,20 @@ class Proxy:
         return event
 
     def __ensure_fresh_connection(self) -> None:
-        """Reconnect silently if the daemon closed our idle connection (it restarted, say).
+        """Connect if not connected; fail as Pyro4 does if the daemon closed our idle connection.
 
-        Nothing has been sent yet, so no call can run twice.
+        The daemon may have timed the connection out, or restarted. Nothing
+        has been sent yet, so the ConnectionClosedError raised here lets
+        ``_pyroCall`` reconnect and send the call once more when the proxy has
+        retries left (``MAX_RETRIES``), and reach the caller when it has none.
         """
         sock = self._pyroConnection
         if sock is None:
             self.__connect()
             return
-        if not self._pyroPoller.poll(0):
-            return  # alive and quiet, the normal case
-        if not _still_open(sock):
+        if self._pyroPoller.poll(0) and not _still_open(sock):
             self._pyroRelease()
-            try:
-                self.__connect()
-            except errors.ConnectionClosedError:
-                raise
-            except errors.CommunicationError as exc:
-                # the daemon closed our connection and is not back: say so as Pyro4 does
-                raise errors.ConnectionClosedError(f"connection closed by the daemon; reconnecting failed: {exc}") from exc
+            raise errors.ConnectionClosedError("receiving: not enough data")  # Pyro4's words for it
 
     # --- calls -----------------------------------------------------------------------
 
@@ -387,6 +410,7 @@ class Proxy:
             conn.hmac_key = self._pyroHmacKeyBytes
             sent = request(conn, self.__annotations())
             object.__setattr__(self, "_pyroSeq", sent.seq)
+            _refuse_oversize(conn, sent)
             self.__send(sent.data)
             if not sent.expects_reply:
                 return None
@@ -402,6 +426,40 @@ class Proxy:
                     self._pyroRelease()  # as Pyro4: the stream can no longer be trusted
                 raise event.exception
             return None  # a Pong: its meaning is the answer itself
+
+
+class _AsyncRemoteMethod:
+    """A method of a proxy in asynchronous mode: calling it starts the call in a thread."""
+
+    __slots__ = ("_proxy", "_name")
+
+    def __init__(self, proxy: Proxy, name: str) -> None:
+        self._proxy = proxy
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> FutureResult:
+        name = self._name
+        return _in_thread(self._proxy, lambda proxy: proxy._pyroInvoke(name, args, kwargs), name)
+
+
+def _in_thread(proxy: Proxy, call: Callable[[Proxy], Any], what: str) -> FutureResult:
+    """Run ``call`` on a copy of ``proxy`` in a new thread; its outcome goes into the returned FutureResult.
+
+    The copy has a connection of its own, so asynchronous calls overlap
+    instead of queueing behind each other; it is closed when the call is done.
+    """
+    result = FutureResult()
+
+    def run() -> None:
+        try:
+            with copy.copy(proxy) as twin:
+                value = call(twin)
+        except Exception as exc:  # the caller meets it when reading .value, or in its iferror handler
+            value = ExceptionWrapper(exc)
+        result.set_value(value)
+
+    threading.Thread(target=run, daemon=True, name=f"pyro_loops async call {what}").start()
+    return result
 
 
 class _StreamResult:
@@ -471,9 +529,26 @@ class BatchProxy:
     def __exit__(self, *exc_info: object) -> None:
         pass
 
-    def __call__(self, oneway: bool = False) -> Iterator[Any] | None:
+    def __copy__(self) -> "BatchProxy":
+        clone = BatchProxy(self._proxy)
+        clone._calls = list(self._calls)
+        return clone
+
+    def __call__(self, oneway: bool = False, asynchronous: bool = False) -> Any:
         """Send the recorded calls; returns an iterator over their results
-        (raising the first exception where it occurred), or None for oneway."""
+        (raising the first exception where it occurred), or None for oneway.
+
+        ``asynchronous=True`` (Pyro4's asynchronous batch) returns a
+        ``FutureResult`` at once, whose value becomes that iterator. As in
+        Pyro4, it leaves the calls recorded: calling the batch again sends
+        them again, followed by any recorded since.
+        """
+        if oneway and asynchronous:
+            raise errors.PyroError("async oneway calls make no sense")
+        if asynchronous:
+            calls = list(self._calls)
+            return _in_thread(self._proxy, lambda proxy: _batch_results(
+                proxy._pyroInvoke("<batch>", calls, None, _wire.FLAGS_BATCH)), "<batch>")
         calls, self._calls = self._calls, []
         flags = _wire.FLAGS_BATCH | (_wire.FLAGS_ONEWAY if oneway else 0)
         results = self._proxy._pyroInvoke("<batch>", calls, None, flags)
@@ -489,13 +564,31 @@ def _batch_results(results: list) -> Iterator[Any]:
         yield result
 
 
+def asyncproxy(proxy: Proxy, asynchronous: bool = True) -> None:
+    """Pyro4's spelling of ``proxy._pyroAsync(asynchronous)``."""
+    proxy._pyroAsync(asynchronous)
+
+
 def batch(proxy: Proxy) -> Any:
     """Collect calls on ``proxy`` and send them in one message: ``b = batch(p); b.f(); b.g(); results = b()``.
 
     A loop proxy gives its own batch (``LoopBatch``), whose call returns a ``Call``.
     """
-    loop_batch = getattr(type(proxy), "_pyroBatch", None)
-    return loop_batch(proxy) if loop_batch is not None else BatchProxy(proxy)
+    return proxy._pyroBatch()
+
+
+def _refuse_oversize(conn: _protocol.ClientProtocol, sent: _protocol.Request) -> None:
+    """Raise MessageTooLargeError, before sending, for a request larger than MAX_MESSAGE_SIZE (as Pyro4 does).
+
+    The limit is read at each call, so a change of config.MAX_MESSAGE_SIZE
+    applies to connections already open, for requests and replies alike.
+    """
+    limit = config.MAX_MESSAGE_SIZE
+    conn.reader.max_message_size = limit
+    size = len(sent.data) - _wire.HEADER_SIZE
+    if limit and size > limit:
+        conn.cancel(sent.seq)  # never sent: no reply will come
+        raise errors.MessageTooLargeError(f"max message size exceeded ({size} where max={limit})")
 
 
 def _connect_socket(uri: URI, timeout: float | None) -> socket.socket:
