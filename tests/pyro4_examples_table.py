@@ -17,8 +17,6 @@ MAXSIZE = ("pyro_loops' serpent writes ', ' between items (its repr() fast path)
            "refused request's size in the MessageTooLargeError differs (40098 bytes where Pyro4 says 30093)")
 CONNECTION = ("proxy._pyroConnection is a plain socket, not Pyro4's connection object (objectId, "
               "Message.ping(connection))")
-TIMEOUT = "a call on a proxy with _pyroTimeout=1 does not raise TimeoutError after about 1 s as Pyro4's does"
-DILL = "the dill serializer is missing"
 # Daemon side:
 COMBINE = "Daemon.combine(other_daemon) is missing"
 TRANSPORT = "Daemon.transportServer (the subclass hook the example overrides) is missing"
@@ -77,7 +75,7 @@ EXAMPLES: tuple[Example, ...] = (
     Example("eventloop", "client.py", (Server("server_threads.py", ready=r"Waiting for requests"),),
             stdin="\n", own_ns=True, label="eventloop-threads"),
     Example("exceptions", "client.py", (Server("server.py"),)),
-    Example("extended-pickle", "client.py", (Server("server.py"),), stdin=URI, requires=("dill",), xfail=DILL),
+    Example("extended-pickle", "client.py", (Server("server.py"),), stdin=URI, requires=("dill",)),
     Example("filetransfer", "client.py", (Server("server.py", ready=r"Filetransfer server URI"),),
             stdin=URI + "\n\n\n\n", timeout=120, keys=(r"^(?!.*<num>).*$",), xfail=TRANSPORT),
     Example("futures", "futures.py"),
@@ -106,7 +104,7 @@ EXAMPLES: tuple[Example, ...] = (
             label="thirdpartylib-wrapped"),
     Example("thirdpartylib", "client.py", (Server("server2.py", ready=r"registered"),), stdin=URI,
             label="thirdpartylib-adapter"),
-    Example("timeout", "client.py", (Server("server.py", ready=r"Server ready"),), timeout=25, xfail=TIMEOUT),
+    Example("timeout", "client.py", (Server("server.py", ready=r"Server ready"),), timeout=25, xfail=THREAD_SERVER),
     Example("timezones", "client.py", (Server("server.py"),), stdin=URI, requires=("pytz",)),
     Example("unixdomainsock", "client.py", (Server("server.py", ready=r"Server running"),), stdin=URI),
     Example("usersession", "client.py", (Server("server.py"),), stdin="\n\n", xfail=CONTEXT),

@@ -403,3 +403,32 @@ def test_a_request_over_max_message_size_is_refused_before_it_is_sent():
             proxy.echo("x" * 10000)
         assert proxy.echo("after") == "after"  # the connection is still good
     assert echoed == ["small", "after"]
+
+
+@pytest.mark.parametrize("serializer", ["dill", "cloudpickle"])
+def test_dill_and_cloudpickle_carry_functions_to_a_Pyro4_daemon_that_accepts_them(serializer):
+    pytest.importorskip(serializer)
+    # a lambda of no importable module (the daemon cannot import this test file): sent by value,
+    # which is beyond what pickle can write
+    add_40 = eval("lambda value: value + 40", {})
+    with Pyro4Server(PYRO_SERIALIZERS_ACCEPTED=f"serpent,{serializer}") as server, \
+            pyro_loops.Proxy(server.uri) as proxy:
+        proxy._pyroSerializer = serializer
+        echoed = proxy.echo(add_40)
+        assert echoed(2) == 42
+        with pytest.raises(ZeroDivisionError):
+            proxy.divide(1, 0)  # exceptions come back through it too
+
+
+def test_dill_without_its_package_says_which_package_to_install():
+    done = run_python("""
+        import sys
+        sys.modules["dill"] = None  # as if dill were not installed
+        import pyro_loops
+        try:
+            pyro_loops._serializers.get_serializer("dill")
+        except pyro_loops.errors.SerializeError as exc:
+            print(exc)
+    """)
+    assert done.stdout.strip() == ("serializer 'dill' needs the dill package, which is not installed "
+                                   "(pip install dill)"), done.stderr
