@@ -297,7 +297,7 @@ class Proxy:
     def __handshake(self, uri: URI) -> None:
         conn = self._pyroProtocol
         self.__send(conn.connect(uri.object, self._pyroHandshake, metadata=config.METADATA,
-                                 annotations=self.__annotations()))
+                                 annotations=self.__annotations(take=False)))
         try:
             event = self.__receive()
         except errors.ConnectionClosedError as exc:
@@ -314,8 +314,12 @@ class Proxy:
         elif config.METADATA and not self._pyroMetaKnown:
             self._pyroGetMetadata(uri.object)
 
-    def __annotations(self) -> dict[str, bytes]:
-        annotations = dict(self._pyroAnnotations())
+    def __annotations(self, take: bool = True) -> dict[str, bytes]:
+        """What a message carries: the caller's ``current_context.annotations``
+        (taken by the call they go with, as in Pyro4, unless ``take`` is False),
+        then ``_pyroAnnotations()``, then the correlation id."""
+        annotations = _context_annotations(take)
+        annotations.update(self._pyroAnnotations())
         corr = current_context.correlation_id
         if corr is not None:
             annotations["CORR"] = corr.bytes
@@ -351,6 +355,8 @@ class Proxy:
             self._pyroRelease()
             raise event.error
         self._pyroResponseAnnotations(event.message.annotations, event.message.type)
+        if event.message.type == _wire.MSG_RESULT:
+            _set_response_annotations(event.message.annotations)
         return event
 
     def __ensure_fresh_connection(self) -> None:
@@ -374,6 +380,7 @@ class Proxy:
     def _pyroInvoke(self, methodname: str, vargs: Any, kwargs: Any, flags: int = 0,  # noqa: N802
                     objectId: str | None = None) -> Any:
         """Send one call and return its result (None for oneway calls)."""
+        _set_response_annotations({})  # as in Pyro4: a oneway call leaves none
         def request(conn: _protocol.ClientProtocol, annotations: dict[str, bytes]) -> _protocol.Request:
             oneway = bool(flags & _wire.FLAGS_ONEWAY) or objectId is None and methodname in self._pyroOneway
             if flags & _wire.FLAGS_BATCH:
@@ -575,6 +582,31 @@ def batch(proxy: Proxy) -> Any:
     A loop proxy gives its own batch (``LoopBatch``), whose call returns a ``Call``.
     """
     return proxy._pyroBatch()
+
+
+def _caller_facts() -> Any:
+    """The caller's ``current_context`` facts; None inside a served call, whose
+    annotations belong to the request being served and its reply."""
+    facts = current_context.facts()
+    return facts if facts.client is None else None
+
+
+def _context_annotations(take: bool) -> dict[str, bytes]:
+    """A copy of the annotations the caller set on ``current_context`` for its next call; ``take`` clears them."""
+    facts = _caller_facts()
+    if facts is None or not facts.annotations:
+        return {}
+    annotations = dict(facts.annotations)
+    if take:
+        facts.annotations = {}
+    return annotations
+
+
+def _set_response_annotations(annotations: dict[str, bytes]) -> None:
+    """Show the caller a reply's annotations in ``current_context.response_annotations``, as Pyro4 does."""
+    facts = _caller_facts()
+    if facts is not None:
+        facts.response_annotations = annotations
 
 
 def _refuse_oversize(conn: _protocol.ClientProtocol, sent: _protocol.Request) -> None:

@@ -432,3 +432,25 @@ def test_dill_without_its_package_says_which_package_to_install():
     """)
     assert done.stdout.strip() == ("serializer 'dill' needs the dill package, which is not installed "
                                    "(pip install dill)"), done.stderr
+
+
+def test_annotations_set_on_current_context_go_with_the_next_call_and_the_reply_s_come_back_there():
+    @pyro_loops.expose
+    class Annotated:
+        def seen(self):
+            pyro_loops.current_context.response_annotations = {"RSPN": b"reply annotation"}
+            return {key: value for key, value in pyro_loops.current_context.annotations.items() if key == "XYZZ"}
+
+        @pyro_loops.oneway
+        def fire(self):
+            pass
+
+    context = pyro_loops.current_context
+    with served(Annotated()) as uri, pyro_loops.Proxy(uri) as proxy:
+        context.annotations = {"XYZZ": b"for the next call"}
+        assert proxy.seen() == {"XYZZ": b"for the next call"}
+        assert context.response_annotations["RSPN"] == b"reply annotation"
+        assert context.annotations == {}  # taken by that call, as in Pyro4
+        assert proxy.seen() == {}
+        proxy.fire()
+        assert context.response_annotations == {}  # a oneway call has no reply
