@@ -280,6 +280,7 @@ class Proxy:
             context = client_context_from_config(config)
         if context is not None:
             sock = _start_tls(sock, context, uri)
+        sock.objectId = uri.object  # type: ignore[attr-defined] # Pyro4's connection attribute (an SSLSocket takes it too)
         object.__setattr__(self, "_pyroProtocol", _protocol.ClientProtocol(
             self._pyroSerializer or config.SERIALIZER, hmac_key=self._pyroHmacKeyBytes,
             max_message_size=config.MAX_MESSAGE_SIZE, compression=config.COMPRESSION, seq=self._pyroSeq))
@@ -623,6 +624,29 @@ def _refuse_oversize(conn: _protocol.ClientProtocol, sent: _protocol.Request) ->
         raise errors.MessageTooLargeError(f"max message size exceeded ({size} where max={limit})")
 
 
+class ProxyConnection(socket.socket):
+    """A proxy's connection (``proxy._pyroConnection``): its socket, with what Pyro4's connection object offered.
+
+    ``objectId`` is the object the proxy talks to, ``getpeercert()`` is None
+    (a TLS connection is an ``ssl.SSLSocket`` that has both), and
+    ``pyro_loops.message.Message.ping(connection)`` works on it between calls.
+    """
+
+    objectId: str = ""  # noqa: N815 - Pyro4's name
+
+    @classmethod
+    def adopt(cls, sock: socket.socket) -> "ProxyConnection":
+        """Take over ``sock``'s file descriptor (and timeout); ``sock`` is left detached."""
+        timeout = sock.gettimeout()
+        conn = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        conn.settimeout(timeout)
+        return conn
+
+    def getpeercert(self, binary_form: bool = False) -> None:
+        """No certificate: the connection is not TLS."""
+        return None
+
+
 def _connect_socket(uri: URI, timeout: float | None) -> socket.socket:
     try:
         if uri.sockname:
@@ -638,7 +662,7 @@ def _connect_socket(uri: URI, timeout: float | None) -> socket.socket:
         raise errors.TimeoutError(f"connecting to {uri.location}: timeout") from None
     except OSError as exc:
         raise errors.CommunicationError(f"cannot connect to {uri.location}: {exc}") from None
-    return sock
+    return ProxyConnection.adopt(sock)
 
 
 def _start_tls(sock: socket.socket, context: ssl.SSLContext, uri: URI) -> ssl.SSLSocket:

@@ -14,8 +14,6 @@ from pyro4_examples import Example, Server
 # Proxy / client side:
 MAXSIZE = ("pyro_loops' serpent writes ', ' between items (its repr() fast path) where serpent writes ',', so the "
            "refused request's size in the MessageTooLargeError differs (40098 bytes where Pyro4 says 30093)")
-CONNECTION = ("proxy._pyroConnection is a plain socket, not Pyro4's connection object (objectId, "
-              "Message.ping(connection))")
 # Daemon side:
 COMBINE = "Daemon.combine(other_daemon) is missing"
 TRANSPORT = "Daemon.transportServer (the subclass hook the example overrides) is missing"
@@ -61,14 +59,15 @@ EXAMPLES: tuple[Example, ...] = (
     Example("circular", "client.py", (Server("servC.py"), Server("servB.py"), Server("servA.py")), xfail=THREAD_SERVER),
     Example("deadlock", "client.py", (Server("server.py", ready=r"Bouncer started"),), timeout=10),
     Example("diffie-hellman", "client.py", (Server("server.py", ready=r"Starting server loop"),), xfail=COMBINE),
-    Example("disconnects", "client.py", (Server("server.py"),), stdin=URI + "\n\n", xfail=CONNECTION),
+    Example("disconnects", "client.py", (Server("server.py"),), stdin=URI + "\n\n"),
     Example("distributed-computing", "client.py",
             (Server("dispatcher.py"), Server("worker.py", ready=r"(?i)worker|ready"),
              Server("worker.py", ready=r"(?i)worker|ready")),
             keys=(r"^(This|The more|the faster|placing|getting|Computed)",), xfail=THREAD_SERVER),
     Example("distributed-computing2", "client.py", (Server("servers.py", ready=r"Spinning up|running"),),
             timeout=120),
-    Example("distributed-computing3", "client.py", (Server("worker.py", ready=r"Starting up worker"),), xfail=CONNECTION),
+    Example("distributed-computing3", "client.py", (Server("worker.py", ready=r"Starting up worker"),),
+            keys=(r"^(?!.* factorized ).*$",)),  # unseeded random numbers: the exit status says it ran
     Example("echoserver", "client.py", (ECHO,), stdin=URI),
     Example("eventloop", "client.py", (Server("server_multiplexed.py", ready=r"Waiting for requests"),),
             stdin="\n", own_ns=True, label="eventloop-multiplexed", xfail=COMBINE),

@@ -454,3 +454,35 @@ def test_annotations_set_on_current_context_go_with_the_next_call_and_the_reply_
         assert proxy.seen() == {}
         proxy.fire()
         assert context.response_annotations == {}  # a oneway call has no reply
+
+
+def test_the_proxy_connection_offers_Pyro4s_connection_attributes_and_answers_a_ping():
+    import pyro_loops.message
+
+    with Pyro4Server() as server, pyro_loops.Proxy(server.uri) as proxy:
+        proxy._pyroBind()
+        connection = proxy._pyroConnection
+        assert connection.objectId == "service"
+        assert connection.getpeercert() is None  # not TLS
+        pyro_loops.message.Message.ping(connection)  # a real Pyro4 daemon answers it
+        assert proxy.add(1, 2) == 3  # the ping left nothing behind on the connection
+        server.stop()
+        with pytest.raises(pyro_loops.errors.ConnectionClosedError):
+            pyro_loops.message.Message.ping(connection)
+
+
+def test_message_recv_reads_one_message_and_not_a_byte_of_the_next():
+    import socket as socketlib
+
+    import pyro_loops.message
+    from pyro_loops import _wire
+
+    left, right = socketlib.socketpair()
+    with left, right:
+        first = _wire.Message(_wire.MSG_RESULT, b"first", 1, 0, 7, {"XYZZ": b"note"})
+        second = _wire.Message(_wire.MSG_PING, b"ping", 42, 0, 8)
+        left.sendall(_wire.encode(first, b"key") + _wire.encode(second, b"key"))
+        got = pyro_loops.message.Message.recv(right, [_wire.MSG_RESULT], hmac_key=b"key")
+        assert (got.type, bytes(got.data), got.seq, got.annotations["XYZZ"]) == (5, b"first", 7, b"note")
+        with pytest.raises(pyro_loops.errors.ProtocolError, match="invalid msg type 6"):
+            pyro_loops.message.Message.recv(right, [_wire.MSG_RESULT], hmac_key=b"key")
