@@ -436,14 +436,10 @@ class Proxy:
             return None  # a Pong: its meaning is the answer itself
 
 
-class _AsyncRemoteMethod:
+class _AsyncRemoteMethod(_RemoteMethod):
     """A method of a proxy in asynchronous mode: calling it starts the call in a thread."""
 
-    __slots__ = ("_proxy", "_name")
-
-    def __init__(self, proxy: Proxy, name: str) -> None:
-        self._proxy = proxy
-        self._name = name
+    __slots__ = ()
 
     def __call__(self, *args: Any, **kwargs: Any) -> FutureResult:
         name = self._name
