@@ -162,7 +162,7 @@ class Proxy:
 
     def __copy__(self) -> "Proxy":
         """An unconnected twin, of the same class, with this proxy's settings (asynchronous mode included)."""
-        clone = type(self)(self._pyroUri)
+        clone = type(self)(URI(str(self._pyroUri)))  # a URI of its own, as in Pyro4
         for name in ("_pyroTimeout", "_pyroMaxRetries", "_pyroHmacKeyBytes", "_pyroHandshake",
                      "_pyroSerializer", "_pyroMetaKnown", "_pyroSslContext", "_pyroAsyncCalls"):
             object.__setattr__(clone, name, getattr(self, name))
@@ -479,6 +479,10 @@ class _StreamResult:
     def __next__(self) -> Any:
         if self.proxy is None:
             raise StopIteration
+        if self.proxy._pyroConnection is None:
+            # as in Pyro4: the stream lives on its connection; after _pyroReconnect() (within
+            # ITER_STREAM_LINGER) it carries on
+            raise errors.ConnectionClosedError("the proxy for this stream result has been closed")
         try:
             return self.proxy._pyroCall(lambda conn, annotations: conn.next_stream_item(self.stream_id, annotations))
         except (StopIteration, GeneratorExit):

@@ -486,3 +486,14 @@ def test_message_recv_reads_one_message_and_not_a_byte_of_the_next():
         assert (got.type, bytes(got.data), got.seq, got.annotations["XYZZ"]) == (5, b"first", 7, b"note")
         with pytest.raises(pyro_loops.errors.ProtocolError, match="invalid msg type 6"):
             pyro_loops.message.Message.recv(right, [_wire.MSG_RESULT], hmac_key=b"key")
+
+
+def test_a_stream_on_a_released_proxy_raises_connection_closed_as_in_Pyro4():
+    with Pyro4Server() as server, pyro_loops.Proxy(server.uri) as proxy:
+        ticks = proxy.ticker(3, "released")
+        assert next(ticks) is not None
+        proxy._pyroRelease()
+        with pytest.raises(pyro_loops.errors.ConnectionClosedError, match="has been closed"):
+            next(ticks)
+        twin = copy.copy(proxy)
+        assert twin._pyroUri == proxy._pyroUri and twin._pyroUri is not proxy._pyroUri
