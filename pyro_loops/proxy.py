@@ -47,14 +47,18 @@ _LOCAL_DUNDERS = frozenset(("__getnewargs__", "__getnewargs_ex__", "__getinitarg
 
 
 class _RemoteMethod:
-    __slots__ = ("_proxy", "_name")
+    """A remote method: calling it calls ``target(name, args, kwargs)`` (Pyro4's signature:
+    ``target`` is the proxy's ``_pyroInvoke``; retries are the proxy's, ``max_retries`` is
+    accepted for Pyro4 code that passes it)."""
 
-    def __init__(self, proxy: "Proxy", name: str) -> None:
-        self._proxy = proxy
+    __slots__ = ("_target", "_name")
+
+    def __init__(self, target: Any, name: str, max_retries: int | None = None) -> None:
+        self._target = target
         self._name = name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._proxy._pyroInvoke(self._name, args, kwargs)
+        return self._target(self._name, args, kwargs)
 
     def __getattr__(self, name: str) -> Any:
         # dotted names are not walked by daemons; say so instead of calling "a.b"
@@ -108,7 +112,7 @@ class Proxy:
         if name in self._pyroAttrs:
             return self._pyroInvoke("__getattr__", (name,), None)
         if name in self._pyroMethods or not config.METADATA:
-            return _AsyncRemoteMethod(self, name) if self._pyroAsyncCalls else _RemoteMethod(self, name)
+            return _AsyncRemoteMethod(self, name) if self._pyroAsyncCalls else _RemoteMethod(self._pyroInvoke, name)
         raise AttributeError(f"remote object '{self._pyroUri}' has no exposed attribute or method '{name}'")
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -390,6 +394,11 @@ class Proxy:
                                raw=self._pyroRawWireResponse, annotations=annotations)
         return self._pyroCall(request)
 
+    def _pyroInvokeBatch(self, calls: list, oneway: bool = False) -> Any:  # noqa: N802
+        """Send ``calls`` (``(method, vargs, kwargs)`` tuples) as one batch; their results, or None for oneway."""
+        flags = _wire.FLAGS_BATCH | (_wire.FLAGS_ONEWAY if oneway else 0)
+        return self._pyroInvoke("<batch>", calls, None, flags)
+
     def _pyroCall(self, request: _MakeRequest) -> Any:  # noqa: N802
         """Send the request ``request(connection, annotations)`` makes; return what its reply means.
 
@@ -437,13 +446,16 @@ class Proxy:
 
 
 class _AsyncRemoteMethod(_RemoteMethod):
-    """A method of a proxy in asynchronous mode: calling it starts the call in a thread."""
+    """A method of a proxy in asynchronous mode: calling it starts the call in a thread.
+
+    Its ``target`` is the proxy itself, which the thread copies.
+    """
 
     __slots__ = ()
 
     def __call__(self, *args: Any, **kwargs: Any) -> FutureResult:
         name = self._name
-        return _in_thread(self._proxy, lambda proxy: proxy._pyroInvoke(name, args, kwargs), name)
+        return _in_thread(self._target, lambda proxy: proxy._pyroInvoke(name, args, kwargs), name)
 
 
 def _in_thread(proxy: Proxy, call: Callable[[Proxy], Any], what: str) -> FutureResult:
@@ -555,11 +567,9 @@ class BatchProxy:
             raise errors.PyroError("async oneway calls make no sense")
         if asynchronous:
             calls = list(self._calls)
-            return _in_thread(self._proxy, lambda proxy: _batch_results(
-                proxy._pyroInvoke("<batch>", calls, None, _wire.FLAGS_BATCH)), "<batch>")
+            return _in_thread(self._proxy, lambda proxy: _batch_results(proxy._pyroInvokeBatch(calls)), "<batch>")
         calls, self._calls = self._calls, []
-        flags = _wire.FLAGS_BATCH | (_wire.FLAGS_ONEWAY if oneway else 0)
-        results = self._proxy._pyroInvoke("<batch>", calls, None, flags)
+        results = self._proxy._pyroInvokeBatch(calls, oneway)
         if oneway:
             return None
         return _batch_results(results)
