@@ -47,18 +47,19 @@ _LOCAL_DUNDERS = frozenset(("__getnewargs__", "__getnewargs_ex__", "__getinitarg
 
 
 class _RemoteMethod:
-    """A remote method: calling it calls ``target(name, args, kwargs)`` (Pyro4's signature:
-    ``target`` is the proxy's ``_pyroInvoke``; retries are the proxy's, ``max_retries`` is
-    accepted for Pyro4 code that passes it)."""
+    """A remote method of ``proxy`` (a Proxy or a LoopProxy): calling it calls ``proxy._pyroInvoke``.
 
-    __slots__ = ("_target", "_name")
+    Retries are the proxy's; ``max_retries`` is accepted for Pyro4 code that passes it.
+    """
 
-    def __init__(self, target: Any, name: str, max_retries: int | None = None) -> None:
-        self._target = target
+    __slots__ = ("_proxy", "_name")
+
+    def __init__(self, proxy: Any, name: str, max_retries: int | None = None) -> None:
+        self._proxy = proxy
         self._name = name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._target(self._name, args, kwargs)
+        return self._proxy._pyroInvoke(self._name, args, kwargs)
 
     def __getattr__(self, name: str) -> Any:
         # dotted names are not walked by daemons; say so instead of calling "a.b"
@@ -112,7 +113,7 @@ class Proxy:
         if name in self._pyroAttrs:
             return self._pyroInvoke("__getattr__", (name,), None)
         if name in self._pyroMethods or not config.METADATA:
-            return _AsyncRemoteMethod(self, name) if self._pyroAsyncCalls else _RemoteMethod(self._pyroInvoke, name)
+            return _AsyncRemoteMethod(self, name) if self._pyroAsyncCalls else _RemoteMethod(self, name)
         raise AttributeError(f"remote object '{self._pyroUri}' has no exposed attribute or method '{name}'")
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -446,16 +447,13 @@ class Proxy:
 
 
 class _AsyncRemoteMethod(_RemoteMethod):
-    """A method of a proxy in asynchronous mode: calling it starts the call in a thread.
-
-    Its ``target`` is the proxy itself, which the thread copies.
-    """
+    """A method of a proxy in asynchronous mode: calling it starts the call in a thread."""
 
     __slots__ = ()
 
     def __call__(self, *args: Any, **kwargs: Any) -> FutureResult:
         name = self._name
-        return _in_thread(self._target, lambda proxy: proxy._pyroInvoke(name, args, kwargs), name)
+        return _in_thread(self._proxy, lambda proxy: proxy._pyroInvoke(name, args, kwargs), name)
 
 
 def _in_thread(proxy: Proxy, call: Callable[[Proxy], Any], what: str) -> FutureResult:
