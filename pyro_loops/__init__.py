@@ -19,7 +19,8 @@ from .client import Client, LoopProxy
 from .configuration import config
 from .context import current_context
 from .daemon import Daemon, DaemonObject
-from .proxy import Proxy, batch
+from .futures import Future, FutureResult
+from .proxy import Proxy, asyncproxy, batch
 
 from . import core, futures, message  # Pyro4's submodules, after the names they re-export
 
@@ -51,6 +52,7 @@ def resolve(uri: URI | str, hmac_key: bytes | None = None) -> URI:
     return _resolve.resolve(uri, hmac_key, Proxy)
 
 
-__all__ = ["Call", "Client", "Daemon", "DaemonObject", "LoopProxy", "Proxy", "SerializedBlob", "URI", "batch",
-           "behavior", "callback", "config", "constants", "current_context", "errors", "expose", "in_worker", "locateNS",
-           "oneway", "resolve", "set_error_hook", "socketutil", "util"]
+__all__ = ["Call", "Client", "Daemon", "DaemonObject", "Future", "FutureResult", "LoopProxy", "Proxy", "SerializedBlob", "URI",
+           "asyncproxy", "batch", "behavior", "callback",
+           "config", "constants", "current_context", "errors", "expose", "in_worker", "locateNS", "oneway", "resolve",
+           "set_error_hook", "socketutil", "util"]

@@ -10,6 +10,8 @@ wire: they map Python values to payload bytes and back.
 from __future__ import annotations
 
 import base64
+import importlib
+import importlib.util
 import builtins
 import json
 import json.decoder
@@ -726,10 +728,66 @@ except ImportError:  # msgpack is optional
     pass
 
 
+# --- dill and cloudpickle: Pyro4's extended picklers, opt-in ------------------------------------------------
+# Pickle's format, written by a pickler that also takes functions, lambdas and
+# closures. Like pickle, a daemon reads them only when the application puts
+# their name in SERIALIZERS_ACCEPTED (reading one runs code the peer chose).
+# The package is imported at first use, not with pyro_loops.
+
+class _ExtendedPickleSerializer(Serializer):
+    """pickle's wire format through the ``package`` module's ``dumps``/``loads``."""
+
+    package = ""
+    protocol_item = ""  #: the config item giving the pickle protocol
+    _markers = ()
+
+    def __init__(self) -> None:
+        self._module: Any = None
+
+    def _pickler(self) -> Any:
+        if self._module is None:
+            self._module = importlib.import_module(self.package)
+        return self._module
+
+    def _dumps(self, obj: Any) -> bytes:
+        try:
+            return self._pickler().dumps(obj, getattr(config, self.protocol_item))
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise errors.SerializeError(str(exc)) from exc
+
+    def _loads(self, data: bytes) -> Any:
+        return self._pickler().loads(data)
+
+
+class DillSerializer(_ExtendedPickleSerializer):
+    serializer_id = 5
+    name = package = "dill"
+    protocol_item = "DILL_PROTOCOL_VERSION"
+
+
+class CloudpickleSerializer(_ExtendedPickleSerializer):
+    serializer_id = 7
+    name = package = "cloudpickle"
+    protocol_item = "PICKLE_PROTOCOL_VERSION"
+
+
+#: serializers whose package is not installed: name and wire id -> the package to install
+_MISSING_PACKAGE: dict[int | str, str] = {}
+for _cls in (DillSerializer, CloudpickleSerializer):
+    if importlib.util.find_spec(_cls.package) is not None:
+        _install(_cls())
+    else:
+        _MISSING_PACKAGE[_cls.name] = _MISSING_PACKAGE[_cls.serializer_id] = _cls.package
+
+
 def get_serializer(key: int | str) -> Serializer:
     """The serializer with this wire id or name; SerializeError if there is none."""
     table = _BY_ID if isinstance(key, int) else _BY_NAME
     try:
         return table[key]
     except KeyError:
+        package = _MISSING_PACKAGE.get(key)
+        if package is not None:
+            raise errors.SerializeError(f"serializer '{key}' needs the {package} package, which is not installed "
+                                        f"(pip install {package})") from None
         raise errors.SerializeError(f"serializer '{key}' is unknown or not available") from None

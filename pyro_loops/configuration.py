@@ -44,6 +44,7 @@ _DEFAULTS: dict[str, Any] = {
     "SERIALIZER": "serpent",
     "SERIALIZERS_ACCEPTED": {"serpent", "marshal", "json"},
     "PICKLE_PROTOCOL_VERSION": pickle.HIGHEST_PROTOCOL,
+    "DILL_PROTOCOL_VERSION": pickle.HIGHEST_PROTOCOL,
     "JSON_MODULE": "json",
     "METADATA": True,
     "REQUIRE_EXPOSE": True,

@@ -14,11 +14,14 @@ from ._uri import URI
 from .configuration import config
 from .context import current_context
 from .daemon import Daemon, DaemonObject
-from .proxy import Proxy, batch
+from .futures import Future, FutureResult
+from .proxy import BatchProxy as _BatchProxyAdapter
+from .proxy import Proxy, _AsyncRemoteMethod, asyncproxy, batch
+from .proxy import _RemoteMethod  # noqa: F401 - Pyro4's names, for code that checks isinstance
 
-_LATER = ("callback", "asyncproxy", "SerializedBlob", "Future", "FutureResult", "locateNS", "resolve")
+_LATER = ("callback", "SerializedBlob", "locateNS", "resolve")
 
 __getattr__ = package_fallback("core", _LATER)
 
-__all__ = ["URI", "Daemon", "DaemonObject", "Proxy", "batch", "behavior", "config", "current_context",
-           "expose", "oneway"]
+__all__ = ["URI", "Daemon", "DaemonObject", "Future", "FutureResult", "Proxy", "asyncproxy", "batch", "behavior",
+           "config", "current_context", "expose", "oneway"]

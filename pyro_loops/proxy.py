@@ -10,6 +10,7 @@ client follows); this module is the blocking socket loop around it.
 from __future__ import annotations
 
 import base64
+import copy
 import select
 import socket
 import ssl
@@ -18,6 +19,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from . import _protocol, _wire, errors
+from ._expose import is_private_attribute
 from ._resolve import resolve
 from ._serializers import ExceptionWrapper, get_serializer, register_class_to_dict, register_dict_to_class
 from ._serving import daemon_served_by_current_thread
@@ -25,6 +27,7 @@ from ._tls import TLSError, client_context_from_config
 from ._uri import URI
 from .configuration import config
 from .context import current_context
+from .futures import FutureResult
 
 #: makes the request of one call on a connection, given the annotations to send with it
 _MakeRequest = Callable[[_protocol.ClientProtocol, "dict[str, bytes]"], _protocol.Request]
@@ -36,13 +39,22 @@ _LOCAL_ATTRS = frozenset((
     "_pyroUri", "_pyroConnection", "_pyroSeq", "_pyroTimeout", "_pyroMaxRetries", "_pyroHmacKey",
     "_pyroHandshake", "_pyroSerializer", "_pyroMethods", "_pyroAttrs", "_pyroOneway",
     "_pyroRawWireResponse", "_pyroLock", "_pyroResolved", "_pyroProtocol", "_pyroMetaKnown",
-    "_pyroHmacKeyBytes", "_pyroPoller", "_pyroSslContext", "_pyroConnectedSocket"))
+    "_pyroHmacKeyBytes", "_pyroPoller", "_pyroSslContext", "_pyroConnectedSocket", "_pyroAsyncCalls"))
+
+#: dunder names a proxy never forwards, whatever the metadata says: Python's own
+#: protocols (copying, pickling) ask for them and must get the local answer
+_LOCAL_DUNDERS = frozenset(("__getnewargs__", "__getnewargs_ex__", "__getinitargs__"))
 
 
 class _RemoteMethod:
+    """A remote method of ``proxy`` (a Proxy or a LoopProxy): calling it calls ``proxy._pyroInvoke``.
+
+    Retries are the proxy's; ``max_retries`` is accepted for Pyro4 code that passes it.
+    """
+
     __slots__ = ("_proxy", "_name")
 
-    def __init__(self, proxy: "Proxy", name: str) -> None:
+    def __init__(self, proxy: Any, name: str, max_retries: int | None = None) -> None:
         self._proxy = proxy
         self._name = name
 
@@ -87,18 +99,24 @@ class Proxy:
         # config.SSL (a context from the SSL_CLIENT*/SSL_CACERTS items)
         set_(self, "_pyroSslContext", None)
         set_(self, "_pyroConnectedSocket", connected_socket)  # used as is, never closed by the proxy
+        # Pyro4's asynchronous mode (_pyroAsync): each method call runs in a thread of its own
+        set_(self, "_pyroAsyncCalls", False)
 
     # --- attribute plumbing -----------------------------------------------------------
 
     def __getattr__(self, name: str) -> Any:
-        if name in _LOCAL_ATTRS or name.startswith("_pyro") or name.startswith("__") and name.endswith("__"):
+        if name in _LOCAL_ATTRS or name.startswith("_pyro") or name in _LOCAL_DUNDERS:
+            raise AttributeError(name)
+        dunder = name.startswith("__") and name.endswith("__")
+        if dunder and (is_private_attribute(name) or not config.METADATA):
+            # without metadata a dunder cannot be told apart from Python probing the proxy
             raise AttributeError(name)
         if not self._pyroMetaKnown and config.METADATA:
             self._pyroGetMetadata()
         if name in self._pyroAttrs:
             return self._pyroInvoke("__getattr__", (name,), None)
         if name in self._pyroMethods or not config.METADATA:
-            return _RemoteMethod(self, name)
+            return _AsyncRemoteMethod(self, name) if self._pyroAsyncCalls else _RemoteMethod(self, name)
         raise AttributeError(f"remote object '{self._pyroUri}' has no exposed attribute or method '{name}'")
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -151,9 +169,10 @@ class Proxy:
             pass
 
     def __copy__(self) -> "Proxy":
-        clone = Proxy(self._pyroUri)
+        """An unconnected twin, of the same class, with this proxy's settings (asynchronous mode included)."""
+        clone = type(self)(URI(str(self._pyroUri)))  # a URI of its own, as in Pyro4
         for name in ("_pyroTimeout", "_pyroMaxRetries", "_pyroHmacKeyBytes", "_pyroHandshake",
-                     "_pyroSerializer", "_pyroMetaKnown", "_pyroSslContext"):
+                     "_pyroSerializer", "_pyroMetaKnown", "_pyroSslContext", "_pyroAsyncCalls"):
             object.__setattr__(clone, name, getattr(self, name))
         for name in ("_pyroMethods", "_pyroAttrs", "_pyroOneway"):
             object.__setattr__(clone, name, set(getattr(self, name)))
@@ -211,6 +230,20 @@ class Proxy:
                     objectId or self.__object_id(), annotations))
         self.__apply_metadata(known_metadata)
 
+    def _pyroAsync(self, asynchronous: bool = True) -> None:  # noqa: N802
+        """Switch Pyro4's asynchronous mode on (or off): method calls return a ``FutureResult`` at once.
+
+        Each call then runs in a thread of its own, on a copy of this proxy (a
+        connection of its own), as in Pyro4. Attribute access stays synchronous.
+        This is the porting path for Pyro4 code; in an event loop use
+        ``pyro_loops.Client``, whose calls never block the loop.
+        """
+        object.__setattr__(self, "_pyroAsyncCalls", bool(asynchronous))
+
+    def _pyroBatch(self) -> "BatchProxy":  # noqa: N802
+        """A batch of calls on this proxy (``pyro_loops.batch(proxy)``)."""
+        return BatchProxy(self)
+
     def _pyroValidateHandshake(self, response: Any) -> None:  # noqa: N802
         """Override to check the daemon's handshake response; raise to refuse it."""
 
@@ -257,6 +290,7 @@ class Proxy:
             context = client_context_from_config(config)
         if context is not None:
             sock = _start_tls(sock, context, uri)
+        sock.objectId = uri.object  # type: ignore[attr-defined] # Pyro4's connection attribute (an SSLSocket takes it too)
         object.__setattr__(self, "_pyroProtocol", _protocol.ClientProtocol(
             self._pyroSerializer or config.SERIALIZER, hmac_key=self._pyroHmacKeyBytes,
             max_message_size=config.MAX_MESSAGE_SIZE, compression=config.COMPRESSION, seq=self._pyroSeq))
@@ -289,7 +323,7 @@ class Proxy:
     def __handshake(self, uri: URI) -> None:
         conn = self._pyroProtocol
         self.__send(conn.connect(uri.object, self._pyroHandshake, metadata=config.METADATA,
-                                 annotations=self.__annotations()))
+                                 annotations=self.__annotations(take=False)))
         try:
             event = self.__receive()
         except errors.ConnectionClosedError as exc:
@@ -306,8 +340,12 @@ class Proxy:
         elif config.METADATA and not self._pyroMetaKnown:
             self._pyroGetMetadata(uri.object)
 
-    def __annotations(self) -> dict[str, bytes]:
-        annotations = dict(self._pyroAnnotations())
+    def __annotations(self, take: bool = True) -> dict[str, bytes]:
+        """What a message carries: the caller's ``current_context.annotations``
+        (taken by the call they go with, as in Pyro4, unless ``take`` is False),
+        then ``_pyroAnnotations()``, then the correlation id."""
+        annotations = _context_annotations(take)
+        annotations.update(self._pyroAnnotations())
         corr = current_context.correlation_id
         if corr is not None:
             annotations["CORR"] = corr.bytes
@@ -342,36 +380,33 @@ class Proxy:
         if isinstance(event, _protocol.Broken):
             self._pyroRelease()
             raise event.error
-        current_context.response_annotations = dict(event.message.annotations)  # as Pyro4: the last reply's
         self._pyroResponseAnnotations(event.message.annotations, event.message.type)
+        if event.message.type == _wire.MSG_RESULT:
+            _set_response_annotations(event.message.annotations)
         return event
 
     def __ensure_fresh_connection(self) -> None:
-        """Reconnect silently if the daemon closed our idle connection (it restarted, say).
+        """Connect if not connected; fail as Pyro4 does if the daemon closed our idle connection.
 
-        Nothing has been sent yet, so no call can run twice.
+        The daemon may have timed the connection out, or restarted. Nothing
+        has been sent yet, so the ConnectionClosedError raised here lets
+        ``_pyroCall`` reconnect and send the call once more when the proxy has
+        retries left (``MAX_RETRIES``), and reach the caller when it has none.
         """
         sock = self._pyroConnection
         if sock is None:
             self.__connect()
             return
-        if not self._pyroPoller.poll(0):
-            return  # alive and quiet, the normal case
-        if not _still_open(sock):
+        if self._pyroPoller.poll(0) and not _still_open(sock):
             self._pyroRelease()
-            try:
-                self.__connect()
-            except errors.ConnectionClosedError:
-                raise
-            except errors.CommunicationError as exc:
-                # the daemon closed our connection and is not back: say so as Pyro4 does
-                raise errors.ConnectionClosedError(f"connection closed by the daemon; reconnecting failed: {exc}") from exc
+            raise errors.ConnectionClosedError("receiving: not enough data")  # Pyro4's words for it
 
     # --- calls -----------------------------------------------------------------------
 
     def _pyroInvoke(self, methodname: str, vargs: Any, kwargs: Any, flags: int = 0,  # noqa: N802
                     objectId: str | None = None) -> Any:
         """Send one call and return its result (None for oneway calls)."""
+        _set_response_annotations({})  # as in Pyro4: a oneway call leaves none
         def request(conn: _protocol.ClientProtocol, annotations: dict[str, bytes]) -> _protocol.Request:
             oneway = bool(flags & _wire.FLAGS_ONEWAY) or objectId is None and methodname in self._pyroOneway
             if flags & _wire.FLAGS_BATCH:
@@ -379,6 +414,11 @@ class Proxy:
             return conn.invoke(objectId or self.__object_id(), methodname, vargs, kwargs, oneway=oneway,
                                raw=self._pyroRawWireResponse, annotations=annotations)
         return self._pyroCall(request)
+
+    def _pyroInvokeBatch(self, calls: list, oneway: bool = False) -> Any:  # noqa: N802
+        """Send ``calls`` (``(method, vargs, kwargs)`` tuples) as one batch; their results, or None for oneway."""
+        flags = _wire.FLAGS_BATCH | (_wire.FLAGS_ONEWAY if oneway else 0)
+        return self._pyroInvoke("<batch>", calls, None, flags)
 
     def _pyroCall(self, request: _MakeRequest) -> Any:  # noqa: N802
         """Send the request ``request(connection, annotations)`` makes; return what its reply means.
@@ -408,6 +448,7 @@ class Proxy:
             conn.hmac_key = self._pyroHmacKeyBytes
             sent = request(conn, self.__annotations())
             object.__setattr__(self, "_pyroSeq", sent.seq)
+            _refuse_oversize(conn, sent)
             self.__send(sent.data)
             if not sent.expects_reply:
                 return None
@@ -425,6 +466,36 @@ class Proxy:
             return None  # a Pong: its meaning is the answer itself
 
 
+class _AsyncRemoteMethod(_RemoteMethod):
+    """A method of a proxy in asynchronous mode: calling it starts the call in a thread."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> FutureResult:
+        name = self._name
+        return _in_thread(self._proxy, lambda proxy: proxy._pyroInvoke(name, args, kwargs), name)
+
+
+def _in_thread(proxy: Proxy, call: Callable[[Proxy], Any], what: str) -> FutureResult:
+    """Run ``call`` on a copy of ``proxy`` in a new thread; its outcome goes into the returned FutureResult.
+
+    The copy has a connection of its own, so asynchronous calls overlap
+    instead of queueing behind each other; it is closed when the call is done.
+    """
+    result = FutureResult()
+
+    def run() -> None:
+        try:
+            with copy.copy(proxy) as twin:
+                value = call(twin)
+        except Exception as exc:  # the caller meets it when reading .value, or in its iferror handler
+            value = ExceptionWrapper(exc)
+        result.set_value(value)
+
+    threading.Thread(target=run, daemon=True, name=f"pyro_loops async call {what}").start()
+    return result
+
+
 class _StreamResult:
     """The client side of a remote iterator: fetches items one call at a time."""
 
@@ -438,6 +509,10 @@ class _StreamResult:
     def __next__(self) -> Any:
         if self.proxy is None:
             raise StopIteration
+        if self.proxy._pyroConnection is None:
+            # as in Pyro4: the stream lives on its connection; after _pyroReconnect() (within
+            # ITER_STREAM_LINGER) it carries on
+            raise errors.ConnectionClosedError("the proxy for this stream result has been closed")
         try:
             return self.proxy._pyroCall(lambda conn, annotations: conn.next_stream_item(self.stream_id, annotations))
         except (StopIteration, GeneratorExit):
@@ -492,12 +567,27 @@ class BatchProxy:
     def __exit__(self, *exc_info: object) -> None:
         pass
 
-    def __call__(self, oneway: bool = False) -> Iterator[Any] | None:
+    def __copy__(self) -> "BatchProxy":
+        clone = BatchProxy(self._proxy)
+        clone._calls = list(self._calls)
+        return clone
+
+    def __call__(self, oneway: bool = False, asynchronous: bool = False) -> Any:
         """Send the recorded calls; returns an iterator over their results
-        (raising the first exception where it occurred), or None for oneway."""
+        (raising the first exception where it occurred), or None for oneway.
+
+        ``asynchronous=True`` (Pyro4's asynchronous batch) returns a
+        ``FutureResult`` at once, whose value becomes that iterator. As in
+        Pyro4, it leaves the calls recorded: calling the batch again sends
+        them again, followed by any recorded since.
+        """
+        if oneway and asynchronous:
+            raise errors.PyroError("async oneway calls make no sense")
+        if asynchronous:
+            calls = list(self._calls)
+            return _in_thread(self._proxy, lambda proxy: _batch_results(proxy._pyroInvokeBatch(calls)), "<batch>")
         calls, self._calls = self._calls, []
-        flags = _wire.FLAGS_BATCH | (_wire.FLAGS_ONEWAY if oneway else 0)
-        results = self._proxy._pyroInvoke("<batch>", calls, None, flags)
+        results = self._proxy._pyroInvokeBatch(calls, oneway)
         if oneway:
             return None
         return _batch_results(results)
@@ -510,13 +600,79 @@ def _batch_results(results: list) -> Iterator[Any]:
         yield result
 
 
+def asyncproxy(proxy: Proxy, asynchronous: bool = True) -> None:
+    """Pyro4's spelling of ``proxy._pyroAsync(asynchronous)``."""
+    proxy._pyroAsync(asynchronous)
+
+
 def batch(proxy: Proxy) -> Any:
     """Collect calls on ``proxy`` and send them in one message: ``b = batch(p); b.f(); b.g(); results = b()``.
 
     A loop proxy gives its own batch (``LoopBatch``), whose call returns a ``Call``.
     """
-    loop_batch = getattr(type(proxy), "_pyroBatch", None)
-    return loop_batch(proxy) if loop_batch is not None else BatchProxy(proxy)
+    return proxy._pyroBatch()
+
+
+def _caller_facts() -> Any:
+    """The caller's ``current_context`` facts; None inside a served call, whose
+    annotations belong to the request being served and its reply."""
+    facts = current_context.facts()
+    return facts if facts.client is None else None
+
+
+def _context_annotations(take: bool) -> dict[str, bytes]:
+    """A copy of the annotations the caller set on ``current_context`` for its next call; ``take`` clears them."""
+    facts = _caller_facts()
+    if facts is None or not facts.annotations:
+        return {}
+    annotations = dict(facts.annotations)
+    if take:
+        facts.annotations = {}
+    return annotations
+
+
+def _set_response_annotations(annotations: dict[str, bytes]) -> None:
+    """Show the caller a reply's annotations in ``current_context.response_annotations``, as Pyro4 does."""
+    facts = _caller_facts()
+    if facts is not None:
+        facts.response_annotations = annotations
+
+
+def _refuse_oversize(conn: _protocol.ClientProtocol, sent: _protocol.Request) -> None:
+    """Raise MessageTooLargeError, before sending, for a request larger than MAX_MESSAGE_SIZE (as Pyro4 does).
+
+    The limit is read at each call, so a change of config.MAX_MESSAGE_SIZE
+    applies to connections already open, for requests and replies alike.
+    """
+    limit = config.MAX_MESSAGE_SIZE
+    conn.reader.max_message_size = limit
+    size = len(sent.data) - _wire.HEADER_SIZE
+    if limit and size > limit:
+        conn.cancel(sent.seq)  # never sent: no reply will come
+        raise errors.MessageTooLargeError(f"max message size exceeded ({size} where max={limit})")
+
+
+class ProxyConnection(socket.socket):
+    """A proxy's connection (``proxy._pyroConnection``): its socket, with what Pyro4's connection object offered.
+
+    ``objectId`` is the object the proxy talks to, ``getpeercert()`` is None
+    (a TLS connection is an ``ssl.SSLSocket`` that has both), and
+    ``pyro_loops.message.Message.ping(connection)`` works on it between calls.
+    """
+
+    objectId: str = ""  # noqa: N815 - Pyro4's name
+
+    @classmethod
+    def adopt(cls, sock: socket.socket) -> "ProxyConnection":
+        """Take over ``sock``'s file descriptor (and timeout); ``sock`` is left detached."""
+        timeout = sock.gettimeout()
+        conn = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        conn.settimeout(timeout)
+        return conn
+
+    def getpeercert(self, binary_form: bool = False) -> None:
+        """No certificate: the connection is not TLS."""
+        return None
 
 
 def _connect_socket(uri: URI, timeout: float | None) -> socket.socket:
@@ -534,7 +690,7 @@ def _connect_socket(uri: URI, timeout: float | None) -> socket.socket:
         raise errors.TimeoutError(f"connecting to {uri.location}: timeout") from None
     except OSError as exc:
         raise errors.CommunicationError(f"cannot connect to {uri.location}: {exc}") from None
-    return sock
+    return ProxyConnection.adopt(sock)
 
 
 def _start_tls(sock: socket.socket, context: ssl.SSLContext, uri: URI) -> ssl.SSLSocket:
