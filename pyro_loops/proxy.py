@@ -332,6 +332,13 @@ class Proxy:
             raise errors.ConnectionClosedError(
                 f"{exc}: the daemon at {uri.location} closed the connection at the handshake; "
                 "if it uses TLS, set config.SSL (or the proxy's _pyroSslContext)") from None
+        except errors.CommunicationError:
+            raise
+        except errors.PyroError as exc:
+            # Pyro4's wording for a handshake that failed on this side (a wrong HMAC key, a refused
+            # serializer): programs print it and compare it.
+            where = uri.sockname or (uri.host, uri.port)
+            raise errors.CommunicationError(f"cannot connect to {where}: {exc}") from exc
         if isinstance(event, _protocol.ConnectFailed):
             raise errors.CommunicationError(f"connection to {uri.location} rejected: {event.reason}")
         self._pyroValidateHandshake(event.handshake)
