@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import serpent
 
-from . import _fastserpent, errors
+from . import _fastserpent, _serpentbytes, errors
 from ._expose import class_name
 from ._uri import URI
 from .configuration import config
@@ -411,6 +411,11 @@ _OUTSIDE_FAST_SUBSET = ("it needs serpent's full parser, which holds the interpr
                         "deep nesting")
 
 
+# payloads from this size on are first read as bytes values with literals around
+# (``_serpentbytes``): below it the general readers are as quick
+_SERPENT_BYTES_SIZE = 4096
+
+
 class SerpentSerializer(Serializer):
     serializer_id = 1
     name = "serpent"
@@ -423,15 +428,26 @@ class SerpentSerializer(Serializer):
         return self._dumps_large(obj)
 
     def _dumps_large(self, obj: Any) -> bytes:
+        # values with bytes inside: base64 a slice at a time, the rest as literals
+        fast = _serpentbytes.dumps(obj)
+        if fast is not None:
+            return fast
         # serpent's own writer is Python throughout (about 3 times slower than
-        # the repr() fast path, which holds the lock); strings and bytes inside
-        # are copied at memory speed
+        # the repr() fast path, which holds the lock); strings inside are
+        # copied at memory speed
         try:
             return _SerpentWriter(module_in_classname=True).serialize(obj)
         except errors.SerializeError:
             raise
         except (TypeError, ValueError, RecursionError) as exc:
             raise errors.SerializeError(str(exc)) from exc
+
+    def _decode(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
+        if len(data) >= _SERPENT_BYTES_SIZE:
+            found = _serpentbytes.loads(data)
+            if found is not _fastserpent.FAIL:
+                return found
+        return self._loads(data), None
 
     def _loads(self, data: bytes | bytearray) -> Any:
         value = _fastserpent.loads(data)
@@ -444,6 +460,10 @@ class SerpentSerializer(Serializer):
         return value
 
     def _decode_large(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
+        # bytes values: their base64 is found and decoded a slice at a time
+        found = _serpentbytes.loads(data)
+        if found is not _fastserpent.FAIL:
+            return found
         # the fast subset is read token by token; serpent's own parser
         # (ast.literal_eval, some 0.8 s per MB of numbers) is one long hold
         value = _fastserpent.loads(data)
