@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import mmap
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ class Message:
     """One protocol message. ``data`` is the payload exactly as on the wire."""
 
     type: int
-    data: bytes | bytearray  # a bytearray when received straight into its own buffer
+    data: bytes | bytearray
     serializer_id: int
     flags: int = 0
     seq: int = 0
@@ -181,6 +182,13 @@ def _parse_annotations(blob: bytes) -> dict[str, bytes]:
     return annotations
 
 
+def _grown(body: mmap.mmap, size: int) -> mmap.mmap:
+    """A copy of ``body`` with room for ``size`` bytes."""
+    bigger = mmap.mmap(-1, size)
+    bigger[:len(body)] = body
+    return bigger
+
+
 class FrameError(ProtocolError):
     """The byte stream is not valid Pyro framing; the connection cannot continue."""
 
@@ -202,22 +210,25 @@ class FrameReader:
     24 bytes of memory, not the announced size.
 
     A payload of ``DIRECT_RECEIVE_SIZE`` or more, once its header and
-    annotations are in, is received into a buffer of its own that becomes the
-    message's ``data`` as it is: ``receive_into()`` hands the socket that
-    buffer's empty part, so no piece is copied twice. The buffer doubles as
-    it fills (a large bytearray grows by remapping, not copying) up to the
-    declared size: a peer that announces gigabytes and sends nothing gets
-    no gigabytes.
+    annotations are in, is received into a buffer of its own: ``receive_into()``
+    hands the socket that buffer's empty part, so no piece is copied on the
+    way, and the finished payload is copied once, into the message's ``data``.
+    The buffer is an anonymous memory map of the declared size: address space
+    only, since the kernel hands out its pages as they are first written (a
+    bytearray would be zero-filled first, and copied whenever it grew). The
+    room it offers doubles with what arrived, up to the declared size: a peer
+    that announces gigabytes and sends nothing gets no gigabytes of memory.
     """
 
-    __slots__ = ("_buf", "max_message_size", "_header", "_body", "_filled")
+    __slots__ = ("_buf", "max_message_size", "_header", "_body", "_filled", "_room")
 
     def __init__(self, max_message_size: int = 0) -> None:
         self._buf = bytearray()
         self.max_message_size = max_message_size
         self._header: tuple | None = None
-        self._body: bytearray | None = None  # the payload being received directly
+        self._body: mmap.mmap | None = None  # the payload being received directly
         self._filled = 0
+        self._room = 0  # how far into _body the peer may have sent so far
 
     def feed(self, data: bytes) -> None:
         if self._body is None:
@@ -243,12 +254,14 @@ class FrameReader:
         body = self._body
         if body is None:
             return None
-        if self._filled == len(body):
+        if self._filled == self._room:
             target = self._header[3]
-            if len(body) == target:
+            if self._room == target:
                 return None
-            body.extend(bytes(min(len(body), target - len(body))))
-        return memoryview(body)[self._filled:]
+            self._room = min(2 * self._room, target)
+            if len(body) < self._room:
+                body = self._body = _grown(body, self._room)
+        return memoryview(body)[self._filled:self._room]
 
     def received(self, count: int) -> None:
         """``count`` bytes were written into the view ``receive_into()`` gave."""
@@ -299,7 +312,7 @@ class FrameReader:
         if body is not None:
             if self._filled < data_len:
                 return None
-            data: bytes | bytearray = body
+            data: bytes | bytearray = body[:data_len]
             self._body = None
             self._filled = 0
         else:
@@ -319,8 +332,13 @@ class FrameReader:
         """Move the payload received so far into a buffer of its own."""
         start = HEADER_SIZE + ann_len
         have = len(self._buf) - start
-        body = self._body = bytearray(min(data_len, max(2 * have, DIRECT_RECEIVE_SIZE)))
-        body[:have] = memoryview(self._buf)[start:]
+        room = self._room = min(data_len, max(2 * have, DIRECT_RECEIVE_SIZE))
+        try:
+            body = mmap.mmap(-1, data_len)  # address space only, until written
+        except OSError:  # not even that much address space: grown by copies instead
+            body = mmap.mmap(-1, room)
+        self._body = body
+        body[:have] = self._buf[start:]
         self._filled = have
         del self._buf[start:]
 
