@@ -90,18 +90,32 @@ class Message:
         return _inflate(self.data, limit)
 
 
+#: Decompressed bytes per inflating step: each step is a short hold of the
+#: interpreter lock (one call over a large payload holds it for seconds)
+INFLATE_STEP = 1024 * 1024
+
+
 def _inflate(data: bytes | bytearray, limit: int) -> bytes | None:
     """``data`` decompressed, or None if that is more than ``limit`` bytes.
 
+    Inflated ``INFLATE_STEP`` bytes at a time, so a worker thread inflating
+    a large reply lets the host loop's thread run between steps.
     zlib.error for a broken or truncated stream.
     """
     inflater = zlib.decompressobj()
-    out = inflater.decompress(data, limit)
-    if inflater.unconsumed_tail or not inflater.eof and inflater.decompress(b"", 1):
-        return None
-    if not inflater.eof:
-        raise zlib.error("incomplete or truncated compressed payload")
-    return out
+    pieces = []
+    total = 0
+    pending: bytes | bytearray = data
+    while not inflater.eof:
+        piece = inflater.decompress(pending, min(INFLATE_STEP, limit - total + 1))
+        pending = inflater.unconsumed_tail
+        if not piece and not pending:
+            raise zlib.error("incomplete or truncated compressed payload")
+        total += len(piece)
+        if total > limit:
+            return None
+        pieces.append(piece)
+    return b"".join(pieces)
 
 
 def checksum(msg_type: int, flags: int, seq: int, data_len: int, serializer_id: int, ann_len: int) -> int:
