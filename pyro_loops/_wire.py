@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import mmap
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -47,8 +46,14 @@ DECOMPRESSED_LIMIT = 256 * 1024 * 1024
 COMPRESSION_THRESHOLD = 200
 
 #: Payloads from this size on are received straight into a buffer of their
-#: declared size (``FrameReader.receive_into``), not gathered piece by piece.
+#: own (``FrameReader.receive_into``), not gathered piece by piece.
 DIRECT_RECEIVE_SIZE = 256 * 1024
+
+#: Payloads up to this size get a buffer of their declared size at once,
+#: larger ones a buffer that doubles with what arrived...
+EXACT_RECEIVE_SIZE = 16 * 1024 * 1024
+#: ... from this size on (a smaller one grows in few steps)
+EXACT_RECEIVE_MIN = 1024 * 1024
 
 
 @dataclass
@@ -56,7 +61,7 @@ class Message:
     """One protocol message. ``data`` is the payload exactly as on the wire."""
 
     type: int
-    data: bytes | bytearray
+    data: bytes | bytearray  # a bytearray when received straight into its own buffer
     serializer_id: int
     flags: int = 0
     seq: int = 0
@@ -196,11 +201,9 @@ def _parse_annotations(blob: bytes) -> dict[str, bytes]:
     return annotations
 
 
-def _grown(body: mmap.mmap, size: int) -> mmap.mmap:
-    """A copy of ``body`` with room for ``size`` bytes."""
-    bigger = mmap.mmap(-1, size)
-    bigger[:len(body)] = body
-    return bigger
+def _exact(data_len: int) -> bool:
+    """True if a payload of ``data_len`` bytes gets a buffer of that size at once."""
+    return EXACT_RECEIVE_MIN <= data_len <= EXACT_RECEIVE_SIZE
 
 
 class FrameError(ProtocolError):
@@ -224,25 +227,28 @@ class FrameReader:
     24 bytes of memory, not the announced size.
 
     A payload of ``DIRECT_RECEIVE_SIZE`` or more, once its header and
-    annotations are in, is received into a buffer of its own: ``receive_into()``
-    hands the socket that buffer's empty part, so no piece is copied on the
-    way, and the finished payload is copied once, into the message's ``data``.
-    The buffer is an anonymous memory map of the declared size: address space
-    only, since the kernel hands out its pages as they are first written (a
-    bytearray would be zero-filled first, and copied whenever it grew). The
-    room it offers doubles with what arrived, up to the declared size: a peer
-    that announces gigabytes and sends nothing gets no gigabytes of memory.
+    annotations are in, is received into a buffer of its own that becomes the
+    message's ``data`` as it is: ``receive_into()`` hands the socket that
+    buffer's empty part, so no piece is copied on the way. From
+    ``EXACT_RECEIVE_MIN`` up to ``EXACT_RECEIVE_SIZE`` the buffer has the
+    declared size from the start:
+    growing it (zero-filling each new part, and copying when the allocator
+    moves it) cost three times the receiving itself. Such a buffer counts as
+    ``buffered`` in full, so the owner's bound on buffered input covers what
+    was set aside for peers that announce much and send little. A larger
+    payload's buffer doubles as it fills (a large bytearray grows by
+    remapping, not copying) up to the declared size: a peer that announces
+    gigabytes and sends nothing gets no gigabytes.
     """
 
-    __slots__ = ("_buf", "max_message_size", "_header", "_body", "_filled", "_room")
+    __slots__ = ("_buf", "max_message_size", "_header", "_body", "_filled")
 
     def __init__(self, max_message_size: int = 0) -> None:
         self._buf = bytearray()
         self.max_message_size = max_message_size
         self._header: tuple | None = None
-        self._body: mmap.mmap | None = None  # the payload being received directly
+        self._body: bytearray | None = None  # the payload being received directly
         self._filled = 0
-        self._room = 0  # how far into _body the peer may have sent so far
 
     def feed(self, data: bytes) -> None:
         if self._body is None:
@@ -268,14 +274,12 @@ class FrameReader:
         body = self._body
         if body is None:
             return None
-        if self._filled == self._room:
+        if self._filled == len(body):
             target = self._header[3]
-            if self._room == target:
+            if len(body) == target:
                 return None
-            self._room = min(2 * self._room, target)
-            if len(body) < self._room:
-                body = self._body = _grown(body, self._room)
-        return memoryview(body)[self._filled:self._room]
+            body.extend(bytes(min(len(body), target - len(body))))
+        return memoryview(body)[self._filled:]
 
     def received(self, count: int) -> None:
         """``count`` bytes were written into the view ``receive_into()`` gave."""
@@ -283,7 +287,10 @@ class FrameReader:
 
     @property
     def buffered(self) -> int:
-        """Bytes received but not yet returned as a message."""
+        """Bytes received but not yet returned as a message; a payload
+        buffer made at its declared size counts in full."""
+        if self._body is not None and _exact(self._header[3]):
+            return len(self._buf) + len(self._body)
         return len(self._buf) + self._filled
 
     def next_size(self) -> tuple[int, int] | None:
@@ -326,7 +333,7 @@ class FrameReader:
         if body is not None:
             if self._filled < data_len:
                 return None
-            data: bytes | bytearray = body[:data_len]
+            data: bytes | bytearray = body
             self._body = None
             self._filled = 0
         else:
@@ -346,13 +353,9 @@ class FrameReader:
         """Move the payload received so far into a buffer of its own."""
         start = HEADER_SIZE + ann_len
         have = len(self._buf) - start
-        room = self._room = min(data_len, max(2 * have, DIRECT_RECEIVE_SIZE))
-        try:
-            body = mmap.mmap(-1, data_len)  # address space only, until written
-        except OSError:  # not even that much address space: grown by copies instead
-            body = mmap.mmap(-1, room)
-        self._body = body
-        body[:have] = self._buf[start:]
+        size = data_len if _exact(data_len) else min(data_len, max(2 * have, DIRECT_RECEIVE_SIZE))
+        body = self._body = bytearray(size)
+        body[:have] = memoryview(self._buf)[start:]
         self._filled = have
         del self._buf[start:]
 

@@ -93,3 +93,20 @@ def test_a_large_msgpack_payload_of_many_objects_is_refused_naming_max_blocking_
 def test_msgpack_data_announcing_more_than_it_holds_is_refused_before_decoding(payload):
     with pytest.raises(_serializers.errors.SerializeError):
         _serializers._walk_msgpack(payload)
+
+
+def test_a_payload_buffer_made_at_its_declared_size_counts_in_full_as_buffered_input():
+    announced = 4 * 1024 * 1024
+    header = _wire.HEADER.pack(_wire.TAG, 48, _wire.MSG_INVOKE, 0, 1, announced, 3, 0, 0,
+                               _wire.checksum(_wire.MSG_INVOKE, 0, 1, announced, 3, 0))
+    reader = _wire.FrameReader()
+    reader.feed(header + b"x" * 1000)
+    assert reader.next_message() is None
+    assert reader.buffered == _wire.HEADER_SIZE + announced  # what MAX_BUFFERED_INPUT weighs
+    room = reader.receive_into()
+    assert room is not None and len(room) == announced - 1000  # the rest, in one buffer
+    with room:
+        room[:] = b"y" * len(room)
+    reader.received(announced - 1000)
+    msg = reader.next_message()
+    assert msg.data == b"x" * 1000 + b"y" * (announced - 1000) and reader.buffered == 0
