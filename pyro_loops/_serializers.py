@@ -656,6 +656,27 @@ def _walk_marshal(data: bytes | bytearray, max_steps: int = 0) -> tuple[int, boo
     return announced, has_dict
 
 
+_Walk = Callable[..., "tuple[int, bool]"]
+
+
+def _few_objects(data: bytes | bytearray, walk: _Walk) -> bool:
+    """True if ``data`` holds so few objects that it decodes at memory speed."""
+    return len(data) <= _MARSHAL_QUICK_SIZE and walk(data, _MARSHAL_QUICK_OBJECTS)[0] >= 0
+
+
+def _decode_counted(name: str, data: bytes | bytearray, walk: _Walk, what: str,
+                    load: Callable[[Any], Any]) -> tuple[Any, bool | None]:
+    """``_decode_large`` of marshal and msgpack: their decoders hold the lock,
+    but copy strings and bytes at memory speed, so the cost is the number of
+    objects, which ``walk`` counts (and refuses data that announces more than
+    it holds)."""
+    items, has_dict = walk(data)
+    if items * _MARSHAL_ITEM_WEIGHT > config.MAX_BLOCKING_DECODE:
+        raise _too_large_to_decode(name, len(data), f"holds {items} {what} "
+                                   f"(each counted as {_MARSHAL_ITEM_WEIGHT} bytes)")
+    return load(data), None if has_dict else False
+
+
 class MarshalSerializer(Serializer):
     serializer_id = 3
     name = "marshal"
@@ -678,16 +699,10 @@ class MarshalSerializer(Serializer):
         return marshal.loads(data), None if has_dict else False
 
     def decodes_quickly(self, data: bytes | bytearray) -> bool:
-        return len(data) <= _MARSHAL_QUICK_SIZE and _walk_marshal(data, _MARSHAL_QUICK_OBJECTS)[0] >= 0
+        return _few_objects(data, _walk_marshal)
 
     def _decode_large(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
-        # marshal.loads holds the lock, but copies a string or bytes object
-        # at memory speed: its cost is the number of objects, which the walk counts
-        items, has_dict = _walk_marshal(data)
-        if items * _MARSHAL_ITEM_WEIGHT > config.MAX_BLOCKING_DECODE:
-            raise _too_large_to_decode(self.name, len(data), f"holds {items} container items "
-                                       f"(each counted as {_MARSHAL_ITEM_WEIGHT} bytes)")
-        return marshal.loads(data), None if has_dict else False
+        return _decode_counted(self.name, data, _walk_marshal, "container items", marshal.loads)
 
     def dumps_call(self, obj, method, vargs, kwargs):
         return self.dumps((obj, method, list(vargs), kwargs))
@@ -797,16 +812,10 @@ class MsgpackSerializer(Serializer):
         return self._msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
 
     def decodes_quickly(self, data: bytes | bytearray) -> bool:
-        return len(data) <= _MARSHAL_QUICK_SIZE and _walk_msgpack(data, _MARSHAL_QUICK_OBJECTS)[0] >= 0
+        return _few_objects(data, _walk_msgpack)
 
     def _decode_large(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
-        # unpackb holds the lock, but copies str and bin data at memory speed:
-        # its cost is the number of objects, which the walk counts
-        objects, has_map = _walk_msgpack(data)
-        if objects * _MARSHAL_ITEM_WEIGHT > config.MAX_BLOCKING_DECODE:
-            raise _too_large_to_decode(self.name, len(data), f"holds {objects} objects "
-                                       f"(each counted as {_MARSHAL_ITEM_WEIGHT} bytes)")
-        return self._loads(data), None if has_map else False
+        return _decode_counted(self.name, data, _walk_msgpack, "objects", self._loads)
 
 
 _BY_ID: dict[int, Serializer] = {}
