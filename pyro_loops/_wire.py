@@ -112,9 +112,10 @@ def _inflate(data: bytes | bytearray, limit: int) -> bytes | None:
     total = 0
     pending: bytes | bytearray = data
     while not inflater.eof:
-        piece = inflater.decompress(pending, min(INFLATE_STEP, limit - total + 1))
+        given = pending
+        piece = inflater.decompress(given, min(INFLATE_STEP, limit - total + 1))
         pending = inflater.unconsumed_tail
-        if not piece and not pending:
+        if not piece and not pending and not given:  # asked once more with nothing left: no end
             raise zlib.error("incomplete or truncated compressed payload")
         total += len(piece)
         if total > limit:
