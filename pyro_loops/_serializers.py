@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import serpent
 
-from . import _fastserpent, errors
+from . import _fastserpent, _serpentbytes, errors
 from ._expose import class_name
 from ._uri import URI
 from .configuration import config
@@ -413,6 +413,11 @@ _OUTSIDE_FAST_SUBSET = ("it needs serpent's full parser, which holds the interpr
                         "deep nesting")
 
 
+# payloads from this size on are first read as bytes values with literals around
+# (``_serpentbytes``): below it the general readers are as quick
+_SERPENT_BYTES_SIZE = 4096
+
+
 class SerpentSerializer(Serializer):
     serializer_id = 1
     name = "serpent"
@@ -425,15 +430,26 @@ class SerpentSerializer(Serializer):
         return self._dumps_large(obj)
 
     def _dumps_large(self, obj: Any) -> bytes:
+        # values with bytes inside: base64 a slice at a time, the rest as literals
+        fast = _serpentbytes.dumps(obj)
+        if fast is not None:
+            return fast
         # serpent's own writer is Python throughout (about 3 times slower than
-        # the repr() fast path, which holds the lock); strings and bytes inside
-        # are copied at memory speed
+        # the repr() fast path, which holds the lock); strings inside are
+        # copied at memory speed
         try:
             return _SerpentWriter(module_in_classname=True).serialize(obj)
         except errors.SerializeError:
             raise
         except (TypeError, ValueError, RecursionError) as exc:
             raise errors.SerializeError(str(exc)) from exc
+
+    def _decode(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
+        if len(data) >= _SERPENT_BYTES_SIZE:
+            found = _serpentbytes.loads(data)
+            if found is not _fastserpent.FAIL:
+                return found
+        return self._loads(data), None
 
     def _loads(self, data: bytes | bytearray) -> Any:
         value = _fastserpent.loads(data)
@@ -446,6 +462,10 @@ class SerpentSerializer(Serializer):
         return value
 
     def _decode_large(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
+        # bytes values: their base64 is found and decoded a slice at a time
+        found = _serpentbytes.loads(data)
+        if found is not _fastserpent.FAIL:
+            return found
         # the fast subset is read token by token; serpent's own parser
         # (ast.literal_eval, some 0.8 s per MB of numbers) is one long hold
         value = _fastserpent.loads(data)
@@ -638,6 +658,27 @@ def _walk_marshal(data: bytes | bytearray, max_steps: int = 0) -> tuple[int, boo
     return announced, has_dict
 
 
+_Walk = Callable[..., "tuple[int, bool]"]
+
+
+def _few_objects(data: bytes | bytearray, walk: _Walk) -> bool:
+    """True if ``data`` holds so few objects that it decodes at memory speed."""
+    return len(data) <= _MARSHAL_QUICK_SIZE and walk(data, _MARSHAL_QUICK_OBJECTS)[0] >= 0
+
+
+def _decode_counted(name: str, data: bytes | bytearray, walk: _Walk, what: str,
+                    load: Callable[[Any], Any]) -> tuple[Any, bool | None]:
+    """``_decode_large`` of marshal and msgpack: their decoders hold the lock,
+    but copy strings and bytes at memory speed, so the cost is the number of
+    objects, which ``walk`` counts (and refuses data that announces more than
+    it holds)."""
+    items, has_dict = walk(data)
+    if items * _MARSHAL_ITEM_WEIGHT > config.MAX_BLOCKING_DECODE:
+        raise _too_large_to_decode(name, len(data), f"holds {items} {what} "
+                                   f"(each counted as {_MARSHAL_ITEM_WEIGHT} bytes)")
+    return load(data), None if has_dict else False
+
+
 class MarshalSerializer(Serializer):
     serializer_id = 3
     name = "marshal"
@@ -660,16 +701,10 @@ class MarshalSerializer(Serializer):
         return marshal.loads(data), None if has_dict else False
 
     def decodes_quickly(self, data: bytes | bytearray) -> bool:
-        return len(data) <= _MARSHAL_QUICK_SIZE and _walk_marshal(data, _MARSHAL_QUICK_OBJECTS)[0] >= 0
+        return _few_objects(data, _walk_marshal)
 
     def _decode_large(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
-        # marshal.loads holds the lock, but copies a string or bytes object
-        # at memory speed: its cost is the number of objects, which the walk counts
-        items, has_dict = _walk_marshal(data)
-        if items * _MARSHAL_ITEM_WEIGHT > config.MAX_BLOCKING_DECODE:
-            raise _too_large_to_decode(self.name, len(data), f"holds {items} container items "
-                                       f"(each counted as {_MARSHAL_ITEM_WEIGHT} bytes)")
-        return marshal.loads(data), None if has_dict else False
+        return _decode_counted(self.name, data, _walk_marshal, "container items", marshal.loads)
 
     def dumps_call(self, obj, method, vargs, kwargs):
         return self.dumps((obj, method, list(vargs), kwargs))
@@ -692,6 +727,74 @@ class PickleSerializer(Serializer):
         return pickle.loads(data)
 
 
+def _msgpack_layout() -> dict[int, tuple[int, int, int]]:
+    """Per lead byte: (bytes of fixed data after it, bytes of a length field
+    that follows (of data bytes, or of items for containers), items per
+    counted entry: 0 for data, 1 for arrays, 2 for maps)."""
+    table: dict[int, tuple[int, int, int]] = {}
+    for byte in range(0x100):
+        if byte <= 0x7F or byte >= 0xE0 or byte in (0xC0, 0xC2, 0xC3):
+            table[byte] = (0, 0, 0)
+    for first, width in ((0xC4, 1), (0xC5, 2), (0xC6, 4), (0xD9, 1), (0xDA, 2), (0xDB, 4)):
+        table[first] = (0, width, 0)                  # bin and str: a length, then the data
+    for first, width in ((0xC7, 1), (0xC8, 2), (0xC9, 4)):
+        table[first] = (1, width, 0)                  # ext: a length, a type byte, the data
+    for first, size in ((0xCA, 4), (0xCB, 8), (0xCC, 1), (0xCD, 2), (0xCE, 4), (0xCF, 8), (0xD0, 1),
+                        (0xD1, 2), (0xD2, 4), (0xD3, 8), (0xD4, 2), (0xD5, 3), (0xD6, 5), (0xD7, 9),
+                        (0xD8, 17)):
+        table[first] = (size, 0, 0)                   # numbers and fixext: fixed sizes
+    for first, width, per in ((0xDC, 2, 1), (0xDD, 4, 1), (0xDE, 2, 2), (0xDF, 4, 2)):
+        table[first] = (0, width, per)
+    return table
+
+
+_MSGPACK_LAYOUT = _msgpack_layout()
+
+
+def _walk_msgpack(data: bytes | bytearray, max_steps: int = 0) -> tuple[int, bool]:
+    """The number of objects in msgpack ``data``, stepping over str, bin and
+    ext data in one move, and whether it holds a non-empty map (only maps can
+    be class dicts); ``(-1, True)`` once more than ``max_steps`` objects (if
+    given) are seen. SerializeError for data that announces more than it holds.
+    """
+    layout = _MSGPACK_LAYOUT
+    end = len(data)
+    pos = objects = 0
+    has_map = False
+    todo = 1  # objects still to read
+    while todo:
+        todo -= 1
+        objects += 1
+        if max_steps and objects > max_steps:
+            return -1, True
+        if pos >= end:
+            raise errors.SerializeError("msgpack data too short")
+        first = data[pos]
+        pos += 1
+        if 0x80 <= first <= 0x9F:  # fixmap, fixarray
+            count = (first & 0x0F) * (2 if first < 0x90 else 1)
+            has_map = has_map or first < 0x90 and count > 0
+            todo += count
+            continue
+        if 0xA0 <= first <= 0xBF:  # fixstr
+            pos += first & 0x1F
+            continue
+        try:
+            fixed, width, per = layout[first]
+        except KeyError:
+            raise errors.SerializeError(f"msgpack data with the unused lead byte {first:#x}") from None
+        length = int.from_bytes(data[pos:pos + width], "big") if width else 0
+        pos += width
+        if per:
+            has_map = has_map or per == 2 and length > 0
+            todo += per * length
+        else:
+            pos += fixed + length
+        if pos > end or todo > end - pos:
+            raise errors.SerializeError("msgpack data announces more than it holds")
+    return objects, has_map
+
+
 class MsgpackSerializer(Serializer):
     serializer_id = 6
     name = "msgpack"
@@ -707,8 +810,14 @@ class MsgpackSerializer(Serializer):
         except (TypeError, ValueError) as exc:
             raise errors.SerializeError(str(exc)) from exc
 
-    def _loads(self, data: bytes) -> Any:
+    def _loads(self, data: bytes | bytearray) -> Any:
         return self._msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
+
+    def decodes_quickly(self, data: bytes | bytearray) -> bool:
+        return _few_objects(data, _walk_msgpack)
+
+    def _decode_large(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
+        return _decode_counted(self.name, data, _walk_msgpack, "objects", self._loads)
 
 
 _BY_ID: dict[int, Serializer] = {}

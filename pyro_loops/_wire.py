@@ -46,8 +46,14 @@ DECOMPRESSED_LIMIT = 256 * 1024 * 1024
 COMPRESSION_THRESHOLD = 200
 
 #: Payloads from this size on are received straight into a buffer of their
-#: declared size (``FrameReader.receive_into``), not gathered piece by piece.
+#: own (``FrameReader.receive_into``), not gathered piece by piece.
 DIRECT_RECEIVE_SIZE = 256 * 1024
+
+#: Payloads up to this size get a buffer of their declared size at once,
+#: larger ones a buffer that doubles with what arrived...
+EXACT_RECEIVE_SIZE = 16 * 1024 * 1024
+#: ... from this size on (a smaller one grows in few steps)
+EXACT_RECEIVE_MIN = 1024 * 1024
 
 
 @dataclass
@@ -89,18 +95,33 @@ class Message:
         return _inflate(self.data, limit)
 
 
+#: Decompressed bytes per inflating step: each step is a short hold of the
+#: interpreter lock (one call over a large payload holds it for seconds)
+INFLATE_STEP = 1024 * 1024
+
+
 def _inflate(data: bytes | bytearray, limit: int) -> bytes | None:
     """``data`` decompressed, or None if that is more than ``limit`` bytes.
 
+    Inflated ``INFLATE_STEP`` bytes at a time, so a worker thread inflating
+    a large reply lets the host loop's thread run between steps.
     zlib.error for a broken or truncated stream.
     """
     inflater = zlib.decompressobj()
-    out = inflater.decompress(data, limit)
-    if inflater.unconsumed_tail or not inflater.eof and inflater.decompress(b"", 1):
-        return None
-    if not inflater.eof:
-        raise zlib.error("incomplete or truncated compressed payload")
-    return out
+    pieces = []
+    total = 0
+    pending: bytes | bytearray = data
+    while not inflater.eof:
+        given = pending
+        piece = inflater.decompress(given, min(INFLATE_STEP, limit - total + 1))
+        pending = inflater.unconsumed_tail
+        if not piece and not pending and not given:  # asked once more with nothing left: no end
+            raise zlib.error("incomplete or truncated compressed payload")
+        total += len(piece)
+        if total > limit:
+            return None
+        pieces.append(piece)
+    return b"".join(pieces)
 
 
 def checksum(msg_type: int, flags: int, seq: int, data_len: int, serializer_id: int, ann_len: int) -> int:
@@ -181,6 +202,11 @@ def _parse_annotations(blob: bytes) -> dict[str, bytes]:
     return annotations
 
 
+def _exact(data_len: int) -> bool:
+    """True if a payload of ``data_len`` bytes gets a buffer of that size at once."""
+    return EXACT_RECEIVE_MIN <= data_len <= EXACT_RECEIVE_SIZE
+
+
 class FrameError(ProtocolError):
     """The byte stream is not valid Pyro framing; the connection cannot continue."""
 
@@ -204,10 +230,16 @@ class FrameReader:
     A payload of ``DIRECT_RECEIVE_SIZE`` or more, once its header and
     annotations are in, is received into a buffer of its own that becomes the
     message's ``data`` as it is: ``receive_into()`` hands the socket that
-    buffer's empty part, so no piece is copied twice. The buffer doubles as
-    it fills (a large bytearray grows by remapping, not copying) up to the
-    declared size: a peer that announces gigabytes and sends nothing gets
-    no gigabytes.
+    buffer's empty part, so no piece is copied on the way. From
+    ``EXACT_RECEIVE_MIN`` up to ``EXACT_RECEIVE_SIZE`` the buffer has the
+    declared size from the start:
+    growing it (zero-filling each new part, and copying when the allocator
+    moves it) cost three times the receiving itself. Such a buffer counts as
+    ``buffered`` in full, so the owner's bound on buffered input covers what
+    was set aside for peers that announce much and send little. A larger
+    payload's buffer doubles as it fills (a large bytearray grows by
+    remapping, not copying) up to the declared size: a peer that announces
+    gigabytes and sends nothing gets no gigabytes.
     """
 
     __slots__ = ("_buf", "max_message_size", "_header", "_body", "_filled")
@@ -256,7 +288,10 @@ class FrameReader:
 
     @property
     def buffered(self) -> int:
-        """Bytes received but not yet returned as a message."""
+        """Bytes received but not yet returned as a message; a payload
+        buffer made at its declared size counts in full."""
+        if self._body is not None and _exact(self._header[3]):
+            return len(self._buf) + len(self._body)
         return len(self._buf) + self._filled
 
     def next_size(self) -> tuple[int, int] | None:
@@ -319,7 +354,8 @@ class FrameReader:
         """Move the payload received so far into a buffer of its own."""
         start = HEADER_SIZE + ann_len
         have = len(self._buf) - start
-        body = self._body = bytearray(min(data_len, max(2 * have, DIRECT_RECEIVE_SIZE)))
+        size = data_len if _exact(data_len) else min(data_len, max(2 * have, DIRECT_RECEIVE_SIZE))
+        body = self._body = bytearray(size)
         body[:have] = memoryview(self._buf)[start:]
         self._filled = have
         del self._buf[start:]
