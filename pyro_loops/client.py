@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import errno
+import functools
 import heapq
 import ipaddress
 import itertools
@@ -111,6 +112,13 @@ class Client:
     ``ClientClosedError`` and releases sockets, threads and the watcher.
     """
 
+    #: Hosts may call ``handle_event`` again, for any socket (the one being handled
+    #: included), while an earlier call still runs: a done-callback that opens a modal
+    #: dialog runs a nested loop, and the replies it waits for arrive on the very
+    #: connection that delivered the callback. Between two replies the client's state
+    #: is whole, so a nested call simply goes on reading (``adapters._common.nests``).
+    nested_events = True
+
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         #: TLS for this client's connections (a proxy's ``_pyroSslContext`` overrides it);
         #: None follows config.SSL, with a context made from the SSL_* items
@@ -125,6 +133,8 @@ class Client:
         self._timers: list[tuple[float, int, _Request]] = []
         self._counter = itertools.count()
         self._soon: set[_Channel] = set()
+        self._tls_waiting: set[_Channel] = set()  # a TLS handshake step deferred to the next pass
+        self._tls_steps = config.SSL_HANDSHAKES_PER_WAKEUP  # left in this pass
         self._deadline: float | None = None
         self._loop_thread = threading.get_ident()
         self._pending = 0
@@ -260,6 +270,11 @@ class Client:
                 for channel in list(self._soon):
                     self._soon.discard(channel)
                     channel.resume()
+                self._tls_steps = config.SSL_HANDSHAKES_PER_WAKEUP  # a new pass
+                waiting, self._tls_waiting = self._tls_waiting, set()
+                for channel in waiting:
+                    if channel.state == "tls":
+                        channel._tls_step(channel._tls_read)
                 while self._timers and self._timers[0][0] <= now:
                     _, _, request = heapq.heappop(self._timers)
                     if request.call.done():
@@ -326,11 +341,31 @@ class Client:
         timers = self._timers
         while timers and timers[0][2].call.done():
             heapq.heappop(timers)
-        when = time.monotonic() if self._soon else (timers[0][0] if timers else None)
+        if self._soon or self._tls_waiting:
+            now = time.monotonic()
+            if self._deadline is not None and self._deadline <= now:
+                return  # due already: not set again for every call of a burst
+            when: float | None = now
+        else:
+            when = timers[0][0] if timers else None
         if when != self._deadline:
             self._deadline = when
             if self._watcher is not None:
                 self._watcher.set_deadline(when)
+
+    def _may_step_tls(self, channel: "_Channel") -> bool:
+        """Whether ``channel`` may take a TLS handshake step in this pass (SSL_HANDSHAKES_PER_WAKEUP).
+
+        The same bound as the daemon's: a client opening many TLS connections
+        at once (a window's worth of proxies) spreads their key exchanges
+        over several loop passes. A deferred step is taken by the next
+        ``handle_deadline``, asked for at once.
+        """
+        if self._watcher is None or self._tls_steps > 0:
+            self._tls_steps -= 1
+            return True
+        self._tls_waiting.add(channel)
+        return False
 
     def _watch(self, sock: socket.socket, handler: Any, events: int) -> None:
         """Watch ``sock`` for ``events``; ``handler.on_ready(events)`` is told (a connection, a broadcast)."""
@@ -617,7 +652,8 @@ class _Channel:
         self.state = "tls"
         uri = self.uri
         try:
-            self.transport = tls_transport(self.sock, context, False, None if uri.sockname else uri.host)
+            self.transport = tls_transport(self.sock, context, False, None if uri.sockname else uri.host,
+                                           may_step=functools.partial(self.client._may_step_tls, self))
         except ValueError as exc:  # say, a unix socket URI (no host name) with a context that checks host names
             self.fail(TLSError(f"cannot start TLS with {self.location}: {exc}"))
             return
@@ -803,13 +839,22 @@ class _Channel:
     def process(self) -> None:
         """Handle the replies received, at most MAX_CALLS_PER_WAKEUP of them now."""
         budget = config.MAX_CALLS_PER_WAKEUP
+        client = self.client
         while not self.closed and self.state != "decoding":
             if self._too_large_for_the_loop():
                 self._decode_aside()
                 return
             event = self.protocol.next_event()
             if event is None:
+                if not self.queued:
+                    client._soon.discard(self)  # nothing buffered is left for a nested loop to take
                 return
+            if self.protocol.partial and self not in client._soon:
+                # More replies are buffered behind this one. Should its callback run a nested
+                # loop (a modal dialog), that loop must still get them, though the socket
+                # may never be readable again: the deadline, due now, hands them over.
+                client._soon.add(self)
+                client._update_deadline()
             try:
                 self._handle(event)
             except Exception as exc:  # a handshake the program's hook refused, say
@@ -817,7 +862,7 @@ class _Channel:
                 return
             budget -= 1
             if budget <= 0 and self.protocol.partial:
-                self.client._soon.add(self)
+                client._soon.add(self)
                 return
 
     def _too_large_for_the_loop(self) -> bool:
@@ -900,6 +945,7 @@ class _Channel:
             return
         self.state = "closed"
         self.handshake_timer.call.set_result(None)
+        self.client._tls_waiting.discard(self)
         self.protocol.close()
         proxy = self._proxy()
         if proxy is not None and proxy._pyroChannel is self:
