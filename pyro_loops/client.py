@@ -67,6 +67,8 @@ from .proxy import BatchProxy, Proxy, _proxy_state, _RemoteMethod
 __all__ = ["Client", "LoopBatch", "LoopProxy", "RemoteStream"]
 
 _RECV_SIZE = 64 * 1024
+#: calls queued on a ready connection that are written at once rather than at the loop's next turn
+_BURST = 64
 _AUTOPROXY_MARKER = b"Pyro4.core.Proxy"
 
 
@@ -97,6 +99,11 @@ class _Request:
         self.channel: _Channel | None = None
         #: the proxy, kept alive while the call is pending (its channel holds it weakly)
         self.proxy: LoopProxy | None = None
+
+    def __call__(self, _call: Call) -> None:
+        """The call was cancelled (``Call._on_cancel``): its connection lets go of it."""
+        if self.channel is not None:
+            self.channel._cancel(self)
 
     def settled(self, _call: Call) -> None:
         """The call completed: it no longer counts as pending, and lets go of its proxy and
@@ -531,16 +538,22 @@ class _Channel:
 
     def submit(self, request: _Request) -> None:
         request.channel = self
-        request.call._on_cancel = lambda _call: self._cancel(request)
+        request.call._on_cancel = request
         if self.state == "ready" and not (self.queued or self.inflight or self.out or self.oneway_marks):
             self._send_request(request)  # a lone call goes out at once, for latency
             self._flush()
         else:
-            self.queued.append(request)
+            queued = self.queued
+            queued.append(request)
             if self.state == "ready":
                 # A burst is encoded and written in one go at the loop's next turn, for
-                # throughput; a call cancelled before then is never sent.
-                self.client._soon.add(self)
+                # throughput; a call cancelled before then is never sent. A long burst
+                # goes out _BURST calls at a time, so the server works on the first
+                # ones while the program is still making the rest.
+                if len(queued) >= _BURST:
+                    self._send_queued()
+                else:
+                    self.client._soon.add(self)
 
     def _cancel(self, request: _Request) -> None:
         if request.seq < 0:
@@ -709,6 +722,10 @@ class _Channel:
     def _ready(self) -> None:
         self.state = "ready"
         self.handshake_timer.call.set_result(None)
+        self._send_queued()
+
+    def _send_queued(self) -> None:
+        """Encode every queued call and write as much as the socket takes."""
         queued, self.queued = self.queued, collections.deque()
         self.cancelled_queued = 0
         for request in queued:
@@ -718,10 +735,10 @@ class _Channel:
     # -- sending --
 
     def _annotations(self) -> dict[str, bytes]:
-        annotations = dict(self.proxy._pyroAnnotations())
+        annotations = self.proxy._pyroAnnotations()  # not copied unless added to: encoding keeps none
         corr = current_context.correlation_id
         if corr is not None:
-            annotations["CORR"] = corr.bytes
+            annotations = {**annotations, "CORR": corr.bytes}
         return annotations
 
     def _send_request(self, request: _Request) -> None:
@@ -831,7 +848,7 @@ class _Channel:
     def resume(self) -> None:
         """Send a burst of calls, and handle replies left for later by the budget."""
         if self.state == "ready" and self.queued:
-            self._ready()
+            self._send_queued()
         else:
             self._flush()
         self.process()
@@ -899,12 +916,25 @@ class _Channel:
             self.fail(exc)
             return
         if self.state == "ready":
-            self._ready()  # the calls made meanwhile go out
+            self._send_queued()  # the calls made meanwhile go out
         else:
             self._flush()
         self.process()
 
     def _handle(self, event: Any) -> None:
+        if type(event) is Result:  # by far the most frequent: tested first
+            request = self._take_request(event)
+            if request is None:
+                return
+            value = event.value
+            message = event.message
+            if message.flags & _wire.FLAGS_COMPRESSED or _AUTOPROXY_MARKER in message.data:
+                value = _loopify(self.client, value)
+            if request.kind in _BATCH_KINDS and value and isinstance(value[-1], ExceptionWrapper):
+                request.call.set_exception(value[-1].exception)  # as iterating a blocking batch's results raises
+            else:
+                request.call.set_result(value)
+            return
         if isinstance(event, Connected):
             self._handshake_done(event)
             return
@@ -916,26 +946,25 @@ class _Channel:
             if self.state == "handshake" and not self.transport.tls:
                 hint += " (at the handshake: if the daemon uses TLS, set config.SSL or an ssl_context)"
             raise type(error)(f"connection to {self.location}: {error}{hint}")
-        request = self.inflight.pop(event.seq, None)
+        request = self._take_request(event)
         if request is None:
-            return  # a call already failed (its deadline) whose reply made it after all
-        self.proxy._pyroResponseAnnotations(event.message.annotations, event.message.type)
+            return
         call = request.call
-        if isinstance(event, Result):
-            value = event.value
-            message = event.message
-            if message.flags & _wire.FLAGS_COMPRESSED or _AUTOPROXY_MARKER in message.data:
-                value = _loopify(self.client, value)
-            if request.kind in _BATCH_KINDS and value and isinstance(value[-1], ExceptionWrapper):
-                call.set_exception(value[-1].exception)  # as iterating a blocking batch's results raises
-            else:
-                call.set_result(value)
-        elif isinstance(event, Failure):
+        if isinstance(event, Failure):
             call.set_exception(event.exception)
         elif isinstance(event, StreamStarted):
             call.set_result(RemoteStream(self.proxy, event.stream_id))
         elif isinstance(event, StreamEnd):
             call.set_result(_STREAM_END)
+
+    def _take_request(self, event: Any) -> "_Request | None":
+        """The request ``event`` answers, its proxy's response hook called; None for a call
+        already failed (its deadline) whose reply made it after all."""
+        request = self.inflight.pop(event.seq, None)
+        if request is not None:
+            message = event.message
+            (request.proxy or self.proxy)._pyroResponseAnnotations(message.annotations, message.type)
+        return request
 
     # -- the end --
 
@@ -1083,9 +1112,10 @@ class LoopProxy:
 
     def _pyroInvoke(self, method: str, vargs: Any, kwargs: Any) -> Call:  # noqa: N802
         """Send a call of ``method`` and return its ``Call`` at once."""
-        return self._pyroRequest(method, vargs, kwargs, f"{method} on {self._pyroUri}")
+        return self._pyroRequest(method, vargs, kwargs, (method, self._pyroUri))
 
-    def _pyroRequest(self, kind: str, args: Any, kwargs: Any, describe: str) -> Call:  # noqa: N802
+    def _pyroRequest(self, kind: str, args: Any, kwargs: Any,  # noqa: N802
+                     describe: "str | tuple[str, Any]") -> Call:
         client = self._pyroClient
         client._check_thread(self)
         return client._submit(self, _Request(Call(describe), kind, args, kwargs))
