@@ -35,6 +35,20 @@ def require_type(value: Any, expected: type | tuple[type, ...], what: str) -> No
         raise TypeError(f"attach() needs {what}, not {type(value).__name__} {value!r:.60}")
 
 
+def nests(hosted: Any) -> bool:
+    """Whether ``hosted`` takes ``handle_event`` from a nested loop while an earlier call runs.
+
+    A callback the hosted object runs may start a nested loop (``QDialog.exec()``,
+    Tk's ``wait_window``, a select loop polled from inside). A hosted object with
+    ``nested_events = True`` (the loop ``Client``) wants every socket reported
+    there as usual, the one being handled included: the reply the dialog waits
+    for comes over that very socket. Otherwise (a ``Daemon``) a host may hold a
+    socket back until its ``handle_event`` returns; the daemon itself holds back
+    the connection whose call runs.
+    """
+    return bool(getattr(hosted, "nested_events", False))
+
+
 def attach_watcher(daemon: Any, watcher: Any) -> None:
     """``daemon.attach_watcher(watcher)``, undoing what the watcher registered if it is refused.
 

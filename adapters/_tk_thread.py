@@ -46,8 +46,11 @@ def unbind(widget: tkinter.Misc, sequence: str, funcid: str) -> None:
 class ThreadStrategy:
     """A helper thread watches the sockets and wakes the Tk thread per batch."""
 
-    def __init__(self, root: tkinter.Misc, serve: Serve) -> None:
+    def __init__(self, root: tkinter.Misc, serve: Serve, nested: bool = False) -> None:
         self._root = root
+        #: the hosted object takes sockets reported from a nested loop (``_common.nests``):
+        #: a socket is given back to the helper before it is served, not after
+        self._nested = nested
         self._serve: Serve | None = serve  # dropped at stop(): no cycle may keep the root alive
         self._virtual = f"<<PyroLoopsReady{next(_handle_numbers)}>>"
         # ``event generate`` silently drops events for a window that Tk has
@@ -87,6 +90,10 @@ class ThreadStrategy:
         # rest are taken (and served) by the wakeups that loop delivers.
         while self._serve is not None and (item := self.selector.take()) is not None:
             fd, sock, ready = item
+            if self._nested:  # a client's callback may open a dialog that waits for this socket's next reply
+                self.selector.resume(fd)
+                self._serve(fd, sock, ready)
+                continue
             try:
                 self._serve(fd, sock, ready)
             finally:

@@ -9,7 +9,8 @@ Published methods run in the GUI thread, so they may touch widgets; mark long
 ones with ``@pyro_loops.in_worker``. A method may open a modal dialog
 (``QDialog.exec``): while it runs, the nested loop keeps serving the other
 connections; the daemon holds back further requests on the connection whose
-call is in progress, so per-connection order is kept.
+call is in progress, so per-connection order is kept. A loop ``Client``'s
+done-callback may open one too: replies, on every connection, keep coming in.
 
 PyQt5 (5.15), PyQt6 and PySide6 go through the same code (only names that all
 three spell alike are used); the test suite runs under each. The binding is the
@@ -36,7 +37,7 @@ from typing import Any
 
 from pyro_loops.hosting import READ, WRITE
 
-from ._common import WatcherHandle, attach_watcher, guarded
+from ._common import WatcherHandle, attach_watcher, guarded, nests
 
 _BINDINGS = ("PyQt5", "PySide6", "PyQt6")
 _MAX_TIMER_MS = 2**31 - 1  # QTimer takes a signed 32-bit interval
@@ -137,6 +138,7 @@ class QtHandle(WatcherHandle):
         self._timer.setSingleShot(True)
         self._timer.setTimerType(qtcore.Qt.TimerType.PreciseTimer)
         self._timer.timeout.connect(self._on_timer)
+        self._nests = nests(daemon)
         self._quit_slot = self._on_quit if close_on_quit else None
         if self._quit_slot is not None:
             app.aboutToQuit.connect(self._quit_slot)
@@ -205,6 +207,9 @@ class QtHandle(WatcherHandle):
         key = (watch.fd, watch.direction)
         if self._watches.get(key) is not watch:
             return  # a notifier that outlived its registration: the fd may be someone else's now
+        if self._nests:  # a client reads on, even from a nested loop (see _common.nests)
+            self.daemon.handle_event(watch.sock, watch.direction)
+            return
         if watch.busy:
             # Fired again from a nested event loop started by the call this
             # notifier dispatched: never re-enter the daemon; disable the

@@ -31,6 +31,8 @@ timer that exists only while the daemon has a deadline.
 A call that opens a nested loop (``wait_window``, a dialog, ``update()``) keeps
 the other sockets served meanwhile: Tk delivers their events inside the nested
 loop and the daemon holds back further requests of the waiting connection.
+A loop ``Client``'s done-callback may do the same: its replies keep coming in,
+on every connection, with either strategy.
 
 Attach and detach in the Tk thread (the one that created ``root``); other
 threads are refused with an error that says so, as in every adapter.
@@ -58,7 +60,7 @@ except ImportError as exc:  # a Python built without Tk: say what to install, no
 
 from pyro_loops.hosting import READ, WRITE, report_error, reported
 
-from ._common import WatcherHandle, attach_watcher, require_type
+from ._common import WatcherHandle, attach_watcher, nests, require_type
 from ._tk_thread import ThreadStrategy, unbind
 
 __all__ = ["attach", "TkHandle"]
@@ -111,7 +113,7 @@ class TkHandle(WatcherHandle):
         self._when: float | None = None
         self._destroy_cmd: str | None = None
         self._watching: _FileHandlers | ThreadStrategy = (
-            _FileHandlers(root, self._serve) if strategy == "filehandler" else ThreadStrategy(root, self._serve))
+            _FileHandlers(root, self._serve) if strategy == "filehandler" else ThreadStrategy(root, self._serve, nests(daemon)))
         self._attached = True
         attach_watcher(daemon, self)
         self._destroy_cmd = root.bind("<Destroy>", self._root_destroyed, add="+")

@@ -43,6 +43,8 @@ class _Running(threading.local):
     """
 
     queue: "collections.deque[tuple[Call, list[Callable[[Call], Any]]]] | None" = None
+    #: an empty queue kept for the next outermost completion: not one allocated per call
+    spare: "collections.deque[tuple[Call, list[Callable[[Call], Any]]]] | None" = None
 
 
 _running = _Running()
@@ -73,22 +75,32 @@ class CallPendingError(errors.PyroError, concurrent.futures.InvalidStateError):
 class Call:
     """One remote call in flight; see the module docstring.
 
-    ``describe`` names the call in messages ("add on PYRO:thing@...").
+    ``describe`` names the call in messages ("add on PYRO:thing@..."). The
+    client passes a ``(method, uri)`` pair instead, put into words only when a
+    message needs it: not for each of the thousands of calls that succeed.
     """
 
-    __slots__ = ("describe", "_state", "_result", "_exception", "_callbacks", "_on_cancel", "_retrieved",
+    __slots__ = ("_describe", "_state", "_result", "_exception", "_callbacks", "_on_cancel", "_retrieved",
                  "_traceback")
 
-    def __init__(self, describe: str = "call") -> None:
-        self.describe = describe
+    def __init__(self, describe: "str | tuple[str, Any]" = "call") -> None:
+        self._describe = describe
         self._state = _PENDING
         self._result: Any = None
         self._exception: BaseException | None = None
-        self._callbacks: list[Callable[[Call], Any]] = []
+        self._callbacks: list[Callable[[Call], Any]] | None = None
         #: set by whoever can still undo the call (the client): called once on cancel()
         self._on_cancel: Callable[[Call], None] | None = None
         self._retrieved = False
         self._traceback: Any = None
+
+    @property
+    def describe(self) -> str:
+        """What the call is, for messages: "add on PYRO:thing@localhost:9090"."""
+        describe = self._describe
+        if not isinstance(describe, str):
+            describe = self._describe = f"{describe[0]} on {describe[1]}"
+        return describe
 
     def __repr__(self) -> str:
         return f"<pyro_loops.Call {self.describe} {self._state}>"
@@ -152,21 +164,26 @@ class Call:
             self._run_callbacks()
 
     def _run_callbacks(self) -> None:
-        callbacks, self._callbacks = self._callbacks, []
+        callbacks, self._callbacks = self._callbacks, None
         if not callbacks:
             return
-        queue = _running.queue
+        running = _running
+        queue = running.queue
         if queue is not None:  # inside another call's callback: run these when it returns
             queue.append((self, callbacks))
             return
-        queue = _running.queue = collections.deque([(self, callbacks)])
+        queue = running.spare or collections.deque()
+        running.queue, running.spare = queue, None
         try:
+            for callback in callbacks:
+                self._run_callback(callback)
             while queue:
                 call, callbacks = queue.popleft()
                 for callback in callbacks:
                     call._run_callback(callback)
         finally:
-            _running.queue = None
+            queue.clear()  # not empty only if a callback let KeyboardInterrupt through
+            running.queue, running.spare = None, queue
 
     def _run_callback(self, callback: Callable[[Call], Any]) -> None:
         try:
@@ -185,7 +202,10 @@ class Call:
         What ``fn`` raises goes to the error hook (``pyro_loops.set_error_hook``).
         """
         if self._state == _PENDING:
-            self._callbacks.append(fn)
+            if self._callbacks is None:
+                self._callbacks = [fn]
+            else:
+                self._callbacks.append(fn)
         else:
             self._run_callback(fn)
 
@@ -222,10 +242,7 @@ class Call:
         Cancelling the awaiting task cancels the call.
         """
         if self._state == _PENDING:
-            future = asyncio.get_running_loop().create_future()
-            self.add_done_callback(lambda call: _copy_to_future(call, future))
-            future.add_done_callback(lambda fut: self.cancel() if fut.cancelled() else None)
-            yield from future.__await__()
+            yield _Awaited(self, asyncio.get_running_loop())
         return self.result()
 
     def __del__(self) -> None:
@@ -273,6 +290,48 @@ def copy_outcome(call: Call, set_result: Callable[[Any], Any], set_exception: Ca
         set_exception(exc)
 
 
-def _copy_to_future(call: Call, future: asyncio.Future) -> None:
-    if not future.done():
-        copy_outcome(call, future.set_result, future.set_exception, future.cancel)
+class _Awaited:
+    """What the asyncio task awaiting a pending ``Call`` waits on.
+
+    asyncio lets a task wait on any object that speaks its future protocol
+    (``_asyncio_future_blocking``, ``get_loop``, ``add_done_callback``,
+    ``cancel``); this one is that protocol over the call, with no
+    ``asyncio.Future`` between them. The task resumes inside the loop event
+    that completed the call, rather than being scheduled for the loop's next
+    iteration as a Future's waiter is: one loop turn less per ``await``.
+    It is scheduled instead where resuming at once would not be safe: while
+    another task runs (the call completed inside it), outside the loop's
+    thread, or for a cancellation (``asyncio.timeout`` must finish its own
+    bookkeeping after ``task.cancel()`` before the task sees the error).
+    """
+
+    __slots__ = ("_call", "_loop", "_asyncio_future_blocking")
+
+    def __init__(self, call: Call, loop: asyncio.AbstractEventLoop) -> None:
+        self._call = call
+        self._loop = loop
+        self._asyncio_future_blocking = True  # asyncio's mark of a future being waited on
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def add_done_callback(self, fn: Callable[[Any], Any], *, context: Any = None) -> None:
+        loop = self._loop
+
+        def wake(call: Call) -> None:
+            if (call._state != _CANCELLED and context is not None and asyncio._get_running_loop() is loop
+                    and asyncio.current_task(loop) is None):
+                context.run(fn, call)  # the task's own step: the call's result() is what it reads
+            else:
+                loop.call_soon(fn, call, context=context)
+
+        self._call.add_done_callback(wake)
+
+    def cancel(self, msg: Any = None) -> bool:
+        return self._call.cancel()
+
+    def done(self) -> bool:
+        return self._call.done()
+
+    def result(self) -> Any:
+        return self._call.result()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import errno
+import functools
 import heapq
 import ipaddress
 import itertools
@@ -66,6 +67,8 @@ from .proxy import BatchProxy, Proxy, _proxy_state, _RemoteMethod
 __all__ = ["Client", "LoopBatch", "LoopProxy", "RemoteStream"]
 
 _RECV_SIZE = 64 * 1024
+#: calls queued on a ready connection that are written at once rather than at the loop's next turn
+_BURST = 64
 _AUTOPROXY_MARKER = b"Pyro4.core.Proxy"
 
 
@@ -97,6 +100,11 @@ class _Request:
         #: the proxy, kept alive while the call is pending (its channel holds it weakly)
         self.proxy: LoopProxy | None = None
 
+    def __call__(self, _call: Call) -> None:
+        """The call was cancelled (``Call._on_cancel``): its connection lets go of it."""
+        if self.channel is not None:
+            self.channel._cancel(self)
+
     def settled(self, _call: Call) -> None:
         """The call completed: it no longer counts as pending, and lets go of its proxy and
         arguments (a deadline may still hold the request)."""
@@ -110,6 +118,13 @@ class Client:
     ``close()`` (or leaving ``with``) fails every pending call with
     ``ClientClosedError`` and releases sockets, threads and the watcher.
     """
+
+    #: Hosts may call ``handle_event`` again, for any socket (the one being handled
+    #: included), while an earlier call still runs: a done-callback that opens a modal
+    #: dialog runs a nested loop, and the replies it waits for arrive on the very
+    #: connection that delivered the callback. Between two replies the client's state
+    #: is whole, so a nested call simply goes on reading (``adapters._common.nests``).
+    nested_events = True
 
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         #: TLS for this client's connections (a proxy's ``_pyroSslContext`` overrides it);
@@ -125,6 +140,8 @@ class Client:
         self._timers: list[tuple[float, int, _Request]] = []
         self._counter = itertools.count()
         self._soon: set[_Channel] = set()
+        self._tls_waiting: set[_Channel] = set()  # a TLS handshake step deferred to the next pass
+        self._tls_steps = config.SSL_HANDSHAKES_PER_WAKEUP  # left in this pass
         self._deadline: float | None = None
         self._loop_thread = threading.get_ident()
         self._pending = 0
@@ -260,6 +277,11 @@ class Client:
                 for channel in list(self._soon):
                     self._soon.discard(channel)
                     channel.resume()
+                self._tls_steps = config.SSL_HANDSHAKES_PER_WAKEUP  # a new pass
+                waiting, self._tls_waiting = self._tls_waiting, set()
+                for channel in waiting:
+                    if channel.state == "tls":
+                        channel._tls_step(channel._tls_read)
                 while self._timers and self._timers[0][0] <= now:
                     _, _, request = heapq.heappop(self._timers)
                     if request.call.done():
@@ -326,11 +348,31 @@ class Client:
         timers = self._timers
         while timers and timers[0][2].call.done():
             heapq.heappop(timers)
-        when = time.monotonic() if self._soon else (timers[0][0] if timers else None)
+        if self._soon or self._tls_waiting:
+            now = time.monotonic()
+            if self._deadline is not None and self._deadline <= now:
+                return  # due already: not set again for every call of a burst
+            when: float | None = now
+        else:
+            when = timers[0][0] if timers else None
         if when != self._deadline:
             self._deadline = when
             if self._watcher is not None:
                 self._watcher.set_deadline(when)
+
+    def _may_step_tls(self, channel: "_Channel") -> bool:
+        """Whether ``channel`` may take a TLS handshake step in this pass (SSL_HANDSHAKES_PER_WAKEUP).
+
+        The same bound as the daemon's: a client opening many TLS connections
+        at once (a window's worth of proxies) spreads their key exchanges
+        over several loop passes. A deferred step is taken by the next
+        ``handle_deadline``, asked for at once.
+        """
+        if self._watcher is None or self._tls_steps > 0:
+            self._tls_steps -= 1
+            return True
+        self._tls_waiting.add(channel)
+        return False
 
     def _watch(self, sock: socket.socket, handler: Any, events: int) -> None:
         """Watch ``sock`` for ``events``; ``handler.on_ready(events)`` is told (a connection, a broadcast)."""
@@ -496,16 +538,22 @@ class _Channel:
 
     def submit(self, request: _Request) -> None:
         request.channel = self
-        request.call._on_cancel = lambda _call: self._cancel(request)
+        request.call._on_cancel = request
         if self.state == "ready" and not (self.queued or self.inflight or self.out or self.oneway_marks):
             self._send_request(request)  # a lone call goes out at once, for latency
             self._flush()
         else:
-            self.queued.append(request)
+            queued = self.queued
+            queued.append(request)
             if self.state == "ready":
                 # A burst is encoded and written in one go at the loop's next turn, for
-                # throughput; a call cancelled before then is never sent.
-                self.client._soon.add(self)
+                # throughput; a call cancelled before then is never sent. A long burst
+                # goes out _BURST calls at a time, so the server works on the first
+                # ones while the program is still making the rest.
+                if len(queued) >= _BURST:
+                    self._send_queued()
+                else:
+                    self.client._soon.add(self)
 
     def _cancel(self, request: _Request) -> None:
         if request.seq < 0:
@@ -617,7 +665,8 @@ class _Channel:
         self.state = "tls"
         uri = self.uri
         try:
-            self.transport = tls_transport(self.sock, context, False, None if uri.sockname else uri.host)
+            self.transport = tls_transport(self.sock, context, False, None if uri.sockname else uri.host,
+                                           may_step=functools.partial(self.client._may_step_tls, self))
         except ValueError as exc:  # say, a unix socket URI (no host name) with a context that checks host names
             self.fail(TLSError(f"cannot start TLS with {self.location}: {exc}"))
             return
@@ -673,6 +722,10 @@ class _Channel:
     def _ready(self) -> None:
         self.state = "ready"
         self.handshake_timer.call.set_result(None)
+        self._send_queued()
+
+    def _send_queued(self) -> None:
+        """Encode every queued call and write as much as the socket takes."""
         queued, self.queued = self.queued, collections.deque()
         self.cancelled_queued = 0
         for request in queued:
@@ -682,10 +735,10 @@ class _Channel:
     # -- sending --
 
     def _annotations(self) -> dict[str, bytes]:
-        annotations = dict(self.proxy._pyroAnnotations())
+        annotations = self.proxy._pyroAnnotations()  # not copied unless added to: encoding keeps none
         corr = current_context.correlation_id
         if corr is not None:
-            annotations["CORR"] = corr.bytes
+            annotations = {**annotations, "CORR": corr.bytes}
         return annotations
 
     def _send_request(self, request: _Request) -> None:
@@ -795,7 +848,7 @@ class _Channel:
     def resume(self) -> None:
         """Send a burst of calls, and handle replies left for later by the budget."""
         if self.state == "ready" and self.queued:
-            self._ready()
+            self._send_queued()
         else:
             self._flush()
         self.process()
@@ -803,13 +856,22 @@ class _Channel:
     def process(self) -> None:
         """Handle the replies received, at most MAX_CALLS_PER_WAKEUP of them now."""
         budget = config.MAX_CALLS_PER_WAKEUP
+        client = self.client
         while not self.closed and self.state != "decoding":
             if self._too_large_for_the_loop():
                 self._decode_aside()
                 return
             event = self.protocol.next_event()
             if event is None:
+                if not self.queued:
+                    client._soon.discard(self)  # nothing buffered is left for a nested loop to take
                 return
+            if self.protocol.partial and self not in client._soon:
+                # More replies are buffered behind this one. Should its callback run a nested
+                # loop (a modal dialog), that loop must still get them, though the socket
+                # may never be readable again: the deadline, due now, hands them over.
+                client._soon.add(self)
+                client._update_deadline()
             try:
                 self._handle(event)
             except Exception as exc:  # a handshake the program's hook refused, say
@@ -817,7 +879,7 @@ class _Channel:
                 return
             budget -= 1
             if budget <= 0 and self.protocol.partial:
-                self.client._soon.add(self)
+                client._soon.add(self)
                 return
 
     def _too_large_for_the_loop(self) -> bool:
@@ -854,12 +916,25 @@ class _Channel:
             self.fail(exc)
             return
         if self.state == "ready":
-            self._ready()  # the calls made meanwhile go out
+            self._send_queued()  # the calls made meanwhile go out
         else:
             self._flush()
         self.process()
 
     def _handle(self, event: Any) -> None:
+        if type(event) is Result:  # by far the most frequent: tested first
+            request = self._take_request(event)
+            if request is None:
+                return
+            value = event.value
+            message = event.message
+            if message.flags & _wire.FLAGS_COMPRESSED or _AUTOPROXY_MARKER in message.data:
+                value = _loopify(self.client, value)
+            if request.kind in _BATCH_KINDS and value and isinstance(value[-1], ExceptionWrapper):
+                request.call.set_exception(value[-1].exception)  # as iterating a blocking batch's results raises
+            else:
+                request.call.set_result(value)
+            return
         if isinstance(event, Connected):
             self._handshake_done(event)
             return
@@ -871,26 +946,25 @@ class _Channel:
             if self.state == "handshake" and not self.transport.tls:
                 hint += " (at the handshake: if the daemon uses TLS, set config.SSL or an ssl_context)"
             raise type(error)(f"connection to {self.location}: {error}{hint}")
-        request = self.inflight.pop(event.seq, None)
+        request = self._take_request(event)
         if request is None:
-            return  # a call already failed (its deadline) whose reply made it after all
-        self.proxy._pyroResponseAnnotations(event.message.annotations, event.message.type)
+            return
         call = request.call
-        if isinstance(event, Result):
-            value = event.value
-            message = event.message
-            if message.flags & _wire.FLAGS_COMPRESSED or _AUTOPROXY_MARKER in message.data:
-                value = _loopify(self.client, value)
-            if request.kind in _BATCH_KINDS and value and isinstance(value[-1], ExceptionWrapper):
-                call.set_exception(value[-1].exception)  # as iterating a blocking batch's results raises
-            else:
-                call.set_result(value)
-        elif isinstance(event, Failure):
+        if isinstance(event, Failure):
             call.set_exception(event.exception)
         elif isinstance(event, StreamStarted):
             call.set_result(RemoteStream(self.proxy, event.stream_id))
         elif isinstance(event, StreamEnd):
             call.set_result(_STREAM_END)
+
+    def _take_request(self, event: Any) -> "_Request | None":
+        """The request ``event`` answers, its proxy's response hook called; None for a call
+        already failed (its deadline) whose reply made it after all."""
+        request = self.inflight.pop(event.seq, None)
+        if request is not None:
+            message = event.message
+            (request.proxy or self.proxy)._pyroResponseAnnotations(message.annotations, message.type)
+        return request
 
     # -- the end --
 
@@ -900,6 +974,7 @@ class _Channel:
             return
         self.state = "closed"
         self.handshake_timer.call.set_result(None)
+        self.client._tls_waiting.discard(self)
         self.protocol.close()
         proxy = self._proxy()
         if proxy is not None and proxy._pyroChannel is self:
@@ -1037,9 +1112,10 @@ class LoopProxy:
 
     def _pyroInvoke(self, method: str, vargs: Any, kwargs: Any) -> Call:  # noqa: N802
         """Send a call of ``method`` and return its ``Call`` at once."""
-        return self._pyroRequest(method, vargs, kwargs, f"{method} on {self._pyroUri}")
+        return self._pyroRequest(method, vargs, kwargs, (method, self._pyroUri))
 
-    def _pyroRequest(self, kind: str, args: Any, kwargs: Any, describe: str) -> Call:  # noqa: N802
+    def _pyroRequest(self, kind: str, args: Any, kwargs: Any,  # noqa: N802
+                     describe: "str | tuple[str, Any]") -> Call:
         client = self._pyroClient
         client._check_thread(self)
         return client._submit(self, _Request(Call(describe), kind, args, kwargs))

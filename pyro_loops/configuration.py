@@ -69,8 +69,8 @@ _DEFAULTS: dict[str, Any] = {
     "SSL_CLIENTKEYPASSWD": "",
     "SSL_CACERTS": "",
     # TLS handshake steps (key exchange, signatures: milliseconds of CPU each) a
-    # daemon takes per pass of its host loop; more wait for the next pass, so
-    # many clients handshaking at once cannot hold the loop. Must be >= 1.
+    # daemon (or loop Client) takes per pass of its host loop; more wait for the
+    # next pass, so many handshakes at once cannot hold the loop. Must be >= 1.
     "SSL_HANDSHAKES_PER_WAKEUP": 4,
     # pyro_loops items
     "HALF_FRAME_TIMEOUT": 10.0,   # seconds a partly received message may wait

@@ -429,3 +429,15 @@ def test_call_cancelled_in_the_same_turn_as_a_burst_is_never_sent(host, client, 
     host.run_until(lambda: busy.done() and kept.done())
     recorded = host.settle(proxy.recorded()).result()
     assert "kept-in-a-burst" in recorded and "cancelled-in-a-burst" not in recorded
+
+
+def test_long_burst_goes_out_while_the_program_is_still_making_calls(host, client, server):
+    # The server starts on the first calls of a long burst at once, instead of
+    # idling until the program has made all of them and the loop turns.
+    proxy = proxy_for(client, server)
+    host.settle(proxy._pyroBind())
+    calls = [proxy.add(i, 1) for i in range(300)]
+    channel = proxy._pyroChannel
+    assert len(channel.inflight) > 250 and channel.written > 0  # the loop has not turned yet
+    host.run_until(lambda: all(c.done() for c in calls))
+    assert [c.result() for c in calls] == list(range(1, 301))

@@ -104,6 +104,67 @@ async def _await(call: Call):
     return await call
 
 
+def test_awaiting_task_resumes_in_the_event_that_completes_the_call():
+    # No loop turn between the reply and the coroutine: a callback scheduled
+    # before the reply was handled runs after the coroutine went on.
+    order = []
+
+    async def waiter(call):
+        order.append(("resumed", await call))
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        call = Call()
+        task = loop.create_task(waiter(call))
+        await asyncio.sleep(0)  # the task now waits on the call
+
+        def reply_arrives():  # as a reader callback of the loop completes a call
+            loop.call_soon(order.append, "next loop turn")
+            call.set_result(7)
+
+        loop.call_soon(reply_arrives)
+        await task
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert order == [("resumed", 7), "next loop turn"]
+
+
+def test_wait_for_timeout_and_gather_over_calls():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        never = Call("never answered")
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(_await(never), 0.01)
+        one, two = Call(), Call()
+        loop.call_soon(one.set_result, 1)
+        loop.call_soon(two.set_result, 2)
+        both = await asyncio.gather(_await(one), _await(two))
+        failed = Call()
+        loop.call_soon(failed.set_exception, ZeroDivisionError("remote"))
+        with pytest.raises(ZeroDivisionError):
+            await failed
+        inside_task = Call()  # completed while another task runs: resumed on the next turn
+        waiting = loop.create_task(_await(inside_task))
+        await asyncio.sleep(0)
+        inside_task.set_result("late")
+        return never.cancelled(), both, await waiting
+
+    assert asyncio.run(scenario()) == (True, [1, 2], "late")
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "timeout"), reason="asyncio.timeout is 3.11+")
+def test_asyncio_timeout_around_an_await_raises_timeout_error_and_cancels_the_call():
+    async def scenario():
+        never = Call("never answered")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await never
+        return never.cancelled()
+
+    assert asyncio.run(scenario())
+
+
 def test_then_chain_thousands_of_links_long_completes_without_recursion_error():
     with errors_reported() as seen:
         root = Call("root")

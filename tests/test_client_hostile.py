@@ -157,7 +157,7 @@ def test_done_callback_running_a_nested_loop_sees_other_calls_complete(host, cli
     seen = []
 
     def modal(call):  # as a QMessageBox.exec() in a done-callback: the loop runs nested
-        # (on another connection: the Qt adapter holds back the one being dispatched)
+        # (here on another connection; test_client_nested covers the same one)
         other = second.add(40, 2)
         other.add_done_callback(lambda c: seen.append(c.result()))
         host.run_until(lambda: seen)
