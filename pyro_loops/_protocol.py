@@ -54,8 +54,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Union
 
-from . import _wire, errors
-from ._blob import blob_request
+from . import _fastcall, _wire, errors
 from ._serializers import Serializer, get_serializer
 from ._wire import Message
 from .constants import DAEMON_NAME
@@ -361,7 +360,7 @@ class ClientProtocol(_Peer):
     ones are decompressed whenever flagged, bounded by ``max_message_size``.
     """
 
-    __slots__ = ("serializer", "compression", "seq", "_connect_seq", "_pending", "_dropped", "_eof")
+    __slots__ = ("serializer", "compression", "seq", "_connect_seq", "_pending", "_dropped", "_eof", "_ready")
 
     def __init__(self, serializer: str | int = "serpent", *, hmac_key: bytes | None = None,
                  max_message_size: int = 0, compression: bool = False, seq: int = 0) -> None:
@@ -373,6 +372,23 @@ class ClientProtocol(_Peer):
         self._pending: dict[int, tuple[int, Serializer]] = {}
         self._dropped: set[int] = set()
         self._eof = False
+        # a reply that arrived as one piece, framed without the reader (see receive_data)
+        self._ready: Message | None = None
+
+    @property
+    def partial(self) -> bool:
+        """True while received bytes wait to become events (a whole reply, or part of one)."""
+        return self._ready is not None or self.reader.buffered > 0
+
+    def next_size(self) -> tuple[int, int] | None:
+        """``(payload length, flags)`` of the next reply once all of it is in, else None.
+
+        As ``FrameReader.next_size``: lets the owner decide where to decode it.
+        """
+        ready = self._ready
+        if ready is not None:
+            return len(ready.data), ready.flags
+        return self.reader.next_size()
 
     @property
     def pending(self) -> tuple[int, ...]:
@@ -472,10 +488,13 @@ class ClientProtocol(_Peer):
         Complete replies received before the end still come out of
         ``next_event()``; then a ``Broken`` with ConnectionClosedError.
         """
-        if data:
-            self.reader.feed(data)
-        else:
+        if not data:
             self._eof = True
+        elif self._ready is None and self.reader.buffered == 0 and \
+                (ready := _fastcall.unframe(data, self.reader.max_message_size)) is not None:
+            self._ready = ready  # the common case: one recv, one small reply
+        else:
+            self.reader.feed(data)
 
     def next_event(self) -> ClientEvent | None:
         """What the next complete message from the daemon means, or None until more bytes arrive.
@@ -486,10 +505,14 @@ class ClientProtocol(_Peer):
         consumed without an event.
         """
         while self.state is not State.CLOSED:
-            try:
-                msg = self.reader.next_message()
-            except errors.ProtocolError as exc:
-                return self._break(exc)
+            msg = self._ready
+            if msg is not None:
+                self._ready = None
+            else:
+                try:
+                    msg = self.reader.next_message()
+                except errors.ProtocolError as exc:
+                    return self._break(exc)
             if msg is None:
                 if self._eof:
                     return self._break(errors.ConnectionClosedError("receiving: connection lost"))
@@ -524,7 +547,10 @@ class ClientProtocol(_Peer):
 
     def _message(self, msg_type: int, payload: bytes, flags: int, seq: int,
                  annotations: dict[str, bytes] | None) -> bytes:
-        if self.compression and not flags & _wire.FLAGS_COMPRESSED:
+        if not annotations and not self.hmac_key and \
+                (not self.compression or len(payload) < _wire.COMPRESSION_THRESHOLD):
+            return _fastcall.frame(msg_type, payload, self.serializer.serializer_id, flags, seq)
+        if self.compression:
             payload, flags = _wire.compress_if_useful(payload, flags)
         # encode() neither keeps nor changes the annotations: no copy needed
         return _wire.encode(Message(msg_type, payload, self.serializer.serializer_id, flags, seq,
@@ -535,13 +561,11 @@ class ClientProtocol(_Peer):
         if self.state is not State.ESTABLISHED:
             self._require(State.ESTABLISHED, f"call {method}")
         serializer = self.serializer
-        blob = blob_request(serializer, object_id, method, vargs, kwargs)
-        if blob is None:
+        payload = None
+        if serializer.serializer_id == _fastcall.SERPENT_ID:
+            payload = _fastcall.serpent_call(object_id, method, vargs, kwargs)
+        if payload is None:
             payload = serializer.dumps_call(object_id, method, vargs, kwargs)
-        else:  # a SerializedBlob, sent as Pyro4 does (see _blob)
-            payload, blob_flags, blob_annotations = blob
-            flags |= blob_flags
-            annotations = {**(annotations or {}), **blob_annotations}
         if oneway:
             flags |= _wire.FLAGS_ONEWAY
         seq = (self.seq + 1) & 0xFFFF
@@ -555,6 +579,7 @@ class ClientProtocol(_Peer):
 
     def _forget(self) -> None:
         self.state = State.CLOSED
+        self._ready = None
         self._pending.clear()
         self._dropped.clear()
 
@@ -614,6 +639,10 @@ class ClientProtocol(_Peer):
         del self._pending[seq]
         if kind == _RAW:
             return Result(seq, msg, msg)
+        if not msg.flags and kind == _CALL and serializer.serializer_id == _fastcall.SERPENT_ID:
+            value = _fastcall.serpent_value(msg.data)  # a plain reply holding a scalar
+            if value is not _fastcall.FAIL:
+                return Result(seq, value, msg)
         if msg.flags & _wire.FLAGS_ITEMSTREAMRESULT:  # checked before EXCEPTION: it comes with it
             stream_id = msg.annotations.get("STRM")
             if not stream_id:
