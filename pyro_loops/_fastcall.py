@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from typing import Any
 
-from . import _fastserpent, _wire
+from . import _fastserpent, _wire, errors
 from .constants import PROTOCOL_VERSION
 
 FAIL = _fastserpent.FAIL
@@ -33,6 +34,7 @@ SMALL_PAYLOAD = 16 * 1024
 
 _pack_header = _wire.HEADER.pack
 _unpack_header = _wire.HEADER.unpack_from
+_pack_length = struct.Struct("!H").pack
 _HEADER_SIZE = _wire.HEADER_SIZE
 _TAG = _wire.TAG
 # the checksum's constant part: version and magic (protocol notes 1.2)
@@ -44,11 +46,32 @@ _SCALARS = frozenset((str, int, bool, type(None)))
 
 # --- framing ----------------------------------------------------------------------------------
 
-def frame(msg_type: int, payload: bytes, serializer_id: int, flags: int, seq: int) -> bytes:
-    """``_wire.encode`` of a message without annotations, for a connection without HMAC key."""
+def frame(msg_type: int, payload: bytes | bytearray, serializer_id: int, flags: int, seq: int,
+          annotations: bytes = b"") -> bytes:
+    """``_wire.encode`` of a message, for a connection without HMAC key.
+
+    ``annotations`` is the annotation block as ``annotation_block`` makes it.
+    """
     size = len(payload)
-    return _pack_header(_TAG, PROTOCOL_VERSION, msg_type, flags, seq, size, serializer_id, 0, 0,
-                        (_CHECKSUM_BASE + msg_type + size + serializer_id + flags + seq) & 0xFFFF) + payload
+    ann_len = len(annotations)
+    return b"".join((_pack_header(_TAG, PROTOCOL_VERSION, msg_type, flags, seq, size, serializer_id, ann_len, 0,
+                                  (_CHECKSUM_BASE + msg_type + size + ann_len + serializer_id + flags + seq)
+                                  & 0xFFFF),
+                     annotations, payload))
+
+
+def annotation_block(annotations: dict[str, bytes]) -> bytes | None:
+    """The annotation chunks of ``annotations`` as ``_wire.encode`` writes them.
+
+    None if any is not a 4-character ASCII id with a bytes value, or they
+    are too long together: ``_wire.encode`` says what is wrong.
+    """
+    block = b""
+    for name, value in annotations.items():
+        if len(name) != 4 or not name.isascii() or type(value) is not bytes or len(value) > 0xFFFF:
+            return None
+        block += name.encode("ascii") + _pack_length(len(value)) + value
+    return block if len(block) <= 0xFFFF else None
 
 
 def unframe(data: bytes, max_message_size: int) -> _wire.Message | None:
@@ -72,7 +95,7 @@ def unframe(data: bytes, max_message_size: int) -> _wire.Message | None:
     if ann_len:
         try:
             annotations = _wire._parse_annotations(data[_HEADER_SIZE:start])
-        except _wire.ProtocolError:
+        except errors.ProtocolError:
             return None
     return _wire.Message(msg_type, data[start:], ser_id, flags, seq, annotations)
 
