@@ -130,7 +130,7 @@ def serpent_call(obj: str, method: str, vargs: Any, kwargs: Any) -> bytes | None
 _SCALAR_TEXT = (rb"(-?(?:0|[1-9][0-9]{0,17}))(?![0-9.eE])"
                 rb"|(-?[0-9]+\.[0-9]+(?:e[-+]?[0-9]+)?|-?[0-9]+e[-+]?[0-9]+)"
                 rb"|'([^'\\\n\x00]*)'|\"([^\"\\\n\x00]*)\"|(None|True|False)")
-_SCALAR = re.compile(_SCALAR_TEXT + rb"\Z")
+_SCALAR = re.compile(rb"(?:" + _SCALAR_TEXT + rb")\Z")
 # an argument and what follows it: a comma (and a space unless the tuple ends), or the tuple's end
 _ARG = re.compile(rb"(?:" + _SCALAR_TEXT + rb")(?:,(?: (?=[^)]))?|(?=\)))")
 _CALL = re.compile(rb"\('([^'\\\n\x00]*)', ?'([^'\\\n\x00]*)', ?\(")
