@@ -31,6 +31,13 @@ _MakeRequest = Callable[[_protocol.ClientProtocol, "dict[str, bytes]"], _protoco
 
 _RECV_SIZE = 64 * 1024  # larger requests allocate through mmap on every recv: several times slower
 
+#: A connection that answered this recently (seconds) is taken to be open
+#: without the freshness check's system call: back-to-back calls skip it. A
+#: close by the daemon so soon after a reply could beat the check anyway (its
+#: notice may still be on the way); it then fails the call as it would with
+#: the check racing it.
+_FRESH_FOR = 0.001
+
 #: attribute names that live on the proxy itself, never on the remote object
 _LOCAL_ATTRS = frozenset((
     "_pyroUri", "_pyroConnection", "_pyroSeq", "_pyroTimeout", "_pyroMaxRetries", "_pyroHmacKey",
@@ -83,6 +90,7 @@ class Proxy:
         set_(self, "_pyroResolved", None)
         set_(self, "_pyroProtocol", None)
         set_(self, "_pyroPoller", None)
+        set_(self, "_pyroFreshUntil", 0.0)  # see _FRESH_FOR
         # TLS for this proxy's connections: an ssl.SSLContext, or None to follow
         # config.SSL (a context from the SSL_CLIENT*/SSL_CACERTS items)
         set_(self, "_pyroSslContext", None)
@@ -307,7 +315,7 @@ class Proxy:
             self._pyroGetMetadata(uri.object)
 
     def __annotations(self) -> dict[str, bytes]:
-        annotations = dict(self._pyroAnnotations())
+        annotations = {} if type(self)._pyroAnnotations is Proxy._pyroAnnotations else dict(self._pyroAnnotations())
         corr = current_context.correlation_id
         if corr is not None:
             annotations["CORR"] = corr.bytes
@@ -342,8 +350,9 @@ class Proxy:
         if isinstance(event, _protocol.Broken):
             self._pyroRelease()
             raise event.error
-        current_context.response_annotations = dict(event.message.annotations)  # as Pyro4: the last reply's
-        self._pyroResponseAnnotations(event.message.annotations, event.message.type)
+        object.__setattr__(self, "_pyroFreshUntil", time.monotonic() + _FRESH_FOR)
+        if type(self)._pyroResponseAnnotations is not Proxy._pyroResponseAnnotations:
+            self._pyroResponseAnnotations(event.message.annotations, event.message.type)
         return event
 
     def __ensure_fresh_connection(self) -> None:
@@ -355,7 +364,7 @@ class Proxy:
         if sock is None:
             self.__connect()
             return
-        if not self._pyroPoller.poll(0):
+        if time.monotonic() < self._pyroFreshUntil or not self._pyroPoller.poll(0):
             return  # alive and quiet, the normal case
         if not _still_open(sock):
             self._pyroRelease()
