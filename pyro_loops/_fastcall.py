@@ -42,6 +42,8 @@ _CHECKSUM_BASE = PROTOCOL_VERSION + 0x34E9
 _SERPENT_HEADER = _fastserpent.HEADER
 _SERPENT_HEADER_SIZE = len(_SERPENT_HEADER)
 _SCALARS = frozenset((str, int, bool, type(None)))
+_CORR_CHUNK = b"CORR\x00\x10"  # a correlation id: 16 bytes
+_CORR_LEN = len(_CORR_CHUNK) + 16
 
 
 # --- framing ----------------------------------------------------------------------------------
@@ -92,7 +94,9 @@ def unframe(data: bytes, max_message_size: int) -> _wire.Message | None:
             or max_message_size and data_len + ann_len > max_message_size):
         return None
     annotations: dict[str, bytes] = {}
-    if ann_len:
+    if ann_len == _CORR_LEN and data.startswith(_CORR_CHUNK, _HEADER_SIZE):
+        annotations = {"CORR": data[_HEADER_SIZE + 6:start]}  # what every daemon reply carries
+    elif ann_len:
         try:
             annotations = _wire._parse_annotations(data[_HEADER_SIZE:start])
         except errors.ProtocolError:

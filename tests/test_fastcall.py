@@ -155,7 +155,8 @@ def check_value_decoder(payload: bytes) -> None:
 # --- framing -------------------------------------------------------------------------------------
 
 annotations = st.dictionaries(st.sampled_from(["CORR", "HMAC", "STRM", "XXXX", "abc", "ABCDE", "ÉÉÉÉ"]),
-                              st.one_of(st.binary(max_size=40), st.text(max_size=3)), max_size=3)
+                              st.one_of(st.binary(max_size=40), st.binary(min_size=16, max_size=16),
+                                        st.text(max_size=3)), max_size=3)
 
 
 @SETTINGS
