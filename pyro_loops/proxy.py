@@ -31,13 +31,6 @@ _MakeRequest = Callable[[_protocol.ClientProtocol, "dict[str, bytes]"], _protoco
 
 _RECV_SIZE = 64 * 1024  # larger requests allocate through mmap on every recv: several times slower
 
-#: A connection that answered this recently (seconds) is taken to be open
-#: without the freshness check's system call: back-to-back calls skip it. A
-#: close by the daemon so soon after a reply could beat the check anyway (its
-#: notice may still be on the way); it then fails the call as it would with
-#: the check racing it.
-_FRESH_FOR = 0.001
-
 #: attribute names that live on the proxy itself, never on the remote object
 _LOCAL_ATTRS = frozenset((
     "_pyroUri", "_pyroConnection", "_pyroSeq", "_pyroTimeout", "_pyroMaxRetries", "_pyroHmacKey",
@@ -90,7 +83,6 @@ class Proxy:
         set_(self, "_pyroResolved", None)
         set_(self, "_pyroProtocol", None)
         set_(self, "_pyroPoller", None)
-        set_(self, "_pyroFreshUntil", 0.0)  # see _FRESH_FOR
         # TLS for this proxy's connections: an ssl.SSLContext, or None to follow
         # config.SSL (a context from the SSL_CLIENT*/SSL_CACERTS items)
         set_(self, "_pyroSslContext", None)
@@ -350,7 +342,6 @@ class Proxy:
         if isinstance(event, _protocol.Broken):
             self._pyroRelease()
             raise event.error
-        object.__setattr__(self, "_pyroFreshUntil", time.monotonic() + _FRESH_FOR)
         if type(self)._pyroResponseAnnotations is not Proxy._pyroResponseAnnotations:
             self._pyroResponseAnnotations(event.message.annotations, event.message.type)
         return event
@@ -364,7 +355,7 @@ class Proxy:
         if sock is None:
             self.__connect()
             return
-        if time.monotonic() < self._pyroFreshUntil or not self._pyroPoller.poll(0):
+        if not self._pyroPoller.poll(0):
             return  # alive and quiet, the normal case
         if not _still_open(sock):
             self._pyroRelease()
