@@ -80,7 +80,12 @@ class StateError(errors.PyroError):
 
 
 class _Peer:
-    """What both roles share: the frame reader, the HMAC key and the state."""
+    """What both roles share: the frame reader, the HMAC key and the state.
+
+    Most messages take a fast lane (``_fastcall``): one that arrives whole in
+    one read is framed without the reader, and one without HMAC key is
+    written in one piece. What comes out is the same; only the work differs.
+    """
 
     __slots__ = ("reader", "hmac_key", "state", "_ready")
 
@@ -135,7 +140,7 @@ class _Peer:
         The common case, one small message in one read while nothing else
         is buffered, is framed at once without the reader.
         """
-        if self._ready is None and self.reader.buffered == 0 and \
+        if self._ready is None and type(data) is bytes and self.reader.buffered == 0 and \
                 (ready := _fastcall.unframe(data, self.reader.max_message_size)) is not None:
             self._ready = ready
         else:
