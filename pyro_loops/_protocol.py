@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Union
 
 from . import _fastcall, _wire, errors
+from ._blob import blob_request
 from ._serializers import Serializer, get_serializer
 from ._wire import Message
 from .constants import DAEMON_NAME
@@ -573,7 +574,7 @@ class ClientProtocol(_Peer):
 
     def _message(self, msg_type: int, payload: bytes, flags: int, seq: int,
                  annotations: dict[str, bytes] | None) -> bytes:
-        if self.compression:
+        if self.compression and not flags & _wire.FLAGS_COMPRESSED:
             payload, flags = _wire.compress_if_useful(payload, flags)
         # encoding neither keeps nor changes the annotations: no copy needed
         return self._encode(msg_type, payload, self.serializer.serializer_id, flags, seq,
@@ -584,7 +585,13 @@ class ClientProtocol(_Peer):
         if self.state is not State.ESTABLISHED:
             self._require(State.ESTABLISHED, f"call {method}")
         serializer = self.serializer
-        payload = serializer.dumps_call(object_id, method, vargs, kwargs)
+        blob = blob_request(serializer, object_id, method, vargs, kwargs)
+        if blob is None:
+            payload = serializer.dumps_call(object_id, method, vargs, kwargs)
+        else:  # a SerializedBlob, sent as Pyro4 does (see _blob)
+            payload, blob_flags, blob_annotations = blob
+            flags |= blob_flags
+            annotations = {**(annotations or {}), **blob_annotations}
         if oneway:
             flags |= _wire.FLAGS_ONEWAY
         seq = (self.seq + 1) & 0xFFFF

@@ -342,6 +342,7 @@ class Proxy:
         if isinstance(event, _protocol.Broken):
             self._pyroRelease()
             raise event.error
+        current_context.response_annotations = dict(event.message.annotations)  # as Pyro4: the last reply's
         if type(self)._pyroResponseAnnotations is not Proxy._pyroResponseAnnotations:
             self._pyroResponseAnnotations(event.message.annotations, event.message.type)
         return event
