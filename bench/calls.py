@@ -16,6 +16,8 @@ import os
 import socket
 import statistics
 import sys
+import threading
+import time
 from typing import Callable
 
 import _common as common
@@ -161,24 +163,61 @@ def unavailable(name: str) -> str | None:
 
 # --- child entry points ----------------------------------------------------------------------
 
-def run_client(name: str, location: str, calls: int, warmup: int) -> None:
-    call = IMPLEMENTATIONS[name][1](location)
-    for _ in range(warmup):
-        call(42)
-    elapsed, lat = common.time_calls(call, calls)
-    common.announce(common.RESULT, common.summarize(elapsed, lat))
+def run_client(name: str, location: str, calls: int, warmup: int, clients: int) -> None:
+    """``clients`` threads with a connection each share ``calls`` (one thread: the plain sequential case)."""
+    make = IMPLEMENTATIONS[_base_name(name)][1]
+    if clients <= 1:
+        call = make(location)
+        for _ in range(warmup):
+            call(42)
+        elapsed, lat = common.time_calls(call, calls)
+        common.announce(common.RESULT, common.summarize(elapsed, lat))
+        return
+    share = calls // clients
+    results: list[list[int]] = []
+    start_together = threading.Barrier(clients + 1)
+
+    def work() -> None:
+        call = make(location)  # in its thread: a Pyro5 proxy belongs to the thread that made it
+        for _ in range(max(1, warmup // clients)):
+            call(42)
+        start_together.wait()
+        results.append(common.time_calls(call, share)[1])
+
+    threads = [threading.Thread(target=work) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    start_together.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if len(results) < clients:
+        raise SystemExit(f"{clients - len(results)} client threads failed")
+    common.announce(common.RESULT, common.summarize(elapsed, [ns for lat in results for ns in lat]))
+
+
+#: suffix of a name that runs the pyro_loops of --baseline (another source tree) instead of this one
+BASELINE = "@base"
+
+
+def _base_name(name: str) -> str:
+    return name[:-len(BASELINE)] if name.endswith(BASELINE) else name
 
 
 # --- orchestration ---------------------------------------------------------------------------
 
-def measure(name: str, calls: int, warmup: int, timeout: float, placement: str) -> dict:
+def measure(name: str, calls: int, warmup: int, timeout: float, placement: str, clients: int,
+            baseline: str | None) -> dict:
     script = os.path.abspath(__file__)
     server_cpu, client_cpu = common.placement_cpus(placement)
-    with common.child([script, "--serve", name], server_cpu) as server:
+    env = {"PYTHONPATH": baseline} if name.endswith(BASELINE) and baseline else None
+    with common.child([script, "--serve", name], server_cpu, env) as server:
         location = common.read_tagged_line(server, common.READY, 30)
         result = common.run_client(
-            [script, "--client", name, "--location", location, "--calls", str(calls), "--warmup", str(warmup)],
-            client_cpu, timeout)
+            [script, "--client", name, "--location", location, "--calls", str(calls), "--warmup", str(warmup),
+             "--clients", str(clients)],
+            client_cpu, timeout, env)
         if server.poll() is not None:
             raise common.ChildFailed(f"server exited with {server.returncode} during the run")
         return result
@@ -195,36 +234,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300, help="seconds one client run may take")
     parser.add_argument("--placement", choices=sorted(common.PLACEMENTS), default="split",
                         help="split (default): server CPU 0, client CPU 1; same: both on CPU 0; free: unpinned")
+    parser.add_argument("--clients", type=int, default=1,
+                        help="client threads, each with its own connection, sharing the calls (default 1)")
+    parser.add_argument("--baseline", default=None, metavar="SRC",
+                        help="a pyro_loops source tree (say, a checkout of main) to measure in the same rounds: "
+                             "every pyro_loops name gets a twin NAME" + BASELINE + " running that tree's code")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--location", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.serve:
-        IMPLEMENTATIONS[args.serve][0]()
+        IMPLEMENTATIONS[_base_name(args.serve)][0]()
         return 0
     warmup = args.warmup if args.warmup is not None else min(2000, args.calls // 10)
     if args.client:
-        run_client(args.client, args.location, args.calls, warmup)
+        run_client(args.client, args.location, args.calls, warmup, args.clients)
         return 0
 
     names = args.only.split(",") if args.only else DEFAULT
-    unknown = [n for n in names if n not in IMPLEMENTATIONS]
+    if args.baseline:
+        args.baseline = os.path.abspath(args.baseline)
+        names = [twin for n in names for twin in ((n, n + BASELINE) if n.startswith("pyro_loops") else (n,))]
+    unknown = [n for n in names if _base_name(n) not in IMPLEMENTATIONS]
     if unknown:
         parser.error(f"unknown implementation(s): {', '.join(unknown)}")
     if common.can_pin() and args.placement != "free":
         common.pin(common.CLIENT_CPU)  # keep the orchestrator off the server's CPU
-    common.print_header("sequential calls obj.method(42)", {
+    common.print_header("sequential calls obj.method(42)" if args.clients <= 1 else
+                        f"obj.method(42) from {args.clients} client threads at once, each sequential", {
         "calls_per_round": args.calls, "warmup_calls": warmup, "rounds": args.rounds,
         "placement": common.PLACEMENTS[args.placement] if common.can_pin() else "not pinned (cannot pin here)",
         "versions": common.versions("pyro-loops", "Pyro4", "Pyro5", "serpent"),
         "nodelay": NODELAY_NOTE,
         "raw_message_bytes": f"request {RAW_REQUEST}, reply {RAW_REPLY}",
+        "clients": args.clients,
+        "baseline": args.baseline or "none",
     })
 
     failures: dict[str, str] = {}
     for name in names:
-        reason = unavailable(name)
+        reason = unavailable(_base_name(name))
         if reason:
             failures[name] = f"not available: {reason}"
     runnable = [n for n in names if n not in failures]
@@ -236,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             if name in failures:
                 continue
             try:
-                result = measure(name, args.calls, warmup, args.timeout, args.placement)
+                result = measure(name, args.calls, warmup, args.timeout, args.placement, args.clients,
+                                 args.baseline)
             except common.ChildFailed as exc:
                 failures[name] = f"failed in round {r + 1}: {exc}"
                 continue

@@ -149,6 +149,9 @@ def seeds() -> dict[str, bytes]:
     out["exception-dict"] = bytes([2, 1]) + json_.dumps(
         {"__class__": "builtins.ValueError", "__exception__": True, "args": [1], "attributes": {}})
     out["marshal-call"] = bytes([2, 2]) + marshal_.dumps_call("thing", "m", [1, 2], {})
+    # the shape of nearly every call, as a Pyro4 client writes it (the daemon's fast lane reads it)
+    out["call-scalars-pyro4"] = bytes([1, 255]) + frame(
+        _wire.MSG_INVOKE, b"# serpent utf-8 python3.2\n('thing','add',(1,'two',None,2.5),{})", serpent, seq=4)
     out["frames"] = bytes([3, 3]) + frame(_wire.MSG_RESULT, serpent.dumps(3), serpent, seq=1,
                                           annotations={"CORR": bytes(16)})
     return out

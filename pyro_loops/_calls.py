@@ -231,7 +231,8 @@ class CallDispatcher:
     def _reply_annotations(self, request: _wire.Message, corr: bytes | None = None) -> dict[str, bytes]:
         # a correlation id needs to be unique, not secret: no system call per reply
         annotations = {"CORR": corr or request.annotations.get("CORR") or random.randbytes(16)}
-        annotations.update(self.host.annotations())
+        if _overrides_annotations(type(self.host)):
+            annotations.update(self.host.annotations())
         return annotations
 
     def _handshake(self, conn: ClientConnection, msg: _wire.Message) -> None:
@@ -379,9 +380,9 @@ class CallDispatcher:
             return  # a coroutine runs on the host loop; its reply comes later
         finally:
             self.dispatching -= 1
-        if not conn.closed:
-            # nothing was read while the call ran here: one cheap peek tells
-            # whether the client hung up meanwhile, so its reply is not lost silently
+        if not conn.closed and time.monotonic() - conn.last_active > _HANGUP_CHECK_AFTER:
+            # nothing was read while the call ran here: one peek tells whether
+            # the client hung up meanwhile, so its reply is not lost silently
             self.connections.notice_hangup(conn)
         conn.busy = False
         if conn.closed:  # say, the daemon closed during a nested loop the call ran
@@ -606,7 +607,7 @@ class CallDispatcher:
             annotations.update(response_annotations)
         if msg.flags & _wire.FLAGS_BATCH:
             flags |= _wire.FLAGS_BATCH
-        elif _is_stream(result):
+        elif type(result) not in _PLAIN and _is_stream(result):
             return self._start_stream(conn, msg, serializer, result)
         can_defer = threading.get_ident() == self.host._loop_thread and self.connections.watcher is not None
         large = encoding_cost(result, config.MAX_BLOCKING_ENCODE) > config.MAX_BLOCKING_ENCODE
@@ -677,6 +678,24 @@ class CallDispatcher:
 
 
 _MISSING = object()
+#: result types that are never a stream
+_PLAIN = frozenset((int, float, str, bool, type(None), bytes, tuple, list, dict))
+#: a call that ran in the loop for less than this many seconds since its
+#: request was read had little time to see its client hang up: no peek (a
+#: system call) after it. A hangup that close to the reply could beat the
+#: peek anyway; the reply then goes out, as it would have.
+_HANGUP_CHECK_AFTER = 0.001
+_ANNOTATING: dict[type, bool] = {}
+
+
+def _overrides_annotations(cls: type) -> bool:
+    """Whether daemon class ``cls`` overrides ``annotations()``: the first
+    definition (the Daemon's) adds nothing, so replies need not call it."""
+    found = _ANNOTATING.get(cls)
+    if found is None:
+        first = next(base for base in reversed(cls.__mro__) if "annotations" in vars(base))
+        found = _ANNOTATING[cls] = cls.annotations is not vars(first)["annotations"]
+    return found
 _LARGE = 64 * 1024  # payload bytes from which a request is decoded in a worker
 # reply bytes the loop's thread compresses at most: zlib takes 50 to 450 ms per
 # MB (text to numbers); larger replies are compressed by a worker (zlib lets

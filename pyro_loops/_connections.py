@@ -411,7 +411,7 @@ class Connections:
         largest while something big is being sent.
         """
         if not conn.closed:
-            self.input.count(conn, conn.protocol.reader.buffered)
+            self.input.count(conn, conn.protocol.buffered)
         self._enforce_total(self.input, "MAX_BUFFERED_INPUT", "buffered the most input")
 
     def _track_output(self, conn: ClientConnection) -> None:

@@ -54,7 +54,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Union
 
-from . import _wire, errors
+from . import _fastcall, _wire, errors
 from ._blob import blob_request
 from ._serializers import Serializer, get_serializer
 from ._wire import Message
@@ -81,14 +81,21 @@ class StateError(errors.PyroError):
 
 
 class _Peer:
-    """What both roles share: the frame reader, the HMAC key and the state."""
+    """What both roles share: the frame reader, the HMAC key and the state.
 
-    __slots__ = ("reader", "hmac_key", "state")
+    Most messages take a fast lane (``_fastcall``): one that arrives whole in
+    one read is framed without the reader, and one without HMAC key is
+    written in one piece. What comes out is the same; only the work differs.
+    """
+
+    __slots__ = ("reader", "hmac_key", "state", "_ready")
 
     def __init__(self, max_message_size: int = 0, hmac_key: bytes | None = None) -> None:
         self.reader = _wire.FrameReader(max_message_size)
         self.hmac_key = hmac_key
         self.state = State.IDLE
+        # a message that arrived as one piece, framed without the reader (see _feed)
+        self._ready: Message | None = None
 
     @property
     def max_message_size(self) -> int:
@@ -96,12 +103,57 @@ class _Peer:
 
     @property
     def partial(self) -> bool:
-        """True while bytes of an incomplete message are buffered."""
-        return self.reader.buffered > 0
+        """True while received bytes wait to become events (a whole message, or part of one)."""
+        return self._ready is not None or self.reader.buffered > 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as events."""
+        ready = self._ready
+        return self.reader.buffered + (0 if ready is None else len(ready.data))
+
+    def next_size(self) -> tuple[int, int] | None:
+        """``(payload length, flags)`` of the next message once all of it is in, else None.
+
+        As ``FrameReader.next_size``: lets the owner decide where to decode it.
+        """
+        ready = self._ready
+        if ready is not None:
+            return len(ready.data), ready.flags
+        return self.reader.next_size()
 
     def encode(self, msg: Message) -> bytes:
         """The bytes of ``msg``, signed with this connection's HMAC key if it has one."""
         return _wire.encode(msg, self.hmac_key)
+
+    def _encode(self, msg_type: int, data: bytes, serializer_id: int, flags: int, seq: int,
+                annotations: dict[str, bytes]) -> bytes:
+        """``encode`` of the message these make up; the common case without building one."""
+        if not self.hmac_key:
+            block = _fastcall.annotation_block(annotations) if annotations else b""
+            if block is not None:
+                return _fastcall.frame(msg_type, data, serializer_id, flags, seq, block)
+        return _wire.encode(Message(msg_type, data, serializer_id, flags, seq, annotations), self.hmac_key)
+
+    def _feed(self, data: bytes) -> None:
+        """Non-empty ``data`` read from the peer.
+
+        The common case, one small message in one read while nothing else
+        is buffered, is framed at once without the reader.
+        """
+        if self._ready is None and type(data) is bytes and self.reader.buffered == 0 and \
+                (ready := _fastcall.unframe(data, self.reader.max_message_size)) is not None:
+            self._ready = ready
+        else:
+            self.reader.feed(data)
+
+    def _next_message(self) -> Message | None:
+        """The next complete message, or None; raises as ``FrameReader.next_message``."""
+        msg = self._ready
+        if msg is None:
+            return self.reader.next_message()
+        self._ready = None
+        return msg
 
 
 # --- the server role ----------------------------------------------------------------------------
@@ -141,7 +193,8 @@ class ServerProtocol(_Peer):
 
     def receive_data(self, data: bytes) -> None:
         """Bytes read from the client (the daemon handles end of stream itself)."""
-        self.reader.feed(data)
+        if data:
+            self._feed(data)
 
     # The daemon, its tests and the fuzzers think in these two flags.
     @property
@@ -166,7 +219,7 @@ class ServerProtocol(_Peer):
         if self.state is State.CLOSED or self.state is State.HANDSHAKING:
             return None
         try:
-            msg = self.reader.next_message()
+            msg = self._next_message()
         except errors.MessageTooLargeError as exc:
             return self._violation(str(exc), quiet=True)
         except errors.ProtocolError as exc:
@@ -198,8 +251,7 @@ class ServerProtocol(_Peer):
                          annotations: dict[str, bytes]) -> bytes:
         """The CONNECTOK answering ``request``; the connection is ESTABLISHED."""
         self.state = State.ESTABLISHED
-        return self.encode(Message(_wire.MSG_CONNECTOK, data, request.serializer_id, flags,
-                                   request.seq, annotations))
+        return self._encode(_wire.MSG_CONNECTOK, data, request.serializer_id, flags, request.seq, annotations)
 
     def connect_fail_bytes(self, reason: str, request: Message | None = None,
                            data: bytes | None = None) -> bytes:
@@ -214,13 +266,11 @@ class ServerProtocol(_Peer):
         return self.encode(Message(_wire.MSG_CONNECTFAIL, data, request.serializer_id, 0, request.seq))
 
     def pong_bytes(self, request: Message, annotations: dict[str, bytes]) -> bytes:
-        return self.encode(Message(_wire.MSG_PING, b"pong", request.serializer_id, 0, request.seq,
-                                   annotations))
+        return self._encode(_wire.MSG_PING, b"pong", request.serializer_id, 0, request.seq, annotations)
 
     def result_bytes(self, request: Message, data: bytes, flags: int,
                      annotations: dict[str, bytes]) -> bytes:
-        return self.encode(Message(_wire.MSG_RESULT, data, request.serializer_id, flags, request.seq,
-                                   annotations))
+        return self._encode(_wire.MSG_RESULT, data, request.serializer_id, flags, request.seq, annotations)
 
 
 # --- the client role ----------------------------------------------------------------------------
@@ -473,7 +523,7 @@ class ClientProtocol(_Peer):
         ``next_event()``; then a ``Broken`` with ConnectionClosedError.
         """
         if data:
-            self.reader.feed(data)
+            self._feed(data)
         else:
             self._eof = True
 
@@ -487,7 +537,7 @@ class ClientProtocol(_Peer):
         """
         while self.state is not State.CLOSED:
             try:
-                msg = self.reader.next_message()
+                msg = self._next_message()
             except errors.ProtocolError as exc:
                 return self._break(exc)
             if msg is None:
@@ -526,9 +576,9 @@ class ClientProtocol(_Peer):
                  annotations: dict[str, bytes] | None) -> bytes:
         if self.compression and not flags & _wire.FLAGS_COMPRESSED:
             payload, flags = _wire.compress_if_useful(payload, flags)
-        # encode() neither keeps nor changes the annotations: no copy needed
-        return _wire.encode(Message(msg_type, payload, self.serializer.serializer_id, flags, seq,
-                                    {} if annotations is None else annotations), self.hmac_key)
+        # encoding neither keeps nor changes the annotations: no copy needed
+        return self._encode(msg_type, payload, self.serializer.serializer_id, flags, seq,
+                            {} if annotations is None else annotations)
 
     def _call(self, object_id: str, method: str, vargs: Any, kwargs: Any, flags: int, oneway: bool,
               kind: int, annotations: dict[str, bytes] | None) -> Request:
@@ -555,6 +605,7 @@ class ClientProtocol(_Peer):
 
     def _forget(self) -> None:
         self.state = State.CLOSED
+        self._ready = None
         self._pending.clear()
         self._dropped.clear()
 
@@ -614,6 +665,10 @@ class ClientProtocol(_Peer):
         del self._pending[seq]
         if kind == _RAW:
             return Result(seq, msg, msg)
+        if not msg.flags and kind == _CALL and serializer.serializer_id == _fastcall.SERPENT_ID:
+            value = _fastcall.serpent_value(msg.data)  # a plain reply holding a scalar
+            if value is not _fastcall.FAIL:
+                return Result(seq, value, msg)
         if msg.flags & _wire.FLAGS_ITEMSTREAMRESULT:  # checked before EXCEPTION: it comes with it
             stream_id = msg.annotations.get("STRM")
             if not stream_id:

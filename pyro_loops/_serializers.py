@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import serpent
 
-from . import _fastserpent, _serpentbytes, errors
+from . import _fastcall, _fastserpent, _serpentbytes, errors
 from ._expose import class_name
 from ._uri import URI
 from .configuration import config
@@ -472,6 +472,15 @@ class SerpentSerializer(Serializer):
         if value is _fastserpent.FAIL:
             raise _too_large_to_decode(self.name, len(data), _OUTSIDE_FAST_SUBSET)
         return value, None
+
+    # Calls with scalar arguments, nearly all of them, by exact template (_fastcall)
+    def dumps_call(self, obj: str, method: str, vargs: Any, kwargs: Any) -> bytes:
+        payload = _fastcall.serpent_call(obj, method, vargs, kwargs)
+        return payload if payload is not None else super().dumps_call(obj, method, vargs, kwargs)
+
+    def loads_call(self, data: bytes) -> tuple[str, str, Any, Any]:
+        call = _fastcall.serpent_request(data)
+        return call if call is not _fastcall.FAIL else super().loads_call(data)
 
 
 class JsonSerializer(Serializer):

@@ -884,7 +884,7 @@ class _Channel:
 
     def _too_large_for_the_loop(self) -> bool:
         limit = config.MAX_BLOCKING_DECODE
-        size = self.protocol.reader.next_size() if limit else None
+        size = self.protocol.next_size() if limit else None
         if size is None:
             return False  # no complete message yet: receiving it costs the loop nothing
         length, flags = size

@@ -350,9 +350,10 @@ class Proxy:
     def __annotations(self, take: bool = True) -> dict[str, bytes]:
         """What a message carries: the caller's ``current_context.annotations``
         (taken by the call they go with, as in Pyro4, unless ``take`` is False),
-        then ``_pyroAnnotations()``, then the correlation id."""
+        then ``_pyroAnnotations()`` (called only when a subclass overrides it), then the correlation id."""
         annotations = _context_annotations(take)
-        annotations.update(self._pyroAnnotations())
+        if type(self)._pyroAnnotations is not Proxy._pyroAnnotations:
+            annotations.update(self._pyroAnnotations())
         corr = current_context.correlation_id
         if corr is not None:
             annotations["CORR"] = corr.bytes
@@ -387,7 +388,8 @@ class Proxy:
         if isinstance(event, _protocol.Broken):
             self._pyroRelease()
             raise event.error
-        self._pyroResponseAnnotations(event.message.annotations, event.message.type)
+        if type(self)._pyroResponseAnnotations is not Proxy._pyroResponseAnnotations:
+            self._pyroResponseAnnotations(event.message.annotations, event.message.type)
         if event.message.type == _wire.MSG_RESULT:
             _set_response_annotations(event.message.annotations)
         return event
