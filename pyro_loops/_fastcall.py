@@ -120,10 +120,12 @@ def serpent_call(obj: str, method: str, vargs: Any, kwargs: Any) -> bytes | None
             or type(method) is not str:
         return None
     for arg in vargs:
-        if type(arg) not in _SCALARS and not _scalar(arg):
+        if type(arg) not in _SCALARS and not _scalar(arg) or type(arg) is str and not _fastserpent._compactable(arg):
             return None
+    if not _fastserpent._compactable(obj) or not _fastserpent._compactable(method):
+        return None
     try:
-        return _SERPENT_HEADER + repr((obj, method, vargs, kwargs)).encode("utf-8")
+        return _SERPENT_HEADER + _fastserpent.compact(repr((obj, method, vargs, kwargs))).encode("utf-8")
     except ValueError:  # an int beyond sys.get_int_max_str_digits(): the full writer reports it
         return None
 

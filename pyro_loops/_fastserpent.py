@@ -3,9 +3,9 @@
 serpent writes Python literals and reads them with ``ast.literal_eval``; both
 are pure-Python walks that dominate the cost of a small call. Most payloads
 are plain tuples, lists and dicts of str, int, float, bool and None. For those
-``repr()`` already produces exactly the literal serpent would write (spacing
-aside, which no reader cares about), and a small tokenizer reads them back
-several times faster than ``literal_eval``.
+``repr()`` without its spaces after separators is exactly the literal serpent
+would write (so message sizes, and MAX_MESSAGE_SIZE refusals, match Pyro4's),
+and a small tokenizer reads them back several times faster than ``literal_eval``.
 
 Both functions return ``None`` when a value or text is outside that subset,
 and the caller falls back to serpent itself. They never guess: a token they
@@ -25,11 +25,25 @@ _MAX_TEXT = 64 * 1024 * 1024
 _STEPWISE_TEXT = 64 * 1024  # from this size on, tokens are found one at a time
 
 _SCALARS = frozenset((str, int, bool, type(None)))
+_OTHER_SCALARS = frozenset((int, bool, type(None)))  # scalars whose repr() holds no ", " or ": "
 _KEYS = frozenset((str, int))
+
+
+def _compactable(text: str) -> bool:
+    """True if ``repr(text)`` holds no ", " or ": ", so removing those spaces from a
+    container's repr() leaves exactly serpent's separators (serpent writes none)."""
+    return ", " not in text and ": " not in text
+
+
+def compact(literal: str) -> str:
+    """``repr()`` of plain values (strings passed by ``_compactable``) as serpent spaces it."""
+    return literal.replace(", ", ",").replace(": ", ":")
 
 
 def _plain(value: Any, depth: int) -> bool:
     kind = type(value)
+    if kind is str:
+        return _compactable(value)
     if kind in _SCALARS:
         return True
     if kind is float:
@@ -38,12 +52,13 @@ def _plain(value: Any, depth: int) -> bool:
         return False
     if kind is tuple or kind is list:
         for item in value:  # a loop, not all(): this runs for every call's arguments
-            if type(item) not in _SCALARS and not _plain(item, depth + 1):
+            if type(item) not in _OTHER_SCALARS and not _plain(item, depth + 1):
                 return False
         return True
     if kind is dict:
         for key, item in value.items():
-            if type(key) not in _KEYS or type(item) not in _SCALARS and not _plain(item, depth + 1):
+            if type(key) not in _KEYS or type(key) is str and not _compactable(key) \
+                    or type(item) not in _OTHER_SCALARS and not _plain(item, depth + 1):
                 return False
         return True
     return False
@@ -54,7 +69,7 @@ def dumps(value: Any) -> bytes | None:
     if not _plain(value, 0):
         return None
     try:
-        return HEADER + repr(value).encode("utf-8")
+        return HEADER + compact(repr(value)).encode("utf-8")
     except ValueError:  # e.g. an int beyond sys.get_int_max_str_digits()
         return None
 

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 from pyro4_examples import Example, Server
 
-# Why examples still differ on pyro_loops, one constant per missing API or semantic (grouped by owner).
-MAXSIZE = ("pyro_loops' serpent writes ', ' between items (its repr() fast path) where serpent writes ',', so the "
-           "refused request's size in the MessageTooLargeError differs (40098 bytes where Pyro4 says 30093)")
-
 ECHO = Server("-m Pyro4.test.echoserver", ready=r"echoserver running")
 URI = "{uri}\n"
 
@@ -68,7 +64,7 @@ EXAMPLES: tuple[Example, ...] = (
     Example("hugetransfer", "client.py", (Server("server.py"),), stdin=URI, timeout=120,
             keys=(r"^(?!.*<num>).*$",)),
     Example("instancemode", "client.py", (Server("server.py"),)),
-    Example("maxsize", "client.py", (ECHO,), stdin=URI, xfail=MAXSIZE),
+    Example("maxsize", "client.py", (ECHO,), stdin=URI),
     Example("nonameserver", "client.py", (Server("server.py", ready=r"PYRO:"),), stdin=URI),
     Example("ns-metadata", "example.py", unordered=r"meta: (.*)$"),
     Example("oneway", "client.py", (Server("server.py"),)),

@@ -41,6 +41,15 @@ def test_fast_writer_output_reads_back_as_serpent_would(value):
     assert repr(serpent.loads(payload)) == repr(literal(serpent.dumps(value, module_in_classname=True)))
 
 
+@settings(max_examples=300, deadline=None)
+@given(values | st.lists(st.sampled_from(["a, b", "k: v", ", ", 1, "x"]), max_size=4))
+def test_fast_writer_output_is_byte_for_byte_what_serpent_writes(value):
+    # Same bytes, so message sizes (and MAX_MESSAGE_SIZE refusals) are Pyro4's.
+    payload = _fastserpent.dumps(value)
+    if payload is not None:
+        assert payload == serpent.dumps(value, module_in_classname=True)
+
+
 def test_writer_declines_values_serpent_writes_differently():
     for value in (b"bytes", {1, 2}, set(), float("inf"), float("nan"), object(), ValueError("x")):
         assert _fastserpent.dumps(value) is None
