@@ -62,7 +62,7 @@ from .call import Call, fresh_callbacks, settle_with
 from .configuration import config
 from .constants import NAMESERVER_NAME
 from .context import current_context
-from .proxy import BatchProxy, Proxy, _proxy_state, _RemoteMethod
+from .proxy import BatchProxy, Proxy, _proxy_state, _RemoteMethod, set_caller_defaults
 
 __all__ = ["Client", "LoopBatch", "LoopProxy", "RemoteStream"]
 
@@ -1045,14 +1045,7 @@ class LoopProxy:
         set_(self, "_pyroClient", client)
         set_(self, "_pyroUri", uri)
         set_(self, "_pyroChannel", None)
-        set_(self, "_pyroTimeout", config.COMMTIMEOUT or None)
-        set_(self, "_pyroHmacKeyBytes", None)
-        set_(self, "_pyroHandshake", "hello")
-        set_(self, "_pyroSerializer", None)
-        set_(self, "_pyroMethods", set())
-        set_(self, "_pyroAttrs", set())
-        set_(self, "_pyroOneway", set())
-        set_(self, "_pyroMetaKnown", False)
+        set_caller_defaults(self)
         set_(self, "_pyroMaxRetries", 0)
         set_(self, "_pyroSslContext", None)  # TLS for this proxy; None: its client's ssl_context
 

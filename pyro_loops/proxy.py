@@ -46,6 +46,19 @@ _LOCAL_ATTRS = frozenset((
 _LOCAL_DUNDERS = frozenset(("__getnewargs__", "__getnewargs_ex__", "__getinitargs__"))
 
 
+def set_caller_defaults(proxy: object) -> None:
+    """The settings every proxy starts with, blocking or loop proxy alike: Pyro4's
+    defaults for timeout, HMAC key, handshake data and serializer, and no metadata yet."""
+    set_ = object.__setattr__
+    set_(proxy, "_pyroTimeout", config.COMMTIMEOUT or None)
+    set_(proxy, "_pyroHmacKeyBytes", None)
+    set_(proxy, "_pyroHandshake", "hello")
+    set_(proxy, "_pyroSerializer", None)
+    set_(proxy, "_pyroMethods", set())
+    set_(proxy, "_pyroAttrs", set())
+    set_(proxy, "_pyroOneway", set())
+    set_(proxy, "_pyroMetaKnown", False)
+
 class _RemoteMethod:
     """A remote method of ``proxy`` (a Proxy or a LoopProxy): calling it calls ``proxy._pyroInvoke``.
 
@@ -81,15 +94,8 @@ class Proxy:
         set_(self, "_pyroUri", uri)
         set_(self, "_pyroConnection", None)
         set_(self, "_pyroSeq", 0)
-        set_(self, "_pyroTimeout", config.COMMTIMEOUT or None)
+        set_caller_defaults(self)
         set_(self, "_pyroMaxRetries", config.MAX_RETRIES)
-        set_(self, "_pyroHmacKeyBytes", None)
-        set_(self, "_pyroHandshake", "hello")
-        set_(self, "_pyroSerializer", None)
-        set_(self, "_pyroMethods", set())
-        set_(self, "_pyroAttrs", set())
-        set_(self, "_pyroOneway", set())
-        set_(self, "_pyroMetaKnown", False)
         set_(self, "_pyroRawWireResponse", False)
         set_(self, "_pyroLock", threading.RLock())
         set_(self, "_pyroResolved", None)
