@@ -9,7 +9,10 @@ wire: they map Python values to payload bytes and back.
 
 from __future__ import annotations
 
+import array
 import base64
+import datetime
+import decimal
 import importlib
 import importlib.util
 import builtins
@@ -483,13 +486,28 @@ class SerpentSerializer(Serializer):
         return call if call is not _fastcall.FAIL else super().loads_call(data)
 
 
+def _json_default(obj: Any) -> Any:
+    """What json writes for a value it has no form for: Pyro4's json serializer writes dates
+    and times as ISO text, decimals as text and arrays as lists (after registered converters);
+    anything else goes through ``class_to_dict``."""
+    for cls in type(obj).__mro__:
+        if cls in _class_to_dict:
+            return class_to_dict(obj)
+    if isinstance(obj, (datetime.datetime, datetime.date)):
+        return obj.isoformat()
+    if isinstance(obj, decimal.Decimal):
+        return str(obj)
+    if isinstance(obj, array.array):
+        return obj.tounicode() if obj.typecode == "u" else obj.tolist()
+    return class_to_dict(obj)
+
 class JsonSerializer(Serializer):
     serializer_id = 2
     name = "json"
     _markers = (b"__class__", b'"base64"')
 
     def __init__(self) -> None:
-        self._encoder = json.JSONEncoder(ensure_ascii=False, default=class_to_dict)
+        self._encoder = json.JSONEncoder(ensure_ascii=False, default=_json_default)
 
     def _dumps(self, obj: Any) -> bytes:
         try:

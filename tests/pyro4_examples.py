@@ -119,6 +119,9 @@ def sdist_examples() -> tuple[Path | None, str]:
 # --- normalising output -------------------------------------------------------------------------------------------
 
 _NORMALISE = [
+    # the clock, read at another moment by each run
+    (re.compile(r"\b\d{2}:\d{2}:\d{2}(?:\.\d+)?"), "<time>"),
+    (re.compile(r"datetime\.datetime\([\d, ]+\)"), "datetime.datetime(<time>)"),
     (re.compile(r"\b(PYRO|PYRONAME|PYROMETA):([^@\s'\",]*)@(\[[^\]]*\]|[^\s'\",)>]+)"), r"\1:\2@<loc>"),
     (re.compile(r"obj_[0-9a-f]{32}"), "obj_<id>"),
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<uuid>"),

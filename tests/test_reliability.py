@@ -373,7 +373,7 @@ def closing_daemon(**settings) -> tuple[Daemon, Closing]:
 
 def test_requests_queued_when_the_daemon_closes_are_answered_with_an_error():
     # one call per wakeup: the two echoes still wait in the daemon when the close comes
-    daemon, _ = closing_daemon(MAX_CALLS_PER_WAKEUP=1)
+    daemon, _ = closing_daemon(MAX_CALLS_PER_WAKEUP=1, SERVERTYPE="multiplex")  # calls run in the loop
     with serving(daemon), RawClient(daemon.sock.getsockname()[1]) as client:
         client.handshake()
         pipeline(client, [("close_daemon", ()), ("echo", (1,)), ("echo", (2,))])

@@ -539,3 +539,19 @@ def test_on_python_3_10_non_literal_serpent_is_refused_before_parsing(monkeypatc
     value = {"still": [1, 2.5, (1 + 2j), b"works"]}
     ser = get_serializer("serpent")
     assert ser.loads(ser.dumps(value)) == value
+
+
+@pytest.mark.pyro4
+def test_json_writes_dates_decimals_and_arrays_as_pyro4s_json_does():
+    import array
+    import datetime
+    import decimal
+    import json
+
+    import Pyro4.util
+
+    theirs = Pyro4.util.JsonSerializer()
+    ours = get_serializer("json")
+    for value in (datetime.datetime(2020, 1, 2, 3, 4, 5, 6), datetime.date(2020, 1, 2), decimal.Decimal("1.50"),
+                  array.array("i", [1, 2]), array.array("u", "text")):
+        assert json.loads(ours.dumps([value])) == json.loads(theirs.serializeData([value])[0])
