@@ -29,19 +29,17 @@ def client(host, reported):
 
 
 class LoopsServer(Peer):
-    """peers/loops_server.py: our daemon in its own process (SERVERTYPE thread, so ``sleep`` runs aside;
-    oneway calls in order with the connection's other calls, so ``record`` is seen by the next ``recorded``)."""
+    """peers/loops_server.py: our daemon in its own process (SERVERTYPE thread, so ``sleep`` runs aside)."""
 
     def __init__(self, **env: str) -> None:
         env.setdefault("PYRO_SERVERTYPE", "thread")
-        env.setdefault("PYRO_ONEWAY_THREADED", "false")
         super().__init__([str(PEERS / "loops_server.py")], peer_env(**env))
         self.uri: str = json.loads(self.readline())["uri"]
 
 
 @pytest.fixture(scope="module")
 def pyro4_server():
-    with Pyro4Server(PYRO_ONEWAY_THREADED="false") as server:  # as LoopsServer: oneway calls in order
+    with Pyro4Server() as server:
         yield server
 
 
