@@ -534,6 +534,8 @@ def test_call_blocked_in_a_worker_does_not_stop_the_loop_serving_others():
 
 
 def test_oneway_calls_run_inline_under_multiplex_and_keep_their_order():
+    config.SERVERTYPE = "multiplex"
+    config.ONEWAY_THREADED = False  # Pyro4's default runs them in the background, in no set order
     service = Service()
     d = Daemon(host="127.0.0.1")
     uri = d.register(service, "svc")
