@@ -19,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -182,6 +183,19 @@ def time_calls(call: Callable[[int], Any], count: int) -> tuple[float, list[int]
         lat[i] = clock() - t0
     return (clock() - start) / 1e9, lat
 
+
+def timed_threads(targets: Sequence[Callable[[], Any]], barrier: threading.Barrier) -> float:
+    """Run each target in a thread of its own and return the seconds from the moment all of
+    them (and this thread) pass ``barrier`` until the last has ended: set-up before the
+    barrier is not counted."""
+    threads = [threading.Thread(target=target) for target in targets]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of already sorted values (q in 0..100)."""

@@ -17,7 +17,6 @@ import socket
 import statistics
 import sys
 import threading
-import time
 from typing import Callable
 
 import _common as common
@@ -184,14 +183,7 @@ def run_client(name: str, location: str, calls: int, warmup: int, clients: int) 
         start_together.wait()
         results.append(common.time_calls(call, share)[1])
 
-    threads = [threading.Thread(target=work) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    start_together.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed = common.timed_threads([work] * clients, start_together)
     if len(results) < clients:
         raise SystemExit(f"{clients - len(results)} client threads failed")
     common.announce(common.RESULT, common.summarize(elapsed, [ns for lat in results for ns in lat]))

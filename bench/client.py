@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sys
 import threading
@@ -201,14 +202,8 @@ def inflight_child(args: argparse.Namespace) -> None:
                 for i in range(index, count, threads_n):
                     proxies[i % len(proxies)].add(i, 1)
 
-            threads = [threading.Thread(target=work, args=(n,)) for n in range(threads_n)]
-            for thread in threads:
-                thread.start()
-            barrier.wait()
-            start = time.perf_counter()
-            for thread in threads:
-                thread.join()
-            rounds.append(count / (time.perf_counter() - start))
+            rounds.append(count / common.timed_threads(
+                [functools.partial(work, n) for n in range(threads_n)], barrier))
     rounds.sort()
     common.announce(common.RESULT, {"calls_per_s": rounds[(len(rounds) - 1) // 2]})
 
