@@ -88,12 +88,14 @@ class _Peer:
     written in one piece. What comes out is the same; only the work differs.
     """
 
-    __slots__ = ("reader", "hmac_key", "state", "_ready")
+    __slots__ = ("reader", "hmac_key", "state", "_ready", "gather")
 
     def __init__(self, max_message_size: int = 0, hmac_key: bytes | None = None) -> None:
         self.reader = _wire.FrameReader(max_message_size)
         self.hmac_key = hmac_key
         self.state = State.IDLE
+        # the owner writes _wire.Buffers in turn: large messages come out as those, not joined
+        self.gather = False
         # a message that arrived as one piece, framed without the reader (see _feed)
         self._ready: Message | None = None
 
@@ -126,9 +128,11 @@ class _Peer:
         """The bytes of ``msg``, signed with this connection's HMAC key if it has one."""
         return _wire.encode(msg, self.hmac_key)
 
-    def _encode(self, msg_type: int, data: bytes, serializer_id: int, flags: int, seq: int,
-                annotations: dict[str, bytes]) -> bytes:
+    def _encode(self, msg_type: int, data: _wire.Data, serializer_id: int, flags: int, seq: int,
+                annotations: dict[str, bytes]) -> _wire.Data:
         """``encode`` of the message these make up; the common case without building one."""
+        if self.gather and len(data) >= _wire.GATHER_SIZE:
+            return _wire.encode(Message(msg_type, data, serializer_id, flags, seq, annotations), self.hmac_key, True)
         if not self.hmac_key:
             block = _fastcall.annotation_block(annotations) if annotations else b""
             if block is not None:
@@ -301,7 +305,7 @@ class Request:
     """Bytes for the peer. ``expects_reply`` is False for oneway calls: no event will carry ``seq``."""
 
     seq: int
-    data: bytes
+    data: _wire.Data  # Buffers for a large call when the protocol's ``gather`` is set
     expects_reply: bool
 
 
@@ -409,13 +413,17 @@ class ClientProtocol(_Peer):
     proxy, as in Pyro4), each call takes the next free one, wrapping after
     65535. ``compression`` applies Pyro4's rule to outgoing payloads; incoming
     ones are decompressed whenever flagged, bounded by ``max_message_size``.
+    ``gather``: the owner sends ``_wire.Buffers`` as they are (``Request.data``
+    of a large call is one, holding the caller's large ``bytes`` uncopied).
     """
 
     __slots__ = ("serializer", "compression", "seq", "_connect_seq", "_pending", "_dropped", "_eof")
 
     def __init__(self, serializer: str | int = "serpent", *, hmac_key: bytes | None = None,
-                 max_message_size: int = 0, compression: bool = False, seq: int = 0) -> None:
+                 max_message_size: int = 0, compression: bool = False, seq: int = 0,
+                 gather: bool = False) -> None:
         super().__init__(max_message_size, hmac_key)
+        self.gather = gather
         self.serializer: Serializer = get_serializer(serializer)
         self.compression = compression
         self.seq = seq & 0xFFFF
@@ -572,8 +580,8 @@ class ClientProtocol(_Peer):
                 return seq
         raise StateError("all 65536 sequence numbers are taken by pending calls on this connection")
 
-    def _message(self, msg_type: int, payload: bytes, flags: int, seq: int,
-                 annotations: dict[str, bytes] | None) -> bytes:
+    def _message(self, msg_type: int, payload: _wire.Data, flags: int, seq: int,
+                 annotations: dict[str, bytes] | None) -> _wire.Data:
         if self.compression and not flags & _wire.FLAGS_COMPRESSED:
             payload, flags = _wire.compress_if_useful(payload, flags)
         # encoding neither keeps nor changes the annotations: no copy needed
@@ -587,7 +595,8 @@ class ClientProtocol(_Peer):
         serializer = self.serializer
         blob = blob_request(serializer, object_id, method, vargs, kwargs)
         if blob is None:
-            payload = serializer.dumps_call(object_id, method, vargs, kwargs)
+            payload = (serializer.dumps_call_parts if self.gather else serializer.dumps_call)(
+                object_id, method, vargs, kwargs)
         else:  # a SerializedBlob, sent as Pyro4 does (see _blob)
             payload, blob_flags, blob_annotations = blob
             flags |= blob_flags

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import serpent
 
-from . import _fastcall, _fastserpent, _serpentbytes, errors
+from . import _fastcall, _fastserpent, _serpentbytes, _wire, errors
 from ._expose import class_name
 from ._uri import URI
 from .configuration import config
@@ -301,6 +301,12 @@ class Serializer:
 
     def dumps_call(self, obj: str, method: str, vargs: Any, kwargs: Any) -> bytes:
         return self.dumps((obj, method, vargs, kwargs))
+
+    def dumps_call_parts(self, obj: str, method: str, vargs: Any, kwargs: Any) -> bytes | _wire.Buffers:
+        """``dumps_call``, or for a call carrying a large ``bytes`` argument the
+        same bytes as ``Buffers`` around the caller's object, not copied into
+        a payload (see MarshalSerializer)."""
+        return self.dumps_call(obj, method, vargs, kwargs)
 
     def loads_call(self, data: bytes) -> tuple[str, str, Any, Any]:
         call = self.loads(data)
@@ -735,6 +741,36 @@ class MarshalSerializer(Serializer):
 
     def dumps_call(self, obj, method, vargs, kwargs):
         return self.dumps((obj, method, list(vargs), kwargs))
+
+    def dumps_call_parts(self, obj: str, method: str, vargs: Any, kwargs: Any) -> bytes | _wire.Buffers:
+        """A call whose one argument is a large ``bytes`` (no keyword arguments)
+        as ``Buffers``: what marshal writes before that object, the object itself,
+        what it writes after it. marshal writes bytes as a type code, a 4-byte
+        length and the bytes as they are, so these pieces are ``dumps_call``'s
+        output byte for byte, without its copy of the argument. They are found
+        by writing the call with a small stand-in in the argument's place: the
+        stand-in is referred to as often as the argument (by the argument list
+        and more), so marshal flags it the same way (the "remember this object"
+        bit) and numbers the objects after it the same. Any other call, or an
+        output that does not show the stand-in once as expected: ``dumps_call``.
+        """
+        if not (type(vargs) in (tuple, list) and len(vargs) == 1 and not kwargs and type(vargs[0]) is bytes
+                and len(vargs[0]) >= _wire.GATHER_SIZE):
+            return self.dumps_call(obj, method, vargs, kwargs)
+        framed = self.dumps_call(obj, method, [_STAND_IN], kwargs)
+        at = framed.find(_STAND_IN_MARSHAL)
+        if at < 0 or framed.find(_STAND_IN_MARSHAL, at + 1) >= 0:
+            return self.dumps_call(obj, method, vargs, kwargs)
+        data = vargs[0]
+        return _wire.Buffers((framed[:at + 1] + len(data).to_bytes(4, "little"), data,
+                              framed[at + len(_STAND_IN_MARSHAL):]))
+
+
+# A bytes object no caller can hold (made at run time, never a shared constant), and
+# how marshal writes it while something else refers to it: "s" with the reference flag,
+# its length (4 bytes, little-endian), itself.
+_STAND_IN = bytes(range(32, 64))
+_STAND_IN_MARSHAL = bytes((ord("s") | 0x80,)) + len(_STAND_IN).to_bytes(4, "little") + _STAND_IN
 
 
 class PickleSerializer(Serializer):

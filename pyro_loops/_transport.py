@@ -32,11 +32,40 @@ import ssl
 from typing import Any, Callable
 
 from ._tls import TLSSession, TLSState
+from ._wire import Buffers
 
 # Plaintext taken per send(): the ciphertext of one chunk is what a TLS
 # transport holds for the socket at most, the rest stays in the caller's buffer
 # (where its output bounds count it).
 _SEND_CHUNK = 64 * 1024
+
+
+#: Buffers handed to one sendmsg call at most (Linux takes 1024)
+_IOV_MAX = 64
+
+
+def sendall_buffers(sock: socket.socket, data: Buffers) -> None:
+    """Write all of ``data`` to a blocking socket (or one with a timeout), as ``sendall`` does:
+    with ``sendmsg``, so header and payload go out together and no part is copied to join them.
+
+    A TLS socket has no ``sendmsg``: its parts are written in turn. Raises as
+    ``sendall`` (``socket.timeout``, ``OSError``); what was written then is unknown.
+    """
+    if isinstance(sock, ssl.SSLSocket):
+        for part in data.parts:
+            sock.sendall(part)
+        return
+    views = [memoryview(part) for part in data.parts]
+    first = 0
+    while first < len(views):
+        sent = sock.sendmsg(views[first:first + _IOV_MAX])
+        while sent:
+            size = views[first].nbytes
+            if sent < size:
+                views[first] = views[first][sent:]
+                break
+            sent -= size
+            first += 1
 
 
 def _always() -> bool:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+import sys
 import zlib
 from dataclasses import dataclass, field
+from typing import Iterable, Union
 
 from .constants import PROTOCOL_VERSION
 from .errors import MessageTooLargeError, ProtocolError, SecurityError
@@ -55,13 +57,55 @@ EXACT_RECEIVE_SIZE = 16 * 1024 * 1024
 #: ... from this size on (a smaller one grows in few steps)
 EXACT_RECEIVE_MIN = 1024 * 1024
 
+#: Payloads from this size on are sent as the buffers they are made of
+#: (``Buffers``), behind the header, rather than joined into one frame.
+GATHER_SIZE = 256 * 1024
+
+
+class Buffers:
+    """Bytes held as several buffers, to be written one after the other, never joined.
+
+    A large payload (the caller's ``bytes`` between a few bytes of serializer
+    framing), or a whole frame (header and annotations, then such a payload).
+    Joining would copy every byte once more, into fresh memory the kernel maps
+    page by page: for 10 MB that costs more than sending it. ``len()`` is the
+    total size; ``bytes()`` joins them (for tests, and for a path that needs
+    one piece). The parts are bytes or byte-format memoryviews; empty ones are
+    left out.
+    """
+
+    __slots__ = ("parts", "_size")
+
+    def __init__(self, parts: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.parts: tuple[bytes | bytearray | memoryview, ...] = tuple(part for part in parts if len(part))
+        self._size = sum(len(part) for part in self.parts)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+    def __repr__(self) -> str:
+        return f"<Buffers: {len(self.parts)} parts, {self._size} bytes>"
+
+
+#: A payload, or a frame: one buffer, or several to write in turn
+Data = Union[bytes, bytearray, Buffers]
+
+
+def parts(data: Data) -> tuple[bytes | bytearray | memoryview, ...]:
+    """The buffers ``data`` is made of, in order."""
+    return data.parts if type(data) is Buffers else (data,)
+
 
 @dataclass
 class Message:
     """One protocol message. ``data`` is the payload exactly as on the wire."""
 
     type: int
-    data: bytes | bytearray  # a bytearray when received straight into its own buffer
+    # a bytearray when received straight into its own buffer; Buffers when a large one is sent
+    data: bytes | bytearray | Buffers
     serializer_id: int
     flags: int = 0
     seq: int = 0
@@ -129,17 +173,25 @@ def checksum(msg_type: int, flags: int, seq: int, data_len: int, serializer_id: 
             + _CHECKSUM_MAGIC) & 0xFFFF
 
 
-def hmac_digest(key: bytes, data: bytes, annotations: dict[str, bytes]) -> bytes:
+def hmac_digest(key: bytes, data: Data, annotations: dict[str, bytes]) -> bytes:
     """HMAC-SHA1 over the payload as sent, then every other annotation by sorted id."""
-    mac = hmac.new(key, data, digestmod=hashlib.sha1)
+    mac = hmac.new(key, digestmod=hashlib.sha1)
+    for part in parts(data):
+        mac.update(part)
     for name in sorted(annotations):
         if name != "HMAC":
             mac.update(annotations[name])
     return mac.digest()
 
 
-def encode(msg: Message, hmac_key: bytes | None = None) -> bytes:
-    """The bytes of one message, signed when a key is given."""
+def encode(msg: Message, hmac_key: bytes | None = None, gather: bool = False) -> bytes | Buffers:
+    """The bytes of one message, signed when a key is given.
+
+    With ``gather``, a payload of ``GATHER_SIZE`` or more (or one that is
+    ``Buffers`` already) is not copied: the result is ``Buffers`` of the
+    header and annotations, then the payload's own buffers. Otherwise one
+    ``bytes``; the bytes on the wire are the same either way.
+    """
     annotations = msg.annotations
     if hmac_key:
         annotations = dict(annotations)
@@ -159,14 +211,24 @@ def encode(msg: Message, hmac_key: bytes | None = None) -> bytes:
     header = HEADER.pack(TAG, PROTOCOL_VERSION, msg.type, msg.flags, msg.seq, data_len,
                          msg.serializer_id, len(ann), 0,
                          checksum(msg.type, msg.flags, msg.seq, data_len, msg.serializer_id, len(ann)))
-    return b"".join((header, ann, msg.data))
+    if gather and (type(msg.data) is Buffers or data_len >= GATHER_SIZE):
+        return Buffers((header + ann, *parts(msg.data)))
+    return b"".join((header, ann, *parts(msg.data)))
 
 
-def compress_if_useful(data: bytes, flags: int) -> tuple[bytes, int]:
-    """Apply Pyro4's compression rule: only if large enough and actually smaller."""
+def compress_if_useful(data: Data, flags: int) -> tuple[Data, int]:
+    """Apply Pyro4's compression rule: only if large enough and actually smaller.
+
+    ``Buffers`` are compressed part by part into one ``bytes`` (the same
+    stream ``zlib.compress`` makes of them joined), or returned as they are.
+    """
     if len(data) < COMPRESSION_THRESHOLD:
         return data, flags
-    packed = zlib.compress(data)
+    if type(data) is Buffers:
+        compressor = zlib.compressobj()
+        packed = b"".join([*(compressor.compress(part) for part in data.parts), compressor.flush()])
+    else:
+        packed = zlib.compress(data)
     if len(packed) < len(data):
         return packed, flags | FLAGS_COMPRESSED
     return data, flags
@@ -200,6 +262,16 @@ def _parse_annotations(blob: bytes) -> dict[str, bytes]:
             raise ProtocolError("annotation id is not ASCII") from None
         pos += length
     return annotations
+
+
+def _references_of_a_local() -> int:
+    """What ``sys.getrefcount`` says of an object only a local variable holds
+    (each Python version counts the call's own reference its way)."""
+    local = bytearray()
+    return sys.getrefcount(local)
+
+
+_SOLE_REFERENCE = _references_of_a_local()
 
 
 def _exact(data_len: int) -> bool:
@@ -240,9 +312,14 @@ class FrameReader:
     payload's buffer doubles as it fills (a large bytearray grows by
     remapping, not copying) up to the declared size: a peer that announces
     gigabytes and sends nothing gets no gigabytes.
+
+    The buffer of the last such payload is used again for the next one of
+    about its size once nothing else holds it (the decoder copied what it
+    needed out of it): fresh memory of that size is mapped page by page, which
+    costs more than receiving into it.
     """
 
-    __slots__ = ("_buf", "max_message_size", "_header", "_body", "_filled")
+    __slots__ = ("_buf", "max_message_size", "_header", "_body", "_filled", "_spare")
 
     def __init__(self, max_message_size: int = 0) -> None:
         self._buf = bytearray()
@@ -250,6 +327,7 @@ class FrameReader:
         self._header: tuple | None = None
         self._body: bytearray | None = None  # the payload being received directly
         self._filled = 0
+        self._spare: bytearray | None = None  # the last payload buffer of declared size, for the next
 
     def feed(self, data: bytes) -> None:
         if self._body is None:
@@ -337,6 +415,8 @@ class FrameReader:
             data: bytes | bytearray = body
             self._body = None
             self._filled = 0
+            if _exact(data_len):
+                self._spare = body
         else:
             total = HEADER_SIZE + ann_len + data_len
             if len(buf) < total:
@@ -354,11 +434,23 @@ class FrameReader:
         """Move the payload received so far into a buffer of its own."""
         start = HEADER_SIZE + ann_len
         have = len(self._buf) - start
-        size = data_len if _exact(data_len) else min(data_len, max(2 * have, DIRECT_RECEIVE_SIZE))
-        body = self._body = bytearray(size)
+        if _exact(data_len):
+            body = self._body = self._reusable(data_len) or bytearray(data_len)
+        else:
+            body = self._body = bytearray(min(data_len, max(2 * have, DIRECT_RECEIVE_SIZE)))
         body[:have] = memoryview(self._buf)[start:]
         self._filled = have
         del self._buf[start:]
+
+    def _reusable(self, size: int) -> bytearray | None:
+        """The last payload buffer cut to ``size`` bytes, if nothing else refers
+        to it (no message, memoryview or value) and it is at most twice that
+        size; else None. Its old bytes are all overwritten by the new payload."""
+        spare, self._spare = self._spare, None
+        if spare is None or sys.getrefcount(spare) != _SOLE_REFERENCE or not size <= len(spare) < 2 * size:
+            return None
+        del spare[size:]  # a bytearray shrinks in place
+        return spare
 
     def _parse_header(self, buf: bytearray) -> tuple:
         tag, version, msg_type, flags, seq, data_len, ser_id, ann_len, _reserved, check = \

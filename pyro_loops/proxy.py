@@ -24,6 +24,7 @@ from ._resolve import resolve
 from ._serializers import ExceptionWrapper, get_serializer, register_class_to_dict, register_dict_to_class
 from ._serving import daemon_served_by_current_thread
 from ._tls import TLSError, client_context_from_config
+from ._transport import sendall_buffers
 from ._uri import URI
 from .configuration import config
 from .context import current_context
@@ -299,7 +300,8 @@ class Proxy:
         sock.objectId = uri.object  # type: ignore[attr-defined] # Pyro4's connection attribute (an SSLSocket takes it too)
         object.__setattr__(self, "_pyroProtocol", _protocol.ClientProtocol(
             self._pyroSerializer or config.SERIALIZER, hmac_key=self._pyroHmacKeyBytes,
-            max_message_size=config.MAX_MESSAGE_SIZE, compression=config.COMPRESSION, seq=self._pyroSeq))
+            max_message_size=config.MAX_MESSAGE_SIZE, compression=config.COMPRESSION, seq=self._pyroSeq,
+            gather=True))
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         object.__setattr__(self, "_pyroPoller", poller)
@@ -315,7 +317,7 @@ class Proxy:
         """Use a socket connected to a daemon already: no handshake, as in Pyro4."""
         protocol = _protocol.ClientProtocol(self._pyroSerializer or config.SERIALIZER, hmac_key=self._pyroHmacKeyBytes,
                                             max_message_size=config.MAX_MESSAGE_SIZE,
-                                            compression=config.COMPRESSION, seq=self._pyroSeq)
+                                            compression=config.COMPRESSION, seq=self._pyroSeq, gather=True)
         protocol.state = _protocol.State.ESTABLISHED
         poller = select.poll()
         poller.register(sock, select.POLLIN)
@@ -365,9 +367,12 @@ class Proxy:
             annotations["CORR"] = corr.bytes
         return annotations
 
-    def __send(self, data: bytes) -> None:
+    def __send(self, data: _wire.Data) -> None:
         try:
-            self._pyroConnection.sendall(data)
+            if type(data) is _wire.Buffers:  # a large call: the caller's bytes, not joined
+                sendall_buffers(self._pyroConnection, data)
+            else:
+                self._pyroConnection.sendall(data)
         except socket.timeout:
             self._pyroRelease()
             raise errors.TimeoutError("send timed out") from None
