@@ -10,6 +10,7 @@ from typing import Any
 from .hosting import READ
 from ._protocol import ServerProtocol
 from ._transport import PlainTransport, TLSTransport
+from ._wire import Outbox
 
 
 class ClientConnection:
@@ -29,7 +30,7 @@ class ClientConnection:
         self.transport = transport or PlainTransport(sock)  # what reads and writes go through
         self.addr = addr
         self.protocol = protocol
-        self.out = bytearray()
+        self.out = Outbox()  # replies not yet sent (a large one as its own buffers)
         self.busy = False           # a call of this connection is running (or awaited)
         self.read_paused = False    # readiness arrived while busy: stop watching until done
         self.decoded: tuple | None = None  # a request a worker decoded, waiting to be dispatched

@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any, Callable, Protocol
 
-from . import socketutil
+from . import _wire, socketutil
 from ._connection import ClientConnection
 from ._deadlines import KeyedHeap, SizeRanking
 from ._protocol import ServerProtocol
@@ -249,7 +249,7 @@ class Connections:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
                 if config.SOCK_NODELAY:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = ClientConnection(sock, addr, ServerProtocol(config.MAX_MESSAGE_SIZE, self.hmac_key))
+            conn = ClientConnection(sock, addr, ServerProtocol(config.MAX_MESSAGE_SIZE, self.hmac_key, gather=True))
             if self.ssl_context is not None:
                 conn.transport = tls_transport(sock, self.ssl_context, True,
                                                may_step=functools.partial(self.may_step_tls, conn))
@@ -267,7 +267,7 @@ class Connections:
         self.sock.getpeername()  # raises unless connected
         self.sock.setblocking(False)
         conn = ClientConnection(self.sock, self.sock.getpeername(),
-                                ServerProtocol(config.MAX_MESSAGE_SIZE, self.hmac_key))
+                                ServerProtocol(config.MAX_MESSAGE_SIZE, self.hmac_key, gather=True))
         conn.protocol.established = True
         self.conns[self.sock] = conn
 
@@ -462,12 +462,21 @@ class Connections:
 
     # --- writing --------------------------------------------------------------------------
 
-    def send(self, conn: ClientConnection, data: bytes) -> None:
+    def send(self, conn: ClientConnection, data: bytes | _wire.Buffers) -> None:
         """Queue reply bytes and write as much as the socket takes now."""
         if conn.closed:
             return
         if conn.out:
             conn.out += data
+        elif type(data) is _wire.Buffers:  # a large reply: written from its own buffers, never joined
+            conn.out += data
+            try:
+                conn.out.send_to(conn.transport)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except (OSError, TLSError) as exc:
+                self.close_conn(conn, f"send failed: {exc}")
+                return
         else:
             try:
                 sent = conn.transport.send(data)
@@ -495,14 +504,12 @@ class Connections:
             return
         while conn.out and sent_total < _SEND_BUDGET:
             try:
-                sent = conn.transport.send(conn.out)
+                sent_total += conn.out.send_to(conn.transport)
             except (BlockingIOError, InterruptedError):
                 break
             except (OSError, TLSError) as exc:
                 self.close_conn(conn, f"send failed: {exc}")
                 return
-            del conn.out[:sent]
-            sent_total += sent
         self.output.count(conn, len(conn.out))
         conn.last_active = time.monotonic()
         if not conn.out and not conn.busy:
@@ -540,10 +547,9 @@ class Connections:
         """Write what the socket takes now of replies already made; log what it did not take."""
         while conn.out and not conn.closed:
             try:
-                sent = conn.transport.send(conn.out)
+                conn.out.send_to(conn.transport)
             except (OSError, TLSError):  # full or gone: what is left is logged below
                 break
-            del conn.out[:sent]
         if conn.out:
             log.info("%d bytes of replies to %s dropped: %s", len(conn.out), conn.addr, conn.close_reason)
 

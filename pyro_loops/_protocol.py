@@ -90,12 +90,12 @@ class _Peer:
 
     __slots__ = ("reader", "hmac_key", "state", "_ready", "gather")
 
-    def __init__(self, max_message_size: int = 0, hmac_key: bytes | None = None) -> None:
+    def __init__(self, max_message_size: int = 0, hmac_key: bytes | None = None, gather: bool = False) -> None:
         self.reader = _wire.FrameReader(max_message_size)
         self.hmac_key = hmac_key
         self.state = State.IDLE
         # the owner writes _wire.Buffers in turn: large messages come out as those, not joined
-        self.gather = False
+        self.gather = gather
         # a message that arrived as one piece, framed without the reader (see _feed)
         self._ready: Message | None = None
 
@@ -273,7 +273,7 @@ class ServerProtocol(_Peer):
         return self._encode(_wire.MSG_PING, b"pong", request.serializer_id, 0, request.seq, annotations)
 
     def result_bytes(self, request: Message, data: bytes, flags: int,
-                     annotations: dict[str, bytes]) -> bytes:
+                     annotations: dict[str, bytes]) -> _wire.Data:
         return self._encode(_wire.MSG_RESULT, data, request.serializer_id, flags, request.seq, annotations)
 
 
@@ -422,8 +422,7 @@ class ClientProtocol(_Peer):
     def __init__(self, serializer: str | int = "serpent", *, hmac_key: bytes | None = None,
                  max_message_size: int = 0, compression: bool = False, seq: int = 0,
                  gather: bool = False) -> None:
-        super().__init__(max_message_size, hmac_key)
-        self.gather = gather
+        super().__init__(max_message_size, hmac_key, gather)
         self.serializer: Serializer = get_serializer(serializer)
         self.compression = compression
         self.seq = seq & 0xFFFF

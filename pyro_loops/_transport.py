@@ -13,6 +13,8 @@ contract, which that code already handles:
 ``send(data)``
     how many application bytes were taken (maybe fewer than given); raises
     ``BlockingIOError`` when none could be.
+``send_parts(buffers)``
+    the same for a list of buffers to write in order (``_wire.Outbox``).
 ``ended``
     the peer will send nothing more though its socket may stay open (TLS
     ``close_notify`` that came with the last data): an end of stream that
@@ -42,16 +44,17 @@ _SEND_CHUNK = 64 * 1024
 
 #: Buffers handed to one sendmsg call at most (Linux takes 1024)
 _IOV_MAX = 64
+_HAS_SENDMSG = hasattr(socket.socket, "sendmsg")  # not on Windows
 
 
 def sendall_buffers(sock: socket.socket, data: Buffers) -> None:
     """Write all of ``data`` to a blocking socket (or one with a timeout), as ``sendall`` does:
     with ``sendmsg``, so header and payload go out together and no part is copied to join them.
 
-    A TLS socket has no ``sendmsg``: its parts are written in turn. Raises as
+    A TLS socket has no ``sendmsg`` (nor has Windows): the parts are written in turn. Raises as
     ``sendall`` (``socket.timeout``, ``OSError``); what was written then is unknown.
     """
-    if isinstance(sock, ssl.SSLSocket):
+    if isinstance(sock, ssl.SSLSocket) or not _HAS_SENDMSG:
         for part in data.parts:
             sock.sendall(part)
         return
@@ -89,6 +92,12 @@ class PlainTransport:
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
         return self.sock.send(data)
+
+    def send_parts(self, buffers: list[bytearray | memoryview]) -> int:
+        """``send`` of several buffers in one system call (``sendmsg``), none joined."""
+        if _HAS_SENDMSG:
+            return self.sock.sendmsg(buffers)
+        return self.sock.send(buffers[0])
 
     def flush(self) -> None:
         """Nothing is ever held back."""
@@ -182,6 +191,10 @@ class TLSTransport:
         self.session.write(chunk)
         self._queue_output()
         return len(chunk)
+
+    def send_parts(self, buffers: list[bytearray | memoryview]) -> int:
+        """``send`` of the first buffer: TLS encrypts a record at a time anyway."""
+        return self.send(buffers[0])
 
     def flush(self) -> None:
         """Send held-back ciphertext as far as the socket takes it (never blocks)."""

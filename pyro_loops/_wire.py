@@ -8,13 +8,15 @@ returns None.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
+import itertools
 import struct
 import sys
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterable, Union
+from typing import Iterable, Protocol, Union
 
 from .constants import PROTOCOL_VERSION
 from .errors import MessageTooLargeError, ProtocolError, SecurityError
@@ -97,6 +99,73 @@ Data = Union[bytes, bytearray, Buffers]
 def parts(data: Data) -> tuple[bytes | bytearray | memoryview, ...]:
     """The buffers ``data`` is made of, in order."""
     return data.parts if type(data) is Buffers else (data,)
+
+
+#: Buffers one ``Outbox.send_to`` hands to the socket at most
+_SEND_PARTS = 16
+
+
+class Outbox:
+    """Bytes waiting for a socket, in order: what a connection's owner sends as the socket allows.
+
+    Small messages are copied together into one bytearray (a send takes many
+    at once); a buffer of ``GATHER_SIZE`` or more that cannot change (``bytes``,
+    a read-only view) is kept as it is, so a large reply or call is never
+    copied on its way out, however many sends it takes. ``+=`` appends bytes,
+    a view or ``Buffers``; ``len()`` is what is waiting; ``send_to()`` writes.
+    """
+
+    __slots__ = ("_parts", "_size")
+
+    def __init__(self) -> None:
+        self._parts: collections.deque[bytearray | memoryview] = collections.deque()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iadd__(self, data: Data | memoryview) -> "Outbox":
+        queue = self._parts
+        for part in parts(data):
+            size = len(part)
+            if size >= GATHER_SIZE and (type(part) is bytes or type(part) is memoryview and part.readonly):
+                queue.append(memoryview(part).cast("B"))
+            elif size:
+                if queue and type(queue[-1]) is bytearray:
+                    queue[-1] += part
+                else:
+                    queue.append(bytearray(part))
+            self._size += size
+        return self
+
+    def send_to(self, transport: "_Sender") -> int:
+        """Write what ``transport`` takes now, in one call, and drop it from the box.
+
+        Returns the number of bytes written; raises as the transport's
+        ``send_parts`` (``BlockingIOError`` when it took none).
+        """
+        queue = self._parts
+        sent = transport.send_parts(list(itertools.islice(queue, _SEND_PARTS)))
+        self._size -= sent
+        left = sent
+        while left:
+            head = queue[0]
+            if left < len(head):
+                if type(head) is bytearray:
+                    del head[:left]  # a bytearray drops its front without moving the rest
+                else:
+                    queue[0] = head[left:]
+                break
+            left -= len(head)
+            queue.popleft()
+        return sent
+
+
+class _Sender(Protocol):
+    """What ``Outbox.send_to`` writes through (the transports of ``_transport``)."""
+
+    def send_parts(self, buffers: list[bytearray | memoryview]) -> int:
+        """Write from ``buffers``, in order, what the socket takes now; the count written."""
 
 
 @dataclass

@@ -499,8 +499,8 @@ class _Channel:
         self.uri: URI | None = None
         self.protocol = ClientProtocol(proxy._pyroSerializer or config.SERIALIZER,
                                        hmac_key=proxy._pyroHmacKeyBytes, max_message_size=_reply_bound(),
-                                       compression=config.COMPRESSION)
-        self.out = bytearray()
+                                       compression=config.COMPRESSION, gather=True)
+        self.out = _wire.Outbox()  # requests not yet written (a large one as its own buffers)
         self.written = 0        # bytes written over the connection's life
         self.queued: collections.deque[_Request] = collections.deque()
         self.inflight: dict[int, _Request] = {}
@@ -781,13 +781,12 @@ class _Channel:
             return
         if self.out:
             try:
-                sent = self.transport.send(self.out)
+                sent = self.out.send_to(self.transport)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except (OSError, TLSError) as exc:
                 self.fail(errors.ConnectionClosedError(f"sending to {self.location} failed: {exc}"))
                 return
-            del self.out[:sent]
             self.written += sent
             marks = self.oneway_marks
             while marks and marks[0][0] <= self.written:

@@ -17,6 +17,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 import tracemalloc
 
 import pytest
@@ -29,6 +30,7 @@ from pyro_loops._serializers import get_serializer
 from pyro_loops.daemon import Daemon
 from pyro_loops.proxy import Proxy
 
+from _client_hosts import host, client, reported  # noqa: F401 - fixtures
 from _util import TIMEOUT, Pyro4Server, pyro4_client
 from test_daemon import serving
 
@@ -153,14 +155,15 @@ class RecordingPeer:
         self.listener.close()
 
 
-def joined_call(proxy: Proxy, serializer: str, data: bytes, hmac_key: bytes | None, compression: bool) -> bytes:
-    """The proxy's last call as the client role makes it without ``gather``: joined into one.
-
-    The object id is the proxy's own string: marshal writes an interned string
-    differently from an equal one that is not."""
-    conn = ClientProtocol(serializer, hmac_key=hmac_key, compression=compression, seq=proxy._pyroSeq - 1)
+def joined_call(call: bytes, object_id: str, serializer: str, data: bytes, hmac_key: bytes | None = None,
+                compression: bool = False) -> bytes:
+    """``call`` (a captured size(data) request) as the client role makes it without
+    ``gather``: joined into one. ``object_id`` is the sender's own string: marshal
+    writes an interned string differently from an equal one that is not."""
+    seq = _wire.HEADER.unpack_from(call)[4]
+    conn = ClientProtocol(serializer, hmac_key=hmac_key, compression=compression, seq=seq - 1)
     conn.state = State.ESTABLISHED
-    request = conn.invoke(proxy._pyroUri.object, "size", (data,), {})
+    request = conn.invoke(object_id, "size", (data,), {})
     assert type(request.data) is bytes
     return request.data
 
@@ -181,11 +184,11 @@ def test_a_large_call_puts_the_same_bytes_on_the_wire_as_joining_it_did(monkeypa
             proxy._pyroHmacKey = hmac_key
             proxy._pyroTimeout = TIMEOUT
             assert proxy.size(data) == len(data)
-            expected = joined_call(proxy, serializer, data, hmac_key, compression)
+            object_id = proxy._pyroUri.object
     finally:
         peer.close()
     connect, call = peer.messages()
-    assert call == expected
+    assert call == joined_call(call, object_id, serializer, data, hmac_key, compression)
 
 
 def test_a_large_call_over_tls_puts_the_same_bytes_in_the_tls_stream(tmp_path):
@@ -204,10 +207,11 @@ def test_a_large_call_over_tls_puts_the_same_bytes_in_the_tls_stream(tmp_path):
             proxy._pyroTimeout = TIMEOUT
             assert proxy.size(data) == len(data)
             assert isinstance(proxy._pyroConnection, ssl.SSLSocket)
-            expected = joined_call(proxy, "marshal", data, None, False)
+            object_id = proxy._pyroUri.object
     finally:
         peer.close()
-    assert peer.messages()[1] == expected
+    call = peer.messages()[1]
+    assert call == joined_call(call, object_id, "marshal", data)
 
 
 def test_a_proxy_whose_peer_closes_in_the_middle_of_a_large_call_says_so_and_reconnects_for_the_next():
@@ -297,3 +301,57 @@ def test_a_pyro4_client_gets_its_large_marshal_calls_answered_by_the_daemon_call
             "[hashlib.sha1(p.echo(bytes([s]) * size)).hexdigest() == hashlib.sha1(bytes([s]) * size).hexdigest()"
             " for s in (1, 2, 3)]", uri=str(uri), size=size, timeout=60)
     assert answers == [True, True, True]
+
+
+# --- the loop client and the daemon send large messages as the socket allows ----------------------
+
+
+def test_the_loop_client_puts_a_large_call_on_the_wire_with_the_same_bytes_as_joining_it_did(host, client):
+    peer = RecordingPeer()
+    data = big(4 * 1024 * 1024)
+    try:
+        proxy = client.proxy(peer.uri)
+        proxy._pyroSerializer = "marshal"
+        assert host.settle(proxy.size(data), timeout=60).result() == len(data)
+        object_id = proxy._pyroUri.object
+    finally:
+        peer.close()
+    call = peer.messages()[1]
+    assert call == joined_call(call, object_id, "marshal", data)
+
+
+def read_message(sock: socket.socket, data: bytes = b"", pause: float = 0.0) -> bytes:
+    """Complete one message from ``sock`` (``data``: its start, read already), 64 KiB
+    at a time with ``pause`` seconds between reads."""
+    data = bytearray(data)
+    while len(data) < _wire.HEADER_SIZE or len(data) < _wire.HEADER_SIZE + sum(
+            _wire.HEADER.unpack_from(data)[i] for i in (5, 7)):
+        chunk = sock.recv(65536)
+        assert chunk, "the daemon closed the connection"
+        data += chunk
+        if pause:
+            time.sleep(pause)
+    return bytes(data)
+
+
+def test_a_large_reply_reaches_a_slow_reader_whole_while_the_daemon_keeps_answering_others():
+    daemon = Daemon(host="127.0.0.1")
+    uri = daemon.register(Echo(), "echo")
+    data = big(8 * 1024 * 1024)
+    with serving(daemon):
+        slow = socket.create_connection(daemon.sock.getsockname(), timeout=TIMEOUT)
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        conn = ClientProtocol("marshal")
+        slow.sendall(conn.connect("echo", metadata=False))
+        conn.receive_data(read_message(slow))
+        conn.next_event()
+        slow.sendall(conn.invoke("echo", "echo", (data,), {}).data)
+        started = slow.recv(65536)  # the reply is on its way; most of it waits in the daemon
+        with Proxy(uri) as other:
+            other._pyroTimeout = TIMEOUT
+            assert [other.echo(n) for n in range(20)] == list(range(20))
+        reply = read_message(slow, started, pause=0.001)
+        slow.close()
+    conn.receive_data(reply)
+    event = conn.next_event()
+    assert event.value == data and conn.next_event() is None
