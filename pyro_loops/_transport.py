@@ -71,6 +71,24 @@ def sendall_buffers(sock: socket.socket, data: Buffers) -> None:
             first += 1
 
 
+def receive_blocking(sock: socket.socket, protocol: Any, size: int) -> None:
+    """One read of a blocking socket (or one with a timeout) into ``protocol`` (a
+    ``_protocol`` role): a large payload under way straight into its own buffer
+    (``FrameReader.receive_into``), anything else ``recv(size)`` as usual.
+    Raises as ``recv``."""
+    reader = protocol.reader
+    view = reader.receive_into()
+    if view is None:
+        protocol.receive_data(sock.recv(size))
+        return
+    with view:
+        count = sock.recv_into(view)
+    if count:
+        reader.received(count)
+    else:
+        protocol.receive_data(b"")  # end of stream
+
+
 def _always() -> bool:
     return True
 

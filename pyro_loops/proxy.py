@@ -24,7 +24,7 @@ from ._resolve import resolve
 from ._serializers import ExceptionWrapper, get_serializer, register_class_to_dict, register_dict_to_class
 from ._serving import daemon_served_by_current_thread
 from ._tls import TLSError, client_context_from_config
-from ._transport import sendall_buffers
+from ._transport import receive_blocking, sendall_buffers
 from ._uri import URI
 from .configuration import config
 from .context import current_context
@@ -389,7 +389,7 @@ class Proxy:
         sock = self._pyroConnection
         try:
             while (event := conn.next_event()) is None:
-                conn.receive_data(sock.recv(_RECV_SIZE))
+                receive_blocking(sock, conn, _RECV_SIZE)
         except socket.timeout:
             self._pyroRelease()
             raise errors.TimeoutError("receiving: timeout") from None
