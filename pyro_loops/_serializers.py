@@ -204,6 +204,11 @@ def _rebuild(value: Any) -> Any:
 # --- serializers ---------------------------------------------------------------
 
 
+# A bytes object no caller can hold (made at run time, never a shared constant): what
+# dumps_call_parts writes in a large argument's place to find where that goes.
+_STAND_IN = bytes(range(32, 64))
+
+
 class Serializer:
     """Turns values and call tuples into payload bytes and back."""
 
@@ -302,11 +307,40 @@ class Serializer:
     def dumps_call(self, obj: str, method: str, vargs: Any, kwargs: Any) -> bytes:
         return self.dumps((obj, method, vargs, kwargs))
 
+    #: how this serializer writes ``_STAND_IN`` in a call; None: it writes bytes in no
+    #: form that holds them as they are (serpent and json write text)
+    _stand_in_form: bytes | None = None
+
+    @staticmethod
+    def _bytes_header(size: int) -> bytes:
+        """What this serializer writes before a ``bytes`` of ``size`` (at least GATHER_SIZE) bytes."""
+        raise NotImplementedError
+
     def dumps_call_parts(self, obj: str, method: str, vargs: Any, kwargs: Any) -> bytes | _wire.Buffers:
-        """``dumps_call``, or for a call carrying a large ``bytes`` argument the
-        same bytes as ``Buffers`` around the caller's object, not copied into
-        a payload (see MarshalSerializer)."""
-        return self.dumps_call(obj, method, vargs, kwargs)
+        """``dumps_call``, or for a call whose one argument is a large ``bytes`` (and
+        no keyword arguments) the same bytes as ``Buffers``: what the serializer
+        writes before that object, the caller's object itself (not copied), what
+        it writes after it.
+
+        marshal and msgpack write bytes as a header and then the bytes as they
+        are. The pieces are found by writing the call with ``_STAND_IN`` in the
+        argument's place: all but the header are the same for any argument.
+        For marshal that holds because the stand-in is held elsewhere just as
+        the argument is (so both get the "remember this object" flag and the
+        objects after it are numbered the same); tests/test_bulk_send.py
+        checks the bytes against ``dumps_call``. Any other call, or an output
+        that does not show the stand-in exactly once: ``dumps_call``.
+        """
+        form = self._stand_in_form
+        if form is None or not (type(vargs) in (tuple, list) and len(vargs) == 1 and not kwargs
+                                and type(vargs[0]) is bytes and len(vargs[0]) >= _wire.GATHER_SIZE):
+            return self.dumps_call(obj, method, vargs, kwargs)
+        framed = self.dumps_call(obj, method, [_STAND_IN], kwargs)
+        at = framed.find(form)
+        if at < 0 or framed.find(form, at + 1) >= 0:
+            return self.dumps_call(obj, method, vargs, kwargs)
+        data = vargs[0]
+        return _wire.Buffers((framed[:at] + self._bytes_header(len(data)), data, framed[at + len(form):]))
 
     def loads_call(self, data: bytes) -> tuple[str, str, Any, Any]:
         call = self.loads(data)
@@ -742,35 +776,14 @@ class MarshalSerializer(Serializer):
     def dumps_call(self, obj, method, vargs, kwargs):
         return self.dumps((obj, method, list(vargs), kwargs))
 
-    def dumps_call_parts(self, obj: str, method: str, vargs: Any, kwargs: Any) -> bytes | _wire.Buffers:
-        """A call whose one argument is a large ``bytes`` (no keyword arguments)
-        as ``Buffers``: what marshal writes before that object, the object itself,
-        what it writes after it. marshal writes bytes as a type code, a 4-byte
-        length and the bytes as they are, so these pieces are ``dumps_call``'s
-        output byte for byte, without its copy of the argument. They are found
-        by writing the call with a small stand-in in the argument's place: the
-        stand-in is referred to as often as the argument (by the argument list
-        and more), so marshal flags it the same way (the "remember this object"
-        bit) and numbers the objects after it the same. Any other call, or an
-        output that does not show the stand-in once as expected: ``dumps_call``.
-        """
-        if not (type(vargs) in (tuple, list) and len(vargs) == 1 and not kwargs and type(vargs[0]) is bytes
-                and len(vargs[0]) >= _wire.GATHER_SIZE):
-            return self.dumps_call(obj, method, vargs, kwargs)
-        framed = self.dumps_call(obj, method, [_STAND_IN], kwargs)
-        at = framed.find(_STAND_IN_MARSHAL)
-        if at < 0 or framed.find(_STAND_IN_MARSHAL, at + 1) >= 0:
-            return self.dumps_call(obj, method, vargs, kwargs)
-        data = vargs[0]
-        return _wire.Buffers((framed[:at + 1] + len(data).to_bytes(4, "little"), data,
-                              framed[at + len(_STAND_IN_MARSHAL):]))
+    # marshal writes bytes as "s" (with the reference flag while something else holds
+    # the object, as the argument list always does), a 4-byte little-endian length,
+    # the bytes themselves
+    _stand_in_form = b"\xf3" + len(_STAND_IN).to_bytes(4, "little") + _STAND_IN
 
-
-# A bytes object no caller can hold (made at run time, never a shared constant), and
-# how marshal writes it while something else refers to it: "s" with the reference flag,
-# its length (4 bytes, little-endian), itself.
-_STAND_IN = bytes(range(32, 64))
-_STAND_IN_MARSHAL = bytes((ord("s") | 0x80,)) + len(_STAND_IN).to_bytes(4, "little") + _STAND_IN
+    @staticmethod
+    def _bytes_header(size: int) -> bytes:
+        return b"\xf3" + size.to_bytes(4, "little")
 
 
 class PickleSerializer(Serializer):
@@ -866,6 +879,13 @@ class MsgpackSerializer(Serializer):
     def __init__(self) -> None:
         import msgpack  # optional: without it this raises ImportError and the serializer is not installed
         self._msgpack = msgpack
+
+    # bin 8 for the stand-in; bin 32 (a 4-byte big-endian length) for a large bytes
+    _stand_in_form = b"\xc4" + bytes((len(_STAND_IN),)) + _STAND_IN
+
+    @staticmethod
+    def _bytes_header(size: int) -> bytes:
+        return b"\xc6" + size.to_bytes(4, "big")
 
     def _dumps(self, obj: Any) -> bytes:
         try:

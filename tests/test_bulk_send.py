@@ -21,7 +21,7 @@ import time
 import tracemalloc
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import pyro_loops
 from pyro_loops import _wire, errors
@@ -49,16 +49,23 @@ def big(size: int = LARGE, seed: int = 1) -> bytes:
 names = st.one_of(st.text(max_size=40), st.sampled_from(["obj", "size", "Pyro.Daemon", sys.intern("echo")]))
 
 
-@settings(max_examples=60, deadline=None)
+@pytest.fixture(params=["marshal", "msgpack"])
+def bulk_serializer(request):
+    if request.param == "msgpack":
+        pytest.importorskip("msgpack")
+    return get_serializer(request.param)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(obj=names, method=names, size=st.integers(_wire.GATHER_SIZE, _wire.GATHER_SIZE + 5000),
        as_list=st.booleans(), kwargs=st.sampled_from([{}, None]))
-def test_a_marshal_call_with_one_large_bytes_argument_is_marshal_dumps_byte_for_byte_around_the_callers_object(
-        obj, method, size, as_list, kwargs):
+def test_a_call_with_one_large_bytes_argument_is_the_serializers_bytes_around_the_callers_object(
+        bulk_serializer, obj, method, size, as_list, kwargs):
     data = bytes(size)
     vargs = [data] if as_list else (data,)
-    pieces = MARSHAL.dumps_call_parts(obj, method, vargs, kwargs)
+    pieces = bulk_serializer.dumps_call_parts(obj, method, vargs, kwargs)
     assert type(pieces) is _wire.Buffers
-    assert bytes(pieces) == MARSHAL.dumps_call(obj, method, vargs, kwargs)
+    assert bytes(pieces) == bulk_serializer.dumps_call(obj, method, vargs, kwargs)
     assert any(part is data for part in pieces.parts)  # not copied
 
 
@@ -68,9 +75,15 @@ def test_a_marshal_call_with_one_large_bytes_argument_is_marshal_dumps_byte_for_
     (("x" * LARGE,), {}),                         # not bytes
     ((b"x" * (_wire.GATHER_SIZE - 1),), {}),      # small
 ])
-def test_other_marshal_calls_are_one_payload_as_marshal_writes_it(vargs, kwargs):
-    payload = MARSHAL.dumps_call_parts("obj", "size", vargs, kwargs)
-    assert type(payload) is bytes and payload == MARSHAL.dumps_call("obj", "size", vargs, kwargs)
+def test_other_calls_are_one_payload_as_the_serializer_writes_it(bulk_serializer, vargs, kwargs):
+    payload = bulk_serializer.dumps_call_parts("obj", "size", vargs, kwargs)
+    assert type(payload) is bytes and payload == bulk_serializer.dumps_call("obj", "size", vargs, kwargs)
+
+
+def test_serpent_writes_a_large_bytes_argument_as_one_payload():
+    serpent = get_serializer("serpent")
+    payload = serpent.dumps_call_parts("obj", "size", (b"x" * LARGE,), {})
+    assert type(payload) is bytes and payload == serpent.dumps_call("obj", "size", (b"x" * LARGE,), {})
 
 
 def test_hmac_and_compression_over_buffers_equal_those_over_the_joined_bytes():
