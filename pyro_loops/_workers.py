@@ -101,6 +101,7 @@ class WorkerPool:
             except BaseException:  # a job that lets an error out must not kill the worker
                 log.exception("unhandled error in worker job")
             finally:
+                job = None  # not held while waiting for the next: it may hold a large request
                 with self._lock:
                     if worker.jobs.empty():
                         if self._backlog:
