@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import weakref
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -368,3 +369,25 @@ def test_a_large_reply_reaches_a_slow_reader_whole_while_the_daemon_keeps_answer
     conn.receive_data(reply)
     event = conn.next_event()
     assert event.value == data and conn.next_event() is None
+
+
+def test_an_idle_worker_holds_nothing_of_the_job_it_ran():
+    """A worker waiting for its next job must not keep the last one's closure (under the
+    thread server that is a call's request and arguments, a large payload among them)."""
+    from pyro_loops._workers import WorkerPool
+
+    class Argument:
+        pass
+
+    pool = WorkerPool(1)
+    ran = threading.Event()
+    argument = Argument()
+    gone = threading.Event()
+    weak = weakref.ref(argument, lambda _: gone.set())
+    pool.submit(lambda held=argument: ran.set())
+    del argument
+    try:
+        assert ran.wait(TIMEOUT)
+        assert gone.wait(TIMEOUT), f"the idle worker still holds {weak()!r}"
+    finally:
+        pool.close()
