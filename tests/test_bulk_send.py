@@ -34,6 +34,7 @@ from pyro_loops.proxy import Proxy
 from _client_hosts import host, client, reported  # noqa: F401 - fixtures
 from _util import TIMEOUT, Pyro4Server, pyro4_client
 from test_daemon import serving
+from test_protocol_client import MisbehavingPeer
 
 LARGE = 3 * _wire.GATHER_SIZE
 MARSHAL = get_serializer("marshal")
@@ -98,39 +99,32 @@ def test_hmac_and_compression_over_buffers_equal_those_over_the_joined_bytes():
 # --- on the wire: a raw peer records what the proxy sends ----------------------------------------
 
 
-class RecordingPeer:
+class RecordingPeer(MisbehavingPeer):
     """A server on a real socket that records every byte it receives and answers
-    the handshake and ``size(data)`` calls through the server role.
+    the handshake and ``size(data)`` calls through the server role (signing with
+    ``hmac_key``, over TLS with ``tls``).
 
     ``close_after``: read that many bytes of the first call, then close (a peer
     going away while the proxy is still sending)."""
 
     def __init__(self, hmac_key: bytes | None = None, tls: ssl.SSLContext | None = None,
                  close_after: int = 0) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.uri = f"PYRO:svc@127.0.0.1:{self.listener.getsockname()[1]}"
         self.hmac_key, self.tls, self.close_after = hmac_key, tls, close_after
         self.received = bytearray()
-        self.connections = 0
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            if self.tls is not None:
-                conn = self.tls.wrap_socket(conn, server_side=True)
-            with conn:
-                try:
-                    self._converse(conn, ServerProtocol(hmac_key=self.hmac_key))
-                except OSError:
-                    pass
+        super().__init__()
 
     def _converse(self, conn: socket.socket, server: ServerProtocol) -> None:
+        server.hmac_key = self.hmac_key
+        try:
+            if self.tls is None:
+                self._record(conn, server)
+            else:
+                with self.tls.wrap_socket(conn, server_side=True) as tls_conn:
+                    self._record(tls_conn, server)
+        except OSError:
+            pass  # the proxy went away; the next connection is served all the same
+
+    def _record(self, conn: socket.socket, server: ServerProtocol) -> None:
         while True:
             event = server.next_event()
             if event is None:
@@ -164,9 +158,6 @@ class RecordingPeer:
             out.append(bytes(self.received[pos:end]))
             pos = end
         return out
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def joined_call(call: bytes, object_id: str, serializer: str, data: bytes, hmac_key: bytes | None = None,
