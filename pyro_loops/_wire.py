@@ -16,7 +16,7 @@ import struct
 import sys
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Union
+from typing import Iterable, Protocol, Union, overload
 
 from .constants import PROTOCOL_VERSION
 from .errors import MessageTooLargeError, ProtocolError, SecurityError
@@ -283,6 +283,12 @@ def encode(msg: Message, hmac_key: bytes | None = None, gather: bool = False) ->
     if gather and (type(msg.data) is Buffers or data_len >= GATHER_SIZE):
         return Buffers((header + ann, *parts(msg.data)))
     return b"".join((header, ann, *parts(msg.data)))
+
+
+@overload
+def compress_if_useful(data: bytes, flags: int) -> tuple[bytes, int]: ...
+@overload
+def compress_if_useful(data: Data, flags: int) -> tuple[Data, int]: ...
 
 
 def compress_if_useful(data: Data, flags: int) -> tuple[Data, int]:
