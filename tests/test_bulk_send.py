@@ -105,11 +105,12 @@ class RecordingPeer(MisbehavingPeer):
     ``hmac_key``, over TLS with ``tls``).
 
     ``close_after``: read that many bytes of the first call, then close (a peer
-    going away while the proxy is still sending)."""
+    going away while the proxy is still sending). ``cut_reply``: answer a call
+    with half of a reply carrying its argument back, then close."""
 
     def __init__(self, hmac_key: bytes | None = None, tls: ssl.SSLContext | None = None,
-                 close_after: int = 0) -> None:
-        self.hmac_key, self.tls, self.close_after = hmac_key, tls, close_after
+                 close_after: int = 0, cut_reply: bool = False) -> None:
+        self.hmac_key, self.tls, self.close_after, self.cut_reply = hmac_key, tls, close_after, cut_reply
         self.received = bytearray()
         super().__init__()
 
@@ -145,6 +146,10 @@ class RecordingPeer(MisbehavingPeer):
             elif isinstance(event, InvokeRequest):
                 serializer = get_serializer(event.msg.serializer_id)
                 _obj, _method, (value,), _kwargs = serializer.loads_call(event.msg.payload())
+                if self.cut_reply:  # half of a large reply (the argument back), then the end
+                    reply = bytes(server.result_bytes(event.msg, serializer.dumps(value), 0, {}))
+                    conn.sendall(reply[:len(reply) // 2])
+                    return
                 conn.sendall(server.result_bytes(event.msg, serializer.dumps(len(value)), 0, {}))
             else:
                 return
@@ -231,6 +236,20 @@ def test_a_proxy_whose_peer_closes_in_the_middle_of_a_large_call_says_so_and_rec
                 proxy.size(data)
             assert proxy._pyroConnection is None
             assert proxy.size(big()) == LARGE and peer.connections == 2
+    finally:
+        peer.close()
+
+
+def test_a_proxy_whose_peer_closes_in_the_middle_of_a_large_reply_says_so():
+    peer = RecordingPeer(cut_reply=True)
+    try:
+        with Proxy(peer.uri) as proxy:
+            proxy._pyroSerializer = "marshal"
+            proxy._pyroTimeout = TIMEOUT
+            proxy._pyroMaxRetries = 0
+            with pytest.raises(errors.ConnectionClosedError, match="connection lost"):
+                proxy.size(big(4 * 1024 * 1024))
+            assert proxy._pyroConnection is None
     finally:
         peer.close()
 
