@@ -102,7 +102,6 @@ class CallDispatcher:
         # the call lane's targets by call key (see take_call), valid for one _expose.generation
         self.lanes: dict[bytes, tuple] = {}
         self.lanes_generation = _expose.generation
-        self.plain_replies: bool | None = None  # the daemon's class adds no reply annotations; None: not asked yet
 
     @property
     def servertype(self) -> str:
@@ -247,7 +246,9 @@ class CallDispatcher:
         common case on (the method raises, returns something other than a
         short scalar, sets response annotations, or the call took long enough
         to peek for a hangup), the general path takes over with what is
-        known so far: the method never runs twice.
+        known so far: the method never runs twice. Not with COMPRESSION or
+        DETAILED_TRACEBACK on, nor from a daemon class that adds reply
+        annotations.
 
         Returns None when the lane declined before anything happened: ``data``
         then goes to the protocol and the general path as ever. Returns the
@@ -259,7 +260,7 @@ class CallDispatcher:
         config_ = config
         if (servertype != "multiplex" and (servertype is not None or self.own_loop)
                 or "serpent" not in config_.SERIALIZERS_ACCEPTED or config_.COMPRESSION
-                or config_.MAX_BLOCKING_ENCODE < _fastcall.LANE_COST):
+                or config_.MAX_BLOCKING_ENCODE < _fastcall.LANE_COST or config_.DETAILED_TRACEBACK):
             return None
         request = _fastcall.lane_request(data, conn.protocol.reader.max_message_size)
         if request is None:
@@ -277,45 +278,17 @@ class CallDispatcher:
         method = getattr(obj, name)
         if type(method) is not types.MethodType or method.__func__ is not func or method.__self__ is not obj:
             return None  # the instance holds a method of its own under that name
-        if self.plain_replies is None:
-            self.plain_replies = not _overrides_annotations(type(self.host))
-        if not self.plain_replies:
-            return None
         facts = _Facts()  # what set_call_context makes of the message the general path would decode
         facts.client = conn
         facts.client_sock_addr = conn.addr
         facts.seq = seq
         facts.serializer_id = _fastcall.SERPENT_ID
-        annotations = facts.annotations
         if corr is not None:
-            annotations["CORR"] = facts.correlation_bytes = corr
+            facts.annotations["CORR"] = facts.correlation_bytes = corr
         conn.busy = True
         self.dispatching += 1
         try:
-            reply: bytes | None = None
-            token = _call_facts.set(facts)
-            try:
-                result = method(*vargs)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:
-                reply = self._exception_reply(conn, self._lane_message(conn, data, annotations), _SERPENT, exc)
-            finally:
-                try:
-                    _call_facts.reset(token)
-                except ValueError:  # set in another context (a nested loop ran in between)
-                    pass
-            if reply is None:
-                # the reply carries the correlation id as the method left the context's annotations
-                if corr is not None:
-                    reply_corr = corr if annotations.get("CORR") is corr else None
-                else:
-                    reply_corr = None if annotations else _random_bits(128).to_bytes(16, "little")  # randbytes(16)
-                if reply_corr is not None and not facts.response_annotations:
-                    reply = _fastcall.lane_reply(seq, reply_corr, result, config_.MAX_MESSAGE_SIZE)
-                if reply is None:
-                    reply = self._outcome_reply(conn, self._lane_message(conn, data, annotations), _SERPENT,
-                                                result, facts)
+            reply = self._run_call(conn, None, _SERPENT, method, vargs, facts, data)
         except _Deferred:
             return False
         finally:
@@ -331,7 +304,8 @@ class CallDispatcher:
         object, function)``, or ``_NO_LANE`` when the general path serves such calls."""
         lane = _NO_LANE
         names = _fastcall.lane_names(key)
-        if names is not None:
+        # lane replies carry no annotations but the correlation id
+        if names is not None and not _overrides_annotations(type(self.host)):
             obj_id, name = names
             obj = self.host.objectsById.get(obj_id)
             # the daemon's own object is left out: its stream methods move deadlines
@@ -613,21 +587,50 @@ class CallDispatcher:
     def _set_context(self, conn: ClientConnection, msg: _wire.Message) -> Any:
         return set_call_context(conn, conn.addr, msg.seq, msg.flags, msg.serializer_id, msg.annotations)
 
-    def _run_call(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
-                  call: Callable[[], Any]) -> bytes:
-        """Run a call where we are (loop or worker) and return its reply bytes."""
-        token = self._set_context(conn, msg)
-        facts = current_context.facts()
+    def _run_call(self, conn: ClientConnection, msg: _wire.Message | None, serializer: Serializer,
+                  call: Callable[..., Any], args: tuple = (), facts: Any = None, data: bytes = b"") -> bytes:
+        """Run a call where we are (loop or worker) and return its reply bytes.
+
+        The call lane (``take_call``) passes no ``msg`` but the request's
+        ``data``, the ``facts`` of the call context it made and the
+        arguments. Its scalar results are written by ``_fastcall.lane_reply``;
+        anything else makes the message the general path would have had and
+        goes on from there. Both run the method from the same line, so a
+        remote traceback reads the same either way.
+        """
+        if facts is None:
+            token = self._set_context(conn, msg)
+            facts = current_context.facts()
+        else:
+            token = _call_facts.set(facts)
         try:
-            result = call()
+            result = call(*args)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
             if isinstance(call, _ReportedCall):
                 report_error(exc, "@pyro_loops.callback method")
+            if msg is None:
+                msg = self._lane_message(conn, data, facts.annotations)
             return self._exception_reply(conn, msg, serializer, exc)
         finally:
-            reset_call_context(token)
+            try:
+                _call_facts.reset(token)
+            except ValueError:  # set in another context (a nested loop ran in between): leave it
+                pass
+        if msg is None:
+            # the reply carries the correlation id as the method left the context's annotations
+            annotations = facts.annotations
+            corr = facts.correlation_bytes
+            if corr is not None:
+                corr = corr if annotations.get("CORR") is corr else None
+            elif not annotations:
+                corr = _random_bits(128).to_bytes(16, "little")  # as random.randbytes(16)
+            if corr is not None and not facts.response_annotations:
+                reply = _fastcall.lane_reply(facts.seq, corr, result, config.MAX_MESSAGE_SIZE)
+                if reply is not None:
+                    return reply
+            msg = self._lane_message(conn, data, annotations)
         return self._outcome_reply(conn, msg, serializer, result, facts)
 
     def _outcome_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer, result: Any,

@@ -125,6 +125,7 @@ class Connections:
         self.accept_resume_at: float | None = None  # accepting is paused until then
         self.idle_check_at: float | None = None
         self.lane = True  # False: every read takes the general path (tests compare the two)
+        self.lane_calls = 0  # requests the call lane took (tests tell by it which way a call went)
 
     def set_hmac_key(self, key: bytes | None) -> None:
         self.hmac_key = key
@@ -185,6 +186,7 @@ class Connections:
             protocol.receive_data(data)
             self.process(conn)
             return False
+        self.lane_calls += 1
         if reply is not False:
             try:
                 sent = conn.sock.send(reply)
