@@ -175,6 +175,17 @@ class RawClient:
         self.sock.close()
 
 
+@contextlib.contextmanager
+def connected(daemon_class: type = Daemon) -> Iterator[tuple[Served, RawClient]]:
+    """A lane daemon and a raw connection to it."""
+    with served(daemon_class=daemon_class) as server:
+        client = RawClient(server)
+        try:
+            yield server, client
+        finally:
+            client.close()
+
+
 def request_bytes(obj: str, method: str, vargs: tuple, corr: bytes | None, seq: int, flags: int = 0,
                   pyro4_spacing: bool = False) -> bytes:
     payload = (serpent.dumps((obj, method, vargs, {})) if pyro4_spacing
@@ -305,15 +316,13 @@ def test_generator_result_streams_its_items_through_the_lane_daemon():
 
 
 def test_oneway_call_runs_once_without_a_reply_then_calls_go_on():
-    with served() as server:
-        client = RawClient(server)
+    with connected() as (server, client):
         client.sock.sendall(request_bytes("obj", "later", (1,), None, 1, flags=_wire.FLAGS_ONEWAY))
         wait_until(lambda: server.obj.calls)
         reply = client.call("echo", 2)
         assert comparable(reply, None)[2] == client.protocol.seq
         assert [call[:2] for call in server.obj.calls] == [("later", (1,)), ("echo", (2,))]
         assert server.lane_calls == 1  # the echo only
-        client.close()
 
 
 def test_a_daemon_with_an_hmac_key_answers_on_the_general_path():
@@ -331,17 +340,14 @@ class AnnotatingDaemon(Daemon):
 
 
 def test_a_daemon_class_that_adds_annotations_adds_them_to_every_reply():
-    with served(daemon_class=AnnotatingDaemon) as server:
-        client = RawClient(server)
+    with connected(daemon_class=AnnotatingDaemon) as (server, client):
         reply = comparable(client.call("echo", 3), None)
         assert reply[4]["XDMN"] == b"daemon"
         assert server.lane_calls == 0
-        client.close()
 
 
 def test_unregistering_between_calls_ends_the_lane_and_a_new_object_takes_the_id():
-    with served() as server:
-        client = RawClient(server)
+    with connected() as (server, client):
         client.call("echo", 1)
         assert server.lane_calls == 1
         server.daemon.unregister("obj")
@@ -358,18 +364,15 @@ def test_unregistering_between_calls_ends_the_lane_and_a_new_object_takes_the_id
         assert [call[:2] for call in replacement.calls] == [("echo", (3,))]
         assert [call[:2] for call in server.obj.calls] == [("echo", (1,))]
         assert server.lane_calls == 2
-        client.close()
 
 
 def test_an_object_replaced_in_the_registry_directly_gets_the_calls():
-    with served() as server:
-        client = RawClient(server)
+    with connected() as (server, client):
         client.call("echo", 1)
         replacement = Recorder()
         server.daemon.objectsById["obj"] = replacement
         client.call("echo", 2)
         assert [call[:2] for call in replacement.calls] == [("echo", (2,))]
-        client.close()
 
 
 @pytest.mark.parametrize("mode", ["single", "session", "percall"])
@@ -397,18 +400,30 @@ def test_registered_classes_keep_their_instance_mode(mode):
         assert (results, Counter.made) == expected[mode]
 
 
-def test_a_method_patched_on_the_class_runs_from_the_next_call():
+def valued_class() -> type:
+    """A fresh exposed class with one plain method, for a test to change."""
     @expose
-    class Patchable:
+    class Valued:
         def value(self, x):
             return x
 
+    return Valued
+
+
+@contextlib.contextmanager
+def proxy_for(obj: Any) -> Iterator[tuple[Served, Proxy]]:
     with served() as server:
-        server.daemon.register(Patchable(), "patchable")
-        with Proxy(server.daemon.uriFor("patchable")) as proxy:
-            assert proxy.value(1) == 1
-            Patchable.value = expose(lambda self, x: x * 10)
-            assert proxy.value(2) == 20
+        server.daemon.register(obj, "target")
+        with Proxy(server.daemon.uriFor("target")) as proxy:
+            yield server, proxy
+
+
+def test_a_method_patched_on_the_class_runs_from_the_next_call():
+    cls = valued_class()
+    with proxy_for(cls()) as (_, proxy):
+        assert proxy.value(1) == 1
+        cls.value = expose(lambda self, x: x * 10)
+        assert proxy.value(2) == 20
 
 
 def test_a_method_the_instance_holds_itself_is_the_one_called():
@@ -419,20 +434,14 @@ def test_a_method_the_instance_holds_itself_is_the_one_called():
 
 
 def test_reset_metadata_cache_makes_the_lane_decide_again():
-    @expose
-    class Late:
-        def value(self, x):
-            return x
-
-    with served() as server:
-        server.daemon.register(Late(), "late")
-        with Proxy(server.daemon.uriFor("late")) as proxy:
-            assert proxy.value(1) == 1
-            calls = server.lane_calls
-            Late.value._pyroInWorker = True  # now it must run in a worker thread
-            server.daemon.resetMetadataCache()
-            assert proxy.value(2) == 2
-            assert server.lane_calls == calls
+    cls = valued_class()
+    with proxy_for(cls()) as (server, proxy):
+        assert proxy.value(1) == 1
+        calls = server.lane_calls
+        cls.value._pyroInWorker = True  # now it must run in a worker thread
+        server.daemon.resetMetadataCache()
+        assert proxy.value(2) == 2
+        assert server.lane_calls == calls
 
 
 def test_thread_and_private_and_unexposed_names_are_refused_as_before(pair):
