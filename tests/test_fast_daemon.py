@@ -18,23 +18,34 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import serpent
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from _util import wait_until
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
-from pyro_loops import Daemon, Proxy, behavior, config, current_context, errors, expose, oneway
-from pyro_loops import _fastcall, _wire
+from pyro_loops import (
+    Daemon,
+    Proxy,
+    _fastcall,
+    _wire,
+    behavior,
+    config,
+    current_context,
+    errors,
+    expose,
+    oneway,
+)
 from pyro_loops._eventloop import SelectLoop
 from pyro_loops._protocol import ClientProtocol, Connected
 from pyro_loops._serializers import Serializer, get_serializer
 
-from _util import wait_until
-
 TIMEOUT = 10.0
 SERPENT = get_serializer("serpent")
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                             HealthCheck.function_scoped_fixture])
 
 
@@ -106,6 +117,7 @@ class Served:
         config.ONEWAY_THREADED = False
         self.daemon = daemon_class(host="127.0.0.1")
         self.daemon._connections.lane = lane
+        self.client: RawClient | None = None
         self.obj = Recorder()
         self.uri = self.daemon.register(self.obj, "obj")
         self.loop = SelectLoop()
@@ -117,7 +129,20 @@ class Served:
     def lane_calls(self) -> int:
         return self.daemon._connections.lane_calls
 
+    def exchange(self, request: bytes) -> bytes:
+        """One request and its reply on a connection kept from one call to the next
+        (b"" when the daemon closed it; the next exchange connects again)."""
+        if self.client is None:
+            self.client = RawClient(self)
+        reply = self.client.exchange(request)
+        if not reply:
+            self.client.close()
+            self.client = None
+        return reply
+
     def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
         self.loop.stop()
         self.thread.join(TIMEOUT)
         self.daemon.close()
@@ -211,6 +236,11 @@ def comparable(reply: bytes, request_corr: bytes | None) -> tuple:
     return message.type, message.flags, message.seq, message.serializer_id, annotations, bytes(message.data)
 
 
+def both_replies(pair: tuple[Served, Served], request: bytes, corr: bytes | None) -> list[tuple]:
+    """What the lane daemon and the general one answer to ``request``, comparable."""
+    return [comparable(server.exchange(request), corr) for server in pair]
+
+
 def assert_same_call_log(lane: Served, general: Served) -> None:
     assert repr(lane.obj.calls) == repr(general.obj.calls)  # by repr: a nan argument equals itself
 
@@ -241,14 +271,7 @@ corrs = st.one_of(st.none(), st.binary(min_size=16, max_size=16))
 def test_lane_and_general_path_give_the_same_reply_bytes_and_calls(pair, obj, method, vargs, corr, seq,
                                                                   pyro4_spacing):
     lane, general = pair
-    request = request_bytes(obj, method, vargs, corr, seq, pyro4_spacing=pyro4_spacing)
-    replies = []
-    for server in (lane, general):
-        client = RawClient(server)
-        try:
-            replies.append(comparable(client.exchange(request), corr))
-        finally:
-            client.close()
+    replies = both_replies(pair, request_bytes(obj, method, vargs, corr, seq, pyro4_spacing=pyro4_spacing), corr)
     assert replies[0] == replies[1]
     assert_same_call_log(lane, general)
     assert general.lane_calls == 0
@@ -260,11 +283,7 @@ def test_the_lane_serves_the_common_call_and_its_reply_is_the_general_one(pair):
     for value in (42, -7, 1.5, "text", "é", None, True):
         request = request_bytes("obj", "echo", (value,), corr, 5)
         before = lane.lane_calls
-        replies = []
-        for server in (lane, general):
-            client = RawClient(server)
-            replies.append(client.exchange(request))
-            client.close()
+        replies = both_replies(pair, request, corr)
         assert replies[0] == replies[1]
         assert lane.lane_calls == before + 1, f"the lane did not serve echo({value!r})"
     assert_same_call_log(lane, general)
@@ -285,12 +304,7 @@ def test_pyro4_spacing_and_no_arguments_take_the_lane(pair):
                                          ("lose_corr", 5), ("text", "x" * 400)])
 def test_calls_the_lane_cannot_answer_run_once_and_get_the_general_answer(pair, method, arg):
     lane, general = pair
-    request = request_bytes("obj", method, (arg,), b"q" * 16, 9)
-    replies = []
-    for server in (lane, general):
-        client = RawClient(server)
-        replies.append(comparable(client.exchange(request), b"q" * 16))
-        client.close()
+    replies = both_replies(pair, request_bytes("obj", method, (arg,), b"q" * 16, 9), b"q" * 16)
     assert replies[0] == replies[1]
     assert len(lane.obj.calls) == (0 if method == "gen" else 1), "the method ran more than once"
     assert lane.lane_calls == 1  # taken by the lane, answered the general way from the call on
@@ -445,14 +459,9 @@ def test_reset_metadata_cache_makes_the_lane_decide_again():
 
 
 def test_thread_and_private_and_unexposed_names_are_refused_as_before(pair):
-    lane, general = pair
+    lane, _ = pair
     for method in ("_private", "prop", "missing", "__init__"):
-        request = request_bytes("obj", method, (1,), None, 3)
-        replies = []
-        for server in (lane, general):
-            client = RawClient(server)
-            replies.append(comparable(client.exchange(request), None))
-            client.close()
+        replies = both_replies(pair, request_bytes("obj", method, (1,), None, 3), None)
         assert replies[0] == replies[1]
     assert lane.lane_calls == 0
 
@@ -473,7 +482,7 @@ def test_replies_the_socket_does_not_take_at_once_are_queued_in_order():
         while not conn.out:
             before = len(server.obj.calls)
             client.sendall(protocol.invoke("obj", "echo", ("x" * 1000,), {}).data)
-            wait_until(lambda: len(server.obj.calls) > before or conn.out, timeout=TIMEOUT)
+            wait_until(lambda before=before: len(server.obj.calls) > before or conn.out, timeout=TIMEOUT)
             count += 1
             assert count < 10000
         client.settimeout(TIMEOUT)
