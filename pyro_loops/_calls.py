@@ -25,14 +25,15 @@ import random
 import threading
 import time
 import traceback
+import types
 import zlib
 from typing import Any, Callable, Protocol
 
-from . import _wire, errors
+from . import _expose, _fastcall, _wire, errors
 from ._blob import blob_call
 from ._connection import ClientConnection
 from ._connections import Connections
-from ._expose import find_property, get_attribute, marked_in_worker
+from ._expose import find_property, get_attribute, lane_method, marked_in_worker
 from .hosting import log, report_error
 from ._protocol import ConnectRequest, InvokeRequest, PingRequest, Violation
 from ._serializers import ExceptionWrapper, Serializer, encoding_cost, get_serializer
@@ -40,6 +41,7 @@ from ._streams import StreamRegistry
 from ._workers import JobQuota, WorkerPool
 from .configuration import config
 from .constants import DAEMON_NAME
+from .context import _Facts, _facts as _call_facts  # the lane sets a call's facts itself
 from .context import current_context, enter_call_context, reset_call_context, set_call_context
 
 
@@ -93,8 +95,13 @@ class CallDispatcher:
         self.worker_call = threading.local()  # in a worker running a call: close() waits for its reply
         self.workers: WorkerPool | None = None
         self.jobs: JobQuota[ClientConnection] = JobQuota()  # oneway jobs per connection, MAX_QUEUED_JOBS_PER_CONNECTION
+        # ``Requests.holds_back``: the connection's job quota is full (asked before every read)
+        self.holds_back: Callable[[ClientConnection], bool] = self.jobs.is_full
         self.loop_jobs: collections.deque = collections.deque()  # (conn, job) posted by workers
         self.jobs_after_close = False  # closed: posted jobs run at once (their connections are closed)
+        # the call lane's targets by call key (see take_call), valid for one _expose.generation
+        self.lanes: dict[bytes, tuple] = {}
+        self.lanes_generation = _expose.generation
 
     @property
     def servertype(self) -> str:
@@ -117,9 +124,6 @@ class CallDispatcher:
         return self.servertype_set is not None or self.own_loop
 
     # --- what the connection side asks for (``_connections.Requests``) ----------------------
-
-    def holds_back(self, conn: ClientConnection) -> bool:
-        return self.jobs.is_full(conn)
 
     def dispatch_decoded(self, conn: ClientConnection) -> None:
         assert conn.decoded is not None
@@ -227,6 +231,106 @@ class CallDispatcher:
             if event.reply is not None:
                 self.connections.send(conn, event.reply)
             self.connections.close_conn(conn, "protocol error: " + event.reason)
+
+    # --- the call lane -------------------------------------------------------------------
+
+    def take_call(self, conn: ClientConnection, data: bytes) -> bytes | bool | None:
+        """Serve ``data``, read whole by an idle connection, as the common call it may be.
+
+        The lane takes a request only when the general path would decode it
+        to a call of a plain method (see ``_expose.lane_method``) of a
+        registered object, run in the loop's thread: one INVOKE of serpent
+        with flags 0, no annotation but the correlation id, at most one scalar
+        argument, on a multiplex server. It runs the method with the call
+        context the general path sets. From the first thing that is not the
+        common case on (the method raises, returns something other than a
+        short scalar, sets response annotations, or the call took long enough
+        to peek for a hangup), the general path takes over with what is
+        known so far: the method never runs twice. Not with COMPRESSION or
+        DETAILED_TRACEBACK on, nor from a daemon class that adds reply
+        annotations.
+
+        Returns None when the lane declined before anything happened: ``data``
+        then goes to the protocol and the general path as ever. Returns the
+        reply bytes, for the socket side to send, when the call went the whole
+        lane, and False when it finished on the general path (its reply sent,
+        or arranged for, as that path does).
+        """
+        servertype = self.servertype_set
+        config_ = config
+        if (servertype != "multiplex" and (servertype is not None or self.own_loop)
+                or "serpent" not in config_.SERIALIZERS_ACCEPTED or config_.COMPRESSION
+                or config_.MAX_BLOCKING_ENCODE < _fastcall.LANE_COST or config_.DETAILED_TRACEBACK):
+            return None
+        request = _fastcall.lane_request(data, conn.protocol.reader.max_message_size)
+        if request is None:
+            return None
+        seq, corr, key, vargs = request
+        if self.lanes_generation != _expose.generation:
+            self.forget_lanes()
+        lane = self.lanes.get(key) or self._lane(key)
+        obj_id, name, obj, func = lane
+        if obj is None:
+            return None
+        if self.host.objectsById.get(obj_id) is not obj:  # unregistered or replaced meanwhile
+            del self.lanes[key]
+            return None
+        method = getattr(obj, name)
+        if type(method) is not types.MethodType or method.__func__ is not func or method.__self__ is not obj:
+            return None  # the instance holds a method of its own under that name
+        facts = _Facts()  # what set_call_context makes of the message the general path would decode
+        facts.client = conn
+        facts.client_sock_addr = conn.addr
+        facts.seq = seq
+        facts.serializer_id = _fastcall.SERPENT_ID
+        if corr is not None:
+            facts.annotations["CORR"] = facts.correlation_bytes = corr
+        conn.busy = True
+        self.dispatching += 1
+        try:
+            reply = self._run_call(conn, None, _SERPENT, method, vargs, facts, data)
+        except _Deferred:
+            return False
+        finally:
+            self.dispatching -= 1
+        if conn.closed or conn.read_paused or time.monotonic() - conn.last_active > _HANGUP_CHECK_AFTER:
+            self._reply_after_call(conn, reply)
+            return False
+        conn.busy = False
+        return reply
+
+    def _lane(self, key: bytes) -> tuple:
+        """Find out (and remember) the lane target of a call key: ``(object id, method name,
+        object, function)``, or ``_NO_LANE`` when the general path serves such calls."""
+        lane = _NO_LANE
+        names = _fastcall.lane_names(key)
+        # lane replies carry no annotations but the correlation id
+        if names is not None and not _overrides_annotations(type(self.host)):
+            obj_id, name = names
+            obj = self.host.objectsById.get(obj_id)
+            # the daemon's own object is left out: its stream methods move deadlines
+            if obj is not None and obj_id != DAEMON_NAME and not inspect.isclass(obj):
+                func = lane_method(type(obj), name)
+                if func is not None:
+                    lane = (obj_id, name, obj, func)
+        if len(self.lanes) >= _LANES_MAX:
+            self.lanes.clear()
+        self.lanes[key] = lane
+        return lane
+
+    def forget_lanes(self) -> None:
+        """Decide every lane target afresh (objects were registered or unregistered, classes changed)."""
+        self.lanes.clear()
+        self.lanes_generation = _expose.generation
+
+    @staticmethod
+    def _lane_message(conn: ClientConnection, data: bytes, annotations: dict[str, bytes]) -> _wire.Message:
+        """The message the general path would have made of ``data`` (which the lane accepted),
+        sharing its annotations with the call context as that path's message does."""
+        msg = _fastcall.unframe(data, conn.protocol.reader.max_message_size)
+        assert msg is not None
+        msg.annotations = annotations
+        return msg
 
     def _reply_annotations(self, request: _wire.Message, corr: bytes | None = None) -> dict[str, bytes]:
         # a correlation id needs to be unique, not secret: no system call per reply
@@ -380,6 +484,10 @@ class CallDispatcher:
             return  # a coroutine runs on the host loop; its reply comes later
         finally:
             self.dispatching -= 1
+        self._reply_after_call(conn, data)
+
+    def _reply_after_call(self, conn: ClientConnection, data: bytes) -> None:
+        """Send the reply of a call that ran in the loop's thread."""
         if not conn.closed and time.monotonic() - conn.last_active > _HANGUP_CHECK_AFTER:
             # nothing was read while the call ran here: one peek tells whether
             # the client hung up meanwhile, so its reply is not lost silently
@@ -479,21 +587,55 @@ class CallDispatcher:
     def _set_context(self, conn: ClientConnection, msg: _wire.Message) -> Any:
         return set_call_context(conn, conn.addr, msg.seq, msg.flags, msg.serializer_id, msg.annotations)
 
-    def _run_call(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
-                  call: Callable[[], Any]) -> bytes:
-        """Run a call where we are (loop or worker) and return its reply bytes."""
-        token = self._set_context(conn, msg)
-        facts = current_context.facts()
+    def _run_call(self, conn: ClientConnection, msg: _wire.Message | None, serializer: Serializer,
+                  call: Callable[..., Any], args: tuple = (), facts: Any = None, data: bytes = b"") -> bytes:
+        """Run a call where we are (loop or worker) and return its reply bytes.
+
+        The call lane (``take_call``) passes no ``msg`` but the request's
+        ``data``, the ``facts`` of the call context it made and the
+        arguments. Its scalar results are written by ``_fastcall.lane_reply``;
+        anything else makes the message the general path would have had and
+        goes on from there. Both run the method from the same line, so a
+        remote traceback reads the same either way.
+        """
+        if facts is None:
+            token = self._set_context(conn, msg)
+            facts = current_context.facts()
+        else:
+            token = _call_facts.set(facts)
         try:
-            result = call()
+            result = call(*args)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
             if isinstance(call, _ReportedCall):
                 report_error(exc, "@pyro_loops.callback method")
+            if msg is None:
+                msg = self._lane_message(conn, data, facts.annotations)
             return self._exception_reply(conn, msg, serializer, exc)
         finally:
-            reset_call_context(token)
+            try:
+                _call_facts.reset(token)
+            except ValueError:  # set in another context (a nested loop ran in between): leave it
+                pass
+        if msg is None:
+            # the reply carries the correlation id as the method left the context's annotations
+            annotations = facts.annotations
+            corr = facts.correlation_bytes
+            if corr is not None:
+                corr = corr if annotations.get("CORR") is corr else None
+            elif not annotations:
+                corr = _random_bits(128).to_bytes(16, "little")  # as random.randbytes(16)
+            if corr is not None and not facts.response_annotations:
+                reply = _fastcall.lane_reply(facts.seq, corr, result, config.MAX_MESSAGE_SIZE)
+                if reply is not None:
+                    return reply
+            msg = self._lane_message(conn, data, annotations)
+        return self._outcome_reply(conn, msg, serializer, result, facts)
+
+    def _outcome_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer, result: Any,
+                       facts: Any) -> bytes:
+        """The reply bytes for what a call returned; raises _Deferred when they come later."""
         if inspect.iscoroutine(result):
             return self._await(conn, msg, serializer, result, facts)
         return self._result_reply(conn, msg, serializer, result, facts.response_annotations)
@@ -678,6 +820,11 @@ class CallDispatcher:
 
 
 _MISSING = object()
+_SERPENT = get_serializer(_fastcall.SERPENT_ID)
+_NO_LANE = (None, None, None, None)
+_random_bits = random.getrandbits
+_LANE_FAILED = object()
+_LANES_MAX = 1024  # call keys remembered per daemon: they come from clients
 #: result types that are never a stream
 _PLAIN = frozenset((int, float, str, bool, type(None), bytes, tuple, list, dict))
 #: a call that ran in the loop for less than this many seconds since its

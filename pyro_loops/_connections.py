@@ -24,7 +24,7 @@ from typing import Any, Callable, Protocol
 from . import _wire, socketutil
 from ._connection import ClientConnection
 from ._deadlines import KeyedHeap, SizeRanking
-from ._protocol import ServerProtocol
+from ._protocol import ServerProtocol, State
 from ._ratelog import RateLimitedLog
 from ._tls import TLSError
 from ._transport import tls_transport
@@ -55,6 +55,14 @@ class Requests(Protocol):
 
     def refuse_queued(self, conn: ClientConnection) -> None:
         """At daemon close: answer or log the complete requests still queued on ``conn``."""
+
+    def take_call(self, conn: ClientConnection, data: bytes) -> bytes | bool | None:
+        """Serve ``data``, one whole read of an idle connection, by the call lane if it can.
+
+        None: not taken, nothing happened (``data`` goes to the protocol).
+        Bytes: the reply to send, nothing else to do. False: the request was
+        handled on the general path, which did or arranged everything.
+        """
 
 
 def bind(host: str, port: int, unixsocket: str | None) -> tuple[socket.socket, str]:
@@ -116,6 +124,8 @@ class Connections:
         self.accept_backoff = 0.0  # > 0 while accept() fails for want of descriptors
         self.accept_resume_at: float | None = None  # accepting is paused until then
         self.idle_check_at: float | None = None
+        self.lane = True  # False: every read takes the general path (tests compare the two)
+        self.lane_calls = 0  # requests the call lane took (tests tell by it which way a call went)
 
     def set_hmac_key(self, key: bytes | None) -> None:
         self.hmac_key = key
@@ -139,6 +149,59 @@ class Connections:
         if events & READ and not conn.closed and not self.requests.holds_back(conn):
             self.read(conn)
 
+    def serve_readable(self, conn: ClientConnection) -> bool:
+        """``serve_ready(conn, READ)``, by the call lane when ``conn`` is idle.
+
+        Idle: established, plaintext, no HMAC key, nothing buffered, queued,
+        running, held back or waiting to be sent, not at end of stream, and
+        a wakeup budget (MAX_CALLS_PER_WAKEUP) of more than the one message
+        the lane takes. What one read brings then goes to the dispatcher's
+        ``take_call`` first; the reply it makes is sent at once, and when all
+        of it went, nothing else is left to do: no second look for messages,
+        no bound or deadline moved, interest unchanged. Anything else goes
+        the general way from where it is. True when the lane did it all.
+        """
+        protocol = conn.protocol
+        if (not self.lane or conn.busy or conn.out or conn.eof or conn.closed or conn.decoded is not None
+                or protocol.state is not State.ESTABLISHED or protocol.hmac_key or conn.transport.tls
+                or conn in self.soon or self.watcher is not None and config.MAX_CALLS_PER_WAKEUP < 2
+                or protocol.partial or self.requests.holds_back(conn)):
+            self.serve_ready(conn, READ)
+            return False
+        try:
+            data = conn.sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            self.set_interest(conn)
+            return False
+        except OSError as exc:
+            self.close_conn(conn, f"receive failed: {exc}")
+            return False
+        if not data:
+            self._end_of_stream(conn)
+            self.process(conn)
+            return False
+        conn.last_active = time.monotonic()
+        reply = self.requests.take_call(conn, data)
+        if reply is None:
+            protocol.receive_data(data)
+            self.process(conn)
+            return False
+        self.lane_calls += 1
+        if reply is not False:
+            try:
+                sent = conn.sock.send(reply)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self.close_conn(conn, f"send failed: {exc}")
+                return False
+            if sent == len(reply):
+                return True
+            conn.out += memoryview(reply)[sent:]
+            self._sent(conn)
+        self.process(conn, spent=1)
+        return False
+
     def guarded(self, conn: ClientConnection, where: str, work: Callable[..., None], *args: Any) -> None:
         """Run ``work(*args)`` for ``conn``; an error raised inside the daemon closes
         that connection at once (as Pyro4 does), so its client is never left
@@ -151,8 +214,12 @@ class Connections:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # any other error, even from a hook such as annotations()
-            report_error(exc, where)
-            self.close_conn(conn, f"internal error in {where}: {type(exc).__name__}")
+            self.internal_error(conn, where, exc)
+
+    def internal_error(self, conn: ClientConnection, where: str, exc: BaseException) -> None:
+        """What ``guarded`` does with an error raised inside the daemon."""
+        report_error(exc, where)
+        self.close_conn(conn, f"internal error in {where}: {type(exc).__name__}")
 
     def run_due(self, now: float) -> None:
         """The deadline work of one pass: accepting again, deferred messages and
@@ -365,10 +432,11 @@ class Connections:
                      "is sent all the same, and is lost unless the client only half-closed", conn.addr)
         self.set_interest(conn)
 
-    def process(self, conn: ClientConnection) -> None:
-        """Handle the complete messages buffered for ``conn``, a bounded number at a time."""
+    def process(self, conn: ClientConnection, spent: int = 0) -> None:
+        """Handle the complete messages buffered for ``conn``, a bounded number at a time
+        (``spent`` of them handled already in this wakeup)."""
         requests = self.requests
-        budget = config.MAX_CALLS_PER_WAKEUP if self.watcher is not None else sys.maxsize
+        budget = (config.MAX_CALLS_PER_WAKEUP if self.watcher is not None else sys.maxsize) - spent
         drained = False
         while not conn.closed and not conn.busy:
             if len(conn.out) > _OUTPUT_HIGH_WATER:
@@ -487,6 +555,10 @@ class Connections:
                 return
             if sent < len(data):
                 conn.out += memoryview(data)[sent:]
+        self._sent(conn)
+
+    def _sent(self, conn: ClientConnection) -> None:
+        """Reply bytes were sent or queued on ``conn``: bound its output, watch for room if any waits."""
         if len(conn.out) > config.MAX_OUTPUT_BUFFER:
             self.close_conn(conn, f"more than MAX_OUTPUT_BUFFER ({config.MAX_OUTPUT_BUFFER} bytes) of replies "
                                   "unread by the client")

@@ -6,19 +6,25 @@ it through ``pyro_loops.adapters.selectloop``: attach any number of daemons
 broadcast responder), add the program's own sockets and timers, then ``run()``
 or pump it with ``poll(0)`` once per frame. It sleeps in ``select()`` until a
 socket is ready or the nearest timer is due, so an idle loop does not wake up.
+
+Where the system has epoll, the loop waits on it directly (``_Epoll``): the
+``selectors`` layers cost more per event than the daemon's whole common call.
+Elsewhere it uses the ``selectors`` default.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
+import select
 import selectors
 import socket
 import threading
 import time
 from typing import Any, Callable
 
-from .hosting import READ, WRITE, reported, thread_name, wrong_thread
+from .hosting import READ, WRITE, report_error, reported, thread_name, wrong_thread
 from ._wakeup import Wakeup
 
 _CALLBACK_ERRORS = reported("select loop callback")
@@ -39,6 +45,82 @@ class Timer:
         self.cancelled = True
 
 
+_EPOLLIN = getattr(select, "EPOLLIN", 1)
+_EPOLLOUT = getattr(select, "EPOLLOUT", 4)
+
+
+def _fileno(fileobj: Any) -> int:
+    """The descriptor of a socket (or anything with ``fileno()``, or a descriptor); ValueError if closed."""
+    fd = fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
+    if fd < 0:
+        raise ValueError(f"invalid file descriptor: {fd}")
+    return fd
+
+
+class _Epoll:
+    """What SelectLoop needs of a ``selectors`` selector (``register``, ``modify``,
+    ``unregister``, ``get_map``, ``close``), over ``select.epoll``.
+
+    Instead of ``select()``, the loop calls ``epoll.poll`` itself and looks the
+    descriptors up in ``keys``: the selector's per-event objects and lookups
+    are left out. ``fresh`` holds the descriptors registered since the loop
+    last cleared it: an event the kernel reported for such a descriptor
+    belonged to the socket that had it before (closed and replaced during
+    the same pass), so the loop skips it.
+    """
+
+    def __init__(self) -> None:
+        self.epoll = select.epoll()
+        self.keys: dict[int, selectors.SelectorKey] = {}
+        self.fresh: set[int] = set()
+
+    def _fd(self, fileobj: Any) -> int:
+        try:
+            return _fileno(fileobj)
+        except ValueError:  # closed already: found by identity, as selectors does
+            for key in self.keys.values():
+                if key.fileobj is fileobj:
+                    return key.fd
+            raise KeyError(f"{fileobj!r} is not registered") from None
+
+    @staticmethod
+    def _mask(events: int) -> int:
+        return (_EPOLLIN if events & READ else 0) | (_EPOLLOUT if events & WRITE else 0)
+
+    def register(self, fileobj: Any, events: int, data: Any) -> selectors.SelectorKey:
+        fd = _fileno(fileobj)
+        if fd in self.keys:
+            raise KeyError(f"{fileobj!r} (descriptor {fd}) is already registered")
+        self.epoll.register(fd, self._mask(events))
+        key = self.keys[fd] = selectors.SelectorKey(fileobj, fd, events, data)
+        self.fresh.add(fd)
+        return key
+
+    def modify(self, fileobj: Any, events: int, data: Any) -> selectors.SelectorKey:
+        fd = self._fd(fileobj)
+        key = self.keys[fd]
+        if events != key.events:
+            self.epoll.modify(fd, self._mask(events))
+        key = self.keys[fd] = key._replace(fileobj=fileobj, events=events, data=data)
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        fd = self._fd(fileobj)
+        key = self.keys.pop(fd)
+        try:
+            self.epoll.unregister(fd)
+        except OSError:  # closed meanwhile: the kernel forgot it already
+            pass
+        return key
+
+    def get_map(self) -> dict[int, selectors.SelectorKey]:
+        return self.keys
+
+    def close(self) -> None:
+        self.epoll.close()
+        self.keys.clear()
+
+
 class _Hosted:
     """The watcher a SelectLoop gives each attached daemon."""
 
@@ -57,11 +139,11 @@ class _Hosted:
     # --- watcher interface ---
     def add(self, sock: socket.socket, events: int) -> None:
         self.socks.add(sock)
-        self.loop._register(sock, events, self._on_ready)
+        self.loop._register(sock, events, self.daemon.handle_event)
 
     def modify(self, sock: socket.socket, events: int) -> None:
         if events:
-            self.loop._register(sock, events, self._on_ready)
+            self.loop._register(sock, events, self.daemon.handle_event)
         else:  # selectors cannot watch for nothing; come back with the next modify
             self.loop._unregister(sock)
 
@@ -83,10 +165,7 @@ class _Hosted:
         self.attached = False
         self.loop._hosted.discard(self)
 
-    # --- callbacks ---
-    def _on_ready(self, sock: socket.socket, events: int) -> None:
-        self.daemon.handle_event(sock, events)
-
+    # --- callbacks (readiness goes to the daemon's handle_event directly) ---
     def _on_deadline(self) -> None:
         self.timer = None
         self.daemon.handle_deadline()
@@ -109,7 +188,7 @@ class SelectLoop:
     """One thread's loop over sockets and timers; see the module docstring."""
 
     def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
+        self._selector: Any = _Epoll() if hasattr(select, "epoll") else selectors.DefaultSelector()
         self._timers: list[tuple[float, int, Timer]] = []
         self._counter = itertools.count()
         self._hosted: set[_Hosted] = set()
@@ -159,15 +238,35 @@ class SelectLoop:
             due_in = max(0.0, self._timers[0][0] - time.monotonic())
             timeout = due_in if timeout is None else min(timeout, due_in)
         self._thread = threading.get_ident()
-        ready = self._selector.select(timeout)
-        registered = self._selector.get_map()
-        for key, events in ready:
-            # an earlier callback of this pass may have removed (and closed) this one
-            current = registered.get(key.fd)
-            if current is None or current.fileobj is not key.fileobj or not events & current.events:
-                continue
-            with _CALLBACK_ERRORS:
-                current.data(current.fileobj, events & current.events)
+        selector = self._selector
+        if type(selector) is not _Epoll:
+            self._run_selector(selector, timeout)
+        else:  # inline: this runs for every event
+            if timeout is None:
+                timeout = -1
+            elif timeout > 0:
+                timeout = math.ceil(timeout * 1e3) * 1e-3  # not a little early: the timer would not be due yet
+            else:
+                timeout = 0
+            fresh = selector.fresh
+            if fresh:
+                fresh.clear()
+            keys = selector.keys
+            for fd, mask in selector.epoll.poll(timeout):
+                key = keys.get(fd)
+                if key is None or fresh and fd in fresh:  # an earlier callback of this pass removed or replaced it
+                    continue
+                # as selectors reads a mask: errors and hangups wake readers and writers alike
+                events = ((WRITE if mask & ~_EPOLLIN else 0) | (READ if mask & ~_EPOLLOUT else 0)) & key.events
+                if events:
+                    try:  # as ``with _CALLBACK_ERRORS``, without its two calls per event
+                        key.data(key.fileobj, events)
+                    except (KeyboardInterrupt, SystemExit):
+                        raise
+                    except BaseException as exc:
+                        report_error(exc, _CALLBACK_ERRORS.where)
+        if not self._timers:
+            return
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
@@ -175,6 +274,19 @@ class SelectLoop:
                 continue
             with _TIMER_ERRORS:
                 timer.callback()
+
+    @staticmethod
+    def _run_selector(selector: selectors.BaseSelector, timeout: float | None) -> None:
+        """Wait for and run ready callbacks, through a ``selectors`` selector."""
+        ready = selector.select(timeout)
+        registered = selector.get_map()
+        for key, events in ready:
+            # an earlier callback of this pass may have removed (and closed) this one
+            current = registered.get(key.fd)
+            if current is None or current.fileobj is not key.fileobj or not events & current.events:
+                continue
+            with _CALLBACK_ERRORS:
+                current.data(current.fileobj, events & current.events)
 
     def run(self, until: Callable[[], bool] | None = None, max_wait: float | None = None) -> None:
         """Run until ``stop()`` is called or ``until()`` returns true.

@@ -156,9 +156,19 @@ def get_exposed_members(obj: Any, only_exposed: bool | None = None, as_lists: bo
 
 
 def reset_metadata_cache() -> None:
+    """Forget what was found out about classes (after a class changed, say); every
+    decision cached from them, the daemons' call lanes included, is made again."""
+    global generation
     _exposed_members.cache_clear()
     _class_exposes.cache_clear()
     _computed_attribute.cache_clear()
+    _lane_methods.clear()
+    generation += 1
+
+
+#: counts ``reset_metadata_cache`` calls: a cache built on what this module
+#: said is stale once this moved on
+generation = 0
 
 
 @functools.lru_cache(maxsize=4096)
@@ -208,6 +218,41 @@ def get_attribute(obj: Any, name: str, only_exposed: bool | None = None) -> Any:
             raise AttributeError(f"attempt to access unexposed attribute '{name}'")
         return value
     return getattr(obj, name)
+
+
+_lane_methods: dict[tuple[type, str], Any] = {}
+
+
+def lane_method(cls: type, name: str) -> Any:
+    """The plain function a call of ``name`` on an instance of ``cls`` runs, or None.
+
+    For the daemon's call lane, which runs such a call without asking
+    ``get_attribute`` each time: a function defined on the class (no
+    property, staticmethod, classmethod or other descriptor), exposed by
+    ``@expose`` whatever REQUIRE_EXPOSE says (so it is exposed under either
+    setting), not private, not marked ``@in_worker`` (nor its class) or
+    ``@callback``, on a class whose attribute lookup is the default one (so
+    looking the method up has no side effect and gives the class's function
+    unless the instance holds another). Markers are read once per class and
+    name, until ``reset_metadata_cache()``.
+    """
+    key = (cls, name)
+    try:
+        return _lane_methods[key]
+    except KeyError:
+        pass
+    member = next((vars(base)[name] for base in cls.__mro__ if name in vars(base)), None)
+    plain = (inspect.isfunction(member) and not is_private_attribute(name) and _class_exposes(cls, name)
+             and not _computed_attribute(cls, name) and cls.__getattribute__ is object.__getattribute__
+             and not getattr(member, "_pyroInWorker", False) and not getattr(cls, "_pyroInWorker", False)
+             and not getattr(member, "_pyroCallback", False))
+    if len(_lane_methods) >= _LANE_METHODS_MAX:
+        _lane_methods.clear()
+    found = _lane_methods[key] = member if plain else None
+    return found
+
+
+_LANE_METHODS_MAX = 4096  # as the lru caches above: classes made at runtime must not pile up
 
 
 def find_property(obj: Any, name: str, only_exposed: bool | None = None) -> property | None:

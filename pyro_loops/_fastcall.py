@@ -199,3 +199,109 @@ def serpent_request(payload: bytes | bytearray) -> tuple[str, str, tuple, dict] 
         return call.group(1).decode("utf-8"), call.group(2).decode("utf-8"), tuple(vargs), {}
     except UnicodeDecodeError:
         return FAIL
+
+
+# --- the daemon's call lane: one request read whole, one reply sent whole -----------------------
+#
+# The daemon's common call arrives as one read holding exactly one INVOKE: serpent, flags 0, the
+# client's correlation id as the only annotation, a call of at most one scalar argument. The
+# reply to a scalar result is one message with the same correlation id. These two functions read
+# and write exactly those; anything else is declined and the daemon takes its general path, which
+# gives the same result for what is accepted here (tests/test_fast_daemon.py compares them).
+
+_MSG_INVOKE = _wire.MSG_INVOKE
+_MSG_RESULT = _wire.MSG_RESULT
+# after the header: the CORR annotation (if any), then the payload of a call of at most one
+# scalar argument. Groups: 1 correlation id, 2 the object and method as written (the lane's
+# cache key), 3-7 the argument as in _SCALAR_TEXT.
+_LANE_REQUEST = re.compile(
+    rb"(?:" + re.escape(_CORR_CHUNK) + rb"(.{16}))?" + re.escape(_SERPENT_HEADER)
+    + rb"\(('[^'\\\n\x00]*', ?'[^'\\\n\x00]*'), ?\((?:(?:" + _SCALAR_TEXT + rb"),)?\), ?\{\}\)\Z",
+    re.DOTALL)
+# a reply header with its CORR annotation and the serpent header, packed at once
+_LANE_REPLY = struct.Struct(_wire.HEADER.format + f"{len(_CORR_CHUNK)}s16s{_SERPENT_HEADER_SIZE}s")
+_LANE_REPLY_CHECKSUM = _CHECKSUM_BASE + _MSG_RESULT + _CORR_LEN + SERPENT_ID
+#: the longest str result the lane writes (longer ones cost the general path nothing extra)
+LANE_TEXT = 1024
+#: what the general path's ``encoding_cost`` counts at most for a lane result (a LANE_TEXT str)
+LANE_COST = LANE_TEXT // 4 + 8
+_LANE_INT = 10 ** 18  # ints the lane writes are shorter than this: no digit limit is near
+_LANE_WORDS = {None: b"None", True: b"True", False: b"False"}
+
+
+def lane_request(data: bytes, max_message_size: int) -> tuple[int, bytes | None, bytes, tuple] | None:
+    """``(seq, correlation id or None, call key, vargs)`` if ``data`` is exactly one small serpent
+    INVOKE with flags 0, no annotation but CORR, and at most one scalar argument.
+
+    The call key is the object id and method as the request writes them: one key per target.
+    Accepted requests are a subset of what ``unframe`` and ``serpent_request`` accept, with the
+    same values; None for anything else.
+    """
+    size = len(data)
+    if size < _HEADER_SIZE:
+        return None
+    tag, version, msg_type, flags, seq, data_len, ser_id, ann_len, _reserved, check = _unpack_header(data)
+    if (msg_type != _MSG_INVOKE or flags or ser_id != SERPENT_ID or tag != _TAG or version != PROTOCOL_VERSION
+            or size != _HEADER_SIZE + ann_len + data_len or data_len > SMALL_PAYLOAD or data_len < 0
+            or check != (_CHECKSUM_BASE + _MSG_INVOKE + data_len + ann_len + SERPENT_ID + seq) & 0xFFFF
+            or max_message_size and data_len + ann_len > max_message_size):
+        return None
+    match = _LANE_REQUEST.match(data, _HEADER_SIZE)
+    if match is None:
+        return None
+    corr, key, integer, real, single, double, word = match.groups()
+    if ann_len != (0 if corr is None else _CORR_LEN):  # the payload began with what looks like CORR
+        return None
+    if integer is not None:
+        return seq, corr, key, (int(integer),)
+    if real is not None:
+        return seq, corr, key, (float(real),)
+    if word is not None:
+        return seq, corr, key, (_NAMES[word],)
+    text = single if single is not None else double
+    if text is None:
+        return seq, corr, key, ()
+    try:
+        return seq, corr, key, (text.decode("utf-8"),)
+    except UnicodeDecodeError:
+        return None
+
+
+def lane_names(key: bytes) -> tuple[str, str] | None:
+    """The object id and method of a ``lane_request`` call key, None unless both are UTF-8."""
+    _, obj, _, method, _ = key.split(b"'")  # neither name holds a quote
+    try:
+        return obj.decode("utf-8"), method.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def lane_reply(seq: int, corr: bytes, value: Any, max_message_size: int) -> bytes | None:
+    """The RESULT message for ``value`` (int, float, str, bool or None) answering call ``seq``
+    with correlation id ``corr``, exactly as the general path writes it on a connection without
+    HMAC key and COMPRESSION off. None for any other value, for a str longer than LANE_TEXT or
+    one serpent must space differently, and for a payload beyond ``max_message_size``.
+    """
+    kind = type(value)
+    if kind is int:
+        if not -_LANE_INT < value < _LANE_INT:
+            return None
+        text = b"%d" % value
+    elif kind is str:
+        if len(value) > LANE_TEXT or ", " in value or ": " in value:
+            return None
+        text = repr(value).encode("utf-8")
+    elif kind is float:
+        if value != value or value in (math.inf, -math.inf):
+            return None
+        text = b"%r" % value  # a float's ascii() is its repr()
+    elif kind is bool or value is None:
+        text = _LANE_WORDS[value]
+    else:
+        return None
+    data_len = _SERPENT_HEADER_SIZE + len(text)
+    if max_message_size and data_len > max_message_size:
+        return None
+    return _LANE_REPLY.pack(_TAG, PROTOCOL_VERSION, _MSG_RESULT, 0, seq, data_len, SERPENT_ID, _CORR_LEN, 0,
+                            (_LANE_REPLY_CHECKSUM + data_len + seq) & 0xFFFF, _CORR_CHUNK, corr,
+                            _SERPENT_HEADER) + text

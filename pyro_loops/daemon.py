@@ -208,6 +208,7 @@ class Daemon:
         elif not hasattr(obj_or_class, "_pyroInstancing"):
             setattr(obj_or_class, "_pyroInstancing", ("session", None))
         self.objectsById[objectId] = obj_or_class
+        self._calls.forget_lanes()
         if config.REQUIRE_EXPOSE and objectId != DAEMON_NAME:
             meta = get_exposed_members(obj_or_class)
             if not (meta["methods"] or meta["attrs"]):
@@ -231,6 +232,7 @@ class Daemon:
         if objectId == DAEMON_NAME:
             return
         obj = self.objectsById.pop(objectId, None)
+        self._calls.forget_lanes()
         if obj is not None and not inspect.isclass(obj):
             for attr in ("_pyroId", "_pyroDaemon"):
                 try:
@@ -322,8 +324,10 @@ class Daemon:
         with SelectLoop() as loop:
             hosted = [loop.attach(item) for item in served]
             try:
-                loop.run(until=lambda: self._closed or not loopCondition(),
-                         max_wait=None if loopCondition is _always else config.POLLTIMEOUT)
+                if loopCondition is _always:
+                    loop.run(until=lambda: self._closed)
+                else:
+                    loop.run(until=lambda: self._closed or not loopCondition(), max_wait=config.POLLTIMEOUT)
             finally:
                 for watcher in hosted:
                     watcher.detach()
@@ -463,6 +467,20 @@ class Daemon:
     def handle_event(self, sock: socket.socket, events: int) -> None:
         """The host loop says ``sock`` is ready (READ and/or WRITE). Never raises."""
         self._event_thread = threading.get_ident()  # a loop may run in another thread than attached it
+        if events == READ:
+            conn = self._conns.get(sock)
+            if conn is not None:
+                # a connection's request: the call lane needs no deadline update when it did all
+                try:
+                    if self._connections.serve_readable(conn):
+                        return
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # as guarded() does for the general path
+                    with reported("daemon event handling"):
+                        self._connections.internal_error(conn, "daemon event handling", exc)
+                self._update_deadline()
+                return
         with reported("daemon event handling"):
             if sock is self.sock and self._connections.listening:
                 self._connections.accept()
