@@ -398,6 +398,8 @@ ClientEvent = Union[Connected, ConnectFailed, Result, Failure, StreamStarted, St
 
 # What a pending call expects back: it decides how its reply is decoded.
 _CALL, _BATCH, _METADATA, _STREAM_ITEM, _PING, _RAW = range(6)
+#: request templates a connection keeps (one per object and method called on it)
+_TEMPLATES = 256
 
 
 class ClientProtocol(_Peer):
@@ -411,7 +413,7 @@ class ClientProtocol(_Peer):
     ones are decompressed whenever flagged, bounded by ``max_message_size``.
     """
 
-    __slots__ = ("serializer", "compression", "seq", "_connect_seq", "_pending", "_dropped", "_eof")
+    __slots__ = ("serializer", "compression", "seq", "_connect_seq", "_pending", "_dropped", "_eof", "_prefixes")
 
     def __init__(self, serializer: str | int = "serpent", *, hmac_key: bytes | None = None,
                  max_message_size: int = 0, compression: bool = False, seq: int = 0) -> None:
@@ -423,6 +425,7 @@ class ClientProtocol(_Peer):
         self._pending: dict[int, tuple[int, Serializer]] = {}
         self._dropped: set[int] = set()
         self._eof = False
+        self._prefixes: dict[tuple[str, str], bytes | None] = {}  # quick_invoke's templates
 
     @property
     def pending(self) -> tuple[int, ...]:
@@ -498,6 +501,50 @@ class ClientProtocol(_Peer):
         self.seq = seq
         self._pending[seq] = (_PING, self.serializer)
         return Request(seq, out, True)
+
+    def quick_invoke(self, object_id: str, method: str, vargs: Any, correlation: bytes | None) -> bytes | None:
+        """The request ``invoke(object_id, method, vargs, {})`` would make, made in one pass, or None.
+
+        For the common call of an owner with one call in flight, which it
+        calls only while nothing it received waits here (``partial`` is False):
+        nothing pending, no HMAC key, serpent, no compression, a small payload
+        of plain scalar arguments within ``max_message_size``, and a correlation
+        id (its 16 bytes, or None) as the one annotation. It takes the next sequence number but leaves
+        nothing pending: the owner sends the bytes, then gives the bytes it
+        receives to ``quick_result``. None (nothing changed): use ``invoke``.
+        """
+        if (self.state is not State.ESTABLISHED or self._pending or self._dropped or self.hmac_key
+                or self.compression or self.serializer.serializer_id != _fastcall.SERPENT_ID
+                or self._ready is not None):
+            return None
+        try:
+            prefix = self._prefixes[object_id, method]
+        except KeyError:
+            if len(self._prefixes) >= _TEMPLATES:  # a program making up method names: start over
+                self._prefixes.clear()
+            prefix = self._prefixes[object_id, method] = _fastcall.call_prefix(object_id, method)
+        if prefix is None:
+            return None
+        seq = (self.seq + 1) & 0xFFFF
+        data = _fastcall.invoke_message(prefix, vargs, seq, correlation, self.reader.max_message_size)
+        if data is not None:
+            self.seq = seq
+        return data
+
+    def quick_result(self, data: bytes | bytearray, size: int) -> tuple[Any, dict[str, bytes]] | None:
+        """``(value, annotations)`` of the reply to the call ``quick_invoke`` made, when
+        ``data[:size]`` (what the owner received since) is that whole reply, plain,
+        holding a scalar: the value and annotations ``next_event()`` would give.
+
+        None for anything else: then the call is pending as if ``invoke`` had
+        made it, and the bytes went to ``receive_data`` (``size`` 0 is the end of
+        stream): ``next_event()`` says what they mean, as it always does.
+        """
+        reply = _fastcall.scalar_result(data, size, self.seq, self.reader.max_message_size)
+        if reply is None:
+            self._pending[self.seq] = (_CALL, self.serializer)
+            self.receive_data(bytes(memoryview(data)[:size]))
+        return reply
 
     def cancel(self, seq: int) -> None:
         """Give up on pending call ``seq``: its reply, when it comes, is dropped without an event.
