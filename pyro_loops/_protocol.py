@@ -503,19 +503,16 @@ class ClientProtocol(_Peer):
         return Request(seq, out, True)
 
     def quick_invoke(self, object_id: str, method: str, vargs: Any, correlation: bytes | None) -> bytes | None:
-        """The request ``invoke(object_id, method, vargs, {})`` would make, made in one pass, or None.
+        """``invoke(object_id, method, vargs, {})`` for the common call, made in one pass: its bytes,
+        the call pending under ``seq`` as ``invoke`` leaves it; or None, and nothing changed: use ``invoke``.
 
-        For the common call of an owner with one call in flight, which it
-        calls only while nothing it received waits here (``partial`` is False):
-        nothing pending, no HMAC key, serpent, no compression, a small payload
-        of plain scalar arguments within ``max_message_size``, and a correlation
-        id (its 16 bytes, or None) as the one annotation. It takes the next sequence number but leaves
-        nothing pending: the owner sends the bytes, then gives the bytes it
-        receives to ``quick_result``. None (nothing changed): use ``invoke``.
+        The common call: no HMAC key, serpent, no compression, a small
+        payload of plain scalar arguments within ``max_message_size``, a
+        correlation id (its 16 bytes, or None) as the one annotation, and the
+        next sequence number free.
         """
-        if (self.state is not State.ESTABLISHED or self._pending or self._dropped or self.hmac_key
-                or self.compression or self.serializer.serializer_id != _fastcall.SERPENT_ID
-                or self._ready is not None):
+        if (self.state is not State.ESTABLISHED or self.hmac_key or self.compression
+                or self.serializer.serializer_id != _fastcall.SERPENT_ID):
             return None
         try:
             prefix = self._prefixes[object_id, method]
@@ -523,27 +520,30 @@ class ClientProtocol(_Peer):
             if len(self._prefixes) >= _TEMPLATES:  # a program making up method names: start over
                 self._prefixes.clear()
             prefix = self._prefixes[object_id, method] = _fastcall.call_prefix(object_id, method)
-        if prefix is None:
-            return None
         seq = (self.seq + 1) & 0xFFFF
+        if prefix is None or seq in self._pending or seq in self._dropped:
+            return None
         data = _fastcall.invoke_message(prefix, vargs, seq, correlation, self.reader.max_message_size)
         if data is not None:
             self.seq = seq
+            self._pending[seq] = (_CALL, self.serializer)
         return data
 
     def quick_result(self, data: bytes | bytearray, size: int) -> tuple[Any, dict[str, bytes]] | None:
-        """``(value, annotations)`` of the reply to the call ``quick_invoke`` made, when
-        ``data[:size]`` (what the owner received since) is that whole reply, plain,
-        holding a scalar: the value and annotations ``next_event()`` would give.
+        """``(value, annotations)`` of the reply to the latest call, when ``data[:size]`` (what
+        the owner received since it sent that call, with nothing received before
+        still waiting here) is that whole reply, plain, holding a scalar: the value
+        and annotations ``next_event()`` would give, and the call is done.
 
-        None for anything else: then the call is pending as if ``invoke`` had
-        made it, and the bytes went to ``receive_data`` (``size`` 0 is the end of
-        stream): ``next_event()`` says what they mean, as it always does.
+        None for anything else: the bytes went to ``receive_data`` (``size`` 0
+        is the end of stream), and ``next_event()`` says what they mean.
         """
-        reply = _fastcall.scalar_result(data, size, self.seq, self.reader.max_message_size)
+        seq = self.seq
+        reply = _fastcall.scalar_result(data, size, seq, self.reader.max_message_size)
         if reply is None:
-            self._pending[self.seq] = (_CALL, self.serializer)
             self.receive_data(bytes(memoryview(data)[:size]))
+        else:
+            del self._pending[seq]
         return reply
 
     def cancel(self, seq: int) -> None:

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import pyro_loops
-from pyro_loops import _wire, errors
+from pyro_loops import _protocol, _wire, errors
 from pyro_loops._serializers import get_serializer
 
 from _util import TIMEOUT, wait_until
@@ -347,6 +347,83 @@ def test_quick_and_general_paths_send_the_same_bytes_and_come_to_the_same_outcom
                 history.append((kind, found, list(scripted.requests), proxy._pyroSeq, proxy._pyroConnection is None))
             seen.append(history)
     assert seen[0] == seen[1]
+
+
+# --- the same, sans IO: the protocol's quick calls against invoke() and next_event() ------------------
+
+
+def established(seq: int = 0, max_message_size: int = 0) -> _protocol.ClientProtocol:
+    conn = _protocol.ClientProtocol("serpent", max_message_size=max_message_size, seq=seq)
+    conn.state = _protocol.State.ESTABLISHED
+    return conn
+
+
+def described(event) -> tuple:
+    """An event as comparable data: its type, seq, and value (type and repr) or exception (type and text)."""
+    if isinstance(event, _protocol.Result):
+        return type(event), event.seq, type(event.value), repr(event.value), event.message.annotations
+    if isinstance(event, (_protocol.Failure, _protocol.Broken)):
+        exc = event.exception if isinstance(event, _protocol.Failure) else event.error
+        return type(event), type(exc), str(exc)
+    return (type(event), getattr(event, "seq", None))
+
+
+@settings(max_examples=400, deadline=None)
+@given(method=st.one_of(st.sampled_from(["method", "a'b", "x, y", "ü"]), st.text(max_size=6)),
+       vargs=st.lists(arguments, max_size=4).map(tuple), correlation=st.one_of(st.none(), st.uuids()),
+       seq=st.sampled_from([0, 1, 41, 0xFFFE, 0xFFFF]), taken=st.booleans(),
+       limit=st.sampled_from([0, 0, 60, 200]))
+def test_quick_invoke_writes_what_invoke_writes_and_leaves_the_same_call_pending(
+        method, vargs, correlation, seq, taken, limit):
+    quick, general = established(seq, limit), established(seq, limit)
+    if taken:  # the next sequence number is a call still pending: both must skip it
+        for conn in (quick, general):
+            conn.invoke("thing", "other", (), {})
+            conn.seq = seq
+    data = quick.quick_invoke("thing", method, vargs, None if correlation is None else correlation.bytes)
+    try:
+        request = general.invoke("thing", method, vargs, {},
+                                 annotations=None if correlation is None else {"CORR": correlation.bytes})
+    except errors.PyroError:
+        request = None
+    if data is None:
+        assert quick.seq == seq and len(quick.pending) == (1 if taken else 0)
+        return
+    assert request is not None and data == request.data
+    assert (quick.seq, quick.pending) == (general.seq, general.pending)
+    if limit:
+        assert len(data) - _wire.HEADER_SIZE <= limit  # the general path refuses larger requests before sending
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=reply_values, annotations=st.sampled_from(REPLY_ANNOTATIONS),
+       flags=st.sampled_from([0, 0, 0, _wire.FLAGS_EXCEPTION, _wire.FLAGS_COMPRESSED, _wire.FLAGS_ONEWAY]),
+       seq_offset=st.sampled_from([0, 0, 0, 1]), cut=st.one_of(st.none(), st.integers(0, 120)),
+       extra=st.sampled_from([b"", b"", b"xx"]), limit=st.sampled_from([0, 0, 40]))
+def test_quick_result_means_what_next_event_says_the_reply_means(value, annotations, flags, seq_offset, cut,
+                                                                  extra, limit):
+    quick, general = established(7), established(7)
+    sent = quick.quick_invoke("thing", "method", (1,), None)
+    assert sent == general.invoke("thing", "method", (1,), {}).data
+    quick.reader.max_message_size = general.reader.max_message_size = limit  # for the reply
+    payload = SERPENT.dumps(value)
+    if flags & _wire.FLAGS_COMPRESSED:
+        payload = zlib.compress(payload)
+    data = message(_wire.MSG_RESULT, payload, quick.seq + seq_offset, flags, annotations) + extra
+    if cut is not None:
+        data = data[:cut]
+    buffer = bytearray(4096)
+    buffer[:len(data)] = data
+    reply = quick.quick_result(buffer, len(data))
+    general.receive_data(data)
+    expected = general.next_event()
+    if reply is None:
+        assert described(quick.next_event()) == described(expected)
+    else:
+        assert type(expected) is _protocol.Result and expected.message.annotations == reply[1]
+        assert (type(expected.value), repr(expected.value)) == (type(reply[0]), repr(reply[0]))
+    assert quick.pending == general.pending and quick.state == general.state
+    assert quick.partial == general.partial
 
 
 # --- what leaves the quick path ------------------------------------------------------------------------
