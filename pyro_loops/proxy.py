@@ -507,8 +507,8 @@ class Proxy:
         as they always do. Raises as ``__exchange``.
         """
         facts = _context_facts.get(None)
-        if (facts is None or facts.client is not None or facts.annotations or self._pyroRawWireResponse
-                or methodname in self._pyroOneway or self._pyroHmacKeyBytes
+        if (facts is None or facts.client is not None or facts.annotations or facts.correlation_bytes is not None
+                or self._pyroRawWireResponse or methodname in self._pyroOneway or self._pyroHmacKeyBytes
                 or (self._pyroSerializer or config.SERIALIZER) != "serpent"):
             return _DECLINED
         correlation = facts.correlation_uuid
