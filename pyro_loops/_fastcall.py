@@ -203,9 +203,10 @@ def serpent_request(payload: bytes | bytearray) -> tuple[str, str, tuple, dict] 
 
 # --- the client's common call, whole messages ----------------------------------------------------
 #
-# What the blocking Proxy's hot lane sends and reads: an INVOKE written from a
-# per-method template in one pass, and the RESULT of that call read from the
-# receive buffer in one pass. Both decline (None) for anything else.
+# The client's quick calls (``ClientProtocol.quick_invoke``/``quick_result``): an
+# INVOKE written from a per-method template in one pass (the blocking Proxy and
+# the loop Client), and the RESULT of that call read in one pass from the
+# buffer the blocking Proxy receives into. Both decline (None) for anything else.
 
 _MSG_INVOKE = _wire.MSG_INVOKE
 _MSG_RESULT = _wire.MSG_RESULT

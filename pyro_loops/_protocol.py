@@ -530,10 +530,11 @@ class ClientProtocol(_Peer):
         return data
 
     def quick_result(self, data: bytes | bytearray, size: int) -> tuple[Any, dict[str, bytes]] | None:
-        """``(value, annotations)`` of the reply to the latest call, when ``data[:size]`` (what
-        the owner received since it sent that call, with nothing received before
-        still waiting here) is that whole reply, plain, holding a scalar: the value
-        and annotations ``next_event()`` would give, and the call is done.
+        """``(value, annotations)`` of the reply to the latest call, made by ``quick_invoke``, when
+        ``data[:size]`` is that whole reply, plain, holding a scalar: the value and
+        annotations ``next_event()`` would give, and the call is done. For an owner
+        with one call in flight: ``data`` is what it received since sending that
+        call, and nothing received before waits here (``partial`` is False).
 
         None for anything else: the bytes went to ``receive_data`` (``size`` 0
         is the end of stream), and ``next_event()`` says what they mean.

@@ -73,8 +73,8 @@ class _Lane:
     protocol, a buffer its replies are received into, and when its last call started.
 
     The freshness poll (``__ensure_fresh_connection``) is skipped for a call
-    that starts within ``_FRESH_WINDOW`` of the previous one that got its
-    reply. A daemon that closes the connection in that moment is met as the
+    that starts within ``_FRESH_WINDOW`` of the start of the previous call on
+    the connection that got its reply. A daemon that closes the connection in that moment is met as the
     poll meets one that closes right after it: the request goes to a closed
     socket, which the daemon never reads, and the receive sees the end of
     stream, a ConnectionClosedError that the proxy's retries take as the
