@@ -13,9 +13,7 @@ Which path ran is seen by profiling the call (``functions_run``).
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import struct
 import sys
 import threading
 import time
@@ -29,7 +27,8 @@ import pyro_loops
 from pyro_loops import _protocol, _wire, errors
 from pyro_loops._serializers import get_serializer
 
-from _util import TIMEOUT, wait_until
+from _util import TIMEOUT, Pyro4Server, wait_until
+from test_compat import served
 
 SERPENT = get_serializer("serpent")
 CONTEXT = pyro_loops.current_context
@@ -194,21 +193,6 @@ def general_only(proxy: pyro_loops.Proxy) -> pyro_loops.Proxy:
     proxy._pyroBind()
     object.__setattr__(proxy, "_pyroLane", None)
     return proxy
-
-
-@contextlib.contextmanager
-def served(obj, hmac_key: bytes | None = None):
-    daemon = pyro_loops.Daemon(host="127.0.0.1")
-    daemon._pyroHmacKey = hmac_key
-    uri = daemon.register(obj, "thing")
-    thread = threading.Thread(target=daemon.requestLoop, daemon=True)
-    thread.start()
-    try:
-        yield uri
-    finally:
-        daemon.shutdown()
-        thread.join(TIMEOUT)
-        daemon.close()
 
 
 @pyro_loops.expose
@@ -471,10 +455,10 @@ def test_a_subclass_hearing_response_annotations_hears_every_reply():
 
 
 def test_proxy_with_an_hmac_key_signs_its_calls_on_the_general_path():
-    with served(Thing(), hmac_key=b"secret") as uri, pyro_loops.Proxy(uri) as proxy:
+    with Pyro4Server(hmac="secret") as server, pyro_loops.Proxy(server.uri) as proxy:
         proxy._pyroHmacKey = b"secret"
         proxy._pyroBind()
-        value, names = functions_run(lambda: proxy.echo(3))
+        value, names = functions_run(lambda: proxy.add(1, 2))
         assert value == 3 and sent_by_general_path(names)
 
 
