@@ -305,3 +305,97 @@ def lane_reply(seq: int, corr: bytes, value: Any, max_message_size: int) -> byte
     return _LANE_REPLY.pack(_TAG, PROTOCOL_VERSION, _MSG_RESULT, 0, seq, data_len, SERPENT_ID, _CORR_LEN, 0,
                             (_LANE_REPLY_CHECKSUM + data_len + seq) & 0xFFFF, _CORR_CHUNK, corr,
                             _SERPENT_HEADER) + text
+
+
+# --- the client's common call, whole messages ----------------------------------------------------
+#
+# The client's quick calls (``ClientProtocol.quick_invoke``/``quick_result``): an
+# INVOKE written from a per-method template in one pass (the blocking Proxy and
+# the loop Client), and the RESULT of that call read in one pass from the
+# buffer the blocking Proxy receives into. Both decline (None) for anything else.
+
+_MSG_INVOKE = _wire.MSG_INVOKE
+_MSG_RESULT = _wire.MSG_RESULT
+_NONE = type(None)
+_REPLY = re.compile(re.escape(_SERPENT_HEADER) + rb"(?:" + _SCALAR_TEXT + rb")\Z")
+
+
+def call_prefix(obj: str, method: str) -> bytes | None:
+    """What every serpent request for ``method`` on ``obj`` starts with, up to its arguments.
+
+    None for names the template cannot write (``serpent_call`` declines them too).
+    """
+    if type(obj) is not str or type(method) is not str \
+            or not _fastserpent._compactable(obj) or not _fastserpent._compactable(method):
+        return None
+    return _SERPENT_HEADER + _fastserpent.compact(repr((obj, method)))[:-1].encode("utf-8") + b","
+
+
+def invoke_message(prefix: bytes, vargs: Any, seq: int, correlation: bytes | None,
+                   max_message_size: int) -> bytes | None:
+    """The whole INVOKE message (no flags, no HMAC key) calling with ``vargs`` and no keywords.
+
+    ``prefix`` is ``call_prefix``'s; ``correlation`` the 16 bytes of a
+    correlation id, the message's one annotation, or None for none. The same
+    bytes as ``frame(MSG_INVOKE, serpent_call(...), ...)``; None unless
+    ``vargs`` is a tuple of plain scalars (strings in ASCII) and the message is
+    small and within ``max_message_size`` (0: no limit), which the general path refuses.
+    """
+    if type(vargs) is not tuple:
+        return None
+    for arg in vargs:
+        kind = type(arg)
+        if kind is str:
+            if ", " in arg or ": " in arg or not arg.isascii():
+                return None
+        elif kind is float:
+            if arg - arg != 0.0:  # inf or nan: serpent writes those its own way
+                return None
+        elif kind is not int and kind is not bool and kind is not _NONE:
+            return None
+    try:
+        # ascii() is repr() for these values, written straight as bytes
+        payload = (b"%s%a,{})" % (prefix, vargs)).replace(b", ", b",")
+    except ValueError:  # an int beyond sys.get_int_max_str_digits(): the full writer reports it
+        return None
+    size = len(payload)
+    if size > SMALL_PAYLOAD or max_message_size and size + _CORR_LEN > max_message_size:
+        return None
+    if correlation is None:
+        return _pack_header(_TAG, PROTOCOL_VERSION, _MSG_INVOKE, 0, seq, size, SERPENT_ID, 0, 0,
+                            (_CHECKSUM_BASE + _MSG_INVOKE + size + SERPENT_ID + seq) & 0xFFFF) + payload
+    return _pack_header(_TAG, PROTOCOL_VERSION, _MSG_INVOKE, 0, seq, size, SERPENT_ID, _CORR_LEN, 0,
+                        (_CHECKSUM_BASE + _MSG_INVOKE + size + _CORR_LEN + SERPENT_ID + seq) & 0xFFFF) \
+        + _CORR_CHUNK + correlation + payload
+
+
+def scalar_result(buf: bytes | bytearray, size: int, seq: int,
+                  max_message_size: int) -> tuple[Any, dict[str, bytes]] | None:
+    """``(value, annotations)`` of ``buf[:size]`` if it is exactly one small serpent RESULT for
+    ``seq``, without flags, holding one scalar, annotated with a correlation id or nothing.
+
+    The value and annotations the general path gives for that message (frame
+    reader, ``serpent_value``); None for any other bytes.
+    """
+    if size < _HEADER_SIZE:
+        return None
+    tag, version, msg_type, flags, reply_seq, data_len, ser_id, ann_len, _reserved, check = _unpack_header(buf)
+    start = _HEADER_SIZE + ann_len
+    if (msg_type != _MSG_RESULT or reply_seq != seq or flags or ser_id != SERPENT_ID or size != start + data_len
+            or tag != _TAG or version != PROTOCOL_VERSION or data_len > SMALL_PAYLOAD or data_len < 0
+            or check != (_CHECKSUM_BASE + _MSG_RESULT + data_len + ann_len + SERPENT_ID + reply_seq) & 0xFFFF
+            or max_message_size and data_len + ann_len > max_message_size):
+        return None
+    if ann_len == _CORR_LEN and buf[_HEADER_SIZE:_HEADER_SIZE + 6] == _CORR_CHUNK:
+        annotations = {"CORR": bytes(buf[_HEADER_SIZE + 6:start])}
+    elif ann_len:
+        return None
+    else:
+        annotations = {}
+    match = _REPLY.match(buf, start, size)
+    if match is None:
+        return None
+    try:
+        return _value(match), annotations
+    except UnicodeDecodeError:
+        return None

@@ -402,6 +402,8 @@ ClientEvent = Union[Connected, ConnectFailed, Result, Failure, StreamStarted, St
 
 # What a pending call expects back: it decides how its reply is decoded.
 _CALL, _BATCH, _METADATA, _STREAM_ITEM, _PING, _RAW = range(6)
+#: request templates a connection keeps (one per object and method called on it)
+_TEMPLATES = 256
 
 
 class ClientProtocol(_Peer):
@@ -417,7 +419,7 @@ class ClientProtocol(_Peer):
     of a large call is one, holding the caller's large ``bytes`` uncopied).
     """
 
-    __slots__ = ("serializer", "compression", "seq", "_connect_seq", "_pending", "_dropped", "_eof")
+    __slots__ = ("serializer", "compression", "seq", "_connect_seq", "_pending", "_dropped", "_eof", "_prefixes")
 
     def __init__(self, serializer: str | int = "serpent", *, hmac_key: bytes | None = None,
                  max_message_size: int = 0, compression: bool = False, seq: int = 0,
@@ -430,6 +432,7 @@ class ClientProtocol(_Peer):
         self._pending: dict[int, tuple[int, Serializer]] = {}
         self._dropped: set[int] = set()
         self._eof = False
+        self._prefixes: dict[tuple[str, str], bytes | None] = {}  # quick_invoke's templates
 
     @property
     def pending(self) -> tuple[int, ...]:
@@ -505,6 +508,51 @@ class ClientProtocol(_Peer):
         self.seq = seq
         self._pending[seq] = (_PING, self.serializer)
         return Request(seq, out, True)
+
+    def quick_invoke(self, object_id: str, method: str, vargs: Any, correlation: bytes | None) -> bytes | None:
+        """``invoke(object_id, method, vargs, {})`` for the common call, made in one pass: its bytes,
+        the call pending under ``seq`` as ``invoke`` leaves it; or None, and nothing changed: use ``invoke``.
+
+        The common call: no HMAC key, serpent, no compression, a small
+        payload of plain scalar arguments within ``max_message_size``, a
+        correlation id (its 16 bytes, or None) as the one annotation, and the
+        next sequence number free.
+        """
+        if (self.state is not State.ESTABLISHED or self.hmac_key or self.compression
+                or self.serializer.serializer_id != _fastcall.SERPENT_ID):
+            return None
+        try:
+            prefix = self._prefixes[object_id, method]
+        except KeyError:
+            if len(self._prefixes) >= _TEMPLATES:  # a program making up method names: start over
+                self._prefixes.clear()
+            prefix = self._prefixes[object_id, method] = _fastcall.call_prefix(object_id, method)
+        seq = (self.seq + 1) & 0xFFFF
+        if prefix is None or seq in self._pending or seq in self._dropped:
+            return None
+        data = _fastcall.invoke_message(prefix, vargs, seq, correlation, self.reader.max_message_size)
+        if data is not None:
+            self.seq = seq
+            self._pending[seq] = (_CALL, self.serializer)
+        return data
+
+    def quick_result(self, data: bytes | bytearray, size: int) -> tuple[Any, dict[str, bytes]] | None:
+        """``(value, annotations)`` of the reply to the latest call, made by ``quick_invoke``, when
+        ``data[:size]`` is that whole reply, plain, holding a scalar: the value and
+        annotations ``next_event()`` would give, and the call is done. For an owner
+        with one call in flight: ``data`` is what it received since sending that
+        call, and nothing received before waits here (``partial`` is False).
+
+        None for anything else: the bytes went to ``receive_data`` (``size`` 0
+        is the end of stream), and ``next_event()`` says what they mean.
+        """
+        seq = self.seq
+        reply = _fastcall.scalar_result(data, size, seq, self.reader.max_message_size)
+        if reply is None:
+            self.receive_data(bytes(memoryview(data)[:size]))
+        else:
+            del self._pending[seq]
+        return reply
 
     def cancel(self, seq: int) -> None:
         """Give up on pending call ``seq``: its reply, when it comes, is dropped without an event.

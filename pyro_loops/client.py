@@ -45,6 +45,7 @@ import socket
 import ssl
 import threading
 import time
+import uuid
 import weakref
 from typing import Any, Callable
 
@@ -764,6 +765,18 @@ class _Channel:
                 proxy = self.proxy
                 if proxy._pyroMetaKnown and kind not in proxy._pyroMethods and kwargs is not None:
                     raise AttributeError(f"remote object '{proxy._pyroUri}' has no exposed method '{kind}'")
+                if type(kwargs) is dict and not kwargs and kind not in proxy._pyroOneway \
+                        and type(proxy)._pyroAnnotations is Proxy._pyroAnnotations:
+                    # the common call, written in one pass when the protocol can (no annotations
+                    # but a correlation id): the same bytes, the call pending as invoke() leaves it
+                    corr = current_context.correlation_id
+                    data = None if corr is not None and type(corr) is not uuid.UUID else \
+                        protocol.quick_invoke(self.uri.object, kind, args, None if corr is None else corr.bytes)
+                    if data is not None:
+                        request.seq = protocol.seq
+                        self.out += data
+                        self.inflight[request.seq] = request
+                        return
                 out = protocol.invoke(self.uri.object, kind, args, kwargs, oneway=kind in proxy._pyroOneway,
                                       annotations=self._annotations())
         except Exception as exc:  # arguments that cannot be serialized: this call fails, nothing was sent

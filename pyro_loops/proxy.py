@@ -16,6 +16,7 @@ import socket
 import ssl
 import threading
 import time
+import uuid
 from typing import Any, Callable, Iterator
 
 from . import _protocol, _wire, errors
@@ -27,6 +28,7 @@ from ._tls import TLSError, client_context_from_config
 from ._transport import receive_blocking, sendall_buffers
 from ._uri import URI
 from .configuration import config
+from .context import _facts as _context_facts  # the ContextVar itself: one C call to read it
 from .context import current_context
 from .futures import FutureResult
 
@@ -34,13 +36,20 @@ from .futures import FutureResult
 _MakeRequest = Callable[[_protocol.ClientProtocol, "dict[str, bytes]"], _protocol.Request]
 
 _RECV_SIZE = 64 * 1024  # larger requests allocate through mmap on every recv: several times slower
+#: a connection's buffer for the replies of its quick calls (larger replies go on to the general path)
+_QUICK_BUFFER = 4096
+#: seconds after a call started within which the next one skips the freshness poll (see ``_Lane``)
+_FRESH_WINDOW = 0.002
+#: what ``Proxy.__quick`` returns when it sent nothing: the general path makes the call
+_DECLINED = object()
 
 #: attribute names that live on the proxy itself, never on the remote object
 _LOCAL_ATTRS = frozenset((
     "_pyroUri", "_pyroConnection", "_pyroSeq", "_pyroTimeout", "_pyroMaxRetries", "_pyroHmacKey",
     "_pyroHandshake", "_pyroSerializer", "_pyroMethods", "_pyroAttrs", "_pyroOneway",
     "_pyroRawWireResponse", "_pyroLock", "_pyroResolved", "_pyroProtocol", "_pyroMetaKnown",
-    "_pyroHmacKeyBytes", "_pyroPoller", "_pyroSslContext", "_pyroConnectedSocket", "_pyroAsyncCalls"))
+    "_pyroHmacKeyBytes", "_pyroPoller", "_pyroSslContext", "_pyroConnectedSocket", "_pyroAsyncCalls",
+    "_pyroLane"))
 
 #: dunder names a proxy never forwards, whatever the metadata says: Python's own
 #: protocols (copying, pickling) ask for them and must get the local answer
@@ -59,6 +68,29 @@ def set_caller_defaults(proxy: object) -> None:
     set_(proxy, "_pyroAttrs", set())
     set_(proxy, "_pyroOneway", set())
     set_(proxy, "_pyroMetaKnown", False)
+
+class _Lane:
+    """The quick call path of one open connection (``Proxy.__quick``): its socket, its
+    protocol, a buffer its replies are received into, and when its last call started.
+
+    The freshness poll (``__ensure_fresh_connection``) is skipped for a call
+    that starts within ``_FRESH_WINDOW`` of the start of the previous call on
+    the connection that got its reply. A daemon that closes the connection in that moment is met as the
+    poll meets one that closes right after it: the request goes to a closed
+    socket, which the daemon never reads, and the receive sees the end of
+    stream, a ConnectionClosedError that the proxy's retries take as the
+    poll's. Sequential calls in a loop save a system call each.
+    """
+
+    __slots__ = ("sock", "protocol", "object_id", "buffer", "stamp")
+
+    def __init__(self, sock: socket.socket, protocol: _protocol.ClientProtocol, object_id: str) -> None:
+        self.sock = sock
+        self.protocol = protocol
+        self.object_id = object_id
+        self.buffer = bytearray(_QUICK_BUFFER)
+        self.stamp = time.monotonic()
+
 
 class _RemoteMethod:
     """A remote method of ``proxy`` (a Proxy or a LoopProxy): calling it calls ``proxy._pyroInvoke``.
@@ -108,16 +140,18 @@ class Proxy:
         set_(self, "_pyroConnectedSocket", connected_socket)  # used as is, never closed by the proxy
         # Pyro4's asynchronous mode (_pyroAsync): each method call runs in a thread of its own
         set_(self, "_pyroAsyncCalls", False)
+        set_(self, "_pyroLane", None)  # the quick call path of the open connection, when it has one
 
     # --- attribute plumbing -----------------------------------------------------------
 
     def __getattr__(self, name: str) -> Any:
-        if name in _LOCAL_ATTRS or name.startswith("_pyro") or name in _LOCAL_DUNDERS:
-            raise AttributeError(name)
-        dunder = name.startswith("__") and name.endswith("__")
-        if dunder and (is_private_attribute(name) or not config.METADATA):
-            # without metadata a dunder cannot be told apart from Python probing the proxy
-            raise AttributeError(name)
+        if name[:1] == "_":  # every name below starts so: one test for the common names
+            if name in _LOCAL_ATTRS or name.startswith("_pyro") or name in _LOCAL_DUNDERS:
+                raise AttributeError(name)
+            dunder = name.startswith("__") and name.endswith("__")
+            if dunder and (is_private_attribute(name) or not config.METADATA):
+                # without metadata a dunder cannot be told apart from Python probing the proxy
+                raise AttributeError(name)
         if not self._pyroMetaKnown and config.METADATA:
             self._pyroGetMetadata()
         if name in self._pyroAttrs:
@@ -207,6 +241,7 @@ class Proxy:
             sock = self._pyroConnection
             if sock is not None and sock is not self._pyroConnectedSocket:
                 object.__setattr__(self, "_pyroConnection", None)
+                object.__setattr__(self, "_pyroLane", None)
                 try:
                     sock.close()
                 except OSError:
@@ -311,6 +346,7 @@ class Proxy:
         except BaseException:
             self._pyroRelease()
             raise
+        self.__open_lane()
         return True
 
     def __adopt(self, sock: socket.socket) -> bool:
@@ -324,9 +360,25 @@ class Proxy:
         for name, value in (("_pyroResolved", self._pyroUri), ("_pyroProtocol", protocol),
                             ("_pyroPoller", poller), ("_pyroConnection", sock)):
             object.__setattr__(self, name, value)
+        self.__open_lane()
         if config.METADATA and not self._pyroMetaKnown:
             self._pyroGetMetadata(self._pyroUri.object)
         return True
+
+    def __open_lane(self) -> None:
+        """Give the new connection its quick call path if what it depends on for good allows.
+
+        A plain socket (TLS takes the general path), no compression, and
+        annotation hooks left as they are: a subclass overriding
+        ``_pyroAnnotations`` or ``_pyroResponseAnnotations`` is served by the general path.
+        """
+        sock = self._pyroConnection
+        cls = type(self)
+        if (isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket)
+                and not self._pyroProtocol.compression and not self._pyroProtocol.partial
+                and cls._pyroAnnotations is Proxy._pyroAnnotations
+                and cls._pyroResponseAnnotations is Proxy._pyroResponseAnnotations):
+            object.__setattr__(self, "_pyroLane", _Lane(sock, self._pyroProtocol, self.__object_id()))
 
     def __handshake(self, uri: URI) -> None:
         conn = self._pyroProtocol
@@ -373,12 +425,16 @@ class Proxy:
                 sendall_buffers(self._pyroConnection, data)
             else:
                 self._pyroConnection.sendall(data)
-        except socket.timeout:
-            self._pyroRelease()
-            raise errors.TimeoutError("send timed out") from None
         except OSError as exc:
-            self._pyroRelease()
-            raise errors.ConnectionClosedError(f"send failed: {exc}") from None
+            raise self.__broken(exc, "send timed out", "send failed") from None
+
+    def __broken(self, exc: OSError, timeout: str, failed: str) -> errors.CommunicationError:
+        """Release the connection a socket call failed on; the error to raise: TimeoutError
+        (saying ``timeout``) for a timeout, else ConnectionClosedError (``failed``, then why)."""
+        self._pyroRelease()
+        if isinstance(exc, socket.timeout):
+            return errors.TimeoutError(timeout)
+        return errors.ConnectionClosedError(f"{failed}: {exc}")
 
     def __receive(self) -> Any:
         """The next event of the connection: the reply to the one call in flight.
@@ -390,15 +446,13 @@ class Proxy:
         try:
             while (event := conn.next_event()) is None:
                 receive_blocking(sock, conn, _RECV_SIZE)
-        except socket.timeout:
-            self._pyroRelease()
-            raise errors.TimeoutError("receiving: timeout") from None
         except OSError as exc:
-            self._pyroRelease()
-            raise errors.ConnectionClosedError(f"receiving: {exc}") from None
+            raise self.__broken(exc, "receiving: timeout", "receiving") from None
         if isinstance(event, _protocol.Broken):
             self._pyroRelease()
             raise event.error
+        if self._pyroLane is not None and conn.partial:  # bytes beyond the reply: quick calls cannot ignore them
+            object.__setattr__(self, "_pyroLane", None)
         if type(self)._pyroResponseAnnotations is not Proxy._pyroResponseAnnotations:
             self._pyroResponseAnnotations(event.message.annotations, event.message.type)
         if event.message.type == _wire.MSG_RESULT:
@@ -426,26 +480,91 @@ class Proxy:
     def _pyroInvoke(self, methodname: str, vargs: Any, kwargs: Any, flags: int = 0,  # noqa: N802
                     objectId: str | None = None) -> Any:
         """Send one call and return its result (None for oneway calls)."""
-        _set_response_annotations({})  # as in Pyro4: a oneway call leaves none
         def request(conn: _protocol.ClientProtocol, annotations: dict[str, bytes]) -> _protocol.Request:
             oneway = bool(flags & _wire.FLAGS_ONEWAY) or objectId is None and methodname in self._pyroOneway
             if flags & _wire.FLAGS_BATCH:
                 return conn.batch(self.__object_id(), vargs, oneway=oneway, annotations=annotations)
             return conn.invoke(objectId or self.__object_id(), methodname, vargs, kwargs, oneway=oneway,
                                raw=self._pyroRawWireResponse, annotations=annotations)
+
+        if self._pyroLane is not None and not flags and objectId is None and type(kwargs) is dict and not kwargs:
+            try:
+                value = self.__quick(methodname, vargs)
+            except errors.ConnectionClosedError:  # the first try failed: the retries are the general path's
+                if self._pyroMaxRetries <= 0:
+                    raise
+                self._pyroRelease()
+                return self._pyroCall(request, self._pyroMaxRetries - 1)
+            if value is not _DECLINED:
+                return value
+        _set_response_annotations({})  # as in Pyro4: a oneway call leaves none
         return self._pyroCall(request)
+
+    def __quick(self, methodname: str, vargs: Any) -> Any:
+        """The common call on the connection's quick path: its result, or ``_DECLINED`` having sent nothing.
+
+        Taken when nothing but the call itself needs deciding: no context
+        annotations, not inside a served call, not oneway or raw, no HMAC key,
+        serpent, the socket's timeout as set (and what ``__open_lane`` checked).
+        The request is the general path's, byte for byte; a reply other than a
+        plain scalar for this call goes on to the general path with the bytes
+        received so far, so results, errors and ``current_context`` come out
+        as they always do. Raises as ``__exchange``.
+        """
+        facts = _context_facts.get(None)
+        if (facts is None or facts.client is not None or facts.annotations or facts.correlation_bytes is not None
+                or self._pyroRawWireResponse or methodname in self._pyroOneway or self._pyroHmacKeyBytes
+                or (self._pyroSerializer or config.SERIALIZER) != "serpent"):
+            return _DECLINED
+        correlation = facts.correlation_uuid
+        if correlation is not None:
+            if type(correlation) is not uuid.UUID:
+                return _DECLINED
+            correlation = correlation.bytes
+        facts.response_annotations = {}  # as in Pyro4: until a reply brings some
+        with self._pyroLock:
+            lane = self._pyroLane
+            if lane is None or lane.sock.timeout != self._pyroTimeout:
+                return _DECLINED
+            conn = lane.protocol
+            conn.reader.max_message_size = config.MAX_MESSAGE_SIZE
+            conn.seq = self._pyroSeq
+            data = conn.quick_invoke(lane.object_id, methodname, vargs, correlation)
+            if data is None:
+                return _DECLINED
+            now = time.monotonic()
+            if now - lane.stamp > _FRESH_WINDOW:
+                self.__ensure_fresh_connection()
+            object.__setattr__(self, "_pyroSeq", conn.seq)
+            sock = lane.sock
+            try:
+                sock.sendall(data)
+            except OSError as exc:
+                raise self.__broken(exc, "send timed out", "send failed") from None
+            try:
+                size = sock.recv_into(lane.buffer)
+            except OSError as exc:
+                raise self.__broken(exc, "receiving: timeout", "receiving") from None
+            reply = conn.quick_result(lane.buffer, size)
+            if reply is None:
+                value = self.__outcome()
+            else:
+                value, facts.response_annotations = reply
+            lane.stamp = now
+            return value
 
     def _pyroInvokeBatch(self, calls: list, oneway: bool = False) -> Any:  # noqa: N802
         """Send ``calls`` (``(method, vargs, kwargs)`` tuples) as one batch; their results, or None for oneway."""
         flags = _wire.FLAGS_BATCH | (_wire.FLAGS_ONEWAY if oneway else 0)
         return self._pyroInvoke("<batch>", calls, None, flags)
 
-    def _pyroCall(self, request: _MakeRequest) -> Any:  # noqa: N802
+    def _pyroCall(self, request: _MakeRequest, retries: int | None = None) -> Any:  # noqa: N802
         """Send the request ``request(connection, annotations)`` makes; return what its reply means.
 
-        Retried up to ``_pyroMaxRetries`` times on a closed connection, as Pyro4 does.
+        Retried up to ``retries`` (``_pyroMaxRetries``) times on a closed connection, as Pyro4 does.
         """
-        retries = self._pyroMaxRetries
+        if retries is None:
+            retries = self._pyroMaxRetries
         while True:
             try:
                 return self.__exchange(request)
@@ -472,18 +591,22 @@ class Proxy:
             self.__send(sent.data)
             if not sent.expects_reply:
                 return None
-            event = self.__receive()
-            if isinstance(event, _protocol.Result):
-                return event.value
-            if isinstance(event, _protocol.StreamStarted):
-                return _StreamResult(self, event.stream_id)
-            if isinstance(event, _protocol.StreamEnd):
-                raise StopIteration
-            if isinstance(event, _protocol.Failure):
-                if isinstance(event.exception, errors.SerializeError):
-                    self._pyroRelease()  # as Pyro4: the stream can no longer be trusted
-                raise event.exception
-            return None  # a Pong: its meaning is the answer itself
+            return self.__outcome()
+
+    def __outcome(self) -> Any:
+        """What the reply to the call just sent means: its result, or the exception raised."""
+        event = self.__receive()
+        if isinstance(event, _protocol.Result):
+            return event.value
+        if isinstance(event, _protocol.StreamStarted):
+            return _StreamResult(self, event.stream_id)
+        if isinstance(event, _protocol.StreamEnd):
+            raise StopIteration
+        if isinstance(event, _protocol.Failure):
+            if isinstance(event.exception, errors.SerializeError):
+                self._pyroRelease()  # as Pyro4: the stream can no longer be trusted
+            raise event.exception
+        return None  # a Pong: its meaning is the answer itself
 
 
 class _AsyncRemoteMethod(_RemoteMethod):
