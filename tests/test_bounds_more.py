@@ -1,0 +1,129 @@
+"""More bounds: the ones test_bounds.py does not pin (the blocking proxy's handshake,
+TLS output, item streams over all connections, exact-size receives, json nesting).
+
+As there, each bound is hit on purpose over real sockets (TLS with certificates
+made at test time): the test checks what the offender is told or what is
+logged, and that the message names the configuration item that set the bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+import pytest
+
+import pyro_loops
+from pyro_loops import _wire, errors
+
+from _util import TIMEOUT
+from test_tls import pki  # noqa: F401
+
+
+# --- the blocking proxy's handshake -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def silent_server(drip: bytes = b""):
+    """A TCP server that accepts and reads everything but never answers; with ``drip``, it
+    sends those bytes one every 0.05 s (a reply that never completes, yet never idles)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def drain(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            conn.settimeout(0.05)
+            for byte in drip:
+                if stop.is_set():
+                    return
+                conn.send(bytes([byte]))
+                with contextlib.suppress(socket.timeout):
+                    conn.recv(65536)
+            while not stop.is_set():
+                with contextlib.suppress(socket.timeout):
+                    if conn.recv(65536) == b"":
+                        return
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                accepted.append(conn)
+                threading.Thread(target=drain, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+
+def call_in_thread(fn) -> BaseException | None:
+    """What ``fn()`` raised, run in a thread given TIMEOUT seconds (a hang fails the test, not the run)."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            fn()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(TIMEOUT)
+    assert outcome, f"still waiting after {TIMEOUT} s"
+    return outcome[0]
+
+
+def proxy_call(port: int, ssl_context=None, timeout: float | None = None):
+    def call() -> None:
+        with pyro_loops.Proxy(f"PYRO:x@127.0.0.1:{port}") as proxy:
+            proxy._pyroSslContext = ssl_context
+            proxy._pyroTimeout = timeout
+            proxy.echo(1)
+    return call
+
+
+def assert_handshake_timeout(exc: BaseException | None, port: int) -> None:
+    assert isinstance(exc, errors.CommunicationError), repr(exc)
+    assert str(exc).startswith(f"cannot connect to ('127.0.0.1', {port}): ")
+    assert "HANDSHAKE_TIMEOUT (0.3 s)" in str(exc)
+
+
+def test_proxy_without_commtimeout_to_a_silent_tls_server_fails_at_handshake_timeout(pki):
+    pyro_loops.config.HANDSHAKE_TIMEOUT = 0.3
+    with silent_server() as port:
+        assert_handshake_timeout(call_in_thread(proxy_call(port, pki.client_ctx())), port)
+
+
+def test_proxy_without_commtimeout_to_a_server_that_never_answers_connect_fails_at_handshake_timeout():
+    pyro_loops.config.HANDSHAKE_TIMEOUT = 0.3
+    with silent_server() as port:
+        assert_handshake_timeout(call_in_thread(proxy_call(port)), port)
+
+
+def test_proxy_handshake_timeout_is_one_deadline_for_a_reply_dripped_a_byte_at_a_time():
+    pyro_loops.config.HANDSHAKE_TIMEOUT = 0.3
+    reply = _wire.encode(_wire.Message(_wire.MSG_CONNECTOK, b"x" * 100, 1, 0, 0, {}))
+    with silent_server(drip=reply[:-1]) as port:  # some 6 s of bytes, each well within any timeout
+        assert_handshake_timeout(call_in_thread(proxy_call(port)), port)
+
+
+def test_proxy_commtimeout_shorter_than_handshake_timeout_still_raises_pyro4s_timeout(pki):
+    with silent_server() as port:
+        exc = call_in_thread(proxy_call(port, pki.client_ctx(), timeout=0.2))
+    assert isinstance(exc, errors.TimeoutError) and "HANDSHAKE_TIMEOUT" not in str(exc)
+
+
+def test_proxy_handshake_timeout_zero_leaves_the_handshake_to_commtimeout():
+    pyro_loops.config.HANDSHAKE_TIMEOUT = 0.0
+    with silent_server() as port:
+        exc = call_in_thread(proxy_call(port, timeout=0.3))
+    assert isinstance(exc, errors.TimeoutError) and "HANDSHAKE_TIMEOUT" not in str(exc)
