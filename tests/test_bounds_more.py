@@ -9,6 +9,7 @@ logged, and that the message names the configuration item that set the bound.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -18,8 +19,10 @@ import pytest
 import pyro_loops
 from pyro_loops import _wire, errors
 
-from _util import TIMEOUT
-from test_tls import pki  # noqa: F401
+from pyro_loops.daemon import Daemon
+from _util import TIMEOUT, wait_until
+from test_daemon import RawClient, serving
+from test_tls import Echo, closing_lines, pki  # noqa: F401
 
 
 # --- the blocking proxy's handshake -------------------------------------------------------------
@@ -127,3 +130,28 @@ def test_proxy_handshake_timeout_zero_leaves_the_handshake_to_commtimeout():
     with silent_server() as port:
         exc = call_in_thread(proxy_call(port, timeout=0.3))
     assert isinstance(exc, errors.TimeoutError) and "HANDSHAKE_TIMEOUT" not in str(exc)
+
+
+# --- TLS output counts towards the output bounds ------------------------------------------------
+
+
+@pytest.mark.parametrize("item, says", [("MAX_BUFFERED_OUTPUT", "exceeded by all connections together"),
+                                        ("MAX_OUTPUT_BUFFER", "of replies unread by the client")])
+def test_tls_records_held_for_a_peer_that_never_reads_count_towards_the_output_bounds(pki, caplog, item, says):
+    # A reply under one TLS chunk is taken whole by the TLS layer: the connection's own
+    # buffer stays empty, and only the layer's ciphertext waits for the socket.
+    caplog.set_level(logging.INFO, logger="pyro_loops")
+    setattr(pyro_loops.config, item, 16_000)
+    daemon = Daemon(host="127.0.0.1", ssl_context=pki.server_ctx())
+    uri = daemon.register(Echo(), "echo")
+    daemon.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # accepted sockets inherit it
+    with serving(daemon):
+        reader = RawClient(uri.port)
+        reader.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.sock = pki.client_ctx().wrap_socket(reader.sock, server_hostname="127.0.0.1")
+        try:
+            reader.handshake()
+            reader.send_call("echo", "echo", ("x" * 60_000,))
+            wait_until(lambda: any(item in line and says in line for line in closing_lines(caplog)))
+        finally:
+            reader.sock.close()
