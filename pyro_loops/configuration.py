@@ -90,6 +90,13 @@ _DEFAULTS: dict[str, Any] = {
     # frame and whatever it references) until exhausted, closed or expired; a
     # client that opens more gets an error naming this item. 0 = no bound.
     "ITER_STREAMS_MAX_PER_CONNECTION": 1000,
+    # Open item streams in one daemon, over all connections and lingering ones
+    # together (the count per connection alone lets MAX_CONNECTIONS clients
+    # keep 1000 each, and reconnecting clients leave theirs lingering). At the
+    # bound a new stream ends the stream that has lingered longest (a line
+    # naming this item is logged); with none lingering it is refused with an
+    # error naming this item. 0 = no bound.
+    "ITER_STREAMS_MAX": 10_000,
     # Worker jobs (oneway calls run in the pool) one connection may have queued or
     # running. At the bound the daemon stops reading that connection until half of
     # them have run, so one flooding client cannot fill the pool's queue ahead of

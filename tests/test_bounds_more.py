@@ -155,3 +155,48 @@ def test_tls_records_held_for_a_peer_that_never_reads_count_towards_the_output_b
             wait_until(lambda: any(item in line and says in line for line in closing_lines(caplog)))
         finally:
             reader.sock.close()
+
+
+# --- item streams over all connections -----------------------------------------------------------
+
+
+@pyro_loops.expose
+class Counter:
+    def count(self, n):
+        return iter(range(n))
+
+    def echo(self, value):
+        return value
+
+
+def test_open_streams_over_all_connections_are_bounded_and_lingering_ones_give_way_first(caplog):
+    caplog.set_level(logging.INFO, logger="pyro_loops")
+    pyro_loops.config.ITER_STREAMS_MAX = 3
+    daemon = Daemon(host="127.0.0.1")
+    uri = daemon.register(Counter(), "counter")
+    with serving(daemon), pyro_loops.Proxy(uri) as gone, pyro_loops.Proxy(uri) as busy, \
+            pyro_loops.Proxy(uri) as other:
+        lingering = [gone.count(10), gone.count(10)]
+        assert [next(stream) for stream in lingering] == [0, 0]
+        gone._pyroRelease()  # its streams linger (ITER_STREAM_LINGER) for a client that comes back
+        wait_until(lambda: len(daemon._streams) == 2 and not daemon._streams._by_owner)
+        kept = [busy.count(10)]
+        assert next(kept[0]) == 0
+        for _ in range(2):  # each new stream ends the stream that has lingered longest
+            kept.append(busy.count(10))
+            assert next(kept[-1]) == 0
+        assert len(daemon._streams) == 3
+        assert sum("ITER_STREAMS_MAX (3)" in r.getMessage() and "lingered" in r.getMessage()
+                   for r in caplog.records) == 2
+        gone._pyroReconnect()  # its client comes back, too late
+        with pytest.raises(errors.PyroError, match="item stream terminated"):
+            next(lingering[0])
+        for proxy in (busy, other):  # none lingers now: new streams are refused, on every connection
+            with pytest.raises(errors.PyroError, match=r"ITER_STREAMS_MAX \(3\)"):
+                next(proxy.count(10))
+        assert any("refused" in r.getMessage() and "ITER_STREAMS_MAX (3)" in r.getMessage()
+                   for r in caplog.records)
+        assert [next(stream) for stream in kept] == [1, 1, 1]  # the open ones were kept
+        kept[0].close()
+        assert other.echo("sync") == "sync"  # the oneway close_stream was handled before this
+        assert list(other.count(2)) == [0, 1]  # room again
