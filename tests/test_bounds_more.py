@@ -19,6 +19,7 @@ import pytest
 import pyro_loops
 from pyro_loops import _wire, errors
 
+from pyro_loops._serializers import get_serializer
 from pyro_loops.daemon import Daemon
 from _util import TIMEOUT, wait_until
 from test_daemon import RawClient, serving
@@ -200,3 +201,34 @@ def test_open_streams_over_all_connections_are_bounded_and_lingering_ones_give_w
         kept[0].close()
         assert other.echo("sync") == "sync"  # the oneway close_stream was handled before this
         assert list(other.count(2)) == [0, 1]  # room again
+
+
+# --- payload buffers made at their announced size -------------------------------------------------
+
+
+def test_payload_buffers_made_at_their_announced_size_count_in_full_towards_max_buffered_input(caplog):
+    # A body from EXACT_RECEIVE_MIN to EXACT_RECEIVE_SIZE gets its whole buffer as soon as its
+    # header is in: peers that announce 16 MB and send one byte must not hold 16 MB each unbounded.
+    caplog.set_level(logging.INFO, logger="pyro_loops")
+    limit, announced = 40 * 1024 * 1024, _wire.EXACT_RECEIVE_SIZE
+    pyro_loops.config.MAX_BUFFERED_INPUT = limit
+    pyro_loops.config.HALF_FRAME_TIMEOUT = 60.0  # not what closes them
+    daemon = Daemon(host="127.0.0.1")
+    uri = daemon.register(Counter(), "counter")
+    serpent_id = get_serializer("serpent").serializer_id
+    header = _wire.HEADER.pack(_wire.TAG, _wire.PROTOCOL_VERSION, _wire.MSG_INVOKE, 0, 1, announced, serpent_id,
+                               0, 0, _wire.checksum(_wire.MSG_INVOKE, 0, 1, announced, serpent_id, 0))
+    with serving(daemon):
+        offenders = [RawClient(uri.port) for _ in range(4)]
+        try:
+            for offender in offenders:
+                offender.handshake()
+                offender.send(header + b"x")
+            wait_until(lambda: sum(f"MAX_BUFFERED_INPUT ({limit} bytes) exceeded" in r.getMessage()
+                                   for r in caplog.records) >= 2)  # the third and the fourth tip it over
+            assert daemon._connections.input.total == 2 * (_wire.HEADER_SIZE + announced)
+            with pyro_loops.Proxy(uri) as honest:
+                assert honest.echo("still served") == "still served"
+        finally:
+            for offender in offenders:
+                offender.close()
