@@ -9,12 +9,15 @@ logged, and that the message names the configuration item that set the bound.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
 import threading
 import time
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import pyro_loops
 from pyro_loops import _wire, errors
@@ -232,3 +235,71 @@ def test_payload_buffers_made_at_their_announced_size_count_in_full_towards_max_
         finally:
             for offender in offenders:
                 offender.close()
+
+
+# --- json nesting: one limit on every Python ----------------------------------------------------
+
+
+def nested_list(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def nested_json(depth: int) -> bytes:
+    return b'{"a": ' * (depth // 2) + b"[" * (depth - depth // 2) + b"]" * (depth - depth // 2) + \
+        b"}" * (depth // 2)
+
+
+@pytest.mark.parametrize("decoder", ["in one go", "step by step"])
+def test_json_reads_200_levels_of_arrays_and_objects_and_refuses_201_on_every_python(decoder):
+    if decoder == "step by step":
+        pyro_loops.config.MAX_BLOCKING_DECODE = 100  # the decoder for large payloads
+    ser = get_serializer("json")
+    assert ser.loads(nested_json(200) + b" " * 200) is not None
+    with pytest.raises(errors.SerializeError, match="nested too deeply: more than 200 levels"):
+        ser.loads(nested_json(201) + b" " * 200)
+
+
+@pytest.mark.parametrize("encoder", ["in one go", "step by step"])
+def test_json_writes_200_levels_and_refuses_201_on_every_python(encoder):
+    ser = get_serializer("json")
+    dumps = ser.dumps if encoder == "in one go" else ser.dumps_large
+    assert ser.loads(dumps(nested_list(200))) == nested_list(200)
+    with pytest.raises(errors.SerializeError, match="nested too deeply: more than 200 levels"):
+        dumps(nested_list(201))
+
+
+def test_json_brackets_inside_strings_do_not_count_as_nesting():
+    ser = get_serializer("json")
+    tricky = ['[[[{{{' * 1000, 'a \\" [[[ " \\\\', "\\" * 7 + '"' + "[" * 500]
+    for value in (tricky, [tricky] * 3, {"k[": tricky}):
+        assert ser.loads(ser.dumps(value)) == value
+        assert ser.loads(ser.dumps_large(value)) == value
+
+
+@settings(max_examples=60, deadline=None)
+@given(strings=st.lists(st.text(alphabet='[]{}"\\ab\n\u00e9', max_size=12), min_size=1, max_size=6),
+       depth=st.sampled_from([3, 7, 9, 150, 199, 200, 201, 260]), width=st.integers(0, 40),
+       as_object=st.booleans())
+@example(strings=['"[', "\\"], depth=200, width=3, as_object=True)
+@example(strings=['"]', "\\"], depth=201, width=3, as_object=True)
+def test_json_depth_limit_holds_whatever_the_strings_and_the_shape_around_the_deepest_value(
+        strings, depth, width, as_object):
+    deepest: object = strings
+    for level in range(depth - 2):
+        deepest = {strings[level % len(strings)]: deepest} if as_object and level % 2 else [deepest]
+    wide = [[s, [s]] for s in strings] * width  # shallow neighbours before and after the deep value
+    value = wide + [deepest] + wide  # ``depth`` levels of arrays and objects
+    ser = get_serializer("json")
+    for dumps in (ser.dumps, ser.dumps_large):
+        if depth <= 200:
+            assert ser.loads(dumps(value)) == value
+        else:
+            with pytest.raises(errors.SerializeError, match="nested too deeply"):
+                dumps(value)
+    if depth > 200:
+        text = json.dumps(value).encode()
+        with pytest.raises(errors.SerializeError, match="nested too deeply"):
+            ser.loads(text)
