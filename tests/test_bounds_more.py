@@ -24,6 +24,7 @@ from pyro_loops import _wire, errors
 
 from pyro_loops._serializers import get_serializer
 from pyro_loops.daemon import Daemon
+from _client_hosts import host, reported  # noqa: F401
 from _util import TIMEOUT, wait_until
 from test_daemon import RawClient, serving
 from test_tls import Echo, closing_lines, pki  # noqa: F401
@@ -303,3 +304,15 @@ def test_json_depth_limit_holds_whatever_the_strings_and_the_shape_around_the_de
         text = json.dumps(value).encode()
         with pytest.raises(errors.SerializeError, match="nested too deeply"):
             ser.loads(text)
+
+
+def test_loop_client_handshake_timeout_is_one_deadline_for_a_reply_dripped_a_byte_at_a_time(host, reported):
+    # The loop Client had this bound already (one timer from connect to CONNECTOK); pinned here
+    # beside the proxy's.
+    pyro_loops.config.HANDSHAKE_TIMEOUT = 0.3
+    reply = _wire.encode(_wire.Message(_wire.MSG_CONNECTOK, b"x" * 100, 1, 0, 0, {}))
+    with silent_server(drip=reply[:-1]) as port, pyro_loops.Client() as client:
+        host.attach(client)
+        call = host.settle(client.proxy(f"PYRO:x@127.0.0.1:{port}").echo(1))
+        with pytest.raises(errors.CommunicationError, match="HANDSHAKE_TIMEOUT"):
+            call.result()
