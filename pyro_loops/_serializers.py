@@ -515,11 +515,12 @@ _JSON_MAX_DEPTH = 200
 _JSON_KEEP = bytes.maketrans(b"{}", b"[]")
 _JSON_DROP = bytes(set(range(256)) - set(b'[]{}"'))
 _JSON_RUNS = re.compile(rb"\[+|\]+")
+_OPEN = ord("[")
 _JSON_LEAF_PASSES = 8  # rounds of dropping innermost pairs before the depth is counted
 _JSON_CHECK_BATCH = 4096  # pieces of iterencode's output checked per step
 
 
-def _json_brackets(data: bytes) -> bytes:
+def _json_brackets(data: bytes | bytearray) -> bytes | bytearray:
     """The brackets of ``data`` (JSON cut between tokens) outside its strings, objects' as arrays'.
 
     Escaped backslashes and quotes go first; then everything but brackets and
@@ -537,13 +538,13 @@ def _json_brackets(data: bytes) -> bytes:
     return kept
 
 
-def _json_deepest(brackets: bytes, depth: int) -> int:
+def _json_deepest(brackets: bytes | bytearray, depth: int) -> int:
     """The deepest level ``brackets`` reach from ``depth``, counted a run of like brackets at a time."""
     runs = _JSON_RUNS.findall(brackets)
-    return max(accumulate((len(run) if run[0] == 91 else -len(run) for run in runs), initial=depth))
+    return max(accumulate((len(run) if run[0] == _OPEN else -len(run) for run in runs), initial=depth))
 
 
-def _check_json_depth(data: bytes) -> None:
+def _check_json_depth(data: bytes | bytearray) -> None:
     """Raise SerializeError if a whole JSON document nests deeper than _JSON_MAX_DEPTH.
 
     A document with fewer brackets than that is let through at once. Else
@@ -608,7 +609,7 @@ class JsonSerializer(Serializer):
         return "".join(pieces).encode("utf-8")
 
     def _loads(self, data: bytes | bytearray) -> Any:
-        _check_json_depth(bytes(data))
+        _check_json_depth(data)
         return json.loads(data.decode("utf-8"))
 
     def _decode_large(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
