@@ -83,8 +83,10 @@ _DEFAULTS: dict[str, Any] = {
     "CLIENT_MAX_PENDING": 10000,  # calls pending per pyro_loops.Client; more fail at once
     "ITER_STREAM_PREFETCH": 8,    # items of a remote iterator a loop client requests ahead
     # Seconds a new connection may take to complete its CONNECT handshake (the TLS
-    # handshake will share it); silent connections would otherwise hold a
-    # MAX_CONNECTIONS slot forever. 0 = no deadline.
+    # handshake shares it); silent connections would otherwise hold a
+    # MAX_CONNECTIONS slot forever. A proxy or loop Client has the same deadline
+    # for connecting and both handshakes, also when COMMTIMEOUT is 0 (calls
+    # may wait for ever; a silent server must not hold a connect). 0 = no deadline.
     "HANDSHAKE_TIMEOUT": 10.0,
     # Open item streams per connection. Each holds a live iterator (a generator
     # frame and whatever it references) until exhausted, closed or expired; a
