@@ -92,6 +92,11 @@ def bind(host: str, port: int, unixsocket: str | None) -> tuple[socket.socket, s
     return sock, location
 
 
+def _unsent(conn: ClientConnection) -> int:
+    """Reply bytes ``conn``'s socket has not taken: its own buffer and the records its TLS layer holds."""
+    return len(conn.out) + conn.transport.held
+
+
 class Connections:
     """The listening socket and the accepted connections of one daemon.
 
@@ -384,6 +389,7 @@ class Connections:
                 data = conn.transport.recv(_RECV_SIZE)
                 count = len(data)
         except (BlockingIOError, InterruptedError):
+            self._track_tls_records(conn)
             self.set_interest(conn)  # TLS may have records of its own to send
             return
         except TLSError as exc:
@@ -401,6 +407,7 @@ class Connections:
             reader.received(count)
         else:
             conn.protocol.receive_data(data)
+            self._track_tls_records(conn)
         if conn.transport.ended:  # TLS close_notify right behind the data, the socket left open
             self._end_of_stream(conn)
         self.process(conn)
@@ -492,8 +499,13 @@ class Connections:
         closing log line), as for MAX_BUFFERED_INPUT.
         """
         if not conn.closed:
-            self.output.count(conn, len(conn.out))
+            self.output.count(conn, _unsent(conn))
         self._enforce_total(self.output, "MAX_BUFFERED_OUTPUT", "held the most unsent replies")
+
+    def _track_tls_records(self, conn: ClientConnection) -> None:
+        """Count the records TLS made while reading (handshake, key updates) for a peer that may never read them."""
+        if conn.transport.held:
+            self._track_output(conn)
 
     def _enforce_total(self, ranking: SizeRanking[ClientConnection], item: str, what: str) -> None:
         limit = getattr(config, item)
@@ -559,12 +571,13 @@ class Connections:
 
     def _sent(self, conn: ClientConnection) -> None:
         """Reply bytes were sent or queued on ``conn``: bound its output, watch for room if any waits."""
-        if len(conn.out) > config.MAX_OUTPUT_BUFFER:
+        unsent = _unsent(conn)
+        if unsent > config.MAX_OUTPUT_BUFFER:
             self.close_conn(conn, f"more than MAX_OUTPUT_BUFFER ({config.MAX_OUTPUT_BUFFER} bytes) of replies "
                                   "unread by the client")
         else:
             self.set_interest(conn)
-            if conn.out:
+            if unsent:
                 self._track_output(conn)
 
     def flush(self, conn: ClientConnection) -> None:
@@ -582,7 +595,7 @@ class Connections:
             except (OSError, TLSError) as exc:
                 self.close_conn(conn, f"send failed: {exc}")
                 return
-        self.output.count(conn, len(conn.out))
+        self.output.count(conn, _unsent(conn))
         conn.last_active = time.monotonic()
         if not conn.out and not conn.busy:
             self.process(conn)  # input held back while output piled up

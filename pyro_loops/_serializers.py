@@ -25,6 +25,7 @@ import re
 import sqlite3
 import sys
 import uuid
+from itertools import accumulate
 from typing import Any, Callable
 
 import serpent
@@ -258,10 +259,11 @@ class Serializer:
         SerializeError (SecurityError for refused class names), never as the
         decoder's own exception: the daemon turns it into an error reply.
 
-        Nesting needs no pre-scan on CPython 3.11: the tokenizer refuses more
-        than 200 open brackets, the parser reports stack exhaustion (long
-        unary-operator chains) as MemoryError, json and ``_rebuild`` hit the
-        recursion limit, marshal stops at its own depth limit. Those exceptions
+        Nesting: the tokenizer refuses more than 200 open brackets, the parser
+        reports stack exhaustion (long unary-operator chains) as MemoryError,
+        json stops at its own depth limit (``_JSON_MAX_DEPTH``, the same on
+        every Python), ``_rebuild`` hits the recursion limit, marshal stops
+        at its own depth limit. Those exceptions
         are translated here, including the ones raised while rebuilding
         ``__class__`` dicts (a URI dict without "state" is a KeyError there, a
         proxy dict with a bad URI string a PyroError).
@@ -541,6 +543,81 @@ def _json_default(obj: Any) -> Any:
         return obj.tounicode() if obj.typecode == "u" else obj.tolist()
     return class_to_dict(obj)
 
+# Levels of arrays and objects json reads and writes, on every Python. Without
+# a limit of its own what json takes depends on the interpreter: 3.10 and 3.11
+# stop near sys.getrecursionlimit() (less what the caller's stack holds), 3.12+
+# at a C stack limit (some 1500 levels read; 3.13 writes 5000). 200 is what
+# serpent (Python's tokenizer) and marshal (_MARSHAL_MAX_DEPTH) carry, so a
+# value one serializer takes the others take too, and it keeps the step-by-step
+# decoder and _rebuild (two frames per level) well inside the recursion limit.
+_JSON_MAX_DEPTH = 200
+# what the depth check keeps of a document: brackets (objects' as arrays') and quotes
+_JSON_KEEP = bytes.maketrans(b"{}", b"[]")
+_JSON_DROP = bytes(set(range(256)) - set(b'[]{}"'))
+_JSON_RUNS = re.compile(rb"\[+|\]+")
+_OPEN = ord("[")
+_JSON_LEAF_PASSES = 8  # rounds of dropping innermost pairs before the depth is counted
+_JSON_CHECK_BATCH = 4096  # pieces of iterencode's output checked per step
+
+
+def _json_brackets(data: bytes | bytearray) -> bytes | bytearray:
+    """The brackets of ``data`` (JSON cut between tokens) outside its strings, objects' as arrays'.
+
+    Escaped backslashes and quotes go first; then everything but brackets and
+    quotes; then the strings: as empty pairs of quotes where they hold no
+    bracket (the usual case; dropping adjacent quotes leaves every other
+    quote's parity as it was), else every other quote-separated part. Only
+    byte-string operations that run at memory speed, none per character in
+    Python (UTF-8 puts no ASCII byte inside a multibyte character).
+    """
+    if b"\\" in data:
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    kept = data.translate(_JSON_KEEP, _JSON_DROP).replace(b'""', b"")
+    if b'"' in kept:
+        kept = b"".join(kept.split(b'"')[::2])
+    return kept
+
+
+def _json_deepest(brackets: bytes | bytearray, depth: int) -> int:
+    """The deepest level ``brackets`` reach from ``depth``, counted a run of like brackets at a time."""
+    runs = _JSON_RUNS.findall(brackets)
+    return max(accumulate((len(run) if run[0] == _OPEN else -len(run) for run in runs), initial=depth))
+
+
+def _check_json_depth(data: bytes | bytearray) -> None:
+    """Raise SerializeError if a whole JSON document nests deeper than _JSON_MAX_DEPTH.
+
+    A document with fewer brackets than that is let through at once. Else
+    innermost pairs are dropped a few rounds (each round lowers a document's
+    depth by one; wide data is gone after a round or two), and what is left
+    is counted in runs: linear time, however the brackets are laid out.
+    """
+    if data.count(b"[") + data.count(b"{") <= _JSON_MAX_DEPTH:
+        return
+    brackets = _json_brackets(data)
+    rounds = 0
+    while rounds < _JSON_LEAF_PASSES and brackets:
+        brackets = brackets.replace(b"[]", b"")
+        rounds += 1
+    if len(brackets) // 2 + rounds > _JSON_MAX_DEPTH and _json_deepest(brackets, rounds) > _JSON_MAX_DEPTH:
+        raise _json_too_deep()
+
+
+def _json_depth_at_end(data: bytes, depth: int) -> int:
+    """The nesting depth at the end of ``data`` (JSON cut between tokens) that starts at ``depth``;
+    raises SerializeError where it goes deeper than _JSON_MAX_DEPTH."""
+    brackets = _json_brackets(data)
+    opened = brackets.count(b"[")
+    if depth + opened > _JSON_MAX_DEPTH and _json_deepest(brackets, depth) > _JSON_MAX_DEPTH:
+        raise _json_too_deep()
+    return depth + 2 * opened - len(brackets)
+
+
+def _json_too_deep() -> errors.SerializeError:
+    return errors.SerializeError(f"json value nested too deeply: more than {_JSON_MAX_DEPTH} levels of arrays "
+                                 "and objects")
+
+
 class JsonSerializer(Serializer):
     serializer_id = 2
     name = "json"
@@ -551,19 +628,28 @@ class JsonSerializer(Serializer):
 
     def _dumps(self, obj: Any) -> bytes:
         try:
-            return self._encoder.encode(obj).encode("utf-8")
+            data = self._encoder.encode(obj).encode("utf-8")
         except (TypeError, ValueError, RecursionError) as exc:
             raise errors.SerializeError(str(exc)) from exc
+        _check_json_depth(data)
+        return data
 
     def _dumps_large(self, obj: Any) -> bytes:
         # iterencode without _one_shot walks the value in Python, leaving
-        # only each string and number to C (about 3 times slower than encode)
+        # only each string and number to C (about 3 times slower than encode);
+        # its pieces end between tokens, so their depth is checked a batch at a
+        # time and no single step holds the interpreter lock for long
         try:
-            return "".join(self._encoder.iterencode(obj)).encode("utf-8")
+            pieces = list(self._encoder.iterencode(obj))
         except (TypeError, ValueError, RecursionError) as exc:
             raise errors.SerializeError(str(exc)) from exc
+        depth = 0
+        for start in range(0, len(pieces), _JSON_CHECK_BATCH):
+            depth = _json_depth_at_end("".join(pieces[start:start + _JSON_CHECK_BATCH]).encode("utf-8"), depth)
+        return "".join(pieces).encode("utf-8")
 
     def _loads(self, data: bytes | bytearray) -> Any:
+        _check_json_depth(data)
         return json.loads(data.decode("utf-8"))
 
     def _decode_large(self, data: bytes | bytearray) -> tuple[Any, bool | None]:
@@ -595,17 +681,25 @@ def _stepwise_json_loads(text: str) -> Any:
     decoder = json.JSONDecoder()
     scan_scalar = (json.scanner.c_make_scanner or json.scanner.py_make_scanner)(decoder)
     memo: dict = {}
+    depth = 0  # arrays and objects open around the value being scanned
 
     def scan_once(string: str, idx: int) -> Any:
+        nonlocal depth
         try:
             nextchar = string[idx]
         except IndexError:
             raise StopIteration(idx) from None
-        if nextchar == "[":
-            return json.decoder.JSONArray((string, idx + 1), scan_once)
-        if nextchar == "{":
+        if nextchar not in "[{":
+            return scan_scalar(string, idx)
+        if depth == _JSON_MAX_DEPTH:
+            raise _json_too_deep()
+        depth += 1
+        try:
+            if nextchar == "[":
+                return json.decoder.JSONArray((string, idx + 1), scan_once)
             return json.decoder.JSONObject((string, idx + 1), decoder.strict, scan_once, None, None, memo)
-        return scan_scalar(string, idx)
+        finally:
+            depth -= 1
 
     decoder.scan_once = scan_once
     return decoder.decode(text)

@@ -6,7 +6,11 @@ it is exhausted or closed, until ``ITER_STREAM_LIFETIME`` after it was opened,
 or until ``ITER_STREAM_LINGER`` after its connection closed (a reconnecting
 client may pick it up meanwhile), as in Pyro4. Both deadlines sit in a heap,
 so the daemon learns the next one in O(1) and no event walks every stream; a
-connection holds at most ``ITER_STREAMS_MAX_PER_CONNECTION`` of them.
+connection holds at most ``ITER_STREAMS_MAX_PER_CONNECTION`` of them, and the
+daemon at most ``ITER_STREAMS_MAX`` in all (Pyro4 has neither bound). At that
+total a new stream takes the place of the one that has lingered longest: a
+client that left is less likely to come back for its stream than a connected
+one is to read the new one. With none lingering, the new stream is refused.
 
 Calls run in the loop or in worker threads, so the registry takes a lock; it
 never holds it while an iterator runs (user code).
@@ -14,6 +18,7 @@ never holds it while an iterator runs (user code).
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from dataclasses import dataclass
@@ -21,10 +26,13 @@ from typing import Any, Hashable, Iterator
 
 from . import errors
 from ._deadlines import KeyedHeap
+from ._ratelog import RateLimitedLog
 from .configuration import config
 
 _LIFETIME = "lifetime"
 _LINGER = "linger"
+
+_log = RateLimitedLog(logging.getLogger("pyro_loops"))  # clients can hit the bound again and again
 
 
 @dataclass(eq=False)
@@ -41,6 +49,7 @@ class StreamRegistry:
     def __init__(self) -> None:
         self._streams: dict[str, ItemStream] = {}
         self._by_owner: dict[Hashable, set[str]] = {}
+        self._lingering: dict[str, None] = {}   # ids of streams without owner, longest lingering first
         self._deadlines: KeyedHeap[tuple[str, str]] = KeyedHeap()   # (stream id, _LIFETIME or _LINGER) -> when
         self._lock = threading.Lock()
 
@@ -54,16 +63,22 @@ class StreamRegistry:
         """Register ``iterator`` for ``owner`` and return its new stream id.
 
         Raises PyroError when ``owner`` already has ITER_STREAMS_MAX_PER_CONNECTION
-        open streams (the iterator is not kept).
+        open streams, or the daemon ITER_STREAMS_MAX with none lingering (the
+        iterator is not kept). At ITER_STREAMS_MAX with some lingering, the one
+        that has lingered longest ends to make room.
         """
         limit = config.ITER_STREAMS_MAX_PER_CONNECTION
+        total = config.ITER_STREAMS_MAX
         stream_id = str(uuid.uuid4())
         with self._lock:
-            owned = self._by_owner.setdefault(owner, set())
+            owned = self._by_owner.get(owner, set())
             if limit and len(owned) >= limit:
                 raise errors.PyroError(
                     f"too many open item streams on this connection: ITER_STREAMS_MAX_PER_CONNECTION "
                     f"({limit}) reached; exhaust or close some streams first")
+            if total and len(self._streams) >= total:
+                self._make_room(total)
+            self._by_owner[owner] = owned
             owned.add(stream_id)
             self._streams[stream_id] = ItemStream(iterator, owner, now)
             if config.ITER_STREAM_LIFETIME > 0:
@@ -94,11 +109,7 @@ class StreamRegistry:
     def close(self, stream_id: str) -> None:
         """Forget the stream; nothing happens if it is already gone."""
         with self._lock:
-            stream = self._streams.pop(stream_id, None)
-            if stream is not None:
-                self._set_owner(stream_id, stream, None)
-                self._deadlines.discard((stream_id, _LINGER))
-                self._deadlines.discard((stream_id, _LIFETIME))
+            self._forget(stream_id)
 
     def orphan(self, owner: Hashable, now: float) -> None:
         """``owner`` disconnected: its streams linger for ITER_STREAM_LINGER, or end now if that is 0."""
@@ -111,6 +122,7 @@ class StreamRegistry:
                     if stream is not None and stream.owner is owner:
                         self._set_owner(stream_id, stream, None)
                         self._deadlines.set((stream_id, _LINGER), now + config.ITER_STREAM_LINGER)
+                        self._lingering[stream_id] = None
             else:
                 self.close(stream_id)
 
@@ -131,7 +143,31 @@ class StreamRegistry:
         with self._lock:
             self._streams.clear()
             self._by_owner.clear()
+            self._lingering.clear()
             self._deadlines = KeyedHeap()
+
+    def _make_room(self, total: int) -> None:
+        """ITER_STREAMS_MAX reached (lock held): end the stream that has lingered longest, or refuse."""
+        if not self._lingering:
+            _log.log(logging.WARNING, "streams refused", "item stream refused: ITER_STREAMS_MAX (%d) open "
+                     "streams in this daemon, none of them lingering", total)
+            raise errors.PyroError(
+                f"too many open item streams in this daemon: ITER_STREAMS_MAX ({total}) reached over all "
+                "connections; try again once some are exhausted or closed")
+        oldest = next(iter(self._lingering))
+        self._forget(oldest)
+        _log.log(logging.INFO, "lingering stream ended", "item stream %s ended early to make room for a new "
+                 "one: ITER_STREAMS_MAX (%d) reached; it had lingered since its client disconnected",
+                 oldest, total)
+
+    def _forget(self, stream_id: str) -> None:
+        """Drop the stream, its deadlines and its place in the counts (lock held); nothing if it is gone."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            self._set_owner(stream_id, stream, None)
+            self._lingering.pop(stream_id, None)
+            self._deadlines.discard((stream_id, _LINGER))
+            self._deadlines.discard((stream_id, _LIFETIME))
 
     def _set_owner(self, stream_id: str, stream: ItemStream, owner: Hashable | None) -> None:
         """Move the stream to ``owner``'s count (lock held); a new owner ends its lingering."""
@@ -145,3 +181,4 @@ class StreamRegistry:
         if owner is not None:
             self._by_owner.setdefault(owner, set()).add(stream_id)
             self._deadlines.discard((stream_id, _LINGER))
+            self._lingering.pop(stream_id, None)

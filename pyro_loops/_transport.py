@@ -23,6 +23,9 @@ contract, which that code already handles:
     bytes are waiting for the socket to take them (TLS records made while
     reading, say handshake messages): watch the socket for writability and
     call ``flush()``.
+``held``
+    how many such bytes: the owner counts them with its own unsent bytes
+    against its output bounds.
 
 Nothing here blocks: every socket call is a non-blocking ``recv``/``send``.
 """
@@ -98,6 +101,7 @@ class PlainTransport:
 
     __slots__ = ("sock",)
     wants_write = False
+    held = 0
     handshaking = False
     ended = False
     tls = False
@@ -150,6 +154,10 @@ class TLSTransport:
     @property
     def wants_write(self) -> bool:
         return bool(self._pending)
+
+    @property
+    def held(self) -> int:
+        return len(self._pending)
 
     @property
     def handshaking(self) -> bool:

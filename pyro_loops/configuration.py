@@ -83,13 +83,22 @@ _DEFAULTS: dict[str, Any] = {
     "CLIENT_MAX_PENDING": 10000,  # calls pending per pyro_loops.Client; more fail at once
     "ITER_STREAM_PREFETCH": 8,    # items of a remote iterator a loop client requests ahead
     # Seconds a new connection may take to complete its CONNECT handshake (the TLS
-    # handshake will share it); silent connections would otherwise hold a
-    # MAX_CONNECTIONS slot forever. 0 = no deadline.
+    # handshake shares it); silent connections would otherwise hold a
+    # MAX_CONNECTIONS slot forever. A proxy or loop Client has the same deadline
+    # for connecting and both handshakes, also when COMMTIMEOUT is 0 (calls
+    # may wait for ever; a silent server must not hold a connect). 0 = no deadline.
     "HANDSHAKE_TIMEOUT": 10.0,
     # Open item streams per connection. Each holds a live iterator (a generator
     # frame and whatever it references) until exhausted, closed or expired; a
     # client that opens more gets an error naming this item. 0 = no bound.
     "ITER_STREAMS_MAX_PER_CONNECTION": 1000,
+    # Open item streams in one daemon, over all connections and lingering ones
+    # together (the count per connection alone lets MAX_CONNECTIONS clients
+    # keep 1000 each, and reconnecting clients leave theirs lingering). At the
+    # bound a new stream ends the stream that has lingered longest (a line
+    # naming this item is logged); with none lingering it is refused with an
+    # error naming this item. 0 = no bound.
+    "ITER_STREAMS_MAX": 10_000,
     # Worker jobs (oneway calls run in the pool) one connection may have queued or
     # running. At the bound the daemon stops reading that connection until half of
     # them have run, so one flooding client cannot fill the pool's queue ahead of

@@ -326,12 +326,15 @@ class Proxy:
                 f"calling {uri} from the thread that runs its own daemon's loop would deadlock: the "
                 "daemon cannot answer while this thread waits. Make the call from another thread, mark "
                 "the calling method @pyro_loops.in_worker, or call the object directly")
-        sock = _connect_socket(uri, self._pyroTimeout)
         context = self._pyroSslContext
         if context is None and config.SSL:
             context = client_context_from_config(config)
-        if context is not None:
-            sock = _start_tls(sock, context, uri)
+        deadline = _HandshakeDeadline(uri, self._pyroTimeout)
+        with deadline:
+            sock = _connect_socket(uri, deadline.timeout())
+            if context is not None:
+                sock.settimeout(deadline.timeout())
+                sock = _start_tls(sock, context, uri)
         sock.objectId = uri.object  # type: ignore[attr-defined] # Pyro4's connection attribute (an SSLSocket takes it too)
         object.__setattr__(self, "_pyroProtocol", _protocol.ClientProtocol(
             self._pyroSerializer or config.SERIALIZER, hmac_key=self._pyroHmacKeyBytes,
@@ -342,7 +345,7 @@ class Proxy:
         object.__setattr__(self, "_pyroPoller", poller)
         object.__setattr__(self, "_pyroConnection", sock)
         try:
-            self.__handshake(uri)
+            self.__handshake(uri, deadline)
         except BaseException:
             self._pyroRelease()
             raise
@@ -380,12 +383,14 @@ class Proxy:
                 and cls._pyroResponseAnnotations is Proxy._pyroResponseAnnotations):
             object.__setattr__(self, "_pyroLane", _Lane(sock, self._pyroProtocol, self.__object_id()))
 
-    def __handshake(self, uri: URI) -> None:
+    def __handshake(self, uri: URI, deadline: "_HandshakeDeadline") -> None:
         conn = self._pyroProtocol
-        self.__send(conn.connect(uri.object, self._pyroHandshake, metadata=config.METADATA,
-                                 annotations=self.__annotations(take=False)))
         try:
-            event = self.__receive()
+            with deadline:
+                self._pyroConnection.settimeout(deadline.timeout())
+                self.__send(conn.connect(uri.object, self._pyroHandshake, metadata=config.METADATA,
+                                         annotations=self.__annotations(take=False)))
+                event = self.__receive(deadline)
         except errors.ConnectionClosedError as exc:
             if isinstance(self._pyroConnection, ssl.SSLSocket):
                 raise
@@ -436,15 +441,18 @@ class Proxy:
             return errors.TimeoutError(timeout)
         return errors.ConnectionClosedError(f"{failed}: {exc}")
 
-    def __receive(self) -> Any:
+    def __receive(self, deadline: "_HandshakeDeadline | None" = None) -> Any:
         """The next event of the connection: the reply to the one call in flight.
 
         A connection that broke (``Broken``) is released and its error raised.
+        ``deadline`` (the handshake's) bounds all the reads together, not each one.
         """
         conn = self._pyroProtocol
         sock = self._pyroConnection
         try:
             while (event := conn.next_event()) is None:
+                if deadline is not None:
+                    sock.settimeout(deadline.timeout())
                 receive_blocking(sock, conn, _RECV_SIZE)
         except OSError as exc:
             raise self.__broken(exc, "receiving: timeout", "receiving") from None
@@ -816,6 +824,42 @@ class ProxyConnection(socket.socket):
     def getpeercert(self, binary_form: bool = False) -> None:
         """No certificate: the connection is not TLS."""
         return None
+
+
+class _HandshakeDeadline:
+    """One deadline for connecting, the TLS handshake and the CONNECT exchange together: HANDSHAKE_TIMEOUT.
+
+    Calls may wait for ever (COMMTIMEOUT 0, Pyro4's default), but a server
+    that accepts and then says nothing (or drips its answer a byte at a time)
+    must not hold a proxy's connect for ever. Each step's socket timeout is
+    what is left of it, or the proxy's own timeout if that is shorter (which
+    then raises as in Pyro4). Used as a context manager around the steps: a
+    TimeoutError raised once the deadline has passed becomes the Pyro4-shaped
+    "cannot connect to (host, port): ..." naming the item.
+    """
+
+    __slots__ = ("where", "call_timeout", "limit", "end")
+
+    def __init__(self, uri: URI, call_timeout: float | None) -> None:
+        self.where = uri.sockname or (uri.host, uri.port)
+        self.call_timeout = call_timeout
+        self.limit = config.HANDSHAKE_TIMEOUT
+        self.end = time.monotonic() + self.limit if self.limit > 0 else None
+
+    def timeout(self) -> float | None:
+        """The socket timeout for the next step: the proxy's timeout or what is left, whichever is shorter."""
+        if self.end is None:
+            return self.call_timeout
+        left = max(self.end - time.monotonic(), 0.001)  # 0 would make the socket non-blocking
+        return left if self.call_timeout is None else min(left, self.call_timeout)
+
+    def __enter__(self) -> "_HandshakeDeadline":
+        return self
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, errors.TimeoutError) and self.end is not None and time.monotonic() >= self.end - 0.001:
+            raise errors.TimeoutError(f"cannot connect to {self.where}: no connection and handshake within "
+                                      f"HANDSHAKE_TIMEOUT ({self.limit:g} s)") from None
 
 
 def _connect_socket(uri: URI, timeout: float | None) -> socket.socket:

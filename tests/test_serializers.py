@@ -7,7 +7,6 @@ decoder's own exception and never by exhausting the C stack.
 import ast
 import importlib.util
 import math
-import sys
 import threading
 import uuid
 import zlib
@@ -349,9 +348,7 @@ def test_integer_beyond_the_digit_limit_cannot_be_written_by_text_serializers(na
             assert name == "msgpack"
 
 
-def test_deeply_nested_value_cannot_be_written(ser, request):
-    if ser.name == "json" and sys.version_info >= (3, 13):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=JSON_DEPTH_312))
+def test_deeply_nested_value_cannot_be_written(ser):
     value: list = []
     for _ in range(5000):
         value = [value]
@@ -362,11 +359,6 @@ def test_deeply_nested_value_cannot_be_written(ser, request):
 # --- deserialization limits (issue 6) --------------------------------------------------------
 
 
-# Known gap: from 3.12 on, json's C code is bound by the C stack, not by
-# sys.getrecursionlimit(), and pyro_loops has no nesting limit of its own.
-JSON_DEPTH_312 = "Python 3.12+ json reads 1000 levels (3.13+ also writes 5000): no limit of pyro_loops' own"
-
-
 def nested(n: int, name: str) -> bytes:
     if name == "serpent":
         return SERPENT_HEAD + b"[" * n + b"]" * n
@@ -375,9 +367,7 @@ def nested(n: int, name: str) -> bytes:
 
 @pytest.mark.parametrize("name", TEXT_NAMES)
 @pytest.mark.parametrize("depth", [1000, 100_000])
-def test_deep_bracket_nesting_is_a_serialize_error(name, depth, request):
-    if name == "json" and depth == 1000 and sys.version_info >= (3, 12):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=JSON_DEPTH_312))
+def test_deep_bracket_nesting_is_a_serialize_error(name, depth):
     with pytest.raises(errors.SerializeError):
         get_serializer(name).loads(nested(depth, name))
 
