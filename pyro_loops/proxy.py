@@ -524,11 +524,12 @@ class Proxy:
                 or self._pyroRawWireResponse or methodname in self._pyroOneway or self._pyroHmacKeyBytes
                 or (self._pyroSerializer or config.SERIALIZER) != "serpent"):
             return _DECLINED
-        correlation = facts.correlation_uuid
-        if correlation is not None:
-            if type(correlation) is not uuid.UUID:
+        corr = facts.correlation_uuid
+        correlation = None
+        if corr is not None:
+            if type(corr) is not uuid.UUID:
                 return _DECLINED
-            correlation = correlation.bytes
+            correlation = corr.bytes
         facts.response_annotations = {}  # as in Pyro4: until a reply brings some
         with self._pyroLock:
             lane = self._pyroLane
