@@ -360,8 +360,11 @@ class CallDispatcher:
             self._refuse_call(conn, msg, serializer, exc, now=True)
             return
         if oneway:
-            if in_worker or (self.oneway_threaded() and not msg.flags & _wire.FLAGS_BATCH):
+            if self.oneway_threaded() and not msg.flags & _wire.FLAGS_BATCH:
                 self.submit_job(conn, lambda: self._run_oneway(conn, msg, call), len(msg.data))
+            elif in_worker:  # in order, as Pyro4 runs it in the connection's own thread
+                conn.busy = True
+                self.pool().submit(lambda: self._run_oneway_in_order(conn, msg, call), affinity=conn)
             else:
                 self.dispatching += 1
                 try:
@@ -577,6 +580,17 @@ class CallDispatcher:
             log.info("oneway call from %s raised %s: %s", conn.addr, type(exc).__name__, _describe(exc))
         finally:
             reset_call_context(token)
+
+    def _run_oneway_in_order(self, conn: ClientConnection, msg: _wire.Message, call: Callable[[], Any]) -> None:
+        """In a worker: a oneway call the connection waits for (ONEWAY_THREADED off), so its
+        next request is read only after this one ran; no reply, the connection is free again."""
+        try:
+            if conn.closed:
+                log.info("oneway call from %s dropped before it ran: %s", conn.addr, conn.close_reason)
+            else:
+                self._run_oneway(conn, msg, call)
+        finally:
+            self.post(conn, lambda: self.finish_call(conn, None))
 
     def _result_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                       result: Any, response_annotations: dict[str, bytes] | None = None) -> bytes:
