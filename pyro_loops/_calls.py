@@ -37,7 +37,7 @@ from .hosting import log, report_error
 from ._protocol import ConnectRequest, InvokeRequest, PingRequest, Violation
 from ._serializers import ExceptionWrapper, Serializer, encoding_cost, get_serializer
 from ._streams import StreamRegistry
-from ._workers import JobQuota, WorkerPool
+from ._workers import JobQuota, WorkerPool, checked_size
 from .configuration import config
 from .constants import DAEMON_NAME
 from .context import current_context, enter_call_context, reset_call_context, set_call_context
@@ -45,6 +45,12 @@ from .context import current_context, enter_call_context, reset_call_context, se
 
 class _ReportedCall(functools.partial):
     """A call to a ``@callback`` method: what it raises is also reported locally."""
+
+
+class _Unprepared(functools.partial):
+    """A call looked up by the worker that runs it (``_prepare_call`` partially applied): under
+    the thread server, as in Pyro4's connection threads, a percall or session class is
+    instantiated there, so a slow or failing ``__init__`` never holds up the loop."""
 
 
 class _Deferred(Exception):
@@ -70,6 +76,9 @@ class CallHost(Protocol):
     def close(self) -> None:
         """Close the daemon (deferred to the loop's turn when it must be)."""
 
+    def _serves(self, uri: Any) -> bool:
+        """Whether ``uri`` reaches this daemon."""
+
     def _update_deadline(self) -> None:
         """Tell the host loop when the daemon next needs time."""
 
@@ -89,9 +98,11 @@ class CallDispatcher:
         self.own_loop = False  # served by requestLoop() or a hand-written events() loop (the daemon says)
         self.wake = wake
         self.single_instances: dict[type, Any] = {}
+        self.making = threading.Lock()  # held while a single or session instance is made
         self.dispatching = 0  # calls running in the loop's thread right now (nested loops included)
         self.worker_call = threading.local()  # in a worker running a call: close() waits for its reply
-        self.workers: WorkerPool | None = None
+        self.workers: WorkerPool | None = None  # started with the first job
+        checked_size(config.THREADPOOL_SIZE)  # a size no pool can have is refused now, as Pyro4's daemon does
         self.jobs: JobQuota[ClientConnection] = JobQuota()  # oneway jobs per connection, MAX_QUEUED_JOBS_PER_CONNECTION
         self.loop_jobs: collections.deque = collections.deque()  # (conn, job) posted by workers
         self.jobs_after_close = False  # closed: posted jobs run at once (their connections are closed)
@@ -131,8 +142,15 @@ class CallDispatcher:
 
     def pool(self) -> WorkerPool:
         if self.workers is None:
-            self.workers = WorkerPool(config.THREADPOOL_SIZE)
+            self.workers = WorkerPool(config.THREADPOOL_SIZE, needs_worker=self._needs_worker)
         return self.workers
+
+    def _needs_worker(self, uri: Any) -> bool:
+        """Whether a call to ``uri`` from one of our workers would wait for another of them."""
+        try:
+            return self.servertype == "thread" and self.host._serves(uri)
+        except OSError:  # the daemon closed meanwhile
+            return False
 
     def post(self, conn: ClientConnection, job: Callable[[], None]) -> None:
         """Run ``job`` for ``conn`` in the loop's thread soon; safe from any thread.
@@ -353,7 +371,10 @@ class CallDispatcher:
         if conn.closed:
             return
         try:
-            call, in_worker = self._prepare_call(conn, msg, *request)
+            if self.servertype == "thread":
+                call, in_worker = _Unprepared(self._prepare_call, conn, msg, *request), True
+            else:
+                call, in_worker = self._prepare_call(conn, msg, *request)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # any other error, even a BaseException subclass
@@ -467,14 +488,16 @@ class CallDispatcher:
 
         if mode == "percall":
             instance = make()
-        elif mode == "single":
-            instance = self.single_instances.get(obj)
-            if instance is None:
-                instance = self.single_instances[obj] = make()
         else:
-            instance = conn.pyroInstances.get(obj)
+            made = self.single_instances if mode == "single" else conn.pyroInstances
+            instance = made.get(obj)
             if instance is None:
-                instance = conn.pyroInstances[obj] = make()
+                # workers of the thread server make instances (a threaded oneway call beside
+                # its connection's next call, say): one of them makes it
+                with self.making:
+                    instance = made.get(obj)
+                    if instance is None:
+                        instance = made[obj] = make()
         instance._pyroDaemon = self.host  # the daemon, as for registered objects
         instance._pyroId = obj_id
         return instance
@@ -488,6 +511,8 @@ class CallDispatcher:
         token = self._set_context(conn, msg)
         facts = current_context.facts()
         try:
+            if type(call) is _Unprepared:
+                call = call()[0]
             result = call()
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -568,6 +593,8 @@ class CallDispatcher:
     def _run_oneway(self, conn: ClientConnection, msg: _wire.Message, call: Callable[[], Any]) -> None:
         token = self._set_context(conn, msg)
         try:
+            if type(call) is _Unprepared:
+                call = call()[0]
             result = call()
             if inspect.iscoroutine(result):
                 if self.host.coroutine_runner is not None and threading.get_ident() == self.host._loop_thread:

@@ -16,6 +16,7 @@ import socket
 import ssl
 import threading
 import time
+from contextlib import nullcontext
 from typing import Any, Callable, Iterator
 
 from . import _protocol, _wire, errors
@@ -25,6 +26,7 @@ from ._serializers import ExceptionWrapper, get_serializer, register_class_to_di
 from ._serving import daemon_served_by_current_thread
 from ._tls import TLSError, client_context_from_config
 from ._uri import URI
+from ._workers import current_pool
 from .configuration import config
 from .context import current_context
 from .futures import FutureResult
@@ -464,10 +466,12 @@ class Proxy:
             sent = request(conn, self.__annotations())
             object.__setattr__(self, "_pyroSeq", sent.seq)
             _refuse_oversize(conn, sent)
-            self.__send(sent.data)
-            if not sent.expects_reply:
-                return None
-            event = self.__receive()
+            pool, target = current_pool(), self._pyroResolved  # a worker of target's daemon could wait for itself
+            with nullcontext() if pool is None or target is None or not sent.expects_reply else pool.waiting_on(target):
+                self.__send(sent.data)
+                if not sent.expects_reply:
+                    return None
+                event = self.__receive()
             if isinstance(event, _protocol.Result):
                 return event.value
             if isinstance(event, _protocol.StreamStarted):
