@@ -98,7 +98,8 @@ class CallDispatcher:
         self.own_loop = False  # served by requestLoop() or a hand-written events() loop (the daemon says)
         self.wake = wake
         self.single_instances: dict[type, Any] = {}
-        self.making = threading.Lock()  # held while a single or session instance is made
+        self.making = threading.Condition()  # guards being_made
+        self.being_made: set[tuple[int, type]] = set()  # (id of the dict it goes in, class) being made
         self.dispatching = 0  # calls running in the loop's thread right now (nested loops included)
         self.worker_call = threading.local()  # in a worker running a call: close() waits for its reply
         self.workers: WorkerPool | None = None  # started with the first job
@@ -492,14 +493,33 @@ class CallDispatcher:
             made = self.single_instances if mode == "single" else conn.pyroInstances
             instance = made.get(obj)
             if instance is None:
-                # workers of the thread server make instances (a threaded oneway call beside
-                # its connection's next call, say): one of them makes it
-                with self.making:
-                    instance = made.get(obj)
-                    if instance is None:
-                        instance = made[obj] = make()
+                instance = self._make_once(made, obj, make)
         instance._pyroDaemon = self.host  # the daemon, as for registered objects
         instance._pyroId = obj_id
+        return instance
+
+    def _make_once(self, made: dict, cls: type, make: Callable[[], Any]) -> Any:
+        """``made[cls]``, made now unless another thread is making it (then that one's).
+
+        Workers of the thread server make instances, two at once at times (a
+        threaded oneway call beside its connection's next call, say). No lock
+        is held while ``make`` runs: an ``__init__`` may call other objects of
+        this daemon through a proxy.
+        """
+        key = (id(made), cls)
+        with self.making:
+            while key in self.being_made:
+                self.making.wait()
+            instance = made.get(cls)
+            if instance is not None:
+                return instance
+            self.being_made.add(key)
+        try:
+            instance = made[cls] = make()
+        finally:
+            with self.making:
+                self.being_made.discard(key)
+                self.making.notify_all()
         return instance
 
     def _set_context(self, conn: ClientConnection, msg: _wire.Message) -> Any:

@@ -479,3 +479,43 @@ def test_an_init_that_raises_answers_the_call_with_its_error_and_the_next_call_t
         made.fail = False
         assert proxy.thread_name().startswith("pyro_loops-worker")
         assert made.made == 1
+
+
+def test_an_init_may_call_a_class_of_its_own_daemon_made_on_demand(made):
+    made.gate.set()
+    daemon, _ = start(Gate())
+    made_uri = daemon.register(made, "made")
+
+    @expose
+    @behavior(instance_mode="session")
+    class Caller_:
+        def __init__(self):
+            with Proxy(made_uri) as inner:  # another class of this daemon, made on demand as well
+                inner._pyroTimeout = TIMEOUT
+                self.inner_thread = inner.thread_name()
+
+        def inner(self):
+            return self.inner_thread
+
+    uri = daemon.register(Caller_, "caller")
+    with serving(daemon), proxy_for(uri) as proxy:
+        assert proxy.inner().startswith("pyro_loops-worker")
+
+
+def test_a_session_instance_is_made_once_when_a_oneway_call_and_the_next_call_need_it_at_once():
+    cls = made_class("session")
+    daemon, _ = start(Gate())
+    uri = daemon.register(cls, "made")
+    with serving(daemon), proxy_for(uri) as proxy:
+        proxy._pyroBind()
+        proxy._pyroOneway.add("thread_name")
+        proxy.thread_name()  # oneway: its worker starts making the session's instance
+        assert cls.entered.wait(TIMEOUT)
+        proxy._pyroOneway.discard("thread_name")
+        second = threading.Thread(target=proxy.thread_name, daemon=True)
+        second.start()  # needs the same instance, in another worker
+        wait_for(lambda: daemon._calls.workers.threads == 2)
+        cls.gate.set()
+        second.join(TIMEOUT)
+        assert not second.is_alive()
+    assert cls.made == 1
