@@ -32,6 +32,7 @@ class Gate:
         self.running = 0
         self.most = 0  # the most calls that ran at once
         self.ran = 0
+        self.notes = []
 
     def _enter(self):
         with self.lock:
@@ -67,6 +68,17 @@ class Gate:
     def stop(self):
         self._pyroDaemon.shutdown()
         return "answered"
+
+    @oneway
+    def stop_oneway(self):
+        self._pyroDaemon.shutdown()
+
+    @oneway
+    def note(self, value):
+        self.notes.append(value)
+
+    def noted(self):
+        return len(self.notes)
 
 
 def start(service, **settings):
@@ -202,6 +214,31 @@ def test_oneway_calls_pipelined_on_one_connection_are_held_at_max_queued_jobs(lo
     assert f"MAX_QUEUED_JOBS_PER_CONNECTION ({limit})" in logs.text
 
 
+@pytest.mark.parametrize("threaded", [True, False])
+def test_a_oneway_flood_runs_every_call_and_others_are_served_meanwhile(logs, threaded):
+    count = 3000
+    service = Gate()
+    daemon, uri = start(service, ONEWAY_THREADED=threaded)
+    frames = b"".join(_wire.encode(_wire.Message(_wire.MSG_INVOKE, SERPENT.dumps_call("svc", "note", (i,), {}),
+                                                 SERPENT.serializer_id, _wire.FLAGS_ONEWAY, i + 1))
+                      for i in range(count))
+    with serving(daemon):
+        flooder = RawClient(uri.port)
+        flooder.handshake()
+        sender = threading.Thread(target=flooder.send, args=(frames,), daemon=True)
+        sender.start()
+        with proxy_for(uri) as other:
+            for i in range(20):
+                assert other.echo(i) == i
+        sender.join(TIMEOUT)
+        noted = flooder.call("svc", "noted", seq=count + 1)
+        if not threaded:  # one after another, in the order sent, before the call after them
+            assert noted == (False, count) and service.notes == list(range(count))
+        wait_for(lambda: len(service.notes) == count)
+        flooder.close()
+    assert not errors_logged(logs)
+
+
 # --- clients that leave while their call runs -----------------------------------------------
 
 
@@ -283,6 +320,22 @@ def test_shutdown_from_a_call_answers_it_and_other_running_calls_end_with_a_clea
         daemon.close()
         loop.join(TIMEOUT)
     assert logs.text.count("reply for") == 1 and not errors_logged(logs)
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_shutdown_from_a_oneway_call_ends_the_loop(logs, threaded):
+    daemon, uri = start(Gate(), ONEWAY_THREADED=threaded)
+    loop = threading.Thread(target=daemon.requestLoop, daemon=True)
+    loop.start()
+    try:
+        with proxy_for(uri) as proxy:
+            proxy.stop_oneway()
+        loop.join(TIMEOUT)
+        assert not loop.is_alive() and daemon._closed
+    finally:
+        daemon.close()
+        loop.join(TIMEOUT)
+    assert not errors_logged(logs)
 
 
 @expose
@@ -448,7 +501,7 @@ def made_class(mode):
     return Made
 
 
-@pytest.fixture(params=["percall", "session"])
+@pytest.fixture(params=["percall", "session", "single"])
 def made(request):
     cls = made_class(request.param)
     yield cls
