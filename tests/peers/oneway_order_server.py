@@ -14,6 +14,8 @@ import json
 import sys
 import threading
 
+from service import serve_until_stdin_closes
+
 
 def build(expose, oneway):
     @expose
@@ -62,14 +64,7 @@ def main():
     daemon = library.Daemon(host="127.0.0.1")
     uri = daemon.register(build(library.expose, library.oneway)(), "gate")
     print(json.dumps({"uri": str(uri)}), flush=True)
-
-    def stop_on_eof():
-        sys.stdin.read()
-        daemon.shutdown()
-
-    threading.Thread(target=stop_on_eof, daemon=True).start()
-    daemon.requestLoop()
-    daemon.close()
+    serve_until_stdin_closes(daemon)
 
 
 if __name__ == "__main__":
