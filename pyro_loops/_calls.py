@@ -49,8 +49,8 @@ class _ReportedCall(functools.partial):
 
 class _Unprepared(functools.partial):
     """A call looked up by the worker that runs it (``_prepare_call`` partially applied): under
-    the thread server, as in Pyro4's connection threads, a percall or session class is
-    instantiated there, so a slow or failing ``__init__`` never holds up the loop."""
+    the thread server, as in Pyro4's connection threads, a percall, session or single class
+    is instantiated there, so a slow or failing ``__init__`` never holds up the loop."""
 
 
 class _Deferred(Exception):

@@ -93,6 +93,7 @@ class WorkerPool:
         """
         if self._closed:
             raise RuntimeError("worker pool is closed")
+        first_to_wait = False
         with self._lock:
             worker = self._last.get(affinity) if affinity is not None else None
             if worker is not None and worker in self._idle:
@@ -104,12 +105,11 @@ class WorkerPool:
                     worker = self._start()
                 else:
                     self._backlog.append((affinity, job))
-                    first = len(self._backlog) == 1
-                    worker = None
+                    first_to_wait = len(self._backlog) == 1
+                    worker = None  # (the affinity's last worker, busy with another connection)
             if worker is not None:
                 self._assign(worker, affinity, job)
-                return
-        if first:
+        if first_to_wait:
             self._log.log(logging.WARNING, "THREADPOOL_SIZE",
                           "all %d worker threads (THREADPOOL_SIZE) are busy: calls wait until one is free "
                           "(raise THREADPOOL_SIZE if this recurs; a call into its own daemon from every "

@@ -466,8 +466,10 @@ class Proxy:
             sent = request(conn, self.__annotations())
             object.__setattr__(self, "_pyroSeq", sent.seq)
             _refuse_oversize(conn, sent)
-            pool, target = current_pool(), self._pyroResolved  # a worker of target's daemon could wait for itself
-            with nullcontext() if pool is None or target is None or not sent.expects_reply else pool.waiting_on(target):
+            pool, target = current_pool(), self._pyroResolved
+            waiting = (nullcontext() if pool is None or target is None or not sent.expects_reply
+                       else pool.waiting_on(target))  # a worker calling its own daemon could wait for itself
+            with waiting:
                 self.__send(sent.data)
                 if not sent.expects_reply:
                     return None

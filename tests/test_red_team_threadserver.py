@@ -572,3 +572,23 @@ def test_a_session_instance_is_made_once_when_a_oneway_call_and_the_next_call_ne
         second.join(TIMEOUT)
         assert not second.is_alive()
     assert cls.made == 1
+
+
+def test_a_job_whose_last_worker_serves_another_connection_waits_and_runs_once():
+    from pyro_loops._workers import WorkerPool
+
+    class Conn:  # an affinity (weakly referenced, as connections are)
+        pass
+
+    pool, first, other = WorkerPool(1), Conn(), Conn()
+    ran, gate, done = [], threading.Event(), threading.Event()
+    pool.submit(lambda: ran.append("first"), affinity=first)
+    wait_for(lambda: ran == ["first"] and pool._idle)
+    pool.submit(lambda: gate.wait(TIMEOUT), affinity=other)  # the same (only) worker, now busy
+    pool.submit(lambda: (ran.append("again"), done.set()), affinity=first)
+    gate.set()
+    assert done.wait(TIMEOUT)
+    pool.submit(lambda: ran.append("last"))
+    wait_for(lambda: "last" in ran)
+    assert ran == ["first", "again", "last"]
+    pool.close()
