@@ -38,7 +38,7 @@ from .hosting import log, report_error
 from ._protocol import ConnectRequest, InvokeRequest, PingRequest, Violation
 from ._serializers import ExceptionWrapper, Serializer, encoding_cost, get_serializer
 from ._streams import StreamRegistry
-from ._workers import JobQuota, WorkerPool
+from ._workers import JobQuota, WorkerPool, checked_size
 from .configuration import config
 from .constants import DAEMON_NAME
 from .context import _Facts, _facts as _call_facts  # the lane sets a call's facts itself
@@ -47,6 +47,12 @@ from .context import current_context, enter_call_context, reset_call_context, se
 
 class _ReportedCall(functools.partial):
     """A call to a ``@callback`` method: what it raises is also reported locally."""
+
+
+class _Unprepared(functools.partial):
+    """A call looked up by the worker that runs it (``_prepare_call`` partially applied): under
+    the thread server, as in Pyro4's connection threads, a percall, session or single class
+    is instantiated there, so a slow or failing ``__init__`` never holds up the loop."""
 
 
 class _Deferred(Exception):
@@ -72,6 +78,9 @@ class CallHost(Protocol):
     def close(self) -> None:
         """Close the daemon (deferred to the loop's turn when it must be)."""
 
+    def _serves(self, uri: Any) -> bool:
+        """Whether ``uri`` reaches this daemon."""
+
     def _update_deadline(self) -> None:
         """Tell the host loop when the daemon next needs time."""
 
@@ -91,9 +100,12 @@ class CallDispatcher:
         self.own_loop = False  # served by requestLoop() or a hand-written events() loop (the daemon says)
         self.wake = wake
         self.single_instances: dict[type, Any] = {}
+        self.making = threading.Condition()  # guards being_made
+        self.being_made: set[tuple[int, type]] = set()  # (id of the dict it goes in, class) being made
         self.dispatching = 0  # calls running in the loop's thread right now (nested loops included)
         self.worker_call = threading.local()  # in a worker running a call: close() waits for its reply
-        self.workers: WorkerPool | None = None
+        self.workers: WorkerPool | None = None  # started with the first job
+        checked_size(config.THREADPOOL_SIZE)  # a size no pool can have is refused now, as Pyro4's daemon does
         self.jobs: JobQuota[ClientConnection] = JobQuota()  # oneway jobs per connection, MAX_QUEUED_JOBS_PER_CONNECTION
         # ``Requests.holds_back``: the connection's job quota is full (asked before every read)
         self.holds_back: Callable[[ClientConnection], bool] = self.jobs.is_full
@@ -135,8 +147,15 @@ class CallDispatcher:
 
     def pool(self) -> WorkerPool:
         if self.workers is None:
-            self.workers = WorkerPool(config.THREADPOOL_SIZE)
+            self.workers = WorkerPool(config.THREADPOOL_SIZE, needs_worker=self._needs_worker)
         return self.workers
+
+    def _needs_worker(self, uri: Any) -> bool:
+        """Whether a call to ``uri`` from one of our workers would wait for another of them."""
+        try:
+            return self.servertype == "thread" and self.host._serves(uri)
+        except OSError:  # the daemon closed meanwhile
+            return False
 
     def post(self, conn: ClientConnection, job: Callable[[], None]) -> None:
         """Run ``job`` for ``conn`` in the loop's thread soon; safe from any thread.
@@ -457,15 +476,21 @@ class CallDispatcher:
         if conn.closed:
             return
         try:
-            call, in_worker = self._prepare_call(conn, msg, *request)
+            if self.servertype == "thread":
+                call, in_worker = _Unprepared(self._prepare_call, conn, msg, *request), True
+            else:
+                call, in_worker = self._prepare_call(conn, msg, *request)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # any other error, even a BaseException subclass
             self._refuse_call(conn, msg, serializer, exc, now=True)
             return
         if oneway:
-            if in_worker or (self.oneway_threaded() and not msg.flags & _wire.FLAGS_BATCH):
+            if self.oneway_threaded() and not msg.flags & _wire.FLAGS_BATCH:
                 self.submit_job(conn, lambda: self._run_oneway(conn, msg, call), len(msg.data))
+            elif in_worker:  # in order, as Pyro4 runs it in the connection's own thread
+                conn.busy = True
+                self.pool().submit(lambda: self._run_oneway_in_order(conn, msg, call), affinity=conn)
             else:
                 self.dispatching += 1
                 try:
@@ -572,16 +597,37 @@ class CallDispatcher:
 
         if mode == "percall":
             instance = make()
-        elif mode == "single":
-            instance = self.single_instances.get(obj)
-            if instance is None:
-                instance = self.single_instances[obj] = make()
         else:
-            instance = conn.pyroInstances.get(obj)
+            made = self.single_instances if mode == "single" else conn.pyroInstances
+            instance = made.get(obj)
             if instance is None:
-                instance = conn.pyroInstances[obj] = make()
+                instance = self._make_once(made, obj, make)
         instance._pyroDaemon = self.host  # the daemon, as for registered objects
         instance._pyroId = obj_id
+        return instance
+
+    def _make_once(self, made: dict, cls: type, make: Callable[[], Any]) -> Any:
+        """``made[cls]``, made now unless another thread is making it (then that one's).
+
+        Workers of the thread server make instances, two at once at times (a
+        threaded oneway call beside its connection's next call, say). No lock
+        is held while ``make`` runs: an ``__init__`` may call other objects of
+        this daemon through a proxy.
+        """
+        key = (id(made), cls)
+        with self.making:
+            while key in self.being_made:
+                self.making.wait()
+            instance = made.get(cls)
+            if instance is not None:
+                return instance
+            self.being_made.add(key)
+        try:
+            instance = made[cls] = make()
+        finally:
+            with self.making:
+                self.being_made.discard(key)
+                self.making.notify_all()
         return instance
 
     def _set_context(self, conn: ClientConnection, msg: _wire.Message) -> Any:
@@ -604,6 +650,8 @@ class CallDispatcher:
         else:
             token = _call_facts.set(facts)
         try:
+            if type(call) is _Unprepared:
+                call = call()[0]
             result = call(*args)
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -707,6 +755,8 @@ class CallDispatcher:
     def _run_oneway(self, conn: ClientConnection, msg: _wire.Message, call: Callable[[], Any]) -> None:
         token = self._set_context(conn, msg)
         try:
+            if type(call) is _Unprepared:
+                call = call()[0]
             result = call()
             if inspect.iscoroutine(result):
                 if self.host.coroutine_runner is not None and threading.get_ident() == self.host._loop_thread:
@@ -719,6 +769,17 @@ class CallDispatcher:
             log.info("oneway call from %s raised %s: %s", conn.addr, type(exc).__name__, _describe(exc))
         finally:
             reset_call_context(token)
+
+    def _run_oneway_in_order(self, conn: ClientConnection, msg: _wire.Message, call: Callable[[], Any]) -> None:
+        """In a worker: a oneway call the connection waits for (ONEWAY_THREADED off), so its
+        next request is read only after this one ran; no reply, the connection is free again."""
+        try:
+            if conn.closed:
+                log.info("oneway call from %s dropped before it ran: %s", conn.addr, conn.close_reason)
+            else:
+                self._run_oneway(conn, msg, call)
+        finally:
+            self.post(conn, lambda: self.finish_call(conn, None))
 
     def _result_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                       result: Any, response_annotations: dict[str, bytes] | None = None) -> bytes:

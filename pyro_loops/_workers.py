@@ -13,20 +13,37 @@ own; a client that waits for each reply sees the same here (its calls run in
 one thread, so thread-locals and thread names behave as on Pyro4), while a
 connection holds no thread between calls, so more connections than threads
 can be served.
+
+When every thread is busy a job waits in the pool's backlog; the first job
+that has to wait after the backlog was empty logs a line naming
+THREADPOOL_SIZE, rate-limited (a pool that is too small for its load, or
+calls that wait on calls into their own daemon, show up there). The backlog
+needs no bound of its own: every connection has at most one call in it (its
+calls run one after another) plus its oneway jobs, which ``JobQuota`` bounds.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import queue
 import threading
 import weakref
-from typing import Callable, Generic, Hashable, TypeVar
+from typing import Any, Callable, Generic, Hashable, Iterator, TypeVar
+
+from ._ratelog import RateLimitedLog
+from .errors import PyroError
 
 log = logging.getLogger("pyro_loops")
 
 _STOP = object()
+_local = threading.local()  # .pool: the pool whose worker the thread is
+
+
+def current_pool() -> WorkerPool | None:
+    """The pool whose worker runs the calling thread, or None."""
+    return getattr(_local, "pool", None)
 
 
 class _Worker:
@@ -40,16 +57,31 @@ class _Worker:
         self.thread: threading.Thread | None = None
 
 
+def checked_size(size: int) -> int:
+    """``size`` if it can bound a pool (THREADPOOL_SIZE); a ValueError naming the item if not
+    (Pyro4 refuses such a size too: a pool of no threads would never answer a call)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"THREADPOOL_SIZE must be a whole number of at least 1, not {size!r}")
+    return size
+
+
 class WorkerPool:
-    def __init__(self, size: int, name: str = "pyro_loops-worker") -> None:
-        self.size = max(1, size)
+    """``needs_worker(uri)`` says whether a call to ``uri`` is run by this pool (a call into
+    the pool's own daemon under the thread server); see ``waiting_on``."""
+
+    def __init__(self, size: int, name: str = "pyro_loops-worker",
+                 needs_worker: Callable[[Any], bool] | None = None) -> None:
+        self.size = checked_size(size)
         self.name = name
+        self.needs_worker = needs_worker
+        self._nested = 0  # workers blocked in a call that needs a worker of this pool
         self._workers: list[_Worker] = []
         self._idle: list[_Worker] = []
         self._backlog: collections.deque = collections.deque()  # (affinity, job) while every thread is busy
         self._last: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # affinity -> its last worker
         self._lock = threading.Lock()
         self._closed = False
+        self._log = RateLimitedLog(log)
 
     def submit(self, job: Callable[[], None], affinity: object | None = None) -> None:
         """Run ``job()`` in a worker thread. Jobs must handle their own errors.
@@ -61,6 +93,7 @@ class WorkerPool:
         """
         if self._closed:
             raise RuntimeError("worker pool is closed")
+        first_to_wait = False
         with self._lock:
             worker = self._last.get(affinity) if affinity is not None else None
             if worker is not None and worker in self._idle:
@@ -72,8 +105,41 @@ class WorkerPool:
                     worker = self._start()
                 else:
                     self._backlog.append((affinity, job))
-                    return
-            self._assign(worker, affinity, job)
+                    first_to_wait = len(self._backlog) == 1
+                    worker = None  # (the affinity's last worker, busy with another connection)
+            if worker is not None:
+                self._assign(worker, affinity, job)
+        if first_to_wait:
+            self._log.log(logging.WARNING, "THREADPOOL_SIZE",
+                          "all %d worker threads (THREADPOOL_SIZE) are busy: calls wait until one is free "
+                          "(raise THREADPOOL_SIZE if this recurs; a call into its own daemon from every "
+                          "worker never frees one)", self.size)
+
+    @contextlib.contextmanager
+    def waiting_on(self, uri: Any) -> Iterator[None]:
+        """Around a call that a worker of this pool makes to ``uri`` and waits for.
+
+        A call into the pool's own daemon needs a worker of its own; were every
+        worker waiting for such a call, none would ever be answered (Pyro4's
+        thread server refuses the connection such a call makes when its pool is
+        full). The call that would make it so raises PyroError naming
+        THREADPOOL_SIZE instead; nothing has been sent then.
+        """
+        if self.needs_worker is None or not self.needs_worker(uri):
+            yield
+            return
+        with self._lock:
+            if self._nested + 1 >= self.size:
+                raise PyroError(
+                    f"calling {uri} from a worker of its own daemon would deadlock: all THREADPOOL_SIZE "
+                    f"({self.size}) workers would wait for calls that need a worker. Raise THREADPOOL_SIZE, "
+                    "or call the object directly")
+            self._nested += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._nested -= 1
 
     def _start(self) -> _Worker:
         worker = _Worker()
@@ -91,6 +157,7 @@ class WorkerPool:
         worker.jobs.put(job)
 
     def _work(self, worker: _Worker) -> None:
+        _local.pool = self
         while True:
             job = worker.jobs.get()
             if job is _STOP:

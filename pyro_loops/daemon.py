@@ -374,7 +374,7 @@ class Daemon:
             self._close_requested = True
             self._wakeup.wake()
             return
-        self._close_now()
+        self._close_as_requested()  # replies that workers finished meanwhile go out first
 
     def __enter__(self) -> "Daemon":
         return self

@@ -17,6 +17,7 @@ import ssl
 import threading
 import time
 import uuid
+from contextlib import nullcontext
 from typing import Any, Callable, Iterator
 
 from . import _protocol, _wire, errors
@@ -27,6 +28,7 @@ from ._serving import daemon_served_by_current_thread
 from ._tls import TLSError, client_context_from_config
 from ._transport import receive_blocking, sendall_buffers
 from ._uri import URI
+from ._workers import current_pool
 from .configuration import config
 from .context import _facts as _context_facts  # the ContextVar itself: one C call to read it
 from .context import current_context
@@ -349,6 +351,7 @@ class Proxy:
         except BaseException:
             self._pyroRelease()
             raise
+        self._pyroConnection.settimeout(self._pyroTimeout)  # calls wait as long as the proxy says, not the handshake
         self.__open_lane()
         return True
 
@@ -597,10 +600,14 @@ class Proxy:
             sent = request(conn, self.__annotations())
             object.__setattr__(self, "_pyroSeq", sent.seq)
             _refuse_oversize(conn, sent)
-            self.__send(sent.data)
-            if not sent.expects_reply:
-                return None
-            return self.__outcome()
+            pool, target = current_pool(), self._pyroResolved
+            waiting = (nullcontext() if pool is None or target is None or not sent.expects_reply
+                       else pool.waiting_on(target))  # a worker calling its own daemon could wait for itself
+            with waiting:
+                self.__send(sent.data)
+                if not sent.expects_reply:
+                    return None
+                return self.__outcome()
 
     def __outcome(self) -> Any:
         """What the reply to the call just sent means: its result, or the exception raised."""

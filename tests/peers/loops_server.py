@@ -7,12 +7,10 @@ exits when stdin closes.
 """
 
 import json
-import sys
-import threading
 
 import pyro_loops
 
-from service import build
+from service import build, serve_until_stdin_closes
 
 
 def main():
@@ -20,13 +18,7 @@ def main():
     daemon = pyro_loops.Daemon(host="127.0.0.1")
     uri = daemon.register(service_class(), "service")
     print(json.dumps({"uri": str(uri), "location": daemon.locationStr}), flush=True)
-
-    def stop_on_eof():
-        sys.stdin.read()
-        daemon.shutdown()
-
-    threading.Thread(target=stop_on_eof, daemon=True).start()
-    daemon.requestLoop()
+    serve_until_stdin_closes(daemon)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,10 @@ when it is ready, and exits when stdin closes.
 
 import argparse
 import json
-import sys
-import threading
 
 import Pyro4
 
-from service import build
+from service import build, serve_until_stdin_closes
 
 
 def main():
@@ -29,14 +27,7 @@ def main():
     uri = daemon.register(Service(), "service")
     print(json.dumps({"uri": str(uri), "location": daemon.locationStr,
                       "servertype": Pyro4.config.SERVERTYPE}), flush=True)
-
-    def stop_on_eof():
-        sys.stdin.read()
-        daemon.shutdown()
-
-    threading.Thread(target=stop_on_eof, daemon=True).start()
-    daemon.requestLoop()
-    daemon.close()
+    serve_until_stdin_closes(daemon)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,21 @@ decorators of whichever library the caller uses, so both daemons serve exactly
 the same behaviour and a test can hold one daemon's answers against the other's.
 """
 
+import sys
+import threading
 import time
+
+
+def serve_until_stdin_closes(daemon):
+    """Run ``daemon.requestLoop()`` until stdin closes (the tests' "exit"), then close it."""
+
+    def stop_on_eof():
+        sys.stdin.read()
+        daemon.shutdown()
+
+    threading.Thread(target=stop_on_eof, daemon=True).start()
+    daemon.requestLoop()
+    daemon.close()
 
 
 class ServiceError(Exception):
