@@ -76,7 +76,8 @@ def dumps(value: Any) -> bytes | None:
 
 # One C-level pass splits the text into tokens; the catch-all "\S" turns any
 # character outside the subset into a token the parser rejects.
-_TOKENS = re.compile(r"""[ \t\n]*('[^'\\\n]*(?:\\.[^'\\\n]*)*'|"[^"\\\n]*(?:\\.[^"\\\n]*)*"|-?[0-9][0-9.eE+\-]*|[()\[\]{},:]|True|False|None|\S)""")
+# A string holds no raw CR: Python's tokenizer reads a lone CR as a line end.
+_TOKENS = re.compile(r"""[ \t\n]*('[^'\\\n\r]*(?:\\.[^'\\\n\r]*)*'|"[^"\\\n\r]*(?:\\.[^"\\\n\r]*)*"|-?[0-9][0-9.eE+\-]*|[()\[\]{},:]|True|False|None|\S)""")
 _NAMES = {"True": True, "False": False, "None": None}
 FAIL = object()
 
@@ -94,8 +95,8 @@ def loads(data: bytes) -> Any:
     except UnicodeDecodeError:
         return FAIL
     start = text.find("\n")
-    if start < 0 or "\x00" in text:
-        return FAIL
+    if start < 0 or "\x00" in text or text.find("\r", 0, start) >= 0:
+        return FAIL  # a CR ends the header comment for Python: what follows it is code
     if text.find("\n ", start) >= 0 or text.find("\n\t", start) >= 0:
         # An indented line is an IndentationError to Python's parser in some places
         # ("0\n ", "\n 0") and fine in others ("[1,\n 2]"); the full parser decides.
