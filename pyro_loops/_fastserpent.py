@@ -74,10 +74,13 @@ def dumps(value: Any) -> bytes | None:
         return None
 
 
-# One C-level pass splits the text into tokens; the catch-all "\S" turns any
-# character outside the subset into a token the parser rejects.
-# A string holds no raw CR: Python's tokenizer reads a lone CR as a line end.
-_TOKENS = re.compile(r"""[ \t\n]*('[^'\\\n\r]*(?:\\.[^'\\\n\r]*)*'|"[^"\\\n\r]*(?:\\.[^"\\\n\r]*)*"|-?[0-9][0-9.eE+\-]*|[()\[\]{},:]|True|False|None|\S)""")
+# One C-level pass splits the text into tokens; the catch-all turns any
+# character outside the subset into a token the parser rejects. It takes every
+# character but the three separators Python and this reader both skip (not
+# "\S": findall() would step over a Unicode space such as U+00A0 or U+2028,
+# which Python refuses). A string holds no raw CR: Python's tokenizer reads a
+# lone CR as a line end.
+_TOKENS = re.compile(r"""[ \t\n]*('[^'\\\n\r]*(?:\\.[^'\\\n\r]*)*'|"[^"\\\n\r]*(?:\\.[^"\\\n\r]*)*"|-?[0-9][0-9.eE+\-]*|[()\[\]{},:]|True|False|None|[^ \t\n])""")
 _NAMES = {"True": True, "False": False, "None": None}
 FAIL = object()
 
