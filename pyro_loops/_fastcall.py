@@ -70,7 +70,8 @@ def annotation_block(annotations: dict[str, bytes]) -> bytes | None:
     """
     block = b""
     for name, value in annotations.items():
-        if len(name) != 4 or not name.isascii() or type(value) is not bytes or len(value) > 0xFFFF:
+        if type(name) is not str or len(name) != 4 or not name.isascii() or type(value) is not bytes \
+                or len(value) > 0xFFFF:
             return None
         block += name.encode("ascii") + _pack_length(len(value)) + value
     return block if len(block) <= 0xFFFF else None

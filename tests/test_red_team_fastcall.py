@@ -17,7 +17,7 @@ import pytest
 import serpent
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from pyro_loops import _fastcall, _fastserpent, _serializers, _serpentbytes, errors
+from pyro_loops import _fastcall, _fastserpent, _serializers, _serpentbytes, _wire, errors
 
 SERPENT = _serializers.get_serializer("serpent")
 HEADER = b"# serpent utf-8 python3.2\n"
@@ -225,3 +225,126 @@ def payloads(draw, body=None):
         else:
             data[at:at + (how == "replace")] = draw(INSERTS)
     return bytes(data)
+
+
+# --- framing -------------------------------------------------------------------------------------
+
+def framed(msg_type=_wire.MSG_INVOKE, payload=HEADER + b"('obj','m',(1,),{})", ser_id=1, flags=0, seq=1,
+           notes=None) -> bytes:
+    return _wire.encode(_wire.Message(msg_type, payload, ser_id, flags, seq, {} if notes is None else notes))
+
+
+def by_reader(data: bytes, max_size: int):
+    """What the frame reader makes of ``data``: (message or None, bytes left buffered), or the error type."""
+    reader = _wire.FrameReader(max_size)
+    reader.feed(data)
+    try:
+        return reader.next_message(), reader.buffered
+    except errors.ProtocolError as exc:
+        return type(exc)
+
+
+def check_unframe(data: bytes, max_size: int = 0) -> bool:
+    """``unframe`` declines, or gives the reader's message for bytes that are exactly one message; True if it answered."""
+    fast = _fastcall.unframe(data, max_size)
+    if fast is None:
+        return False
+    assert by_reader(data, max_size) == (fast, 0), (data, fast)
+    assert type(fast.data) is bytes and all(type(v) is bytes for v in fast.annotations.values())
+    return True
+
+
+CORR = bytes(range(16))
+MESSAGES = {
+    "plain": framed(),
+    "corr": framed(notes={"CORR": CORR}),
+    "result": framed(_wire.MSG_RESULT, HEADER + b"42", notes={"CORR": CORR}),
+    "two chunks": framed(notes={"CORR": CORR, "XXXX": b"v"}),
+    "empty chunk": framed(notes={"ZERO": b""}),
+    "empty corr": framed(notes={"CORR": b""}),
+    "long corr": framed(notes={"CORR": CORR + b"!"}),
+    "short corr": framed(notes={"CORR": CORR[:15]}),
+    "empty payload": framed(payload=b""),
+    "connect": framed(_wire.MSG_CONNECT, HEADER + b"{'handshake':'hello','object':'thing'}", flags=0x10, seq=0),
+    "ping": framed(_wire.MSG_PING, b"", ser_id=0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MESSAGES))
+def test_unframe_on_every_prefix_and_extension_of_a_message_declines_or_reads_what_the_reader_reads(name):
+    data = MESSAGES[name]
+    assert check_unframe(data), "a whole small message is read by the fast lane"
+    for end in range(len(data)):
+        assert not check_unframe(data[:end])
+    for extra in (b"\x00", b"P", b"PYRO", data[:24], data):
+        assert not check_unframe(data + extra)
+
+
+def test_unframe_reads_odd_annotation_blocks_as_the_reader_does():
+    blocks = [
+        b"CORR\x00\x0f" + CORR[:15] + b"X",             # 22 bytes like a CORR chunk: a short CORR, then a byte
+        b"CORR\x00\x10" + CORR[:10] + b"CORR\x00\x00",  # 22 bytes, claims 16, a second CORR chunk inside
+        b"CORR\x00\x10" + CORR[:15],                     # one byte short of its length
+        b"CORR\x00\x17" + CORR,                          # longer than the block
+        b"CORR\x00\x00", b"CORR\x00\x11" + CORR + b"!",  # CORR of the wrong length (the daemon refuses it later)
+        b"ZERO\x00\x00CORR\x00\x10" + CORR, b"CORR\x00\x10" + CORR + b"ZERO\x00\x00",  # zero-length chunks
+        b"CORR\x00\x09" + CORR[:9] + b"AB\x00\x01x",     # 22 bytes, an id of two characters
+        b"CORR\x00\x10" + CORR + b"CORR\x00\x10" + CORR,  # the same id twice: the last one counts
+        b"COR", b"\xff\xff\xff\xff\x00\x00", b"corr\x00\x10" + CORR,
+    ]
+    answered = 0
+    for block in blocks:
+        payload = HEADER + b"42"
+        header = _wire.HEADER.pack(_wire.TAG, 48, _wire.MSG_RESULT, 0, 7, len(payload), 1, len(block), 0,
+                                   _wire.checksum(_wire.MSG_RESULT, 0, 7, len(payload), 1, len(block)))
+        data = header + block + payload
+        answered += check_unframe(data)
+        if not isinstance(by_reader(data, 0), tuple):  # the reader refuses the block: the fast lane must decline
+            assert _fastcall.unframe(data, 0) is None, block
+    assert answered >= 5
+
+
+@pytest.mark.parametrize("flags", [0, 1, 2, 4, 8, 0x10, 0x20, 0x40, 0x80, 0x8000, 0xFFFF])
+@pytest.mark.parametrize("seq", [0, 1, 0xFFFF])
+def test_unframe_keeps_flags_and_sequence_numbers_as_they_came(flags, seq):
+    data = framed(flags=flags, seq=seq, notes={"CORR": CORR})
+    assert check_unframe(data)
+    assert _fastcall.unframe(data, 0).flags == flags and _fastcall.unframe(data, 0).seq == seq
+
+
+def test_unframe_declines_a_damaged_header():
+    data = framed(notes={"CORR": CORR})
+    for at in range(_wire.HEADER_SIZE):
+        for bit in range(8):
+            damaged = bytearray(data)
+            damaged[at] ^= 1 << bit
+            check_unframe(bytes(damaged))
+            if at not in (20, 21):  # only the reserved field may differ (Pyro4 ignores it too)
+                assert _fastcall.unframe(bytes(damaged), 0) is None, (at, bit)
+    negative = _wire.HEADER.pack(_wire.TAG, 48, 4, 0, 0, -1, 1, 0, 0, _wire.checksum(4, 0, 0, -1, 1, 0))
+    assert _fastcall.unframe(negative, 0) is None and by_reader(negative, 0) is _wire.FrameError
+
+
+def test_unframe_honours_max_message_size_at_its_boundary():
+    data = framed(notes={"CORR": CORR})
+    size = len(data) - _wire.HEADER_SIZE  # payload and annotations: what MAX_MESSAGE_SIZE counts
+    assert check_unframe(data, size)
+    assert _fastcall.unframe(data, size - 1) is None
+    assert by_reader(data, size - 1) is errors.MessageTooLargeError
+    assert check_unframe(data, 0) and check_unframe(data, size + 1)
+
+
+def test_unframe_takes_a_payload_of_exactly_small_payload_and_leaves_a_byte_more_to_the_reader():
+    for size, fast in ((_fastcall.SMALL_PAYLOAD, True), (_fastcall.SMALL_PAYLOAD + 1, False)):
+        payload = HEADER + b"'" + b"x" * (size - len(HEADER) - 2) + b"'"
+        data = framed(payload=payload, notes={"CORR": CORR})
+        assert check_unframe(data) is fast
+        assert by_reader(data, 0)[0].data == payload
+        assert (_fastcall.serpent_value(payload) is not FAIL) is fast
+        assert SERPENT.loads(payload) == "x" * (size - len(HEADER) - 2)
+
+
+def test_annotation_block_declines_ids_that_are_not_strings_and_leaves_the_error_to_the_encoder():
+    for notes in ({b"ABCD": b"x"}, {1234: b"x"}, {("a", "b", "c", "d"): b"x"}, {"ABCD": "x"}, {"ABCD": bytearray(b"x")},
+                  {"ÉÉÉÉ": b"x"}, {"ABC": b"x"}, {"ABCD": b"x" * 0x10000}, {"ABCD": b"x" * 0xFFFA, "EFGH": b""}):
+        assert _fastcall.annotation_block(notes) is None, notes
