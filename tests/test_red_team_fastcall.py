@@ -135,6 +135,69 @@ def test_whitespace_python_does_not_skip_is_not_skipped_between_tokens(space, te
     check_readers(payload)
 
 
+# --- numbers and structure: spellings serpent never writes but Python reads -----------------------
+
+NUMBERS = ["0", "-0", "00", "-00", "007", "1_000", "0x10", "0o7", "0b1", "+1", "- 1", "--1", "1j", "-1j", "1+2j",
+           "999999999999999999", "9999999999999999999", "-999999999999999999", "1" + "0" * 4299, "1" + "0" * 4300,
+           "-0.0", "0.0", "5.", ".5", "-.5", "1e5", "1E5", "1e+5", "1.0e+5", "1.0E-5", "1e309", "-1e309", "1e30000",
+           "1e-400", "inf", "nan", "1_0.5", "1.e5", "0e0", "00.0", "00.5", "01e5", "1.5.5", "1e5e5", "1e5-3",
+           "1" * 400 + ".0", "1.5e+05", "4.9e-324", "1.7976931348623157e+308", "1.7976931348623159e+308", "٣", "１"]
+
+
+@pytest.mark.parametrize("number", NUMBERS)
+def test_number_spellings_read_as_serpent_reads_them_alone_and_as_arguments(number):
+    for body in (number, f"('obj','m',({number},),{{}})", f"('obj', 'm', ({number}, {number}), {{}})",
+                 f"[{number}]", f"{{{number}:{number}}}"):
+        check_readers(HEADER + body.encode("utf-8"))
+
+
+@pytest.mark.parametrize("value", [0, -1, 10**18 - 1, -(10**18 - 1), 10**18, 1.5, -0.0, 0.0, 1e16, 1e-7, 5e-324,
+                                   1.7976931348623157e308, True, False, None, "", "x", "é", "'", '"'])
+def test_what_the_writers_write_for_a_scalar_the_fast_lane_reads_exactly(value):
+    # the forms serpent and repr() write are the ones the templates are for: they must not decline them
+    templated = not (type(value) is int and abs(value) >= 10**18)
+    for payload in (serpent.dumps(value, module_in_classname=True), SERPENT.dumps(value)):
+        assert (_fastcall.serpent_value(payload) is not FAIL) is templated
+        check_readers(payload)
+    for call in (serpent.dumps(("obj", "m", (value,), {}), module_in_classname=True),
+                 SERPENT.dumps_call("obj", "m", (value,), {}),
+                 serpent.dumps(("obj", "m", (value, value), {}), module_in_classname=True)):
+        assert (_fastcall.serpent_request(call) is not FAIL) is templated
+        check_readers(call)
+
+
+@pytest.mark.parametrize("body", [
+    "('o','m',(1),{})", "('o','m',(1, ),{})", "('o','m',(1 ,),{})", "('o','m',(1,,),{})", "('o','m',(,),{})",
+    "('o','m',(1,),{}) ", "('o','m',(1,),{})\n", "('o','m',(1,),{})\r\n", "('o','m',(1,),{})\t",
+    "('o','m',(1,),{}) #c", "('o','m',(1,),{})#", "\n('o','m',(1,),{})", " ('o','m',(1,),{})",
+    "('o','m',\n(1,),{})", "('o','m',\r\n(1,),{})", "('o','m',\t(1,),{})", "('o' ,'m',(1,),{})",
+    "('o','m',(1,),{'k':1})", "('o','m',(1,),{1:2})", "('o','m',(1,),{None:1})", "('o','m',(1,),())",
+    "('o','m',[1],{})", "['o','m',(1,),{}]", "('o','m',((1,),),{})", "('o','m',((),),{})", "('o','m',(1,),{},)",
+    "('o','m',(1,),{}))", "('o','m',(1,),{})('o','m',(1,),{})", "('o','m',(1,),{}),", "('o','m',(1,),{})x",
+    "('o','m',(1,),{})\x00", "(\"o\",'m',(1,),{})", "('o',\"m\",(1,),{})", "('o'\n,'m',(1,),{})",
+    "(1,'m',(1,),{})", "('o',None,(1,),{})", "('o','m',None,{})", "('o','m',(1,),None)", "('o','m',(1,))",
+    "('o','m',(1,),{},5)", "('a\\'b','m',(1,),{})", "('a\\\\b','m',(1,),{})", "(\"a'b\",'m',(1,),{})",
+    "('é','ü',('ß',),{})", "('o','m',('a\\x41',),{})", "('o','m',('\\ud800',),{})", "('o','m',(\"'\",),{})",
+    "('o','m',('\"',),{})", "('o','m',('),{})',),{})", "('o','m',(', ',),{})", "('o','m',(b'x',),{})",
+    "('o','m',(u'x',),{})", "('o','m',(r'x',),{})", "('o','m',('''x''',),{})", "('o','m',('x' 'y',),{})",
+    "('o','m',(True,False,None),{})", "('o','m',(true,),{})", "('o','m',(Ellipsis,),{})", "('o','m',(...,),{})",
+    "('o','m',({'data':'QUJD','encoding':'base64'},),{})", "('o','m',({'__class__':'float','value':'nan'},),{})",
+])
+def test_call_structure_variants_read_as_serpent_reads_them(body):
+    check_readers(HEADER + body.encode("utf-8"))
+
+
+@pytest.mark.parametrize("header", [b"# serpent utf-8 python2.6\n", b"# serpent utf-8 python3.2\r\n", b"#\n", b"",
+                                    b"# -*- coding: latin-1 -*-\n", b"\xef\xbb\xbf" + HEADER, b" " + HEADER,
+                                    b"# serpent utf-8 python3.2", b"# serpent utf-8 python3.2\n\n",
+                                    b"# serpent utf-8 python3.2\n#\n", b"# serpent utf-8 python3.2 \n",
+                                    b"# serpent utf-8 python3.2\x00\n", b"# serpent utf-8 python3.2\xff\n"])
+@pytest.mark.parametrize("body", [b"42", b"('o','m',(1,),{})", b"'\xc3\xa9'", b"[1,2]"])
+def test_other_serpent_headers_are_read_as_serpent_reads_them(header, body):
+    # serpent writes "python3.2" whatever the Python; to literal_eval a comment is a comment
+    check_readers(header + body)
+
+
 # --- serpent text from a grammar near the templates ----------------------------------------------
 # Literals in the forms serpent and repr() write and in the forms a hostile or
 # different peer might (other quoting, spacing, number spellings, comments,
