@@ -13,6 +13,12 @@ an exception where a decline was due, is a defect.
 
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import serpent
 from hypothesis import HealthCheck, example, given, settings, strategies as st
@@ -198,6 +204,75 @@ def test_other_serpent_headers_are_read_as_serpent_reads_them(header, body):
     check_readers(header + body)
 
 
+# --- bytes dicts (_serpentbytes) -----------------------------------------------------------------
+
+BYTES_DICT = "{'data': 'QUJD', 'encoding': 'base64'}"  # b"ABC" as serpent writes it
+FORGED = ["{'data':'#0','encoding':'base64'}", "{'data': '#0', 'encoding': 'base\\x364'}",
+          '{"data": "#0", "encoding": "base64"}', "{'encoding': 'base64', 'data': '#0'}", "{'data': '\\x230', "
+          "'encoding': 'base64'}"]
+
+
+@pytest.mark.parametrize("forged", FORGED)
+@pytest.mark.parametrize("hidden", [
+    '["{real}", {forged}]', '[{forged}, "{real}"]', '{{"{real}": {forged}}}', '({{"{real}"}}, {forged})',
+    '{{("{real}",): {forged}}}', '[{forged}, "\\0{real}"]', '[{forged}, "\\\\{real}"]',
+])
+def test_a_bytes_dict_hidden_in_a_string_does_not_lend_its_bytes_to_a_forged_stand_in(hidden, forged):
+    # The bytes reader cuts every "{'data': '...', 'encoding': 'base64'}" out, reads the rest with
+    # numbered stand-ins, and puts the bytes back where the stand-ins come out as dicts. A real one
+    # inside a string comes out as text, and a dict spelled to look like its stand-in took its bytes.
+    payload = HEADER + hidden.format(real=BYTES_DICT, forged=forged).encode("utf-8")
+    payload += b" " * (4096 - len(payload))  # the size from which the serializer reads bytes dicts this way
+    check_readers(payload)
+
+
+@pytest.mark.parametrize("forged", FORGED)
+def test_a_bytes_dict_in_the_header_comment_does_not_lend_its_bytes_to_a_forged_stand_in(forged):
+    payload = (b"# " + BYTES_DICT.encode() + b"\n[" + forged.encode() + b"]").ljust(4096)
+    check_readers(payload)
+
+
+# --- work bounded by the payload's size ----------------------------------------------------------
+
+# (what starts the text, what repeats to its end)
+HOSTILE_TEXT = {
+    "trailing spaces": (b"1", b" "),
+    "trailing newlines and tabs": (b"[1]", b"\n\t "),
+    "unterminated strings of escaped quotes": (b"'", b"\\'"),
+    "unterminated double-quoted strings": (b'("', b'\\"'),
+    "quotes that never close": (b"[", b"'a"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_TEXT))
+def test_the_serpent_readers_work_in_time_linear_in_hostile_text(name):
+    # These once cost time quadratic in their size inside one regex call, holding the
+    # interpreter lock: 64 KiB of trailing spaces some four minutes, 2 MiB (what the
+    # daemon decodes) some days, 64 KiB of an unterminated string half a minute. A child
+    # process reads each at SMALL_PAYLOAD, ten times just under the size from which the
+    # tokenizer goes token by token, and at 1 MiB, through every reader. Linear, all that
+    # is well under a second; the bound is generous so that only a quadratic reader meets it.
+    head, unit = HOSTILE_TEXT[name]
+    script = textwrap.dedent(f"""
+        from pyro_loops import _fastcall, _fastserpent, _serpentbytes, _serializers
+        serpent = _serializers.get_serializer("serpent")
+        stepwise = _fastserpent._STEPWISE_TEXT - 64
+        for size in [_fastcall.SMALL_PAYLOAD] + [stepwise] * 10 + [1024 * 1024]:
+            payload = {HEADER + head!r} + {unit!r} * (size // {len(unit)})
+            _fastcall.serpent_value(payload), _fastcall.serpent_request(payload)
+            _fastserpent.loads(payload), _serpentbytes.loads(payload)
+            try:
+                serpent.loads(payload)
+            except Exception:
+                pass
+        print("done")
+    """)
+    root = pathlib.Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.stdout.strip() == "done", done.stderr
+
+
 # --- serpent text from a grammar near the templates ----------------------------------------------
 # Literals in the forms serpent and repr() write and in the forms a hostile or
 # different peer might (other quoting, spacing, number spellings, comments,
@@ -222,7 +297,9 @@ STR_TEXT = st.builds(lambda prefix, quote, chars: prefix + quote + "".join(chars
                      st.sampled_from(["", "", "", "", "b", "r", "u", "f", "rb"]),
                      st.sampled_from(["'", "'", '"', "'''", '"""']), st.lists(STR_CHARS, max_size=6))
 NAME_TEXT = st.sampled_from(["None", "True", "False", "none", "true", "null", "Infinity", "NaN", "Ellipsis", "..."])
-SCALAR_TEXT = st.one_of(INT_TEXT, FLOAT_TEXT, STR_TEXT, NAME_TEXT,
+BYTES_TEXT = st.sampled_from([BYTES_DICT, '"' + BYTES_DICT + '"', "{'data': '', 'encoding': 'base64'}",
+                              "{'data': 'QQ==', 'encoding': 'base64'}", "{'data': 'QQ=', 'encoding': 'base64'}", *FORGED])
+SCALAR_TEXT = st.one_of(INT_TEXT, FLOAT_TEXT, STR_TEXT, NAME_TEXT, BYTES_TEXT,
                         st.builds(repr, st.one_of(st.integers(), st.floats(allow_nan=False), st.text(max_size=8),
                                                   st.booleans(), st.none())))
 
