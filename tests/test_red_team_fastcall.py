@@ -13,9 +13,11 @@ an exception where a decline was due, is a defect.
 
 from __future__ import annotations
 
+import ast
 import enum
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -24,7 +26,12 @@ import pytest
 import serpent
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from pyro_loops import _fastcall, _fastserpent, _serializers, _serpentbytes, _wire, errors
+import pyro_loops
+from pyro_loops import Daemon, _fastcall, _fastserpent, _serializers, _serpentbytes, _wire, errors, expose
+
+from _util import Pyro4Server, pyro4_client
+from peers.service import build
+from test_daemon import RawClient, serving
 
 # invalid escapes ("\\q") in hostile strings: Python warns while reading them, both readers alike
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::SyntaxWarning")
@@ -539,3 +546,73 @@ def test_a_request_is_written_byte_for_byte_as_pyro4_writes_it(argument, names):
     assert SERPENT.dumps_call(*names, (argument,), {}) == pyro4
     if type(argument) in (Colour, Mood, Text, Count, Ratio):
         assert fast is None  # subclasses go to the general writer, which writes what serpent writes for them
+
+
+# --- over real sockets ---------------------------------------------------------------------------
+
+WIRE_ARGUMENTS = [*NUMBERS[:50], "'a\rb'", "'a\xa0b'", "'é'", "'\\ud800'", "\"a'b\"", "'x, y'", "True", "None",
+                  "'a', 'b'", "1,\xa02", "1,\u20282", "(1,)", "[1]", "{'k':1}", "'),{})'"]
+
+
+def exchange(client: RawClient, payloads: list[bytes]) -> list:
+    """Each payload as an INVOKE, and what came back: (flags, payload bytes), or for an
+    exception reply (flags, class, args without object addresses), since its traceback
+    names the code path."""
+    replies = []
+    for seq, payload in enumerate(payloads, 1):
+        client.send_message(_wire.MSG_INVOKE, payload, 1, 0, seq)
+        reply = client.read_message()
+        assert (reply.type, reply.seq) == (_wire.MSG_RESULT, seq)
+        if reply.flags & _wire.FLAGS_EXCEPTION:
+            error = ast.literal_eval(bytes(reply.data).decode("utf-8").split("\n", 1)[1])
+            replies.append((reply.flags, error["__class__"], re.sub(r" at 0x[0-9a-f]+", "", repr(error["args"]))))
+        else:
+            replies.append((reply.flags, bytes(reply.data)))
+    return replies
+
+
+def test_a_daemon_answers_odd_requests_from_a_raw_peer_as_it_does_with_the_fast_lane_off(monkeypatch):
+    payloads = [HEADER + f"('svc','echo',({text},),{{}})".encode("utf-8", "surrogatepass") for text in WIRE_ARGUMENTS]
+    payloads += [HEADER + f"('svc','echo',({text}, {text}),{{}})".encode("utf-8") for text in NUMBERS[:50]]
+    payloads += [b"# serpent utf-8 python2.6\n('svc','echo',(1,),{})", HEADER + b"('svc','echo',(1),{})",
+                 HEADER + b"('svc','echo',(1,),{}) ", HEADER + b"#h\r('svc','echo',(1,),{})\n('svc','echo',(2,),{})"]
+    daemon = Daemon(host="127.0.0.1")
+    uri = daemon.register(ArgsEcho(), "svc")
+    with serving(daemon), RawClient(uri.port) as client:
+        client.handshake()
+        fast = exchange(client, payloads)
+        assert any(_fastcall.serpent_request(payload) is not FAIL for payload in payloads)
+        # every fast reader off: the daemon reads with serpent itself
+        monkeypatch.setattr(_fastcall, "serpent_request", lambda payload: FAIL)
+        monkeypatch.setattr(_fastcall, "unframe", lambda data, max_message_size: None)
+        monkeypatch.setattr(_fastserpent, "loads", lambda data: FAIL)
+        monkeypatch.setattr(_serpentbytes, "loads", lambda data: FAIL)
+        general = exchange(client, payloads)
+    for payload, got, expected in zip(payloads, fast, general):
+        assert got == expected, payload
+
+
+@expose
+class ArgsEcho:
+    def echo(self, *args):
+        return args
+
+
+ODD_VALUES = ("[-0.0, 0.0, True, False, 1, 10**18, 10**19, -10**18, 1e16, 1e-7, 5e-324, 1e308, float('inf'), "
+              "float('-inf'), float('nan'), 'a\\rb', 'a\\nb', 'é', '\\ud800', \"a'b\\\"c\", '', '\\x00', 'x, y', "
+              "'k: v', '\\\\', '1', '-0', 'None', (1,), [1], {1: 2}, None, 10**4000, complex(1, 2)]")
+
+
+def test_a_pyro4_client_gets_the_same_results_for_odd_arguments_from_pyro_loops_as_from_pyro4():
+    Service, _ = build(pyro_loops.expose, pyro_loops.oneway)
+    daemon = Daemon(host="127.0.0.1")
+    ours = daemon.register(Service(), "service")
+    code = ("results = []\n"
+            "for value in " + ODD_VALUES + ":\n"
+            "    with Pyro4.Proxy(uri) as proxy:\n"
+            "        results.append((proxy.describe(value), proxy.types_of(value, value)))\n"
+            "repr(results)")
+    with serving(daemon), Pyro4Server() as theirs, pyro4_client() as client:
+        from_ours = client.run(code, uri=str(ours))
+        from_pyro4 = client.run(code, uri=theirs.uri)
+    assert from_ours == from_pyro4
