@@ -70,7 +70,8 @@ def annotation_block(annotations: dict[str, bytes]) -> bytes | None:
     """
     block = b""
     for name, value in annotations.items():
-        if len(name) != 4 or not name.isascii() or type(value) is not bytes or len(value) > 0xFFFF:
+        if type(name) is not str or len(name) != 4 or not name.isascii() or type(value) is not bytes \
+                or len(value) > 0xFFFF:
             return None
         block += name.encode("ascii") + _pack_length(len(value)) + value
     return block if len(block) <= 0xFFFF else None
@@ -132,14 +133,16 @@ def serpent_call(obj: str, method: str, vargs: Any, kwargs: Any) -> bytes | None
 
 # One scalar as both serpent and repr() write it. Groups: 1 int, 2 float,
 # 3 single-quoted string, 4 double-quoted string, 5 name. Strings without
-# escapes only; ints short enough that no digit limit applies.
+# escapes only, and without a raw CR: Python's tokenizer reads a lone CR as a
+# line end, so serpent refuses such a string. Ints short enough that no digit
+# limit applies.
 _SCALAR_TEXT = (rb"(-?(?:0|[1-9][0-9]{0,17}))(?![0-9.eE])"
                 rb"|(-?[0-9]+\.[0-9]+(?:e[-+]?[0-9]+)?|-?[0-9]+e[-+]?[0-9]+)"
-                rb"|'([^'\\\n\x00]*)'|\"([^\"\\\n\x00]*)\"|(None|True|False)")
+                rb"|'([^'\\\n\r\x00]*)'|\"([^\"\\\n\r\x00]*)\"|(None|True|False)")
 _SCALAR = re.compile(rb"(?:" + _SCALAR_TEXT + rb")\Z")
 # an argument and what follows it: a comma (and a space unless the tuple ends), or the tuple's end
 _ARG = re.compile(rb"(?:" + _SCALAR_TEXT + rb")(?:,(?: (?=[^)]))?|(?=\)))")
-_CALL = re.compile(rb"\('([^'\\\n\x00]*)', ?'([^'\\\n\x00]*)', ?\(")
+_CALL = re.compile(rb"\('([^'\\\n\r\x00]*)', ?'([^'\\\n\r\x00]*)', ?\(")
 _CALL_END = b"), {})", b"),{})"
 _NAMES = {b"None": None, b"True": True, b"False": False}
 

@@ -74,9 +74,17 @@ def dumps(value: Any) -> bytes | None:
         return None
 
 
-# One C-level pass splits the text into tokens; the catch-all "\S" turns any
-# character outside the subset into a token the parser rejects.
-_TOKENS = re.compile(r"""[ \t\n]*('[^'\\\n]*(?:\\.[^'\\\n]*)*'|"[^"\\\n]*(?:\\.[^"\\\n]*)*"|-?[0-9][0-9.eE+\-]*|[()\[\]{},:]|True|False|None|\S)""")
+# One C-level pass splits the text into tokens; the catch-all turns any
+# character outside the subset into a token the parser rejects. It takes every
+# character but the three separators Python and this reader both skip (not
+# "\S": findall() would step over a Unicode space such as U+00A0 or U+2028,
+# which Python refuses). A string holds no raw CR: Python's tokenizer reads a
+# lone CR as a line end. Every search must succeed where it starts, or the
+# regex engine retries at each later position, each retry scanning on to the
+# end (quadratic in one call that holds the interpreter lock): so a string's
+# closing quote is optional (an unterminated one is a token the parser
+# rejects), and trailing separators are cut off before tokenizing.
+_TOKENS = re.compile(r"""[ \t\n]*('[^'\\\n\r]*(?:\\.[^'\\\n\r]*)*'?|"[^"\\\n\r]*(?:\\.[^"\\\n\r]*)*"?|-?[0-9][0-9.eE+\-]*|[()\[\]{},:]|True|False|None|[^ \t\n])""")
 _NAMES = {"True": True, "False": False, "None": None}
 FAIL = object()
 
@@ -94,19 +102,20 @@ def loads(data: bytes) -> Any:
     except UnicodeDecodeError:
         return FAIL
     start = text.find("\n")
-    if start < 0 or "\x00" in text:
-        return FAIL
+    if start < 0 or "\x00" in text or text.find("\r", 0, start) >= 0:
+        return FAIL  # a CR ends the header comment for Python: what follows it is code
     if text.find("\n ", start) >= 0 or text.find("\n\t", start) >= 0:
         # An indented line is an IndentationError to Python's parser in some places
         # ("0\n ", "\n 0") and fine in others ("[1,\n 2]"); the full parser decides.
         return FAIL
+    end = len(text.rstrip(" \t\n"))  # a copy only if there is anything to cut (serpent writes nothing there)
     if len(text) > _STEPWISE_TEXT:
         # One findall() over megabytes holds the interpreter lock until it is
         # done, even in a worker thread; token by token, the loop's thread gets
         # its turn every few milliseconds.
-        tokens: Any = (match.group(1) for match in _TOKENS.finditer(text, start + 1))
+        tokens: Any = (match.group(1) for match in _TOKENS.finditer(text, start + 1, end))
     else:
-        tokens = iter(_TOKENS.findall(text, start + 1))
+        tokens = iter(_TOKENS.findall(text, start + 1, end))
     try:
         value = _value(next(tokens), tokens, 0)
     except (_GiveUp, StopIteration, ValueError, TypeError, SyntaxError):
@@ -120,7 +129,7 @@ def _value(token: str, tokens: Any, depth: int) -> Any:
     first = token[0]
     if first == "'" or first == '"':
         if len(token) < 2 or token[-1] != first:
-            raise _GiveUp  # a lone quote (the catch-all token)
+            raise _GiveUp  # a string that does not end (one ending in an escaped quote: literal_eval refuses it)
         return token[1:-1] if "\\" not in token else ast.literal_eval(token)
     if first in "-0123456789":
         if "." in token or "e" in token or "E" in token:

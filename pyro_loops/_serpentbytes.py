@@ -122,8 +122,8 @@ def loads(data: bytes | bytearray) -> Any:
         pieces.append(b"{'data': '#%d', 'encoding': 'base64'}" % len(spans))
         spans.append((begin, end))
         pos = end + len(SUFFIX)
-    if not spans:
-        return FAIL
+    if not spans or data.find(b"\n", 0, spans[0][0]) < 0:
+        return FAIL  # none, or one in the header comment (where its stand-in would be lost)
     pieces.append(data[pos:])
     skeleton = b"".join(pieces)
     if skeleton.count(_ENCODING) != len(spans):
@@ -167,9 +167,22 @@ class _Mismatch(Exception):
 _USED = object()
 
 
+_STAND_IN = PREFIX.decode("ascii")
+
+
 def _substitute(value: Any, blobs: list) -> Any:
-    """``value`` with each stand-in dict replaced by its bytes (each used once)."""
+    """``value`` with each stand-in dict replaced by its bytes (each used once).
+
+    A stand-in that was cut from inside a string comes out as text, not as a
+    dict; a dict spelled otherwise (other quotes, escapes) could then pass for
+    it and take its bytes. So a string holding the form is a mismatch too,
+    wherever it is: a value, a key, in a set.
+    """
     kind = type(value)
+    if kind is str:
+        if _STAND_IN in value:
+            raise _Mismatch
+        return value
     if kind is dict:
         if len(value) == 2 and value.get("encoding") == "base64":
             label = value.get("data")
@@ -180,9 +193,12 @@ def _substitute(value: Any, blobs: list) -> Any:
                 raise _Mismatch
             blob, blobs[index] = blobs[index], _USED
             return blob
-        return {key: _substitute(item, blobs) for key, item in value.items()}
+        return {_substitute(key, blobs): _substitute(item, blobs) for key, item in value.items()}
     if kind is list:
         return [_substitute(item, blobs) for item in value]
     if kind is tuple:
         return tuple(_substitute(item, blobs) for item in value)
+    if kind is set:
+        for item in value:  # no dict in a set: only strings to check
+            _substitute(item, blobs)
     return value
