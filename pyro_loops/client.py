@@ -509,6 +509,8 @@ class _Channel:
         self.cancelled_queued = 0  # calls in ``queued`` cancelled since it was last compacted
         self.handshake_timer = _Request(Call("no handshake deadline"), "<timer>", None, None)
         self.resume_state = ""  # the step a worker's decoding interrupted
+        #: why receiving failed (a reset); the calls left once the replies read before it are handled fail with it
+        self.lost: errors.ConnectionClosedError | None = None
         client._channels.add(self)
 
     @property
@@ -830,8 +832,10 @@ class _Channel:
                 self.fail(errors.ConnectionClosedError(f"receiving from {self.location} failed: {exc}"))
                 return
             except OSError as exc:
-                self.fail(errors.ConnectionClosedError(f"receiving from {self.location} failed: {exc}"))
-                return
+                # Replies read whole before the break (waiting behind a callback that runs a
+                # nested loop, or left by the budget) are answers: they complete first.
+                self.lost = errors.ConnectionClosedError(f"receiving from {self.location} failed: {exc}")
+                data = b""
             self.protocol.receive_data(data)  # b"": the server closed; the protocol says what that means
             self.process()
 
@@ -941,6 +945,8 @@ class _Channel:
         if isinstance(event, ConnectFailed):
             raise errors.CommunicationError(f"connection to {self.location} rejected: {event.reason}")
         if isinstance(event, Broken):
+            if self.lost is not None:
+                raise self.lost
             error = event.error
             hint = _REPLY_BOUND_HINT if isinstance(error, errors.MessageTooLargeError) else ""
             if self.state == "handshake" and not self.transport.tls:
