@@ -505,3 +505,31 @@ def test_a_daemon_method_nesting_until_the_clients_reply_on_the_same_loop_gets_i
 class Adder:
     def add(self, a, b):
         return a + b
+
+
+@nesting
+def test_a_callback_nesting_for_every_reply_is_bounded_and_every_call_completes_once(
+        host, client, relay, reported, caplog):
+    # Each reply's callback makes the next call and opens a dialog until it is done: without a
+    # bound the stack grows by a nested loop per reply, until a RecursionError strikes somewhere
+    # inside the client (at about 70 deep: it left a call counted pending for ever).
+    pyro_loops.config.CLIENT_MAX_NESTING = 5
+    proxy = bound_proxy(host, client, relay.uri)
+    calls: list[Any] = []
+    depth = [0, 0]  # now, deepest
+
+    def dialog(call):
+        depth[0] += 1
+        depth[1] = max(depth)
+        if len(calls) < 150:
+            calls.append(proxy.add(len(calls), 1))
+            calls[-1].add_done_callback(dialog)
+            nest(host, calls[-1].done)
+        depth[0] -= 1
+
+    calls.append(proxy.add(0, 0))
+    calls[0].add_done_callback(dialog)
+    host.run_until(lambda: len(calls) == 150 and all(c.done() for c in calls) and depth[0] == 0, WAIT_S * 3)
+    assert [c.result() for c in calls] == [0] + list(range(2, 151))
+    assert depth[1] <= 5 + 1 and client.pending == 0
+    assert "CLIENT_MAX_NESTING" in caplog.text
