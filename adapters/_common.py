@@ -45,6 +45,12 @@ def nests(hosted: Any) -> bool:
     for comes over that very socket. Otherwise (a ``Daemon``) a host may hold a
     socket back until its ``handle_event`` returns; the daemon itself holds back
     the connection whose call runs.
+
+    Either way the nested loop may remove sockets, or detach the hosted object,
+    while the host's callback for that very socket is still on the stack below
+    it: a host frees nothing the outer callback returns into (the Qt adapter
+    deletes notifiers only once its last running slot returned). How deep a
+    client runs callbacks at once is its own bound (``CLIENT_MAX_NESTING``).
     """
     return bool(getattr(hosted, "nested_events", False))
 

@@ -139,6 +139,9 @@ class QtHandle(WatcherHandle):
         self._timer.setTimerType(qtcore.Qt.TimerType.PreciseTimer)
         self._timer.timeout.connect(self._on_timer)
         self._nests = nests(daemon)
+        #: the handle's slots running now, nested ones counted (see _dispatching)
+        self._running = 0
+        self._doomed: list[_Watch] = []  # dropped while a slot ran: disposed of once none runs
         self._quit_slot = self._on_quit if close_on_quit else None
         if self._quit_slot is not None:
             app.aboutToQuit.connect(self._quit_slot)
@@ -167,8 +170,8 @@ class QtHandle(WatcherHandle):
         if self._quit_slot is not None:
             self._app.aboutToQuit.disconnect(self._quit_slot)
             self._quit_slot = None
-        if self._attached:
-            self._owner.deleteLater()
+        if self._attached and not self._running:
+            self._owner.deleteLater()  # else by the last slot to return (_dispatching)
         self._attached = False
 
     # -- notifiers --
@@ -199,8 +202,30 @@ class QtHandle(WatcherHandle):
         """Forget a notifier; called before its socket is closed."""
         watch = self._watches.pop(key)
         watch.notifier.setEnabled(False)
-        watch.notifier.activated.disconnect()
-        watch.notifier.deleteLater()
+        if self._running:
+            self._doomed.append(watch)
+        else:
+            _dispose(watch)
+
+    def _dispatching(self) -> "_Dispatching":
+        """Count a slot of this handle as running, for as long as the ``with`` block lasts.
+
+        A slot may run a nested loop (a client's done-callback opening a dialog)
+        in which a notifier of this handle is dropped, or the handle detached,
+        the very notifier whose slot is still on the stack below included.
+        Disconnecting or deleting it then frees what that outer slot returns
+        into (PyQt's slot proxy is freed by the inner return already when the
+        same slot runs twice): the process crashes. So nothing is disconnected
+        or deleted until the last running slot has returned.
+        """
+        return _Dispatching(self)
+
+    def _all_returned(self) -> None:
+        doomed, self._doomed = self._doomed, []
+        for watch in doomed:
+            _dispose(watch)
+        if not self._attached:
+            self._owner.deleteLater()
 
     @guarded("qt adapter: socket notifier")
     def _on_activated(self, watch: _Watch) -> None:
@@ -208,7 +233,8 @@ class QtHandle(WatcherHandle):
         if self._watches.get(key) is not watch:
             return  # a notifier that outlived its registration: the fd may be someone else's now
         if self._nests:  # a client reads on, even from a nested loop (see _common.nests)
-            self.daemon.handle_event(watch.sock, watch.direction)
+            with self._dispatching():
+                self.daemon.handle_event(watch.sock, watch.direction)
             return
         if watch.busy:
             # Fired again from a nested event loop started by the call this
@@ -221,7 +247,8 @@ class QtHandle(WatcherHandle):
             return
         watch.busy = True
         try:
-            self.daemon.handle_event(watch.sock, watch.direction)
+            with self._dispatching():
+                self.daemon.handle_event(watch.sock, watch.direction)
         finally:
             watch.busy = False
             if watch.paused:
@@ -244,11 +271,35 @@ class QtHandle(WatcherHandle):
             self._arm(remaining)
             return
         self._when = None
-        self.daemon.handle_deadline()
+        with self._dispatching():
+            self.daemon.handle_deadline()
 
     @guarded("qt adapter: application quit")
     def _on_quit(self) -> None:
         self.daemon.close()
+
+
+class _Dispatching:
+    """``QtHandle._dispatching``'s context manager."""
+
+    __slots__ = ("_handle",)
+
+    def __init__(self, handle: QtHandle) -> None:
+        self._handle = handle
+
+    def __enter__(self) -> None:
+        self._handle._running += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        handle = self._handle
+        handle._running -= 1
+        if not handle._running and (handle._doomed or not handle._attached):
+            handle._all_returned()
+
+
+def _dispose(watch: _Watch) -> None:
+    watch.notifier.activated.disconnect()
+    watch.notifier.deleteLater()
 
 
 def attach(daemon: Any, app: Any = None, *, close_on_quit: bool = True) -> QtHandle:

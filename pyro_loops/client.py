@@ -39,6 +39,7 @@ import functools
 import heapq
 import ipaddress
 import itertools
+import logging
 import os
 import random
 import socket
@@ -53,6 +54,7 @@ from . import _nslocate, _wire, errors
 from .hosting import READ, WRITE, Watcher, release, report_error
 from ._protocol import (Broken, ClientProtocol, ConnectFailed, Connected, Failure, Metadata, Result, StreamEnd,
                         StreamStarted)
+from ._ratelog import RateLimitedLog
 from ._resolve import _ns_location
 from ._serializers import ExceptionWrapper, register_class_to_dict
 from ._tls import TLSError, client_context_from_config
@@ -146,6 +148,7 @@ class Client:
         self._deadline: float | None = None
         self._loop_thread = threading.get_ident()
         self._pending = 0
+        self._nesting = 0  # handle_event and handle_deadline calls running now (see _Entry)
         self._closed = False
         self._resolver: concurrent.futures.ThreadPoolExecutor | None = None
         self._nameservers: dict[str, LoopProxy] = {}
@@ -257,7 +260,7 @@ class Client:
     def handle_event(self, sock: socket.socket, events: int) -> None:
         """The host loop says ``sock`` is ready. Never raises."""
         self._loop_thread = threading.get_ident()
-        with fresh_callbacks():  # this may be a nested loop run by a done-callback
+        with _Entry(self):  # this may be a nested loop run by a done-callback
             try:
                 if sock is self._wakeup.reader:
                     self._drain_wakeups()
@@ -271,7 +274,7 @@ class Client:
 
     def handle_deadline(self) -> None:
         """The deadline the client asked for is due. Never raises."""
-        with fresh_callbacks():
+        with _Entry(self):
             try:
                 self._deadline = None
                 now = time.monotonic()
@@ -478,6 +481,44 @@ class Client:
         return resolved
 
 
+class _Entry(fresh_callbacks):
+    """One entry of the host loop into a client (``handle_event``, ``handle_deadline``), counted.
+
+    Up to ``CLIENT_MAX_NESTING`` entries deep (a done-callback's nested loop,
+    one opened inside that, ...) the callbacks of calls completed here run at
+    once, even inside the callback that runs the nested loop. Deeper, they run
+    once that callback returns, as callbacks of calls completed inside a
+    callback always do: the calls still complete (a dialog waiting for
+    ``call.done()`` closes), but a program that opens a dialog for every reply
+    no longer recurses until Python's recursion limit, whose RecursionError
+    strikes wherever it happens to, inside the client too.
+    """
+
+    __slots__ = ("_client", "_fresh")
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def __enter__(self) -> None:
+        client = self._client
+        client._nesting += 1
+        self._fresh = client._nesting <= config.CLIENT_MAX_NESTING
+        if self._fresh:
+            super().__enter__()
+        elif client._nesting == config.CLIENT_MAX_NESTING + 1:
+            _nesting_log.log(logging.WARNING, f"client nesting {id(client):x}", "done-callbacks run nested loops %d deep in %r: "
+                             "callbacks of calls completed deeper run when the innermost callback returns "
+                             "(CLIENT_MAX_NESTING)", config.CLIENT_MAX_NESTING, client)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fresh:
+            super().__exit__(*exc_info)
+        self._client._nesting -= 1
+
+
+_nesting_log = RateLimitedLog(logging.getLogger("pyro_loops"))
+
+
 class _Channel:
     """One connection of one loop proxy, from resolving its address to its close.
 
@@ -510,6 +551,8 @@ class _Channel:
         self.cancelled_queued = 0  # calls in ``queued`` cancelled since it was last compacted
         self.handshake_timer = _Request(Call("no handshake deadline"), "<timer>", None, None)
         self.resume_state = ""  # the step a worker's decoding interrupted
+        #: why receiving failed (a reset); the calls left once the replies read before it are handled fail with it
+        self.lost: errors.ConnectionClosedError | None = None
         client._channels.add(self)
 
     @property
@@ -842,8 +885,10 @@ class _Channel:
                 self.fail(errors.ConnectionClosedError(f"receiving from {self.location} failed: {exc}"))
                 return
             except OSError as exc:
-                self.fail(errors.ConnectionClosedError(f"receiving from {self.location} failed: {exc}"))
-                return
+                # Replies read whole before the break (waiting behind a callback that runs a
+                # nested loop, or left by the budget) are answers: they complete first.
+                self.lost = errors.ConnectionClosedError(f"receiving from {self.location} failed: {exc}")
+                data = b""
             self.protocol.receive_data(data)  # b"": the server closed; the protocol says what that means
             self.process()
 
@@ -953,6 +998,8 @@ class _Channel:
         if isinstance(event, ConnectFailed):
             raise errors.CommunicationError(f"connection to {self.location} rejected: {event.reason}")
         if isinstance(event, Broken):
+            if self.lost is not None:
+                raise self.lost
             error = event.error
             hint = _REPLY_BOUND_HINT if isinstance(error, errors.MessageTooLargeError) else ""
             if self.state == "handshake" and not self.transport.tls:

@@ -81,6 +81,7 @@ _DEFAULTS: dict[str, Any] = {
     "LOG_REPEAT_LIMIT": 10,       # lines per reason and interval for errors peers can repeat; 0 = no limit
     "LOG_REPEAT_INTERVAL": 10.0,  # seconds of that interval
     "CLIENT_MAX_PENDING": 10000,  # calls pending per pyro_loops.Client; more fail at once
+    "CLIENT_MAX_NESTING": 16,     # nested loops deep a Client runs done-callbacks at once; deeper they wait
     "ITER_STREAM_PREFETCH": 8,    # items of a remote iterator a loop client requests ahead
     # Seconds a new connection may take to complete its CONNECT handshake (the TLS
     # handshake shares it); silent connections would otherwise hold a
