@@ -351,7 +351,7 @@ class Proxy:
         except BaseException:
             self._pyroRelease()
             raise
-        self._pyroConnection.settimeout(self._pyroTimeout)  # calls wait as long as the proxy says, not the handshake
+        sock.settimeout(self._pyroTimeout)  # calls wait as long as the proxy says, not the handshake
         self.__open_lane()
         return True
 
