@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import selectors
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -41,6 +42,9 @@ RUN_ANYWHERE = ["selectloop", "asyncio"]
 # Loops that can run nested inside one of their callbacks (a modal dialog); asyncio's cannot.
 NESTING = ["selectloop", "qt", "tk-filehandler", "tk-thread"]
 
+
+#: Tcl interpreters still referenced when their Tk host closed (see TkHost.close)
+_KEPT_INTERPRETERS: list[Any] = []
 
 class Host:
     """One host loop, run in the test's thread. Subclasses say how to attach, run,
@@ -384,10 +388,18 @@ class TkHost(Host):
             self.root.destroy()
         except self.tkinter.TclError:
             pass  # the test destroyed it
-        # A Tcl interpreter must be deleted in its own thread: free this one here,
-        # not in whichever client thread the garbage collector would next run in.
+        # A Tcl interpreter must be deleted in its own thread (elsewhere Tcl panics:
+        # "Tcl_AsyncDelete: async handler deleted by the wrong thread", and the
+        # process aborts): free this one here, not in whichever daemon or client
+        # thread the garbage collector would next run in. If something the test
+        # made still holds it (an exception's traceback, a leaked closure), keep
+        # it for the rest of the session instead.
+        interpreter = self.root.tk
         del self.root
         gc.collect()
+        if sys.getrefcount(interpreter) > 2:  # more than this local and the call's argument
+            _KEPT_INTERPRETERS.append(interpreter)
+        del interpreter
         assert not self.escaped, f"exceptions escaped into Tk: {self.escaped}"
 
 
