@@ -219,7 +219,7 @@ _MSG_RESULT = _wire.MSG_RESULT
 # cache key), 3-7 the argument as in _SCALAR_TEXT.
 _LANE_REQUEST = re.compile(
     rb"(?:" + re.escape(_CORR_CHUNK) + rb"(.{16}))?" + re.escape(_SERPENT_HEADER)
-    + rb"\(('[^'\\\n\x00]*', ?'[^'\\\n\x00]*'), ?\((?:(?:" + _SCALAR_TEXT + rb"),)?\), ?\{\}\)\Z",
+    + rb"\(('[^'\\\n\r\x00]*', ?'[^'\\\n\r\x00]*'), ?\((?:(?:" + _SCALAR_TEXT + rb"),)?\), ?\{\}\)\Z",
     re.DOTALL)
 # a reply header with its CORR annotation and the serpent header, packed at once
 _LANE_REPLY = struct.Struct(_wire.HEADER.format + f"{len(_CORR_CHUNK)}s16s{_SERPENT_HEADER_SIZE}s")

@@ -517,6 +517,13 @@ def test_lane_request_declines_what_is_not_one_whole_common_call(tail, cut):
     check_lane_request(data + tail, 0)
 
 
+def test_lane_request_declines_a_raw_cr_in_a_name_as_serpent_refuses_it():
+    """Python's tokenizer reads a lone CR as a line end, so serpent refuses it inside a string."""
+    for names in (b"'obj','me\rth'", b"'o\rbj','method'"):
+        payload = _fastcall._SERPENT_HEADER + b"(" + names + b",(),{})"
+        check_lane_request(_wire.encode(_wire.Message(_wire.MSG_INVOKE, payload, SERPENT.serializer_id, 0, 1, {})), 0)
+
+
 def check_lane_request(data: bytes, max_size: int) -> None:
     found = _fastcall.lane_request(data, max_size)
     if found is None:

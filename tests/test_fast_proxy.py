@@ -512,15 +512,17 @@ def test_reply_split_across_two_tcp_segments_is_completed_by_the_general_path(sc
 
 
 @pytest.mark.parametrize("retries", [0, 1])
-def test_call_right_after_the_daemon_closed_the_connection_runs_once_or_fails_as_closed(scripted, retries):
+def test_call_right_after_the_daemon_closed_the_connection_runs_once_or_fails_as_closed(scripted, retries,
+                                                                                           monkeypatch):
     """The freshness poll is skipped for a call right after another: a connection the
     daemon closed meanwhile still ends in ConnectionClosedError or a retry, and the
     daemon, which never read the request sent to the closed socket, runs the call once."""
+    monkeypatch.setattr(pyro_loops.proxy, "_FRESH_WINDOW", 60.0)  # "right after", however slow the machine
     scripted.close_after_reply = True
     with pyro_loops.Proxy(scripted.uri) as proxy:
         proxy._pyroMaxRetries = retries
         assert proxy.method(1) == 42
-        time.sleep(0.0005)  # the daemon has closed; the next call still comes within the window
+        time.sleep(0.1)  # the daemon has closed; the next call still comes within the window
         if retries:
             assert proxy.method(2) == 42
             assert scripted.executed == 2 and scripted.connections == 2
@@ -531,7 +533,8 @@ def test_call_right_after_the_daemon_closed_the_connection_runs_once_or_fails_as
             assert proxy.method(3) == 42  # a new connection
 
 
-def test_call_long_after_the_daemon_closed_the_connection_is_refused_before_sending(scripted):
+def test_call_long_after_the_daemon_closed_the_connection_is_refused_before_sending(scripted, monkeypatch):
+    monkeypatch.setattr(pyro_loops.proxy, "_FRESH_WINDOW", 0.0)  # "long after", however fast the machine
     scripted.close_after_reply = True
     with pyro_loops.Proxy(scripted.uri) as proxy:
         assert proxy.method(1) == 42
