@@ -662,10 +662,7 @@ class CallDispatcher:
                 msg = self._lane_message(conn, data, facts.annotations)
             return self._exception_reply(conn, msg, serializer, exc)
         finally:
-            try:
-                _call_facts.reset(token)
-            except ValueError:  # set in another context (a nested loop ran in between): leave it
-                pass
+            reset_call_context(token)
         if msg is None:
             # the reply carries the correlation id as the method left the context's annotations
             annotations = facts.annotations
@@ -884,7 +881,6 @@ _MISSING = object()
 _SERPENT = get_serializer(_fastcall.SERPENT_ID)
 _NO_LANE = (None, None, None, None)
 _random_bits = random.getrandbits
-_LANE_FAILED = object()
 _LANES_MAX = 1024  # call keys remembered per daemon: they come from clients
 #: result types that are never a stream
 _PLAIN = frozenset((int, float, str, bool, type(None), bytes, tuple, list, dict))

@@ -193,6 +193,8 @@ class Connections:
             return False
         self.lane_calls += 1
         if reply is not False:
+            # send() made short for the lane: a plain socket (the lane never serves TLS), and
+            # nothing to re-arm when the whole reply went, which it nearly always does
             try:
                 sent = conn.sock.send(reply)
             except (BlockingIOError, InterruptedError):
@@ -336,9 +338,9 @@ class Connections:
         """Serve ``sock``, connected already, as the one connection (Pyro4's ``connected_socket``):
         no listening, and no handshake (Pyro4's proxy on such a socket sends none)."""
         self.listening = False
-        self.sock.getpeername()  # raises unless connected
+        peer = self.sock.getpeername()  # raises unless connected
         self.sock.setblocking(False)
-        conn = ClientConnection(self.sock, self.sock.getpeername(),
+        conn = ClientConnection(self.sock, peer,
                                 ServerProtocol(config.MAX_MESSAGE_SIZE, self.hmac_key, gather=True))
         conn.protocol.established = True
         self.conns[self.sock] = conn

@@ -372,7 +372,9 @@ class Client:
         over several loop passes. A deferred step is taken by the next
         ``handle_deadline``, asked for at once.
         """
-        if self._watcher is None or self._tls_steps > 0:
+        if self._watcher is None:  # not attached yet: no loop pass to spread over
+            return True
+        if self._tls_steps > 0:
             self._tls_steps -= 1
             return True
         self._tls_waiting.add(channel)
