@@ -316,11 +316,31 @@ def lane_reply(seq: int, corr: bytes, value: Any, max_message_size: int) -> byte
 # INVOKE written from a per-method template in one pass (the blocking Proxy and
 # the loop Client), and the RESULT of that call read in one pass from the
 # buffer the blocking Proxy receives into. Both decline (None) for anything else.
+# Each call pays for these, so they do as few operations as they can: the
+# arguments are written one by one (``ascii()`` of a whole tuple costs twice as
+# much, most of it in the recursion guard), and a reply is checked with one
+# ``unpack_from`` against constants.
 
-_MSG_INVOKE = _wire.MSG_INVOKE
-_MSG_RESULT = _wire.MSG_RESULT
-_NONE = type(None)
-_REPLY = re.compile(re.escape(_SERPENT_HEADER) + rb"(?:" + _SCALAR_TEXT + rb")\Z")
+#: argument types written as they are: ascii() of them is serpent's text for them
+_WORDS = frozenset((int, bool, type(None)))
+# an INVOKE's header up to its sequence number (tag, version, type, flags 0), and the rest of it:
+# sequence number, payload length, serializer id, annotations length, reserved (0), checksum
+_INVOKE_START = _TAG + struct.pack("!HHH", PROTOCOL_VERSION, _MSG_INVOKE, 0)
+_invoke_rest = struct.Struct("!HiHH2xH").pack
+_INVOKE_CHECKSUM = _CHECKSUM_BASE + _MSG_INVOKE + SERPENT_ID
+# how the arguments follow the prefix, by their number: "(a,)", "(a,b)" as serpent compacts them
+_ARGUMENTS = tuple(b"%s(" + (b"%a," if count == 1 else b",".join([b"%a"] * count)) + b"),{})"
+                   for count in range(9))
+# a RESULT with flags 0 and a correlation id (every daemon annotates its replies so), up to the text
+# of its serpent payload: header start as above, sequence number, payload length, serializer id and
+# annotations length, reserved (ignored on receive), checksum, the CORR chunk's header, its 16
+# bytes, the serpent header
+_CORR_RESULT = struct.Struct(f"!10sHi4s2xH{len(_CORR_CHUNK)}s16s{_SERPENT_HEADER_SIZE}s")
+_RESULT_START = _TAG + struct.pack("!HHH", PROTOCOL_VERSION, _MSG_RESULT, 0)
+_RESULT_IDS = struct.pack("!HH", SERPENT_ID, _CORR_LEN)
+_RESULT_CHECKSUM = _CHECKSUM_BASE + _MSG_RESULT + _CORR_LEN + SERPENT_ID
+_RESULT_TEXT = _CORR_RESULT.size  # where the value's text starts
+_VALUE = re.compile(rb"(?:" + _SCALAR_TEXT + rb")\Z")
 
 
 def call_prefix(obj: str, method: str) -> bytes | None:
@@ -341,64 +361,59 @@ def invoke_message(prefix: bytes, vargs: Any, seq: int, correlation: bytes | Non
     ``prefix`` is ``call_prefix``'s; ``correlation`` the 16 bytes of a
     correlation id, the message's one annotation, or None for none. The same
     bytes as ``frame(MSG_INVOKE, serpent_call(...), ...)``; None unless
-    ``vargs`` is a tuple of plain scalars (strings in ASCII) and the message is
-    small and within ``max_message_size`` (0: no limit), which the general path refuses.
+    ``vargs`` is a tuple of at most 8 plain scalars (strings in ASCII) and the
+    message is small and within ``max_message_size`` (0: no limit), which the
+    general path refuses.
     """
-    if type(vargs) is not tuple:
+    if type(vargs) is not tuple or len(vargs) >= len(_ARGUMENTS):
         return None
     for arg in vargs:
         kind = type(arg)
+        if kind in _WORDS:
+            continue
         if kind is str:
             if ", " in arg or ": " in arg or not arg.isascii():
                 return None
-        elif kind is float:
-            if arg - arg != 0.0:  # inf or nan: serpent writes those its own way
-                return None
-        elif kind is not int and kind is not bool and kind is not _NONE:
+        elif kind is not float or arg - arg != 0.0:  # inf or nan: serpent writes those its own way
             return None
     try:
         # ascii() is repr() for these values, written straight as bytes
-        payload = (b"%s%a,{})" % (prefix, vargs)).replace(b", ", b",")
+        payload = _ARGUMENTS[len(vargs)] % ((prefix,) + vargs)
     except ValueError:  # an int beyond sys.get_int_max_str_digits(): the full writer reports it
         return None
     size = len(payload)
     if size > SMALL_PAYLOAD or max_message_size and size + _CORR_LEN > max_message_size:
         return None
     if correlation is None:
-        return _pack_header(_TAG, PROTOCOL_VERSION, _MSG_INVOKE, 0, seq, size, SERPENT_ID, 0, 0,
-                            (_CHECKSUM_BASE + _MSG_INVOKE + size + SERPENT_ID + seq) & 0xFFFF) + payload
-    return _pack_header(_TAG, PROTOCOL_VERSION, _MSG_INVOKE, 0, seq, size, SERPENT_ID, _CORR_LEN, 0,
-                        (_CHECKSUM_BASE + _MSG_INVOKE + size + _CORR_LEN + SERPENT_ID + seq) & 0xFFFF) \
+        return _INVOKE_START + _invoke_rest(seq, size, SERPENT_ID, 0, (_INVOKE_CHECKSUM + size + seq) & 0xFFFF) \
+            + payload
+    return _INVOKE_START + _invoke_rest(seq, size, SERPENT_ID, _CORR_LEN,
+                                        (_INVOKE_CHECKSUM + _CORR_LEN + size + seq) & 0xFFFF) \
         + _CORR_CHUNK + correlation + payload
 
 
 def scalar_result(buf: bytes | bytearray, size: int, seq: int,
                   max_message_size: int) -> tuple[Any, dict[str, bytes]] | None:
     """``(value, annotations)`` of ``buf[:size]`` if it is exactly one small serpent RESULT for
-    ``seq``, without flags, holding one scalar, annotated with a correlation id or nothing.
+    ``seq``, without flags, holding one scalar, annotated with a correlation id alone.
 
     The value and annotations the general path gives for that message (frame
     reader, ``serpent_value``); None for any other bytes.
     """
-    if size < _HEADER_SIZE:
+    if not _RESULT_TEXT < size <= SMALL_PAYLOAD:
         return None
-    tag, version, msg_type, flags, reply_seq, data_len, ser_id, ann_len, _reserved, check = _unpack_header(buf)
-    start = _HEADER_SIZE + ann_len
-    if (msg_type != _MSG_RESULT or reply_seq != seq or flags or ser_id != SERPENT_ID or size != start + data_len
-            or tag != _TAG or version != PROTOCOL_VERSION or data_len > SMALL_PAYLOAD or data_len < 0
-            or check != (_CHECKSUM_BASE + _MSG_RESULT + data_len + ann_len + SERPENT_ID + reply_seq) & 0xFFFF
-            or max_message_size and data_len + ann_len > max_message_size):
+    start, reply_seq, data_len, ids, check, chunk, corr, header = _CORR_RESULT.unpack_from(buf)
+    if (start != _RESULT_START or reply_seq != seq or data_len != size - _HEADER_SIZE - _CORR_LEN
+            or ids != _RESULT_IDS or chunk != _CORR_CHUNK or header != _SERPENT_HEADER
+            or check != (_RESULT_CHECKSUM + data_len + seq) & 0xFFFF
+            or max_message_size and data_len + _CORR_LEN > max_message_size):
         return None
-    if ann_len == _CORR_LEN and buf[_HEADER_SIZE:_HEADER_SIZE + 6] == _CORR_CHUNK:
-        annotations = {"CORR": bytes(buf[_HEADER_SIZE + 6:start])}
-    elif ann_len:
-        return None
-    else:
-        annotations = {}
-    match = _REPLY.match(buf, start, size)
+    match = _VALUE.match(buf, _RESULT_TEXT, size)
     if match is None:
         return None
+    if match.lastindex == 1:  # the common int, without _value's call
+        return int(match[1]), {"CORR": corr}
     try:
-        return _value(match), annotations
+        return _value(match), {"CORR": corr}
     except UnicodeDecodeError:
         return None

@@ -491,28 +491,33 @@ class Proxy:
     def _pyroInvoke(self, methodname: str, vargs: Any, kwargs: Any, flags: int = 0,  # noqa: N802
                     objectId: str | None = None) -> Any:
         """Send one call and return its result (None for oneway calls)."""
+        lane = self._pyroLane
+        if lane is not None and not flags and objectId is None and type(kwargs) is dict and not kwargs:
+            try:
+                value = self.__quick(lane, methodname, vargs)
+            except errors.ConnectionClosedError:  # the first try failed: the retries are the general path's
+                if self._pyroMaxRetries <= 0:
+                    raise
+                self._pyroRelease()
+                return self._pyroCall(self.__request(methodname, vargs, kwargs, flags, objectId),
+                                      self._pyroMaxRetries - 1)
+            if value is not _DECLINED:
+                return value
+        _set_response_annotations({})  # as in Pyro4: a oneway call leaves none
+        return self._pyroCall(self.__request(methodname, vargs, kwargs, flags, objectId))
+
+    def __request(self, methodname: str, vargs: Any, kwargs: Any, flags: int, objectId: str | None) -> _MakeRequest:
+        """How the general path writes the call ``_pyroInvoke`` was given."""
         def request(conn: _protocol.ClientProtocol, annotations: dict[str, bytes]) -> _protocol.Request:
             oneway = bool(flags & _wire.FLAGS_ONEWAY) or objectId is None and methodname in self._pyroOneway
             if flags & _wire.FLAGS_BATCH:
                 return conn.batch(self.__object_id(), vargs, oneway=oneway, annotations=annotations)
             return conn.invoke(objectId or self.__object_id(), methodname, vargs, kwargs, oneway=oneway,
                                raw=self._pyroRawWireResponse, annotations=annotations)
+        return request
 
-        if self._pyroLane is not None and not flags and objectId is None and type(kwargs) is dict and not kwargs:
-            try:
-                value = self.__quick(methodname, vargs)
-            except errors.ConnectionClosedError:  # the first try failed: the retries are the general path's
-                if self._pyroMaxRetries <= 0:
-                    raise
-                self._pyroRelease()
-                return self._pyroCall(request, self._pyroMaxRetries - 1)
-            if value is not _DECLINED:
-                return value
-        _set_response_annotations({})  # as in Pyro4: a oneway call leaves none
-        return self._pyroCall(request)
-
-    def __quick(self, methodname: str, vargs: Any) -> Any:
-        """The common call on the connection's quick path: its result, or ``_DECLINED`` having sent nothing.
+    def __quick(self, lane: _Lane, methodname: str, vargs: Any) -> Any:
+        """The common call on the connection's quick path ``lane``: its result, or ``_DECLINED`` having sent nothing.
 
         Taken when nothing but the call itself needs deciding: no context
         annotations, not inside a served call, not oneway or raw, no HMAC key,
@@ -533,10 +538,10 @@ class Proxy:
             if type(corr) is not uuid.UUID:
                 return _DECLINED
             correlation = corr.bytes
-        facts.response_annotations = {}  # as in Pyro4: until a reply brings some
-        with self._pyroLock:
-            lane = self._pyroLane
-            if lane is None or lane.sock.timeout != self._pyroTimeout:
+        lock = self._pyroLock
+        lock.acquire()  # not ``with``: its protocol costs as much again as the lock itself
+        try:
+            if lane is not self._pyroLane or lane.sock.timeout != self._pyroTimeout:  # another thread closed it
                 return _DECLINED
             conn = lane.protocol
             conn.reader.max_message_size = config.MAX_MESSAGE_SIZE
@@ -544,10 +549,11 @@ class Proxy:
             data = conn.quick_invoke(lane.object_id, methodname, vargs, correlation)
             if data is None:
                 return _DECLINED
+            facts.response_annotations = {}  # as in Pyro4: until a reply brings some
             now = time.monotonic()
             if now - lane.stamp > _FRESH_WINDOW:
                 self.__ensure_fresh_connection()
-            object.__setattr__(self, "_pyroSeq", conn.seq)
+            self.__dict__["_pyroSeq"] = conn.seq  # an instance attribute: object.__setattr__ costs three times more
             sock = lane.sock
             try:
                 sock.sendall(data)
@@ -564,6 +570,8 @@ class Proxy:
                 value, facts.response_annotations = reply
             lane.stamp = now
             return value
+        finally:
+            lock.release()
 
     def _pyroInvokeBatch(self, calls: list, oneway: bool = False) -> Any:  # noqa: N802
         """Send ``calls`` (``(method, vargs, kwargs)`` tuples) as one batch; their results, or None for oneway."""

@@ -354,7 +354,8 @@ def described(event) -> tuple:
 
 @settings(max_examples=400, deadline=None)
 @given(method=st.one_of(st.sampled_from(["method", "a'b", "x, y", "ü"]), st.text(max_size=6)),
-       vargs=st.lists(arguments, max_size=4).map(tuple), correlation=st.one_of(st.none(), st.uuids()),
+       vargs=st.one_of(st.lists(arguments, max_size=4), st.lists(scalars, min_size=7, max_size=10)).map(tuple),
+       correlation=st.one_of(st.none(), st.uuids()),
        seq=st.sampled_from([0, 1, 41, 0xFFFE, 0xFFFF]), taken=st.booleans(),
        limit=st.sampled_from([0, 0, 60, 200]))
 def test_quick_invoke_writes_what_invoke_writes_and_leaves_the_same_call_pending(
