@@ -365,7 +365,7 @@ def invoke_message(prefix: bytes, vargs: Any, seq: int, correlation: bytes | Non
     message is small and within ``max_message_size`` (0: no limit), which the
     general path refuses.
     """
-    if type(vargs) is not tuple or len(vargs) >= len(_ARGUMENTS):
+    if type(vargs) is not tuple:  # a list, or a tuple of a class of its own, is written as serpent says
         return None
     for arg in vargs:
         kind = type(arg)
@@ -379,6 +379,8 @@ def invoke_message(prefix: bytes, vargs: Any, seq: int, correlation: bytes | Non
     try:
         # ascii() is repr() for these values, written straight as bytes
         payload = _ARGUMENTS[len(vargs)] % ((prefix,) + vargs)
+    except IndexError:  # more arguments than templates
+        return None
     except ValueError:  # an int beyond sys.get_int_max_str_digits(): the full writer reports it
         return None
     size = len(payload)
@@ -394,13 +396,13 @@ def invoke_message(prefix: bytes, vargs: Any, seq: int, correlation: bytes | Non
 
 def scalar_result(buf: bytes | bytearray, size: int, seq: int,
                   max_message_size: int) -> tuple[Any, dict[str, bytes]] | None:
-    """``(value, annotations)`` of ``buf[:size]`` if it is exactly one small serpent RESULT for
+    """``(value, annotations)`` of ``buf[:size]`` if it is exactly one serpent RESULT for
     ``seq``, without flags, holding one scalar, annotated with a correlation id alone.
 
     The value and annotations the general path gives for that message (frame
     reader, ``serpent_value``); None for any other bytes.
     """
-    if not _RESULT_TEXT < size <= SMALL_PAYLOAD:
+    if size <= _RESULT_TEXT:
         return None
     start, reply_seq, data_len, ids, check, chunk, corr, header = _CORR_RESULT.unpack_from(buf)
     if (start != _RESULT_START or reply_seq != seq or data_len != size - _HEADER_SIZE - _CORR_LEN

@@ -13,6 +13,7 @@ Which path ran is seen by profiling the call (``functions_run``).
 
 from __future__ import annotations
 
+import collections
 import socket
 import sys
 import threading
@@ -378,6 +379,15 @@ def test_quick_invoke_writes_what_invoke_writes_and_leaves_the_same_call_pending
     assert (quick.seq, quick.pending) == (general.seq, general.pending)
     if limit:
         assert len(data) - _wire.HEADER_SIZE <= limit  # the general path refuses larger requests before sending
+
+
+def test_quick_invoke_leaves_arguments_that_are_not_a_plain_tuple_to_invoke():
+    """A list, or a tuple of a class of its own, is written as serpent writes it: the general path's."""
+    point = collections.namedtuple("point", "x y")
+    for vargs in ([1, 2], point(1, 2), "ab"):
+        conn = established(3)
+        assert conn.quick_invoke("thing", "method", vargs, None) is None
+        assert (conn.seq, conn.pending) == (3, ())
 
 
 @settings(max_examples=400, deadline=None)
