@@ -56,17 +56,8 @@ def patched(message: bytes, seq: int) -> bytes:
 # --- the two servers -------------------------------------------------------------------------
 
 def serve_daemon() -> None:
-    import pyro_loops
-    pyro_loops.config.SOCK_NODELAY = True
-
-    @pyro_loops.expose
-    class Obj:
-        def method(self, x):
-            return x
-
-    daemon = pyro_loops.Daemon(host=common.LOCALHOST)
-    common.announce(common.READY, str(daemon.register(Obj(), common.OBJECT_ID)))
-    daemon.requestLoop()
+    from calls import serve_pyro_loops  # the daemon bench/calls.py measures
+    serve_pyro_loops("multiplex")
 
 
 def serve_replay(connect_ok: bytes, result: bytes) -> None:
