@@ -444,10 +444,31 @@ _SERPENT_LITERALS = re.compile(
 _NEEDS_LITERAL_CHECK = sys.version_info < (3, 11)
 
 
+# what links one operand to the next in an expression: an operator, a keyword
+# operator, a subscript or call after a closing bracket. A run of them between two
+# separators is one chain, nested as deep as it is long.
+_CHAIN_LINKS = re.compile(r"[-+*/%~&|^<>@!=.]|[\])]\s*[\[(]|\b(?:not|and|or|if|else|in|is)\b")
+_CHAIN_SEPARATORS = re.compile(r"[,:]")
+
+
 def _only_literals(text: str) -> bool:
     """True if ``text`` holds nothing but the literals serpent writes (no operators, calls, names)."""
+    return _literal_refusal(text) is None
+
+
+def _literal_refusal(text: str) -> str | None:
+    """Why ``text`` is not left to the parser on Python 3.10, or None if it holds
+    nothing but literals. A chain deeper than the recursion limit is called
+    nested too deeply, as the parser or ``ast.literal_eval`` of 3.11 and later
+    call it (MemoryError or RecursionError), so one payload gets one reason on
+    every Python; anything else beyond literals is refused as such."""
     stripped = _SERPENT_STRINGS.sub("''", text)
-    return _SERPENT_LITERALS.match(stripped).end() == len(stripped)
+    if _SERPENT_LITERALS.match(stripped).end() == len(stripped):
+        return None
+    depth = max(sum(1 for _ in _CHAIN_LINKS.finditer(part)) for part in _CHAIN_SEPARATORS.split(stripped))
+    if depth > sys.getrecursionlimit():
+        return f"serpent payload holds more than literals, nested too deeply ({depth} operators in a chain)"
+    return "serpent payload holds more than literals"
 
 
 # serpent's own parser (ast.literal_eval) takes 0.8 s per MB of ints, 3.5 s of complex
@@ -501,8 +522,9 @@ class SerpentSerializer(Serializer):
         if value is _fastserpent.FAIL:
             if len(data) * _SERPENT_PARSER_WEIGHT > config.MAX_BLOCKING_DECODE:
                 raise _too_large_to_decode(self.name, len(data), _OUTSIDE_FAST_SUBSET)
-            if _NEEDS_LITERAL_CHECK and not _only_literals(data.decode("utf-8")):
-                raise errors.SerializeError("serpent payload holds more than literals")
+            refusal = _literal_refusal(data.decode("utf-8")) if _NEEDS_LITERAL_CHECK else None
+            if refusal is not None:
+                raise errors.SerializeError(refusal)
             value = serpent.loads(bytes(data))
         return value
 

@@ -531,6 +531,43 @@ def test_on_python_3_10_non_literal_serpent_is_refused_before_parsing(monkeypatc
     assert ser.loads(ser.dumps(value)) == value
 
 
+@pytest.mark.parametrize("text", ["-" * 30_000 + "1", "1+" * 300_000 + "1", "x" + ".a" * 5_000,
+                                  "(1,)" + "[0]" * 5_000, "f" + "()" * 5_000, "not " * 5_000 + "1"],
+                         ids=["unary", "binary", "attribute", "subscript", "call", "not"])
+def test_literal_check_calls_a_chain_deeper_than_the_recursion_limit_nested_too_deeply(text):
+    # the reason 3.11 and later give for these (the parser's MemoryError or a
+    # RecursionError), so a payload is refused for the same reason on 3.10
+    from pyro_loops._serializers import _literal_refusal
+    assert "nested too deeply" in _literal_refusal(text)
+
+
+@pytest.mark.parametrize("text", ["1+1+1", "[-1.5e-10, 2] + [3]", "--" * 400 + "1", "x" + ".a" * 900,
+                                  "[" + "1*1, " * 5_000 + "]"],
+                         ids=["sum", "list-sum", "unary-800", "attribute-900", "many-short-items"])
+def test_literal_check_calls_short_chains_more_than_literals_only(text):
+    from pyro_loops._serializers import _literal_refusal
+    assert _literal_refusal(text) == "serpent payload holds more than literals"
+
+
+@pytest.mark.parametrize("text, reasons", [
+    # beyond the parser's stack: nested too deeply everywhere (3.10 by the literal check)
+    ("-" * 30_000 + "1", {10: "nested too deeply", 11: "nested too deeply", 12: "nested too deeply",
+                          13: "nested too deeply"}),
+    # 3,000 deep: past 3.11's and 3.12's recursion limit while building the tree, while
+    # 3.13 builds it and literal_eval finds no literal; 3.10 refuses it before parsing
+    ("-" * 3_000 + "1", {10: "holds more than literals", 11: "nested too deeply", 12: "nested too deeply",
+                         13: "malformed node"}),
+    # a short expression: literal_eval's own refusal from 3.11 on
+    ("--1", {10: "holds more than literals", 11: "malformed node", 12: "malformed node", 13: "malformed node"}),
+], ids=["unary-30000", "unary-3000", "unary-2"])
+def test_serpent_refuses_operator_chains_for_each_pythons_reason(text, reasons):
+    # a version difference of Python's own parser: stated per version
+    import sys
+    reason = reasons[min(sys.version_info[1], 13)]
+    with pytest.raises(errors.SerializeError, match=reason):
+        get_serializer("serpent").loads(SERPENT_HEAD + text.encode())
+
+
 @pytest.mark.pyro4
 def test_json_writes_dates_decimals_and_arrays_as_pyro4s_json_does():
     import array
