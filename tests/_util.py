@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pyro_loops import _wire
 
@@ -203,3 +203,14 @@ def read_message(sock: socket.socket, data: bytes = b"", pause: float = 0.0) -> 
         data += chunk
         if pause:
             time.sleep(pause)
+
+
+def accepted(listener: socket.socket) -> Iterator[socket.socket]:
+    """The connections ``listener`` accepts, one at a time, until it is closed: the loop
+    of a test peer's serving thread, which ends when the test closes the listener."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        yield conn

@@ -27,7 +27,7 @@ import pyro_loops
 from pyro_loops import _protocol, _wire, errors
 from pyro_loops._serializers import get_serializer
 
-from _util import TIMEOUT, Pyro4Server, read_message, wait_until
+from _util import TIMEOUT, Pyro4Server, accepted, read_message, wait_until
 from test_compat import served
 
 SERPENT = get_serializer("serpent")
@@ -77,11 +77,7 @@ class ScriptedDaemon:
         return len(self.requests)
 
     def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
+        for conn in accepted(self.sock):
             with self._lock:
                 self.connections += 1
                 self.open += 1
