@@ -458,7 +458,7 @@ def test_a_threadpool_size_below_one_is_refused_naming_the_item(size):
 
 def test_a_huge_threadpool_size_starts_threads_only_as_calls_need_them():
     service = Gate()
-    daemon, uri = start(service, THREADPOOL_SIZE=10**9, THREADPOOL_SIZE_MIN=1)
+    daemon, uri = start(service, THREADPOOL_SIZE=10**9, THREADPOOL_SIZE_MIN=1, THREADPOOL_IDLE_TIMEOUT=60.0)
     with serving(daemon):
         callers = [Caller(uri, "slow", i) for i in range(5)]
         wait_for(lambda: service.running == 5)
