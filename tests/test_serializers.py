@@ -513,10 +513,24 @@ def test_everything_serpent_writes_counts_as_literals(value):
 @pytest.mark.parametrize("text", [
     "1+1+1", "1-2-3", "1*2", "(1,)[0]", "[1][0]", "{}[1]", "'a'[0]", "x.a", "f()", "()()", "-(1)", "--1",
     "not 1", "~1", "lambda:1", "1 if 1 else 2", "1<2", "1 and 2", "1 2", "None.x", "__import__('os')",
+    # a comment ends at a CR too, and a quote inside one opens no string: the chain after it is seen
+    "[0,#\r1+1+1]", "[0,#'''\n1+1+1#'''\n]", "[0,#'\n1+1+1#'\n]", "x'a'", "f'{1+1+1}'", "Ellipsis",
 ])
 def test_expressions_beyond_literals_are_not_literals(text):
     from pyro_loops._serializers import _only_literals
     assert not _only_literals(text)
+
+
+@pytest.mark.parametrize("text", [
+    "0x1F", "0o17", "0b101", "- 1", "+ 1.5", "1 + 2j", "b'x'", "rb'x'", "u'x'", "R'x\\\\'", "'''a\nb'''",
+    '"""a\nb"""', "'x' 'y'", "...", "('o','m',(1,),{}) #c", "[1 #c\r, 2]", "'#' ", "'''it's'''",
+])
+def test_every_spelling_serpents_parser_reads_counts_as_literals(text):
+    # serpent's parser (ast.literal_eval) reads these; the check must not refuse them on 3.10
+    import ast
+    from pyro_loops._serializers import _only_literals
+    ast.literal_eval(text)
+    assert _only_literals(text)
 
 
 def test_on_python_3_10_non_literal_serpent_is_refused_before_parsing(monkeypatch):
@@ -524,8 +538,9 @@ def test_on_python_3_10_non_literal_serpent_is_refused_before_parsing(monkeypatc
     import pyro_loops._serializers as module
     monkeypatch.setattr(module, "_NEEDS_LITERAL_CHECK", True)
     monkeypatch.setattr(module.config, "MAX_BLOCKING_DECODE", 1 << 30)  # past the budget's own refusal
-    with pytest.raises(errors.SerializeError, match="more than literals"):
-        get_serializer("serpent").loads(SERPENT_HEAD + b"1+" * 300_000 + b"1")
+    for chain in (b"1+" * 300_000 + b"1", b"[0,#\r" + b"1+" * 300_000 + b"1]"):  # a CR ends a comment
+        with pytest.raises(errors.SerializeError, match="more than literals"):
+            get_serializer("serpent").loads(SERPENT_HEAD + chain)
     value = {"still": [1, 2.5, (1 + 2j), b"works"]}
     ser = get_serializer("serpent")
     assert ser.loads(ser.dumps(value)) == value
