@@ -122,7 +122,7 @@ class Daemon:
         self.natLocationStr: str | None = None
         if nathost:
             nat_port = natport or bound_port
-            self.natLocationStr = socketutil.location(nathost, nat_port)
+            self.natLocationStr = f"[{nathost}]:{nat_port}" if ":" in nathost else f"{nathost}:{nat_port}"
         self.objectsById: dict[str, Any] = {}
         self.coroutine_runner: Callable[[Any, Callable[[Any, BaseException | None], None]], None] | None = None
         self._combined: list[Any] = []  # served by this daemon's own loop too (combine)
