@@ -1,15 +1,7 @@
 """A bounded pool of daemon threads for calls that must not run in the loop.
 
 Threads start lazily, up to ``size``; when all are busy, work queues rather
-than being refused. A thread idle for THREADPOOL_IDLE_TIMEOUT seconds ends
-while more than THREADPOOL_SIZE_MIN threads are left, so a burst's threads
-do not outlive it. Pyro4 4.82 has no such time: its worker ends the moment it
-finishes a job while THREADPOOL_SIZE_MIN others are idle (0 here). Here a
-worker also carries a connection's calls one after another (below), so it
-waits a while before ending, and the next call of a client calling at a
-steady pace finds it. Only an idle thread ends (one in the idle list, whose
-own queue is empty, checked under the pool's lock that hands out jobs), and
-a thread is idle only while the backlog is empty: no job is left waiting. The queue is bounded per client instead: ``JobQuota``
+than being refused. The queue is bounded per client instead: ``JobQuota``
 counts each connection's jobs so the daemon can stop reading a connection
 whose quota is full. They are daemon threads, so a long call still running at
 interpreter exit never keeps the process alive.
@@ -28,6 +20,16 @@ THREADPOOL_SIZE, rate-limited (a pool that is too small for its load, or
 calls that wait on calls into their own daemon, show up there). The backlog
 needs no bound of its own: every connection has at most one call in it (its
 calls run one after another) plus its oneway jobs, which ``JobQuota`` bounds.
+
+A thread idle for THREADPOOL_IDLE_TIMEOUT seconds ends while more than
+THREADPOOL_SIZE_MIN threads are left, so a burst's threads do not outlive it.
+Pyro4 4.82 has no such time: its worker ends the moment it finishes a job
+while THREADPOOL_SIZE_MIN others are idle (0 here). A worker here carries a
+connection's calls one after another, so it waits a while before ending and
+the next call of a client calling at a steady pace finds it. Only an idle
+thread ends (in the idle list with an empty queue, checked under the lock
+that hands out jobs), and a thread is idle only while the backlog is empty:
+no job is left waiting and none is lost.
 """
 
 from __future__ import annotations
@@ -93,18 +95,15 @@ class WorkerPool:
     """``needs_worker(uri)`` says whether a call to ``uri`` is run by this pool (a call into
     the pool's own daemon under the thread server); see ``waiting_on``.
 
-    ``min_size`` (THREADPOOL_SIZE_MIN unless given, at most ``size``) threads stay
-    once started; more end after ``idle_timeout`` seconds idle (THREADPOOL_IDLE_TIMEOUT
-    unless given). Threads still start on demand: a daemon whose calls all run in
-    its loop starts none."""
+    THREADPOOL_SIZE_MIN threads (at most ``size``) stay once started; more end after
+    THREADPOOL_IDLE_TIMEOUT seconds idle, both read when the pool is made. Threads
+    still start on demand: a daemon whose calls all run in its loop starts none."""
 
     def __init__(self, size: int, name: str = "pyro_loops-worker",
-                 needs_worker: Callable[[Any], bool] | None = None,
-                 min_size: int | None = None, idle_timeout: float | None = None) -> None:
+                 needs_worker: Callable[[Any], bool] | None = None) -> None:
         self.size = _whole("THREADPOOL_SIZE", size)
-        self.min_size = min(size, _whole("THREADPOOL_SIZE_MIN",
-                                         config.THREADPOOL_SIZE_MIN if min_size is None else min_size))
-        self.idle_timeout = float(config.THREADPOOL_IDLE_TIMEOUT if idle_timeout is None else idle_timeout)
+        self.min_size = min(size, _whole("THREADPOOL_SIZE_MIN", config.THREADPOOL_SIZE_MIN))
+        self.idle_timeout = float(config.THREADPOOL_IDLE_TIMEOUT)
         self.name = name
         self._numbers = itertools.count(1)  # thread names stay unique as threads end and start
         self.needs_worker = needs_worker
