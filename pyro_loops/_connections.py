@@ -84,9 +84,7 @@ def bind(host: str, port: int, unixsocket: str | None) -> tuple[socket.socket, s
         if config.SOCK_REUSE:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         socketutil.bind(sock, address)
-        bound = sock.getsockname()
-        shown = host or bound[0]
-        location = f"[{shown}]:{bound[1]}" if ":" in shown else f"{shown}:{bound[1]}"
+        location = socketutil.sock_location(sock, host)
     sock.listen(100)
     sock.setblocking(False)
     return sock, location

@@ -435,19 +435,51 @@ class _SerpentWriter(serpent.Serializer):
 # "(1,)[0][0]...", a payload of well under a megabyte) crashes the interpreter
 # inside ast.literal_eval. 3.11 raises RecursionError instead. serpent writes
 # nothing but literals, so on 3.10 the text is checked to be literals only
-# (strings blanked out first) before it is parsed. Regexes only: linear time.
-_SERPENT_STRINGS = re.compile(r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*\"""")
-_SERPENT_NUMBER = r"(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][-+]?\d[\d_]*)?[jJ]?"
+# before it is parsed: every spelling literal_eval reads (hex, octal and binary
+# ints, a sign apart from its number, string prefixes, triple quotes, adjacent
+# strings, ...) and nothing that chains (a value must be followed by a
+# separator, a closing bracket or the end). Regexes only: linear time.
+#
+# Comments and strings go first, in one left-to-right scan as Python's tokenizer
+# reads them, so a quote inside a comment or a # inside a string is never taken
+# for more: a comment (it ends at LF or CR, as a line does) is dropped, a string
+# becomes ''. A quote after a letter that is no prefix stays, and is refused.
+_SERPENT_STRINGS = re.compile(
+    r"""#[^\r\n]*|(?<!\w)(?:[bB][rR]?|[rR][bB]?|[uU])?(?:'''(?:[^'\\]|\\[\s\S]|'(?!''))*'''"""
+    r"""|"\"\"(?:[^"\\]|\\[\s\S]|"(?!""))*"\"\"|'(?:[^'\\\r\n]|\\[\s\S])*'|"(?:[^"\\\r\n]|\\[\s\S])*")""")
+_SERPENT_NUMBER = (r"(?:0[xX][\da-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+"
+                   r"|(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][-+]?\d[\d_]*)?[jJ]?)")
 _SERPENT_LITERALS = re.compile(
-    rf"(?:\s+|#[^\n]*|[\[({{,:]"
-    rf"|(?:[\])}}]|''|True|False|None|[-+]?{_SERPENT_NUMBER}(?:[-+]{_SERPENT_NUMBER})?)(?=\s*(?:[,:\])}}]|\Z)))*")
+    rf"(?:\s+|[\[({{,:]|(?:[\])}}]|''(?:\s*'')*|True|False|None|\.\.\."
+    rf"|[-+]?\s*{_SERPENT_NUMBER}(?:\s*[-+]\s*{_SERPENT_NUMBER})?)(?=\s*(?:[,:\])}}]|\Z)))*")
 _NEEDS_LITERAL_CHECK = sys.version_info < (3, 11)
+
+
+# what links one operand to the next in an expression: an operator, a keyword
+# operator, a subscript or call after a closing bracket. A run of them between two
+# separators is one chain, nested as deep as it is long.
+_CHAIN_LINKS = re.compile(r"[-+*/%~&|^<>@!=.]|[\])]\s*[\[(]|\b(?:not|and|or|if|else|in|is)\b")
+_CHAIN_SEPARATORS = re.compile(r"[,:]")
 
 
 def _only_literals(text: str) -> bool:
     """True if ``text`` holds nothing but the literals serpent writes (no operators, calls, names)."""
-    stripped = _SERPENT_STRINGS.sub("''", text)
-    return _SERPENT_LITERALS.match(stripped).end() == len(stripped)
+    return _literal_refusal(text) is None
+
+
+def _literal_refusal(text: str) -> str | None:
+    """Why ``text`` is not left to the parser on Python 3.10, or None if it holds
+    nothing but literals. A chain deeper than the recursion limit is called
+    nested too deeply, as the parser or ``ast.literal_eval`` of 3.11 and later
+    call it (MemoryError or RecursionError), so one payload gets one reason on
+    every Python; anything else beyond literals is refused as such."""
+    stripped = _SERPENT_STRINGS.sub(lambda found: "" if found[0][0] == "#" else "''", text)
+    if _SERPENT_LITERALS.match(stripped).end() == len(stripped):
+        return None
+    depth = max(sum(1 for _ in _CHAIN_LINKS.finditer(part)) for part in _CHAIN_SEPARATORS.split(stripped))
+    if depth > sys.getrecursionlimit():
+        return f"serpent payload holds more than literals, nested too deeply ({depth} operators in a chain)"
+    return "serpent payload holds more than literals"
 
 
 # serpent's own parser (ast.literal_eval) takes 0.8 s per MB of ints, 3.5 s of complex
@@ -501,8 +533,9 @@ class SerpentSerializer(Serializer):
         if value is _fastserpent.FAIL:
             if len(data) * _SERPENT_PARSER_WEIGHT > config.MAX_BLOCKING_DECODE:
                 raise _too_large_to_decode(self.name, len(data), _OUTSIDE_FAST_SUBSET)
-            if _NEEDS_LITERAL_CHECK and not _only_literals(data.decode("utf-8")):
-                raise errors.SerializeError("serpent payload holds more than literals")
+            refusal = _literal_refusal(data.decode("utf-8")) if _NEEDS_LITERAL_CHECK else None
+            if refusal is not None:
+                raise errors.SerializeError(refusal)
             value = serpent.loads(bytes(data))
         return value
 

@@ -20,12 +20,23 @@ THREADPOOL_SIZE, rate-limited (a pool that is too small for its load, or
 calls that wait on calls into their own daemon, show up there). The backlog
 needs no bound of its own: every connection has at most one call in it (its
 calls run one after another) plus its oneway jobs, which ``JobQuota`` bounds.
+
+A thread idle for THREADPOOL_IDLE_TIMEOUT seconds ends while more than
+THREADPOOL_SIZE_MIN threads are left, so a burst's threads do not outlive it.
+Pyro4 4.82 has no such time: its worker ends the moment it finishes a job
+while THREADPOOL_SIZE_MIN others are idle (0 here). A worker here carries a
+connection's calls one after another, so it waits a while before ending and
+the next call of a client calling at a steady pace finds it. Only an idle
+thread ends (in the idle list with an empty queue, checked under the lock
+that hands out jobs), and a thread is idle only while the backlog is empty:
+no job is left waiting and none is lost.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import queue
 import threading
@@ -33,6 +44,7 @@ import weakref
 from typing import Any, Callable, Generic, Hashable, Iterator, TypeVar
 
 from ._ratelog import RateLimitedLog
+from .configuration import config
 from .errors import PyroError
 
 log = logging.getLogger("pyro_loops")
@@ -57,22 +69,43 @@ class _Worker:
         self.thread: threading.Thread | None = None
 
 
+def _whole(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return value
+
+
 def checked_size(size: int) -> int:
-    """``size`` if it can bound a pool (THREADPOOL_SIZE); a ValueError naming the item if not
-    (Pyro4 refuses such a size too: a pool of no threads would never answer a call)."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"THREADPOOL_SIZE must be a whole number of at least 1, not {size!r}")
+    """``size`` if it can bound a pool (THREADPOOL_SIZE) together with the pool's other
+    items; a ValueError naming the item that cannot. Pyro4's thread server refuses the
+    same when it is made: a size or minimum under 1 (a pool of no threads would never
+    answer a call), a THREADPOOL_SIZE_MIN above the size, and here a negative or
+    non-numeric THREADPOOL_IDLE_TIMEOUT."""
+    _whole("THREADPOOL_SIZE", size)
+    minimum = _whole("THREADPOOL_SIZE_MIN", config.THREADPOOL_SIZE_MIN)
+    if minimum > size:
+        raise ValueError(f"THREADPOOL_SIZE_MIN ({minimum}) must not be above THREADPOOL_SIZE ({size})")
+    idle = config.THREADPOOL_IDLE_TIMEOUT
+    if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not idle >= 0:
+        raise ValueError(f"THREADPOOL_IDLE_TIMEOUT must be a number of seconds, 0 or more, not {idle!r}")
     return size
 
 
 class WorkerPool:
     """``needs_worker(uri)`` says whether a call to ``uri`` is run by this pool (a call into
-    the pool's own daemon under the thread server); see ``waiting_on``."""
+    the pool's own daemon under the thread server); see ``waiting_on``.
+
+    THREADPOOL_SIZE_MIN threads (at most ``size``) stay once started; more end after
+    THREADPOOL_IDLE_TIMEOUT seconds idle, both read when the pool is made. Threads
+    still start on demand: a daemon whose calls all run in its loop starts none."""
 
     def __init__(self, size: int, name: str = "pyro_loops-worker",
                  needs_worker: Callable[[Any], bool] | None = None) -> None:
-        self.size = checked_size(size)
+        self.size = _whole("THREADPOOL_SIZE", size)
+        self.min_size = min(size, _whole("THREADPOOL_SIZE_MIN", config.THREADPOOL_SIZE_MIN))
+        self.idle_timeout = float(config.THREADPOOL_IDLE_TIMEOUT)
         self.name = name
+        self._numbers = itertools.count(1)  # thread names stay unique as threads end and start
         self.needs_worker = needs_worker
         self._nested = 0  # workers blocked in a call that needs a worker of this pool
         self._workers: list[_Worker] = []
@@ -144,7 +177,7 @@ class WorkerPool:
     def _start(self) -> _Worker:
         worker = _Worker()
         worker.thread = threading.Thread(target=self._work, args=(worker,), daemon=True,
-                                         name=f"{self.name}-{len(self._workers) + 1}")
+                                         name=f"{self.name}-{next(self._numbers)}")
         self._workers.append(worker)
         worker.thread.start()
         return worker
@@ -158,8 +191,16 @@ class WorkerPool:
 
     def _work(self, worker: _Worker) -> None:
         _local.pool = self
+        timeout: float | None = self.idle_timeout  # None once this idle spell may not end the thread
         while True:
-            job = worker.jobs.get()
+            try:
+                job = worker.jobs.get(timeout=timeout)
+            except queue.Empty:
+                if self._retire(worker):
+                    return
+                timeout = None  # at the minimum: wait for work without polling
+                continue
+            timeout = self.idle_timeout
             if job is _STOP:
                 self._run_backlog()
                 return
@@ -176,6 +217,17 @@ class WorkerPool:
                         else:
                             worker.key = None
                             self._idle.append(worker)
+
+    def _retire(self, worker: _Worker) -> bool:
+        """Whether ``worker``, idle for ``idle_timeout``, ends now: if it is still idle (a job
+        handed to it meanwhile is in its queue) and more than ``min_size`` threads are left."""
+        with self._lock:
+            if (self._closed or worker not in self._idle or not worker.jobs.empty()
+                    or len(self._workers) <= self.min_size):
+                return False
+            self._idle.remove(worker)
+            self._workers.remove(worker)
+            return True
 
     def _run_backlog(self) -> None:
         """At close: jobs still waiting for a thread run all the same (they answer their callers)."""

@@ -33,6 +33,9 @@ _DEFAULTS: dict[str, Any] = {
     "SERVERTYPE": None,
     "THREADPOOL_SIZE": 40,
     "THREADPOOL_SIZE_MIN": 4,
+    # seconds a worker above THREADPOOL_SIZE_MIN stays idle before it ends (Pyro4 4.82
+    # has no such item: its worker ends at once, which 0 gives)
+    "THREADPOOL_IDLE_TIMEOUT": 5.0,
     # None: in the background unless the daemon runs calls in an adapter's loop
     # with SERVERTYPE unset (there inline, in order with the connection's calls).
     "ONEWAY_THREADED": None,

@@ -87,14 +87,6 @@ def _always() -> bool:
     return True
 
 
-def _location_of(sock: socket.socket) -> str:
-    """Pyro4's location string for a daemon on a connected socket."""
-    name = sock.getsockname()
-    if sock.family == getattr(socket, "AF_UNIX", None):
-        return "./u:" + (name or "<<not-bound>>")
-    host, port = name[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
 class Daemon:
     """Publishes objects to remote callers; see the module docstring."""
 
@@ -123,7 +115,7 @@ class Daemon:
         if connected_socket is not None:
             if ssl_context is not None:
                 raise errors.DaemonError("a daemon on a connected socket cannot use TLS")
-            self.sock, self.locationStr = connected_socket, _location_of(connected_socket)
+            self.sock, self.locationStr = connected_socket, socketutil.sock_location(connected_socket)
         else:
             self.sock, self.locationStr = bind(host, port, unixsocket)
         bound_port = None if unixsocket or connected_socket else self.sock.getsockname()[1]

@@ -24,6 +24,15 @@ def location(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def sock_location(sock: socket.socket, host: str = "") -> str:
+    """Pyro's location string for a bound or connected socket: ``./u:<path>`` for a Unix
+    socket, else its ``host:port`` (``host`` in place of the bound address if given)."""
+    name = sock.getsockname()
+    if sock.family == getattr(socket, "AF_UNIX", None):
+        return "./u:" + (name or "<<not-bound>>")
+    return location(host or name[0], name[1])
+
+
 def check_port(port: Any, what: str = "port") -> None:
     """Refuse an int port outside 0..65535 with a ValueError naming it.
 

@@ -20,7 +20,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+from pyro_loops import _wire
 
 PEERS = Path(__file__).parent / "peers"
 TIMEOUT = 15.0  # seconds any single wait on a peer may take before the test fails
@@ -180,3 +182,35 @@ class Pyro4Server(Peer):
 def pyro4_client(**env: str) -> CodePeer:
     """peers/pyro4_client.py: a real Pyro4 4.82 client that runs the code a test sends."""
     return CodePeer([str(PEERS / "pyro4_client.py")], peer_env(**env))
+
+
+def read_message(sock: socket.socket, data: bytes = b"", pause: float = 0.0) -> bytes:
+    """One whole Pyro message from ``sock`` as it came, or b"" if the peer closed the
+    connection first. ``data`` is its start, read already. Reads stop at the message's
+    end, so a message behind it stays in the socket; at most 64 KiB a read, ``pause``
+    seconds apart (a slow reader)."""
+    data = bytearray(data)
+    while True:
+        size = _wire.HEADER_SIZE
+        if len(data) >= size:
+            fields = _wire.HEADER.unpack_from(data)
+            size += fields[5] + fields[7]  # data and annotations
+        if len(data) >= size:
+            return bytes(data)
+        chunk = sock.recv(min(65536, size - len(data)))
+        if not chunk:
+            return b""
+        data += chunk
+        if pause:
+            time.sleep(pause)
+
+
+def accepted(listener: socket.socket) -> Iterator[socket.socket]:
+    """The connections ``listener`` accepts, one at a time, until it is closed: the loop
+    of a test peer's serving thread, which ends when the test closes the listener."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        yield conn

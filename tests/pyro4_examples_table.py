@@ -94,7 +94,7 @@ EXAMPLES: tuple[Example, ...] = (
     # with HANDSHAKE_TIMEOUT 0 (test_bounds_more pins the 10 s default that ends it)
     Example("timeout", "client.py", (Server("server.py", ready=r"Server ready"),), timeout=25,
             env=(("PYRO_HANDSHAKE_TIMEOUT", "0"),)),
-    Example("timezones", "client.py", (Server("server.py"),), stdin=URI, requires=("pytz",)),
+    Example("timezones", "client.py", (Server("server.py"),), stdin=URI, requires=("pytz", "dateutil")),
     Example("unixdomainsock", "client.py", (Server("server.py", ready=r"Server running"),), stdin=URI),
     Example("usersession", "client.py", (Server("server.py"),), stdin="\n\n",
             keys=(r"^(?!.*num=)",)),  # what concurrent threads read varies from run to run

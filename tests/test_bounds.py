@@ -158,7 +158,7 @@ class Flooded:
 def test_a_oneway_flood_is_held_back_per_connection_and_still_runs_every_call(logs, host):
     calls, limit = 300, 8
     service = Flooded()
-    daemon, uri = start(service, THREADPOOL_SIZE=2, MAX_QUEUED_JOBS_PER_CONNECTION=limit)
+    daemon, uri = start(service, THREADPOOL_SIZE=2, THREADPOOL_SIZE_MIN=1, MAX_QUEUED_JOBS_PER_CONNECTION=limit)
     flood = SERPENT.dumps_call("svc", "flood", (), {})
     frames = b"".join(_wire.encode(_wire.Message(_wire.MSG_INVOKE, flood, SERPENT.serializer_id,
                                                  _wire.FLAGS_ONEWAY, seq))

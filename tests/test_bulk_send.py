@@ -17,7 +17,6 @@ import socket
 import ssl
 import sys
 import threading
-import time
 import tracemalloc
 import weakref
 
@@ -32,7 +31,7 @@ from pyro_loops.daemon import Daemon
 from pyro_loops.proxy import Proxy
 
 from _client_hosts import host, client, reported  # noqa: F401 - fixtures
-from _util import TIMEOUT, Pyro4Server, pyro4_client
+from _util import TIMEOUT, Pyro4Server, pyro4_client, read_message
 from test_daemon import serving
 from test_protocol_client import MisbehavingPeer
 
@@ -344,20 +343,6 @@ def test_the_loop_client_puts_a_large_call_on_the_wire_with_the_same_bytes_as_jo
     assert call == joined_call(call, object_id, "marshal", data)
 
 
-def read_message(sock: socket.socket, data: bytes = b"", pause: float = 0.0) -> bytes:
-    """Complete one message from ``sock`` (``data``: its start, read already), 64 KiB
-    at a time with ``pause`` seconds between reads."""
-    data = bytearray(data)
-    while len(data) < _wire.HEADER_SIZE or len(data) < _wire.HEADER_SIZE + sum(
-            _wire.HEADER.unpack_from(data)[i] for i in (5, 7)):
-        chunk = sock.recv(65536)
-        assert chunk, "the daemon closed the connection"
-        data += chunk
-        if pause:
-            time.sleep(pause)
-    return bytes(data)
-
-
 def test_a_large_reply_reaches_a_slow_reader_whole_while_the_daemon_keeps_answering_others():
     daemon = Daemon(host="127.0.0.1")
     uri = daemon.register(Echo(), "echo")
@@ -375,6 +360,7 @@ def test_a_large_reply_reaches_a_slow_reader_whole_while_the_daemon_keeps_answer
             other._pyroTimeout = TIMEOUT
             assert [other.echo(n) for n in range(20)] == list(range(20))
         reply = read_message(slow, started, pause=0.001)
+        assert reply, "the daemon closed the connection"
         slow.close()
     conn.receive_data(reply)
     event = conn.next_event()

@@ -17,7 +17,7 @@ import pyro_loops
 from pyro_loops import errors
 
 from _client_hosts import WAIT_S, LoopsServer, client, host, pyro4_server, reported  # noqa: F401
-from _util import Pyro4Server, free_port
+from _util import Pyro4Server, accepted, free_port
 
 
 class RawServer:
@@ -37,11 +37,7 @@ class RawServer:
         return f"PYRO:thing@127.0.0.1:{self.port}"
 
     def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
+        for conn in accepted(self.sock):
             self.accepted += 1
             with conn:
                 conn.settimeout(WAIT_S)

@@ -493,6 +493,7 @@ def test_thread_server_runs_calls_in_worker_threads():
 def test_full_thread_pool_queues_calls_instead_of_refusing_them():
     config.SERVERTYPE = "thread"
     config.THREADPOOL_SIZE = 2
+    config.THREADPOOL_SIZE_MIN = 2
     service = Service()
     d = Daemon(host="127.0.0.1")
     uri = d.register(service, "svc")

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import serpent
-from _util import wait_until
+from _util import read_message, wait_until
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -156,23 +156,6 @@ def served(lane: bool = True, daemon_class: type = Daemon) -> Iterator[Served]:
         yield server
     finally:
         server.close()
-
-
-def read_message(sock: socket.socket) -> bytes:
-    """One whole message from ``sock``; b"" if the daemon closed the connection."""
-    data = b""
-    while len(data) < _wire.HEADER_SIZE:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return b""
-        data += chunk
-    _, _, _, _, _, data_len, _, ann_len, _, _ = _wire.HEADER.unpack_from(data)
-    while len(data) < _wire.HEADER_SIZE + ann_len + data_len:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return b""
-        data += chunk
-    return data
 
 
 class RawClient:

@@ -28,30 +28,12 @@ import pyro_loops
 from pyro_loops import _protocol, _wire, errors
 from pyro_loops._serializers import get_serializer
 
-from _util import TIMEOUT, Pyro4Server, wait_until
+from _util import TIMEOUT, Pyro4Server, accepted, read_message, wait_until
 from test_compat import served
 
 SERPENT = get_serializer("serpent")
 CONTEXT = pyro_loops.current_context
 METHODS = ["method", "echo", "fire"]
-
-
-def read_message(conn: socket.socket) -> bytes | None:
-    """One whole message as it came, or None at the end of the stream."""
-    data = b""
-    while len(data) < _wire.HEADER_SIZE:
-        chunk = conn.recv(_wire.HEADER_SIZE - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    fields = _wire.HEADER.unpack(data)
-    size = _wire.HEADER_SIZE + fields[7] + fields[5]
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
 
 
 def parse(raw: bytes) -> _wire.Message:
@@ -96,11 +78,7 @@ class ScriptedDaemon:
         return len(self.requests)
 
     def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
+        for conn in accepted(self.sock):
             with self._lock:
                 self.connections += 1
                 self.open += 1
@@ -118,7 +96,7 @@ class ScriptedDaemon:
     def _answer(self, conn: socket.socket) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with conn:
-            while (raw := read_message(conn)) is not None:
+            while raw := read_message(conn):
                 msg = parse(raw)
                 if msg.type == _wire.MSG_CONNECT:
                     body = {"handshake": "hello", "meta": {"methods": METHODS, "oneway": ["fire"], "attrs": []}}

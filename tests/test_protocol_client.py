@@ -16,7 +16,7 @@ import zlib
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from _util import Pyro4Server
+from _util import Pyro4Server, accepted
 from pyro_loops import Proxy, _wire, errors
 from pyro_loops._protocol import (
     Broken, ClientProtocol, ConnectFailed, Connected, ConnectRequest, Failure, InvokeRequest, Metadata,
@@ -580,11 +580,7 @@ class MisbehavingPeer:
         self.thread.start()
 
     def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
+        for conn in accepted(self.listener):
             self.connections += 1
             with conn:
                 self._converse(conn, ServerProtocol())

@@ -33,6 +33,7 @@ from pyro_loops import errors
 
 from _client_hosts import WAIT_S, client, host, loops_server, reported  # noqa: F401
 from _hosts import NESTING
+from _util import accepted
 
 _HEADER = struct.Struct("!4sHHHHiHHHH")  # the Pyro wire header: data length 6th, annotations length 8th
 
@@ -70,11 +71,7 @@ class Relay:
 
     def _accept(self) -> None:
         """The first connection is steered; later ones (after a reset, say) go straight through."""
-        while True:
-            try:
-                down, _ = self.listener.accept()
-            except OSError:
-                return
+        for down in accepted(self.listener):
             up = socket.create_connection((self.target.host, self.target.port))
             if self.downstream is None:
                 with self.lock:

@@ -124,7 +124,7 @@ def errors_logged(logs):
 
 def test_calls_beyond_threadpool_size_wait_for_a_worker_and_the_full_pool_is_logged(logs):
     service = Gate()
-    daemon, uri = start(service, THREADPOOL_SIZE=3)
+    daemon, uri = start(service, THREADPOOL_SIZE=3, THREADPOOL_SIZE_MIN=1)
     with serving(daemon):
         callers = [Caller(uri, "slow", i) for i in range(6)]
         wait_for(lambda: service.running == 3 and "THREADPOOL_SIZE" in logs.text)
@@ -146,7 +146,7 @@ def test_calls_beyond_threadpool_size_wait_for_a_worker_and_the_full_pool_is_log
 
 def test_a_client_that_never_reads_its_large_reply_holds_no_worker(logs):
     size = 16 << 20
-    daemon, uri = start(Gate(), THREADPOOL_SIZE=1)
+    daemon, uri = start(Gate(), THREADPOOL_SIZE=1, THREADPOOL_SIZE_MIN=1)
     with serving(daemon):
         hoarder = RawClient(uri.port)
         hoarder.handshake()
@@ -265,7 +265,7 @@ def leave_while_calls_run(daemon, uri, service, reset):
 
 def test_clients_resetting_while_their_calls_run_or_wait_have_each_reply_logged_once_as_dropped(logs):
     service = Gate()
-    daemon, uri = start(service, THREADPOOL_SIZE=2)
+    daemon, uri = start(service, THREADPOOL_SIZE=2, THREADPOOL_SIZE_MIN=1)
     with serving(daemon):
         ports = leave_while_calls_run(daemon, uri, service, reset=True)
         wait_for(lambda: not daemon._conns)
@@ -283,7 +283,7 @@ def test_clients_resetting_while_their_calls_run_or_wait_have_each_reply_logged_
 def test_clients_closing_while_their_calls_run_or_wait_are_answered_as_if_half_closed_and_logged_once(logs):
     # an orderly close looks like a half-close: every call is run and answered, in case the client reads
     service = Gate()
-    daemon, uri = start(service, THREADPOOL_SIZE=2)
+    daemon, uri = start(service, THREADPOOL_SIZE=2, THREADPOOL_SIZE_MIN=1)
     with serving(daemon):
         ports = leave_while_calls_run(daemon, uri, service, reset=False)
         wait_for(lambda: logs.text.count("while its call was running") == 6)
@@ -418,7 +418,7 @@ class Nested:
 @pytest.mark.parametrize("size", [2, 40])
 def test_a_call_into_its_own_daemon_from_a_worker_is_answered_when_a_worker_is_free(size):
     service = Nested()
-    daemon, uri = start(service, THREADPOOL_SIZE=size)
+    daemon, uri = start(service, THREADPOOL_SIZE=size, THREADPOOL_SIZE_MIN=1)
     service.inner_uri = uri
     with serving(daemon), proxy_for(uri) as proxy:
         assert proxy.outer() == "pong"
@@ -426,7 +426,7 @@ def test_a_call_into_its_own_daemon_from_a_worker_is_answered_when_a_worker_is_f
 
 def test_a_call_into_its_own_daemon_from_its_only_worker_fails_clearly():
     service = Nested()
-    daemon, uri = start(service, THREADPOOL_SIZE=1)
+    daemon, uri = start(service, THREADPOOL_SIZE=1, THREADPOOL_SIZE_MIN=1)
     service.inner_uri = uri
     with serving(daemon), proxy_for(uri) as proxy:
         with pytest.raises(errors.PyroError, match=r"its own daemon would deadlock: all THREADPOOL_SIZE \(1\)"):
@@ -437,7 +437,7 @@ def test_a_call_into_its_own_daemon_from_its_only_worker_fails_clearly():
 def test_when_every_worker_would_wait_on_its_own_daemon_the_last_call_fails_clearly_and_the_rest_complete():
     service = Nested()
     service.together = threading.Barrier(2, timeout=TIMEOUT)
-    daemon, uri = start(service, THREADPOOL_SIZE=2)
+    daemon, uri = start(service, THREADPOOL_SIZE=2, THREADPOOL_SIZE_MIN=1)
     service.inner_uri = uri
     with serving(daemon):
         callers = [Caller(uri, "outer_together") for _ in range(2)]
@@ -458,7 +458,7 @@ def test_a_threadpool_size_below_one_is_refused_naming_the_item(size):
 
 def test_a_huge_threadpool_size_starts_threads_only_as_calls_need_them():
     service = Gate()
-    daemon, uri = start(service, THREADPOOL_SIZE=10**9, THREADPOOL_SIZE_MIN=0)
+    daemon, uri = start(service, THREADPOOL_SIZE=10**9, THREADPOOL_SIZE_MIN=1, THREADPOOL_IDLE_TIMEOUT=60.0)
     with serving(daemon):
         callers = [Caller(uri, "slow", i) for i in range(5)]
         wait_for(lambda: service.running == 5)
@@ -467,11 +467,76 @@ def test_a_huge_threadpool_size_starts_threads_only_as_calls_need_them():
         assert daemon._calls.workers.threads == 5
 
 
-def test_threadpool_size_min_above_the_size_is_harmless():
-    daemon, uri = start(Gate(), THREADPOOL_SIZE=1, THREADPOOL_SIZE_MIN=50)
-    with serving(daemon), proxy_for(uri) as proxy:
-        names = {proxy.thread_name() for _ in range(5)}
-        assert len(names) == 1 and daemon._calls.workers.threads == 1
+@pytest.mark.parametrize("settings, reason", [
+    ({"THREADPOOL_SIZE_MIN": 0}, "THREADPOOL_SIZE_MIN must be a whole number of at least 1, not 0"),
+    ({"THREADPOOL_SIZE_MIN": -1}, "THREADPOOL_SIZE_MIN must be a whole number of at least 1, not -1"),
+    ({"THREADPOOL_SIZE_MIN": 2.5}, "THREADPOOL_SIZE_MIN must be a whole number"),
+    ({"THREADPOOL_SIZE": 3}, r"THREADPOOL_SIZE_MIN \(4\) must not be above THREADPOOL_SIZE \(3\)"),
+    ({"THREADPOOL_SIZE": 1, "THREADPOOL_SIZE_MIN": 50}, r"THREADPOOL_SIZE_MIN \(50\) must not be above"),
+    ({"THREADPOOL_IDLE_TIMEOUT": -1.0}, "THREADPOOL_IDLE_TIMEOUT must be a number of seconds, 0 or more"),
+    ({"THREADPOOL_IDLE_TIMEOUT": float("nan")}, "THREADPOOL_IDLE_TIMEOUT must be a number of seconds"),
+])
+def test_a_threadpool_minimum_under_one_or_above_the_size_is_refused_naming_the_item(settings, reason):
+    # Pyro4's thread server refuses both when it is made ("threadpool sizes must be
+    # greater than zero", "minimum threadpool size must be less than or equal to max size")
+    for name, value in settings.items():
+        setattr(config, name, value)
+    with pytest.raises(ValueError, match=reason):
+        Daemon(host="127.0.0.1").close()
+
+
+def pool_threads(daemon):
+    pool = daemon._calls.workers
+    with pool._lock:
+        return [worker.thread for worker in pool._workers]
+
+
+def test_idle_workers_above_the_minimum_end_and_the_pool_grows_again_under_load():
+    service = Gate()
+    daemon, uri = start(service, THREADPOOL_SIZE=6, THREADPOOL_SIZE_MIN=2, THREADPOOL_IDLE_TIMEOUT=0.2)
+    with serving(daemon):
+        for round_ in range(2):  # grows, shrinks to the minimum, grows again
+            service.gate.clear()
+            callers = [Caller(uri, "slow", i) for i in range(5)]
+            wait_for(lambda: service.running == 5)
+            grown = pool_threads(daemon)
+            assert len(grown) == 5
+            service.gate.set()
+            assert [caller.result() for caller in callers] == list(range(5))
+            wait_for(lambda: len(pool_threads(daemon)) == 2)
+            kept = pool_threads(daemon)
+            for thread in set(grown) - set(kept):
+                thread.join(TIMEOUT)
+                assert not thread.is_alive()
+            # the minimum stays through many more idle spells, and still answers
+            for thread in kept:
+                thread.join(1.0)
+                assert thread.is_alive()
+            assert pool_threads(daemon) == kept
+            with proxy_for(uri) as proxy:
+                assert proxy.thread_name() in {thread.name for thread in kept}
+
+
+def test_workers_that_end_as_soon_as_idle_lose_no_call():
+    # THREADPOOL_IDLE_TIMEOUT 0 is Pyro4's rule: a worker above the minimum ends the
+    # moment it is idle, racing every job handed out at that moment
+    service = Gate()
+    service.gate.set()
+    daemon, uri = start(service, THREADPOOL_SIZE=4, THREADPOOL_SIZE_MIN=1, THREADPOOL_IDLE_TIMEOUT=0)
+    results = {}
+
+    def calls(n):
+        with proxy_for(uri) as proxy:
+            results[n] = [proxy.echo((n, i)) for i in range(150)]
+
+    with serving(daemon):
+        threads = [threading.Thread(target=calls, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert results == {n: [(n, i) for i in range(150)] for n in range(6)}
+        wait_for(lambda: len(pool_threads(daemon)) == 1)
 
 
 # --- instances made per call or per session --------------------------------------------------

@@ -513,10 +513,24 @@ def test_everything_serpent_writes_counts_as_literals(value):
 @pytest.mark.parametrize("text", [
     "1+1+1", "1-2-3", "1*2", "(1,)[0]", "[1][0]", "{}[1]", "'a'[0]", "x.a", "f()", "()()", "-(1)", "--1",
     "not 1", "~1", "lambda:1", "1 if 1 else 2", "1<2", "1 and 2", "1 2", "None.x", "__import__('os')",
+    # a comment ends at a CR too, and a quote inside one opens no string: the chain after it is seen
+    "[0,#\r1+1+1]", "[0,#'''\n1+1+1#'''\n]", "[0,#'\n1+1+1#'\n]", "x'a'", "f'{1+1+1}'", "Ellipsis",
 ])
 def test_expressions_beyond_literals_are_not_literals(text):
     from pyro_loops._serializers import _only_literals
     assert not _only_literals(text)
+
+
+@pytest.mark.parametrize("text", [
+    "0x1F", "0o17", "0b101", "- 1", "+ 1.5", "1 + 2j", "b'x'", "rb'x'", "u'x'", "R'x\\\\'", "'''a\nb'''",
+    '"""a\nb"""', "'x' 'y'", "...", "('o','m',(1,),{}) #c", "[1 #c\r, 2]", "'#' ", "'''it's'''",
+])
+def test_every_spelling_serpents_parser_reads_counts_as_literals(text):
+    # serpent's parser (ast.literal_eval) reads these; the check must not refuse them on 3.10
+    import ast
+    from pyro_loops._serializers import _only_literals
+    ast.literal_eval(text)
+    assert _only_literals(text)
 
 
 def test_on_python_3_10_non_literal_serpent_is_refused_before_parsing(monkeypatch):
@@ -524,11 +538,49 @@ def test_on_python_3_10_non_literal_serpent_is_refused_before_parsing(monkeypatc
     import pyro_loops._serializers as module
     monkeypatch.setattr(module, "_NEEDS_LITERAL_CHECK", True)
     monkeypatch.setattr(module.config, "MAX_BLOCKING_DECODE", 1 << 30)  # past the budget's own refusal
-    with pytest.raises(errors.SerializeError, match="more than literals"):
-        get_serializer("serpent").loads(SERPENT_HEAD + b"1+" * 300_000 + b"1")
+    for chain in (b"1+" * 300_000 + b"1", b"[0,#\r" + b"1+" * 300_000 + b"1]"):  # a CR ends a comment
+        with pytest.raises(errors.SerializeError, match="more than literals"):
+            get_serializer("serpent").loads(SERPENT_HEAD + chain)
     value = {"still": [1, 2.5, (1 + 2j), b"works"]}
     ser = get_serializer("serpent")
     assert ser.loads(ser.dumps(value)) == value
+
+
+@pytest.mark.parametrize("text", ["-" * 30_000 + "1", "1+" * 300_000 + "1", "x" + ".a" * 5_000,
+                                  "(1,)" + "[0]" * 5_000, "f" + "()" * 5_000, "not " * 5_000 + "1"],
+                         ids=["unary", "binary", "attribute", "subscript", "call", "not"])
+def test_literal_check_calls_a_chain_deeper_than_the_recursion_limit_nested_too_deeply(text):
+    # the reason 3.11 and later give for these (the parser's MemoryError or a
+    # RecursionError), so a payload is refused for the same reason on 3.10
+    from pyro_loops._serializers import _literal_refusal
+    assert "nested too deeply" in _literal_refusal(text)
+
+
+@pytest.mark.parametrize("text", ["1+1+1", "[-1.5e-10, 2] + [3]", "--" * 400 + "1", "x" + ".a" * 900,
+                                  "[" + "1*1, " * 5_000 + "]"],
+                         ids=["sum", "list-sum", "unary-800", "attribute-900", "many-short-items"])
+def test_literal_check_calls_short_chains_more_than_literals_only(text):
+    from pyro_loops._serializers import _literal_refusal
+    assert _literal_refusal(text) == "serpent payload holds more than literals"
+
+
+@pytest.mark.parametrize("text, reasons", [
+    # beyond the parser's stack: nested too deeply everywhere (3.10 by the literal check)
+    ("-" * 30_000 + "1", {10: "nested too deeply", 11: "nested too deeply", 12: "nested too deeply",
+                          13: "nested too deeply"}),
+    # 3,000 deep: past 3.11's and 3.12's recursion limit while building the tree, while
+    # 3.13 builds it and literal_eval finds no literal; 3.10 refuses it before parsing
+    ("-" * 3_000 + "1", {10: "holds more than literals", 11: "nested too deeply", 12: "nested too deeply",
+                         13: "malformed node"}),
+    # a short expression: literal_eval's own refusal from 3.11 on
+    ("--1", {10: "holds more than literals", 11: "malformed node", 12: "malformed node", 13: "malformed node"}),
+], ids=["unary-30000", "unary-3000", "unary-2"])
+def test_serpent_refuses_operator_chains_for_each_pythons_reason(text, reasons):
+    # a version difference of Python's own parser: stated per version
+    import sys
+    reason = reasons[min(sys.version_info[1], 13)]
+    with pytest.raises(errors.SerializeError, match=reason):
+        get_serializer("serpent").loads(SERPENT_HEAD + text.encode())
 
 
 @pytest.mark.pyro4
