@@ -254,7 +254,8 @@ class Proxy:
         self._pyroRelease()
         while tries:
             try:
-                self.__connect()
+                with self._pyroLock:  # a call from another thread must not use the connection mid-handshake
+                    self.__connect()
                 return
             except errors.CommunicationError:
                 tries -= 1

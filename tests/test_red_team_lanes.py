@@ -1,0 +1,352 @@
+"""Red team of the three quick ways through: the daemon's call lane, the blocking
+Proxy's quick path under threads sharing one proxy, and bulk sends through
+``_wire.Outbox``.
+
+Hostile and odd peers over real sockets on 127.0.0.1. Where the lane is
+attacked, a daemon with the lane switched off (``_connections.lane = False``)
+answers the same bytes and must give the same replies and run the same calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+import pytest
+from _util import TIMEOUT, wait_until
+from test_fast_daemon import RawClient, Recorder, comparable, read_message, request_bytes, served
+
+from pyro_loops import Daemon, Proxy, _wire, config, current_context, errors, expose, in_worker
+from pyro_loops._protocol import ClientProtocol
+
+CORR = b"r" * 16
+
+
+def replies_of(data: bytes) -> list[tuple]:
+    """Every whole message in ``data``, comparable (see test_fast_daemon.comparable)."""
+    reader = _wire.FrameReader(0)
+    reader.feed(data)
+    out = []
+    while (msg := reader.next_message()) is not None:
+        out.append(comparable(_wire.encode(msg), CORR))
+    return out
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """What ``sock`` receives until the daemon closes it."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def read_messages(sock: socket.socket, count: int) -> list[tuple]:
+    """The next ``count`` messages ``sock`` receives, comparable."""
+    data = b""
+    while len(found := replies_of(data)) < count:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {len(found)} of {count} replies"
+        data += chunk
+    return found
+
+
+# --- 1. the daemon's call lane ---------------------------------------------------------------------
+
+def both(send: Any) -> list[tuple[Any, list]]:
+    """``send(server, client)`` against a lane daemon and one with the lane off: what each gave back
+    and the calls each object recorded (name and arguments)."""
+    outcomes = []
+    for lane in (True, False):
+        with served(lane=lane) as server:
+            client = RawClient(server)
+            try:
+                result = send(server, client)
+            finally:
+                client.close()
+            outcomes.append((result, [call[:2] for call in server.obj.calls]))
+    return outcomes
+
+
+def test_pipelined_calls_in_one_segment_are_each_answered_once_in_order():
+    def send(server, client):
+        client.sock.sendall(b"".join(request_bytes("obj", "echo", (n,), CORR, n) for n in range(1, 6)))
+        return read_messages(client.sock, 5)
+
+    lane, general = both(send)
+    assert lane == general
+    assert lane[1] == [("echo", (n,)) for n in range(1, 6)]
+
+
+def test_a_lane_call_split_at_every_byte_is_answered_once():
+    request = request_bytes("obj", "echo", (7,), CORR, 1)
+    with served() as server:
+        client = RawClient(server)
+        for cut in range(1, len(request)):
+            client.sock.sendall(request[:cut])
+            wait_until(lambda: server.daemon._connections.input.total or True)
+            time.sleep(0.002)  # a read of its own for the first part, mostly
+            client.sock.sendall(request[cut:])
+            assert comparable(read_message(client.sock), CORR)[2] == 1
+        client.close()
+        assert len(server.obj.calls) == len(request) - 1
+
+
+@pytest.mark.parametrize("garbage", [b"x", b"PYRO", b"\x00" * 40, b"PYRO" + b"\xff" * 20])
+def test_a_call_followed_by_garbage_in_one_segment_is_treated_as_with_the_lane_off(garbage):
+    def send(server, client):
+        client.sock.sendall(request_bytes("obj", "echo", (3,), CORR, 1) + garbage)
+        client.sock.settimeout(2.0)
+        try:
+            data = read_all(client.sock)
+        except TimeoutError:
+            data = b"<still open>"
+        return data if data == b"<still open>" else replies_of(data)
+
+    lane, general = both(send)
+    assert lane == general
+
+
+@pytest.mark.parametrize("how", ["half-close", "reset"])
+def test_a_peer_gone_right_after_sending_a_lane_call_has_it_run_once(how):
+    with served() as server:
+        sock = socket.create_connection(server.daemon.sock.getsockname(), timeout=TIMEOUT)
+        protocol = ClientProtocol("serpent")
+        sock.sendall(protocol.connect("obj"))
+        read_message(sock)
+        request = request_bytes("obj", "echo", (11,), CORR, 1)
+        if how == "reset":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.sendall(request)
+            sock.close()
+        else:
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+            assert comparable(read_message(sock), CORR)[2] == 1
+            assert sock.recv(10) == b""
+            sock.close()
+        wait_until(lambda: not server.daemon._connections.conns)
+        assert [call[:2] for call in server.obj.calls] == [("echo", (11,))]
+        # the daemon goes on serving
+        with Proxy(server.uri) as proxy:
+            assert proxy.echo(12) == 12
+
+
+@expose
+class Mutating:
+    """Methods that change the daemon serving them."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.ran: list[str] = []
+
+    def leave(self):
+        self.ran.append("leave")
+        self.daemon.unregister(self)
+        return "left"
+
+    def spawn(self, name):
+        self.ran.append("spawn")
+        self.daemon.register(Recorder(), name)
+        return name
+
+    def reset(self):
+        self.ran.append("reset")
+        self.daemon.resetMetadataCache()
+        return 1
+
+    def stop(self):
+        self.ran.append("stop")
+        self.daemon.shutdown()
+        return "stopping"
+
+    def where(self):
+        return current_context.client_sock_addr is not None
+
+
+def test_methods_that_change_the_registry_or_its_caches_answer_as_with_the_lane_off():
+    def send(server, client):
+        obj = Mutating(server.daemon)
+        server.daemon.register(obj, "mut")
+        out = []
+        for seq, method, args in [(1, "reset", ()), (2, "spawn", ("other",)), (3, "leave", ()),
+                                  (4, "leave", ()), (5, "reset", ())]:
+            out.append(comparable(client.exchange(request_bytes("mut", method, args, CORR, seq)), CORR))
+        out.append(comparable(client.exchange(request_bytes("other", "echo", (9,), CORR, 6)), CORR))
+        out.append(obj.ran)
+        out.append([c[:2] for c in server.daemon.objectsById["other"].calls])
+        return out
+
+    lane, general = both(send)
+    assert lane == general
+    assert lane[0][-2] == ["reset", "spawn", "leave"]
+
+
+def test_a_method_that_shuts_the_daemon_down_gets_its_reply_out_first():
+    def send(server, client):
+        server.daemon.register(Mutating(server.daemon), "mut")
+        client.sock.sendall(request_bytes("mut", "stop", (), CORR, 1))
+        return replies_of(read_all(client.sock))
+
+    lane, general = both(send)
+    assert lane == general
+    assert len(lane[0]) == 1 and b"stopping" in lane[0][0][-1]
+
+
+# --- 2. the blocking Proxy's quick path, threads sharing one proxy ---------------------------------
+
+@expose
+class Shared:
+    """What threads sharing one proxy call: each result names its argument and the call's seq."""
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.lock = threading.Lock()
+
+    def tag(self, x):
+        with self.lock:
+            self.seqs.append(current_context.seq)
+        current_context.response_annotations = {"XTAG": str(x).encode()} if x % 3 == 0 else {}
+        return x
+
+    def echo(self, x):
+        return x
+
+    @in_worker
+    def slow(self, x):
+        time.sleep(x)
+        return x
+
+
+def run_threads(count: int, work: Any) -> list[BaseException]:
+    """``work(index)`` in ``count`` threads at once; the exceptions they raised."""
+    failures: list[BaseException] = []
+    start = threading.Barrier(count)
+
+    def run(index: int) -> None:
+        try:
+            start.wait(TIMEOUT)
+            work(index)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(4 * TIMEOUT)
+        assert not thread.is_alive(), "a thread sharing the proxy hung"
+    return failures
+
+
+@pytest.fixture
+def shared():
+    """A Shared object on a lane daemon (select loop thread) and one proxy to it."""
+    with served() as server:
+        obj = Shared()
+        uri = server.daemon.register(obj, "shared")
+        proxy = Proxy(uri)
+        proxy._pyroTimeout = TIMEOUT
+        try:
+            yield server, obj, proxy
+        finally:
+            proxy._pyroRelease()
+
+
+def test_threads_sharing_a_proxy_get_their_own_results_and_response_annotations(shared):
+    server, obj, proxy = shared
+
+    def work(index: int) -> None:
+        for n in range(index * 1000, index * 1000 + 60):
+            assert proxy.tag(n) == n
+            expected = {"XTAG": str(n).encode()} if n % 3 == 0 else {}
+            seen = {k: v for k, v in current_context.response_annotations.items() if k != "CORR"}
+            assert seen == expected, (n, seen)
+
+    assert run_threads(6, work) == []
+    assert obj.seqs == list(range(1, 361))  # one proxy: one sequence, each number once, in order
+    assert server.lane_calls >= 300
+
+
+def test_a_timeout_on_one_thread_leaves_the_others_their_own_results(shared):
+    server, obj, proxy = shared
+
+    def work(index: int) -> None:
+        if index == 0:
+            proxy._pyroTimeout = 0.2
+            with pytest.raises(errors.TimeoutError):
+                proxy.slow(0.6)
+            proxy._pyroTimeout = TIMEOUT
+            time.sleep(0.7)  # the late reply arrives on a connection nobody reads any more
+            assert proxy.echo("after") == "after"
+            return
+        for n in range(200):
+            try:
+                assert proxy.echo(index * 1000 + n) == index * 1000 + n
+            except errors.TimeoutError:
+                pass  # caught by the 0.2 s timeout while the slow call held the lock: fine
+
+    assert run_threads(4, work) == []
+
+
+def test_a_thread_releasing_the_shared_proxy_meanwhile_costs_no_call_its_result(shared):
+    server, obj, proxy = shared
+    stop = threading.Event()
+
+    def work(index: int) -> None:
+        if index == 0:
+            while not stop.is_set():
+                proxy._pyroRelease()
+                time.sleep(0.001)
+            return
+        try:
+            for n in range(150):
+                assert proxy.echo((index, n)) == [index, n] or proxy.echo(n) == n
+        finally:
+            if index == 1:
+                stop.set()
+
+    assert run_threads(3, work) == []
+
+
+def test_a_thread_reconnecting_the_shared_proxy_meanwhile_costs_no_call_its_result(shared):
+    server, obj, proxy = shared
+    stop = threading.Event()
+
+    def work(index: int) -> None:
+        if index == 0:
+            while not stop.is_set():
+                proxy._pyroReconnect(1)
+            return
+        try:
+            for n in range(150):
+                assert proxy.echo(index * 1000 + n) == index * 1000 + n
+        finally:
+            stop.set()
+
+    assert run_threads(3, work) == []
+
+
+def test_a_thread_switching_the_serializer_meanwhile_costs_no_call_its_result(shared):
+    server, obj, proxy = shared
+    stop = threading.Event()
+
+    def work(index: int) -> None:
+        if index == 0:
+            names = ["json", "serpent", "marshal"]
+            i = 0
+            while not stop.is_set():
+                proxy._pyroSerializer = names[i % 3]
+                i += 1
+                time.sleep(0.0005)
+            return
+        try:
+            for n in range(200):
+                assert proxy.echo(index * 1000 + n) == index * 1000 + n
+        finally:
+            stop.set()
+
+    assert run_threads(3, work) == []
