@@ -350,3 +350,140 @@ def test_a_thread_switching_the_serializer_meanwhile_costs_no_call_its_result(sh
             stop.set()
 
     assert run_threads(3, work) == []
+
+
+# --- 3. bulk sends through the Outbox ----------------------------------------------------------------
+
+MB = 1024 * 1024
+
+
+@expose
+class Bulk:
+    def blob(self, size):
+        return b"\x07" * size
+
+    def echo(self, x):
+        return x
+
+    def size(self, data):
+        return len(data)
+
+
+def bulk_request(sock: socket.socket, size: int, serializer: str = "marshal") -> ClientProtocol:
+    """Connect ``sock`` to "bulk" and ask for a reply of ``size`` bytes; the protocol to read it with."""
+    protocol = ClientProtocol(serializer)
+    sock.sendall(protocol.connect("bulk", metadata=False))
+    protocol.receive_data(read_message(sock))
+    protocol.next_event()
+    sock.sendall(protocol.invoke("bulk", "blob", (size,), {}).data)
+    return protocol
+
+
+def raw_peer(daemon: Daemon, rcvbuf: int = 4096) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(TIMEOUT)
+    sock.connect(daemon.sock.getsockname())
+    return sock
+
+
+def finish_reply(sock: socket.socket, protocol: ClientProtocol, data: bytes = b"") -> Any:
+    """Read the rest of the one reply under way; its value."""
+    protocol.receive_data(data)
+    while (event := protocol.next_event()) is None:
+        chunk = sock.recv(256 * 1024)
+        assert chunk, "the daemon closed the connection"
+        protocol.receive_data(chunk)
+    return event.value
+
+
+from _hosts import host  # noqa: E402,F401 - fixture
+
+
+def test_a_bulk_reply_to_a_byte_at_a_time_reader_that_then_pauses_arrives_whole_while_others_are_served(host):
+    daemon = Daemon(host="127.0.0.1")
+    uri = daemon.register(Bulk(), "bulk")
+    host.attach(daemon)
+    size = 6 * MB
+    started, others_done = threading.Event(), threading.Event()
+
+    def slow() -> Any:
+        sock = raw_peer(daemon)
+        protocol = bulk_request(sock, size)
+        head = b"".join(sock.recv(1) for _ in range(3000))  # one byte at a time
+        started.set()
+        assert others_done.wait(TIMEOUT)  # not reading at all meanwhile
+        try:
+            return finish_reply(sock, protocol, head)
+        finally:
+            sock.close()
+
+    def others() -> list:
+        assert started.wait(TIMEOUT)
+        try:
+            with Proxy(uri) as proxy:
+                proxy._pyroTimeout = TIMEOUT
+                return [proxy.echo(n) for n in range(30)]
+        finally:
+            others_done.set()
+
+    try:
+        reply, answers = host.serve(slow, others)
+    finally:
+        daemon.close()
+    assert reply == b"\x07" * size
+    assert answers == list(range(30))
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_a_peer_gone_half_way_through_a_bulk_reply_frees_its_output_and_the_daemon_goes_on(how, caplog):
+    caplog.set_level(logging.INFO, logger="pyro_loops")
+    with served() as server:
+        server.daemon.register(Bulk(), "bulk")
+        sock = raw_peer(server.daemon, 64 * 1024)
+        bulk_request(sock, 8 * MB)
+        got = 0
+        while got < 4 * MB:
+            got += len(sock.recv(256 * 1024))
+        if how == "reset":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        connections = server.daemon._connections
+        wait_until(lambda: not connections.conns)
+        assert connections.output.total == 0
+        with Proxy(server.daemon.uriFor("bulk")) as proxy:
+            assert proxy.echo("on") == "on"
+
+
+def test_a_reply_beyond_max_output_buffer_closes_that_connection_and_says_so(caplog):
+    caplog.set_level(logging.INFO, logger="pyro_loops")
+    config.MAX_OUTPUT_BUFFER = 1 * MB
+    with served() as server:
+        server.daemon.register(Bulk(), "bulk")
+        sock = raw_peer(server.daemon)
+        bulk_request(sock, 16 * MB)  # beyond what the kernel's buffers take (about 4 MB on loopback)
+        wait_until(lambda: not server.daemon._connections.conns)
+        assert any("MAX_OUTPUT_BUFFER" in r.getMessage() for r in caplog.records)
+        assert server.daemon._connections.output.total == 0
+        sock.close()
+
+
+def test_peers_not_reading_their_bulk_replies_are_held_to_max_buffered_output_together(caplog):
+    caplog.set_level(logging.INFO, logger="pyro_loops")
+    config.MAX_BUFFERED_OUTPUT = 10 * MB
+    with served() as server:
+        server.daemon.register(Bulk(), "bulk")
+        connections = server.daemon._connections
+        peers = []
+        for _ in range(4):
+            sock = raw_peer(server.daemon)
+            bulk_request(sock, 8 * MB)  # about half of it beyond what the kernel's buffers take
+            peers.append(sock)
+            wait_until(lambda: server.daemon._calls.dispatching == 0 and connections.output.total)
+            assert connections.output.total <= 10 * MB
+        assert len(connections.conns) < 4
+        assert any("MAX_BUFFERED_OUTPUT" in r.getMessage() for r in caplog.records)
+        with Proxy(server.daemon.uriFor("bulk")) as proxy:
+            assert proxy.echo("on") == "on"
+        for sock in peers:
+            sock.close()
