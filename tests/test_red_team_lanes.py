@@ -487,3 +487,139 @@ def test_peers_not_reading_their_bulk_replies_are_held_to_max_buffered_output_to
             assert proxy.echo("on") == "on"
         for sock in peers:
             sock.close()
+
+
+# --- the lane against stock Pyro4 peers and other daemon set-ups -----------------------------------
+
+@pytest.mark.pyro4
+def test_a_stock_pyro4_proxy_shared_by_threads_gets_each_thread_its_results_from_the_lane_daemon():
+    from _util import pyro4_client
+    with served() as server, pyro4_client() as peer:
+        obj = Shared()
+        uri = server.daemon.register(obj, "shared")
+        code = """
+import threading
+p = Pyro4.Proxy(uri)
+bad = []
+def work(i):
+    for n in range(i * 1000, i * 1000 + 50):
+        if p.tag(n) != n:
+            bad.append(n)
+ts = [threading.Thread(target=work, args=(i,)) for i in range(5)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+p._pyroRelease()
+bad
+"""
+        assert peer.run(code, uri=str(uri)) == []
+        assert obj.seqs == list(range(1, 251))
+        assert server.lane_calls >= 200
+
+
+def test_the_lane_serves_under_a_multiplex_request_loop_as_well():
+    from test_daemon import serving
+    config.SERVERTYPE = "multiplex"
+    daemon = Daemon(host="127.0.0.1")
+    obj = Recorder()
+    uri = daemon.register(obj, "obj")
+    with serving(daemon), Proxy(uri) as proxy:
+        assert [proxy.echo(n) for n in range(20)] == list(range(20))
+        assert proxy.as_list(3) == [3]
+    assert daemon._connections.lane_calls >= 20
+    assert [call[:2] for call in obj.calls][-2:] == [("echo", (19,)), ("as_list", (3,))]
+
+
+@expose
+class Nested:
+    """A served method calling, through a proxy, an object of the same daemon."""
+
+    def __init__(self) -> None:
+        self.proxy: Proxy | None = None
+
+    def plain(self):  # on the loop's thread: a call back into its own daemon is refused clearly
+        return self.proxy.echo(1)
+
+    @in_worker
+    def from_worker(self, x):
+        current_context.response_annotations = {"XOWN": b"mine"}
+        value = self.proxy.echo(x)  # the shared proxy, from inside a served call
+        return [value, dict(current_context.response_annotations)]
+
+
+def test_a_served_call_using_a_shared_proxy_keeps_its_own_response_annotations_and_others_their_results(shared):
+    server, obj, proxy = shared
+    nested = Nested()
+    nested.proxy = proxy
+    uri = server.daemon.register(nested, "nested")
+
+    def work(index: int) -> None:
+        if index == 0:
+            with Proxy(uri) as caller:
+                caller._pyroTimeout = TIMEOUT
+                for n in range(40):
+                    assert caller.from_worker(n) == [n, {"XOWN": b"mine"}]
+                    assert current_context.response_annotations.get("XOWN") == b"mine"
+            return
+        for n in range(200):
+            assert proxy.echo(index * 1000 + n) == index * 1000 + n
+
+    assert run_threads(3, work) == []
+
+
+def test_a_lane_method_calling_its_own_daemon_gets_the_error_it_gets_with_the_lane_off():
+    def send(server, client):
+        nested = Nested()
+        server.daemon.register(nested, "nested")
+        nested.proxy = Proxy(server.uri)
+        reply = comparable(client.exchange(request_bytes("nested", "plain", (), CORR, 1)), CORR)
+        nested.proxy._pyroRelease()
+        return reply[:5], b"deadlock" in reply[5]
+
+    lane, general = both(send)
+    assert lane == general
+    assert lane[0][1] is True
+
+
+def test_threads_sharing_a_proxy_through_a_daemon_restart_get_their_results_or_a_connection_error():
+    config.SERVERTYPE = "multiplex"
+    first = Daemon(host="127.0.0.1")
+    port = first.sock.getsockname()[1]
+    uri = first.register(Shared(), "shared")
+    from test_daemon import serving
+    proxy = Proxy(uri)
+    proxy._pyroTimeout = TIMEOUT
+    restarted = threading.Event()
+    wrong: list = []
+
+    def work(index: int) -> None:
+        if index == 0:
+            try:
+                time.sleep(0.05)
+                first.shutdown()
+                wait_until(lambda: first._closed)
+                second = Daemon(host="127.0.0.1", port=port)
+                second.register(Shared(), "shared")
+                with serving(second):
+                    time.sleep(0.1)
+                    restarted.set()
+                    time.sleep(0.3)
+            finally:
+                restarted.set()
+            return
+        n = 0
+        while not restarted.is_set() or n < 400:
+            n += 1
+            try:
+                value = proxy.echo(index * 100000 + n)
+            except errors.CommunicationError:
+                continue
+            except errors.DaemonError as exc:  # queued behind a call when the daemon closed: said so
+                assert "closed before this call ran" in str(exc)
+                continue
+            if value != index * 100000 + n:
+                wrong.append((index, n, value))
+
+    with serving(first):
+        failures = run_threads(4, work)
+    proxy._pyroRelease()
+    assert failures == [] and wrong == []
