@@ -623,3 +623,14 @@ def test_threads_sharing_a_proxy_through_a_daemon_restart_get_their_results_or_a
         failures = run_threads(4, work)
     proxy._pyroRelease()
     assert failures == [] and wrong == []
+
+
+def test_a_proxy_timeout_of_zero_means_no_timeout_as_in_pyro4(shared):
+    server, obj, proxy = shared
+    proxy._pyroTimeout = 0  # Pyro4 4.82: the socket blocks (its connect treats 0 as None)
+    assert proxy.slow(0.05) == 0.05
+    assert proxy.echo(4) == 4
+    proxy._pyroTimeout = None
+    assert proxy.echo(5) == 5
+    proxy._pyroTimeout = 0
+    assert proxy.echo(6) == 6
