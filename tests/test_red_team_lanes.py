@@ -634,3 +634,120 @@ def test_a_proxy_timeout_of_zero_means_no_timeout_as_in_pyro4(shared):
     assert proxy.echo(5) == 5
     proxy._pyroTimeout = 0
     assert proxy.echo(6) == 6
+
+
+@expose
+class Varied:
+    """What the lane meets on every host: plain, raising, non-scalar, long, awaiting methods."""
+
+    def echo(self, x):
+        return x
+
+    def fail(self, x):
+        raise ValueError(x)
+
+    def listed(self, x):
+        return [x, x]
+
+    def long(self, x):
+        time.sleep(0.2)  # on the loop's thread: other connections wait, and are answered after
+        return x
+
+    async def later(self, x):
+        import asyncio
+        await asyncio.sleep(0.01)
+        return x * 2
+
+
+def test_the_lane_answers_plain_raising_listed_and_long_calls_on_every_host(host):
+    daemon = Daemon(host="127.0.0.1")
+    uri = daemon.register(Varied(), "varied")
+    host.attach(daemon)
+
+    def caller(offset: int) -> Any:
+        def run() -> list:
+            with Proxy(uri) as proxy:
+                proxy._pyroTimeout = TIMEOUT
+                out = [proxy.echo(offset + n) for n in range(20)]
+                with pytest.raises(ValueError, match="bad"):
+                    proxy.fail("bad")
+                out += [proxy.listed(offset), proxy.long(offset), proxy.echo("last")]
+                if host.name == "asyncio":
+                    out.append(proxy.later(offset))
+                return out
+        return run
+
+    try:
+        results = host.serve(caller(0), caller(100))
+    finally:
+        daemon.close()
+    for offset, result in zip((0, 100), results):
+        expected = [offset + n for n in range(20)] + [[offset, offset], offset, "last"]
+        if host.name == "asyncio":
+            expected.append(offset * 2)
+        assert result == expected
+    assert daemon._connections.lane_calls >= 40
+
+
+from test_tls import pki  # noqa: E402,F401 - fixture
+
+
+def test_a_bulk_reply_over_tls_to_a_reader_that_pauses_arrives_whole_while_a_tls_proxy_is_served(pki, host):
+    ssl_ctx = pki.server_ctx()
+    daemon = Daemon(host="127.0.0.1", ssl_context=ssl_ctx)
+    uri = daemon.register(Bulk(), "bulk")
+    host.attach(daemon)
+    size = 5 * MB
+    started, others_done = threading.Event(), threading.Event()
+
+    def slow() -> Any:
+        import ssl
+        raw = raw_peer(daemon, 8192)
+        sock = pki.client_ctx().wrap_socket(raw, server_hostname="127.0.0.1")
+        try:
+            protocol = bulk_request(sock, size)
+            head = b"".join(sock.recv(1) for _ in range(500))
+            started.set()
+            assert others_done.wait(TIMEOUT)
+            return finish_reply(sock, protocol, head)
+        except ssl.SSLError as exc:
+            raise AssertionError(f"TLS failed: {exc}") from None
+        finally:
+            sock.close()
+
+    def others() -> list:
+        assert started.wait(TIMEOUT)
+        try:
+            with Proxy(uri) as proxy:
+                proxy._pyroSslContext = pki.client_ctx()
+                proxy._pyroTimeout = TIMEOUT
+                return [proxy.echo(n) for n in range(10)]
+        finally:
+            others_done.set()
+
+    try:
+        reply, answers = host.serve(slow, others)
+    finally:
+        daemon.close()
+    assert reply == b"\x07" * size
+    assert answers == list(range(10))
+    assert daemon._connections.lane_calls == 0  # the lane never serves TLS
+
+
+def test_threads_sharing_a_proxy_one_fetching_megabytes_get_their_own_results(shared):
+    server, obj, proxy = shared
+    server.daemon.register(Bulk(), "bulk")
+    bulk = Proxy(server.daemon.uriFor("bulk"))
+    bulk._pyroTimeout = TIMEOUT
+
+    def work(index: int) -> None:
+        for n in range(8 if index == 0 else 150):
+            if index == 0:
+                assert bulk.blob(3 * MB + n) == b"\x07" * (3 * MB + n)
+            else:
+                assert bulk.echo(index * 1000 + n) == index * 1000 + n
+
+    try:
+        assert run_threads(3, work) == []
+    finally:
+        bulk._pyroRelease()
