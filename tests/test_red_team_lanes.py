@@ -751,3 +751,86 @@ def test_threads_sharing_a_proxy_one_fetching_megabytes_get_their_own_results(sh
         assert run_threads(3, work) == []
     finally:
         bulk._pyroRelease()
+
+
+# --- the loop Client's bulk requests to a daemon that reads them badly ---------------------------
+
+from _client_hosts import client, reported  # noqa: E402,F401 - fixtures
+from pyro_loops._protocol import ConnectRequest, ServerProtocol  # noqa: E402
+from pyro_loops._serializers import get_serializer  # noqa: E402
+
+
+class SlowReader:
+    """A daemon stand-in that takes one connection, shakes hands, then reads the call
+    ``how`` says: "pause" (3000 bytes one at a time, then nothing until ``resume``, then
+    the rest, answering with the payload's size), "close" or "reset" (half of it, then gone)."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.uri = f"PYRO:svc@127.0.0.1:{self.listener.getsockname()[1]}"
+        self.paused, self.resume = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        conn.settimeout(TIMEOUT)
+        server = ServerProtocol()
+        while not isinstance(event := server.next_event(), ConnectRequest):
+            server.receive_data(conn.recv(65536))
+        meta = {"handshake": "hello", "meta": {"methods": ["size"], "oneway": [], "attrs": []}}
+        conn.sendall(server.connect_ok_bytes(event.msg, get_serializer(event.msg.serializer_id).dumps(meta),
+                                             _wire.FLAGS_META_ON_CONNECT, {}))
+        if self.how == "pause":
+            server.receive_data(b"".join(conn.recv(1) for _ in range(3000)))
+            self.paused.set()
+            self.resume.wait(TIMEOUT)
+            while (event := server.next_event()) is None:
+                server.receive_data(conn.recv(1024 * 1024))
+            marshal = get_serializer("marshal")
+            _, _, (data,), _ = marshal.loads_call(bytes(event.msg.data))
+            conn.sendall(server.result_bytes(event.msg, marshal.dumps(len(data)), 0, {}))
+            conn.recv(1)  # until the client goes
+        else:
+            got = 0
+            while got < 4 * MB:
+                got += len(conn.recv(256 * 1024))
+            self.paused.set()
+            if self.how == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("how", ["pause", "close", "reset"])
+def test_a_bulk_loop_client_call_to_a_daemon_that_reads_it_badly_leaves_the_loop_serving(host, client, how):
+    slow = SlowReader(how)
+    data = b"\x05" * (12 * MB)
+    ticks = []
+    stop_ticking = host.repeat(0.005, lambda: ticks.append(time.monotonic()))
+    try:
+        with served() as server:
+            other = client.proxy(server.uri)
+            big = client.proxy(slow.uri)
+            big._pyroSerializer = "marshal"
+            call = big.size(data)
+            host.run_until(slow.paused.is_set, timeout=TIMEOUT)
+            before = len(ticks)
+            # while the big call is stuck, the loop serves the other daemon and its own timers
+            assert [host.settle(other.echo(n)).result() for n in range(5)] == list(range(5))
+            host.run_for(0.05)
+            assert len(ticks) > before
+            slow.resume.set()
+            host.settle(call, timeout=TIMEOUT)
+            if how == "pause":
+                assert call.result() == len(data)
+            else:
+                with pytest.raises(errors.CommunicationError):
+                    call.result()
+            assert host.settle(other.echo("after")).result() == "after"
+    finally:
+        stop_ticking()
+        slow.close()
