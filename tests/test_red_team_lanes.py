@@ -390,7 +390,8 @@ def raw_peer(daemon: Daemon, rcvbuf: int = 4096) -> socket.socket:
 
 def finish_reply(sock: socket.socket, protocol: ClientProtocol, data: bytes = b"") -> Any:
     """Read the rest of the one reply under way; its value."""
-    protocol.receive_data(data)
+    if data:
+        protocol.receive_data(data)
     while (event := protocol.next_event()) is None:
         chunk = sock.recv(256 * 1024)
         assert chunk, "the daemon closed the connection"
@@ -897,21 +898,89 @@ def test_threads_sharing_a_proxy_across_the_sequence_number_wrap_get_their_own_r
     assert obj.seqs == [(0xFFFF - 40 + i) & 0xFFFF for i in range(1, 121)]
 
 
-def test_a_peer_sending_lane_calls_and_never_reading_is_stopped_at_the_high_water_mark():
+def test_a_peer_sending_lane_calls_and_not_reading_is_held_at_the_high_water_mark_then_answered_in_order():
+    total = 20_000  # 22 MB of calls, as much of replies: more than the kernel's buffers hold
     with served() as server:
         client = RawClient(server)
         client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        client.sock.settimeout(1.0)
-        sent = 0
-        try:
-            while sent < 200_000:
-                client.sock.sendall(request_bytes("obj", "text", ("y" * 300,), CORR, sent & 0xFFFF))
-                sent += 1
-        except TimeoutError:
-            pass  # the daemon stopped reading: the kernel's buffers filled up
-        connections = server.daemon._connections
-        assert sent < 200_000
-        assert connections.output.total <= 2 * MB
+        sent = [0]
+
+        def flood() -> None:
+            for n in range(total):
+                client.sock.sendall(request_bytes("obj", "echo", ("y" * 1000,), CORR, n & 0xFFFF))
+                sent[0] += 1
+
+        sender = threading.Thread(target=flood, daemon=True)
+        sender.start()
+        last = -1
+        while sent[0] != last and sent[0] < total:  # until the daemon stops reading
+            last = sent[0]
+            time.sleep(0.3)
+        assert sent[0] < total, "the daemon read everything without its replies being read"
+        assert server.daemon._connections.output.total <= 2 * MB
         with Proxy(server.uri) as other:
             assert other.echo("served") == "served"
+        # reading at last, the peer gets every reply, in order
+        seqs = []
+        reader = _wire.FrameReader(0)
+        while len(seqs) < total:
+            reader.feed(client.sock.recv(256 * 1024))
+            while (msg := reader.next_message()) is not None:
+                assert bytes(msg.data).endswith(b"'" + b"y" * 1000 + b"'")
+                seqs.append(msg.seq)
+        sender.join(TIMEOUT)
+        assert seqs == [n & 0xFFFF for n in range(total)]
+        assert len(server.obj.calls) == total
         client.close()
+
+
+# --- the half-frame deadline against peers that keep sending, or that the daemon stops reading -----
+
+def test_a_peer_pipelining_calls_without_pause_for_longer_than_half_frame_timeout_is_served_throughout():
+    """Each read ends inside some message, a different one each time: the client is not stalling."""
+    config.HALF_FRAME_TIMEOUT = 0.5
+    with served() as server:
+        client = RawClient(server)
+        requests = b"".join(request_bytes("obj", "echo", (n,), CORR, n) for n in range(1, 4001))
+        step = 1500  # about 30 messages a send, never ending on a message's end
+        received: list[int] = []
+
+        def read() -> None:
+            reader = _wire.FrameReader(0)
+            while len(received) < 4000 and (chunk := client.sock.recv(65536)):
+                reader.feed(chunk)
+                while (msg := reader.next_message()) is not None:
+                    received.append(msg.seq)
+
+        reading = threading.Thread(target=read, daemon=True)
+        reading.start()
+        end = time.monotonic() + 1.5  # three times HALF_FRAME_TIMEOUT
+        for start in range(0, len(requests), step):
+            client.sock.sendall(requests[start:start + step])
+            time.sleep(max(0.0, (end - time.monotonic()) / ((len(requests) - start) / step)))
+        reading.join(TIMEOUT)
+        assert received == list(range(1, 4001))
+        client.close()
+
+
+def test_a_pipelined_call_the_daemon_stops_reading_behind_a_bulk_reply_is_answered_after_a_long_pause():
+    """The daemon, not the client, leaves the second call incomplete: its reply to the first
+    piles up past the high-water mark, so it stops reading until the client reads."""
+    config.HALF_FRAME_TIMEOUT = 0.5
+    with served() as server:
+        server.daemon.register(Bulk(), "bulk")
+        sock = raw_peer(server.daemon, 8192)
+        protocol = ClientProtocol("marshal")
+        sock.sendall(protocol.connect("bulk", metadata=False))
+        protocol.receive_data(read_message(sock))
+        protocol.next_event()
+        first = protocol.invoke("bulk", "blob", (12 * MB,), {}).data
+        second = protocol.invoke("bulk", "echo", ("second",), {}).data
+        sock.sendall(first + second[:10])
+        time.sleep(0.2)
+        sock.sendall(second[10:])
+        time.sleep(1.5)  # not reading, for three times HALF_FRAME_TIMEOUT
+        values = [finish_reply(sock, protocol)]
+        values.append(finish_reply(sock, protocol))
+        assert values == [b"\x07" * (12 * MB), "second"]
+        sock.close()
