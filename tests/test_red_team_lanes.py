@@ -17,11 +17,30 @@ import time
 from typing import Any
 
 import pytest
+from _client_hosts import client, host, reported  # noqa: F401 - fixtures
 from _util import TIMEOUT, wait_until
-from test_fast_daemon import RawClient, Recorder, comparable, read_message, request_bytes, served
+from test_fast_daemon import (
+    RawClient,
+    Recorder,
+    comparable,
+    read_message,
+    request_bytes,
+    served,
+)
+from test_tls import pki  # noqa: F401 - fixture
 
-from pyro_loops import Daemon, Proxy, _wire, config, current_context, errors, expose, in_worker
-from pyro_loops._protocol import ClientProtocol
+from pyro_loops import (
+    Daemon,
+    Proxy,
+    _wire,
+    config,
+    current_context,
+    errors,
+    expose,
+    in_worker,
+)
+from pyro_loops._protocol import ClientProtocol, ConnectRequest, ServerProtocol
+from pyro_loops._serializers import get_serializer
 
 CORR = b"r" * 16
 
@@ -231,7 +250,7 @@ def run_threads(count: int, work: Any) -> list[BaseException]:
         try:
             start.wait(TIMEOUT)
             work(index)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
             failures.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
@@ -273,7 +292,7 @@ def test_threads_sharing_a_proxy_get_their_own_results_and_response_annotations(
 
 
 def test_a_timeout_on_one_thread_leaves_the_others_their_own_results(shared):
-    server, obj, proxy = shared
+    _server, _obj, proxy = shared
 
     def work(index: int) -> None:
         if index == 0:
@@ -293,64 +312,47 @@ def test_a_timeout_on_one_thread_leaves_the_others_their_own_results(shared):
     assert run_threads(4, work) == []
 
 
-def test_a_thread_releasing_the_shared_proxy_meanwhile_costs_no_call_its_result(shared):
-    server, obj, proxy = shared
+def calls_while(proxy: Proxy, meddle: Any, calls: int = 150, tolerate: tuple = ()) -> int:
+    """``meddle()`` again and again in one thread while two others call ``proxy.echo``
+    ``calls`` times each, with numbers of their own: every call must return its own
+    number (or raise one of ``tolerate``). Returns how many were answered."""
     stop = threading.Event()
+    answered = [0]
 
     def work(index: int) -> None:
         if index == 0:
             while not stop.is_set():
-                proxy._pyroRelease()
+                meddle()
                 time.sleep(0.001)
             return
         try:
-            for n in range(150):
-                assert proxy.echo((index, n)) == [index, n] or proxy.echo(n) == n
+            for n in range(calls):
+                try:
+                    assert proxy.echo(index * 1000 + n) == index * 1000 + n
+                    answered[0] += 1
+                except tolerate:
+                    pass
         finally:
-            if index == 1:
-                stop.set()
+            stop.set()
 
     assert run_threads(3, work) == []
+    return answered[0]
+
+
+def test_a_thread_releasing_the_shared_proxy_meanwhile_costs_no_call_its_result(shared):
+    _, _, proxy = shared
+    assert calls_while(proxy, proxy._pyroRelease) == 300
 
 
 def test_a_thread_reconnecting_the_shared_proxy_meanwhile_costs_no_call_its_result(shared):
-    server, obj, proxy = shared
-    stop = threading.Event()
-
-    def work(index: int) -> None:
-        if index == 0:
-            while not stop.is_set():
-                proxy._pyroReconnect(1)
-            return
-        try:
-            for n in range(150):
-                assert proxy.echo(index * 1000 + n) == index * 1000 + n
-        finally:
-            stop.set()
-
-    assert run_threads(3, work) == []
+    _, _, proxy = shared
+    assert calls_while(proxy, lambda: proxy._pyroReconnect(1)) == 300
 
 
 def test_a_thread_switching_the_serializer_meanwhile_costs_no_call_its_result(shared):
-    server, obj, proxy = shared
-    stop = threading.Event()
-
-    def work(index: int) -> None:
-        if index == 0:
-            names = ["json", "serpent", "marshal"]
-            i = 0
-            while not stop.is_set():
-                proxy._pyroSerializer = names[i % 3]
-                i += 1
-                time.sleep(0.0005)
-            return
-        try:
-            for n in range(200):
-                assert proxy.echo(index * 1000 + n) == index * 1000 + n
-        finally:
-            stop.set()
-
-    assert run_threads(3, work) == []
+    _server, _obj, proxy = shared
+    names = iter(["json", "serpent", "marshal"] * 100000)
+    assert calls_while(proxy, lambda: setattr(proxy, "_pyroSerializer", next(names)), calls=200) == 400
 
 
 # --- 3. bulk sends through the Outbox ----------------------------------------------------------------
@@ -399,24 +401,27 @@ def finish_reply(sock: socket.socket, protocol: ClientProtocol, data: bytes = b"
     return event.value
 
 
-from _hosts import host  # noqa: E402,F401 - fixture
 
 
-def test_a_bulk_reply_to_a_byte_at_a_time_reader_that_then_pauses_arrives_whole_while_others_are_served(host):
-    daemon = Daemon(host="127.0.0.1")
-    uri = daemon.register(Bulk(), "bulk")
-    host.attach(daemon)
-    size = 6 * MB
+def bulk_to_a_pausing_reader(host: Any, daemon: Daemon, uri: Any, head: int, wrap: Any = None,
+                             proxy_ssl: Any = None) -> None:
+    """In ``host``'s loop, a peer asks ``daemon`` for 5 MB, reads ``head`` bytes of it one at a
+    time, then stops reading while another client calls ``uri`` 10 times; then it reads the
+    rest. Both get all they asked for. ``wrap`` makes the peer's socket (TLS), ``proxy_ssl`` is
+    the other client's TLS context."""
+    size = 5 * MB
     started, others_done = threading.Event(), threading.Event()
 
     def slow() -> Any:
-        sock = raw_peer(daemon)
-        protocol = bulk_request(sock, size)
-        head = b"".join(sock.recv(1) for _ in range(3000))  # one byte at a time
-        started.set()
-        assert others_done.wait(TIMEOUT)  # not reading at all meanwhile
+        sock = raw_peer(daemon, 8192)
+        if wrap is not None:
+            sock = wrap(sock)
         try:
-            return finish_reply(sock, protocol, head)
+            protocol = bulk_request(sock, size)
+            first = b"".join(sock.recv(1) for _ in range(head))  # one byte at a time
+            started.set()
+            assert others_done.wait(TIMEOUT)  # not reading at all meanwhile
+            return finish_reply(sock, protocol, first)
         finally:
             sock.close()
 
@@ -424,8 +429,9 @@ def test_a_bulk_reply_to_a_byte_at_a_time_reader_that_then_pauses_arrives_whole_
         assert started.wait(TIMEOUT)
         try:
             with Proxy(uri) as proxy:
+                proxy._pyroSslContext = proxy_ssl
                 proxy._pyroTimeout = TIMEOUT
-                return [proxy.echo(n) for n in range(30)]
+                return [proxy.echo(n) for n in range(10)]
         finally:
             others_done.set()
 
@@ -434,7 +440,14 @@ def test_a_bulk_reply_to_a_byte_at_a_time_reader_that_then_pauses_arrives_whole_
     finally:
         daemon.close()
     assert reply == b"\x07" * size
-    assert answers == list(range(30))
+    assert answers == list(range(10))
+
+
+def test_a_bulk_reply_to_a_byte_at_a_time_reader_that_then_pauses_arrives_whole_while_others_are_served(host):
+    daemon = Daemon(host="127.0.0.1")
+    uri = daemon.register(Bulk(), "bulk")
+    host.attach(daemon)
+    bulk_to_a_pausing_reader(host, daemon, uri, head=3000)
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])
@@ -549,7 +562,7 @@ class Nested:
 
 
 def test_a_served_call_using_a_shared_proxy_keeps_its_own_response_annotations_and_others_their_results(shared):
-    server, obj, proxy = shared
+    server, _obj, proxy = shared
     nested = Nested()
     nested.proxy = proxy
     uri = server.daemon.register(nested, "nested")
@@ -628,7 +641,7 @@ def test_threads_sharing_a_proxy_through_a_daemon_restart_get_their_results_or_a
 
 
 def test_a_proxy_timeout_of_zero_means_no_timeout_as_in_pyro4(shared):
-    server, obj, proxy = shared
+    _server, _obj, proxy = shared
     proxy._pyroTimeout = 0  # Pyro4 4.82: the socket blocks (its connect treats 0 as None)
     assert proxy.slow(0.05) == 0.05
     assert proxy.echo(4) == 4
@@ -691,53 +704,19 @@ def test_the_lane_answers_plain_raising_listed_and_long_calls_on_every_host(host
     assert daemon._connections.lane_calls >= 40
 
 
-from test_tls import pki  # noqa: E402,F401 - fixture
 
 
 def test_a_bulk_reply_over_tls_to_a_reader_that_pauses_arrives_whole_while_a_tls_proxy_is_served(pki, host):
-    ssl_ctx = pki.server_ctx()
-    daemon = Daemon(host="127.0.0.1", ssl_context=ssl_ctx)
+    daemon = Daemon(host="127.0.0.1", ssl_context=pki.server_ctx())
     uri = daemon.register(Bulk(), "bulk")
     host.attach(daemon)
-    size = 5 * MB
-    started, others_done = threading.Event(), threading.Event()
-
-    def slow() -> Any:
-        import ssl
-        raw = raw_peer(daemon, 8192)
-        sock = pki.client_ctx().wrap_socket(raw, server_hostname="127.0.0.1")
-        try:
-            protocol = bulk_request(sock, size)
-            head = b"".join(sock.recv(1) for _ in range(500))
-            started.set()
-            assert others_done.wait(TIMEOUT)
-            return finish_reply(sock, protocol, head)
-        except ssl.SSLError as exc:
-            raise AssertionError(f"TLS failed: {exc}") from None
-        finally:
-            sock.close()
-
-    def others() -> list:
-        assert started.wait(TIMEOUT)
-        try:
-            with Proxy(uri) as proxy:
-                proxy._pyroSslContext = pki.client_ctx()
-                proxy._pyroTimeout = TIMEOUT
-                return [proxy.echo(n) for n in range(10)]
-        finally:
-            others_done.set()
-
-    try:
-        reply, answers = host.serve(slow, others)
-    finally:
-        daemon.close()
-    assert reply == b"\x07" * size
-    assert answers == list(range(10))
+    bulk_to_a_pausing_reader(host, daemon, uri, head=500, proxy_ssl=pki.client_ctx(),
+                             wrap=lambda sock: pki.client_ctx().wrap_socket(sock, server_hostname="127.0.0.1"))
     assert daemon._connections.lane_calls == 0  # the lane never serves TLS
 
 
 def test_threads_sharing_a_proxy_one_fetching_megabytes_get_their_own_results(shared):
-    server, obj, proxy = shared
+    server, _obj, _proxy = shared
     server.daemon.register(Bulk(), "bulk")
     bulk = Proxy(server.daemon.uriFor("bulk"))
     bulk._pyroTimeout = TIMEOUT
@@ -757,9 +736,6 @@ def test_threads_sharing_a_proxy_one_fetching_megabytes_get_their_own_results(sh
 
 # --- the loop Client's bulk requests to a daemon that reads them badly ---------------------------
 
-from _client_hosts import client, reported  # noqa: E402,F401 - fixtures
-from pyro_loops._protocol import ConnectRequest, ServerProtocol  # noqa: E402
-from pyro_loops._serializers import get_serializer  # noqa: E402
 
 
 class SlowReader:
@@ -845,11 +821,11 @@ class HookedDaemon(Daemon):
         super().__init__(*args, **kwargs)
         self.events: list[tuple[str, Any]] = []
 
-    def validateHandshake(self, conn, data):  # noqa: N802 - Pyro4's name
+    def validateHandshake(self, conn, data):
         self.events.append(("hello", data))
         return "welcome"
 
-    def clientDisconnect(self, conn):  # noqa: N802 - Pyro4's name
+    def clientDisconnect(self, conn):
         self.events.append(("bye", None))
 
 
@@ -887,7 +863,7 @@ def test_a_daemon_subclass_hears_each_connection_begin_and_end_once_whatever_way
 
 
 def test_threads_sharing_a_proxy_across_the_sequence_number_wrap_get_their_own_results(shared):
-    server, obj, proxy = shared
+    _server, obj, proxy = shared
     proxy._pyroSeq = 0xFFFF - 40
 
     def work(index: int) -> None:
@@ -987,3 +963,20 @@ def test_a_pipelined_call_the_daemon_stops_reading_behind_a_bulk_reply_is_answer
         values.append(finish_reply(sock, protocol))
         assert values == [b"\x07" * (12 * MB), "second"]
         sock.close()
+
+
+def test_a_thread_changing_the_hmac_key_meanwhile_costs_no_call_a_wrong_result_or_a_hang():
+    with served() as server:
+        server.daemon._pyroHmacKey = b"secret"
+        uri = server.daemon.register(Shared(), "shared")
+        proxy = Proxy(uri)
+        proxy._pyroTimeout = TIMEOUT
+        keys = iter([b"secret", "secret", None, b"wrong"] * 100000)
+        try:
+            # a call sent with no key or the wrong one is refused and says so
+            assert calls_while(proxy, lambda: setattr(proxy, "_pyroHmacKey", next(keys)),
+                               tolerate=(errors.PyroError,)) > 0
+            proxy._pyroHmacKey = b"secret"
+            assert proxy.echo("settled") == "settled"
+        finally:
+            proxy._pyroRelease()
