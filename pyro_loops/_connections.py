@@ -444,7 +444,7 @@ class Connections:
         (``spent`` of them handled already in this wakeup)."""
         requests = self.requests
         budget = (config.MAX_CALLS_PER_WAKEUP if self.watcher is not None else sys.maxsize) - spent
-        drained = False
+        drained = taken = False
         while not conn.closed and not conn.busy:
             if len(conn.out) > _OUTPUT_HIGH_WATER:
                 break  # the peer is not reading its replies: wait for the output to drain
@@ -456,19 +456,21 @@ class Connections:
             budget -= 1
             if conn.decoded is not None:  # comes before anything the client sent after it
                 requests.dispatch_decoded(conn)
+                taken = True
                 continue
             event = conn.protocol.next_event()
             if event is None:
                 drained = True
                 break
             requests.handle(conn, event)
+            taken = True
         if drained and conn.eof and not conn.out:
             # every complete request of a client that closed its end is answered
             self.close_conn(conn, "client closed its end in the middle of a message"
                             if conn.protocol.partial else None)
             return
         self._track_input(conn)
-        self._track_partial(conn)
+        self._track_partial(conn, restart=taken)
         if not conn.closed:
             self.set_interest(conn)
 
@@ -514,12 +516,16 @@ class Connections:
             self.close_conn(victim, f"{item} ({limit} bytes) exceeded by all connections "
                                     f"together: this one {what} ({size} bytes)")
 
-    def _track_partial(self, conn: ClientConnection) -> None:
-        """Start or stop the half-frame deadline: only while the daemon waits for the client."""
+    def _track_partial(self, conn: ClientConnection, restart: bool = False) -> None:
+        """Start or stop the half-frame deadline: only while the daemon waits for the client,
+        not while it stops reading itself (replies pile up past the high-water mark). The
+        deadline is for one message: ``restart`` says messages were taken since it started,
+        so the incomplete one now is a later one (a client pipelining without pause
+        leaves one incomplete at the end of nearly every read)."""
         waiting_for_client = not (conn.closed or conn.busy or conn in self.soon
-                                  or self.requests.holds_back(conn))
+                                  or self.requests.holds_back(conn) or len(conn.out) > _OUTPUT_HIGH_WATER)
         if waiting_for_client and conn.protocol.partial:
-            if conn.partial_since is None:
+            if conn.partial_since is None or restart:
                 conn.partial_since = time.monotonic()
                 self.timers.set((_HALF_FRAME, conn), conn.partial_since + config.HALF_FRAME_TIMEOUT)
         elif conn.partial_since is not None:
@@ -600,6 +606,7 @@ class Connections:
         if not conn.out and not conn.busy:
             self.process(conn)  # input held back while output piled up
         else:
+            self._track_partial(conn)  # below the high-water mark again: the daemon waits for the client
             self.set_interest(conn)
 
     # --- closing --------------------------------------------------------------------------

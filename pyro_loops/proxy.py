@@ -254,7 +254,8 @@ class Proxy:
         self._pyroRelease()
         while tries:
             try:
-                self.__connect()
+                with self._pyroLock:  # a call from another thread must not use the connection mid-handshake
+                    self.__connect()
                 return
             except errors.CommunicationError:
                 tries -= 1
@@ -331,7 +332,7 @@ class Proxy:
         context = self._pyroSslContext
         if context is None and config.SSL:
             context = client_context_from_config(config)
-        deadline = _HandshakeDeadline(uri, self._pyroTimeout)
+        deadline = _HandshakeDeadline(uri, self._pyroTimeout or None)  # 0 is no timeout, as in Pyro4
         with deadline:
             sock = _connect_socket(uri, deadline.timeout())
             if context is not None:
@@ -351,7 +352,7 @@ class Proxy:
         except BaseException:
             self._pyroRelease()
             raise
-        sock.settimeout(self._pyroTimeout)  # calls wait as long as the proxy says, not the handshake
+        sock.settimeout(self._pyroTimeout or None)  # calls wait as long as the proxy says, not the handshake
         self.__open_lane()
         return True
 
@@ -541,7 +542,7 @@ class Proxy:
         lock = self._pyroLock
         lock.acquire()  # not ``with``: its protocol costs as much again as the lock itself
         try:
-            if lane is not self._pyroLane or lane.sock.timeout != self._pyroTimeout:  # another thread closed it
+            if lane is not self._pyroLane or lane.sock.timeout != (self._pyroTimeout or None):  # another thread closed it
                 return _DECLINED
             conn = lane.protocol
             conn.reader.max_message_size = config.MAX_MESSAGE_SIZE
@@ -597,8 +598,9 @@ class Proxy:
     def __exchange(self, request: _MakeRequest) -> Any:
         with self._pyroLock:
             self.__ensure_fresh_connection()
-            if self._pyroConnection.gettimeout() != self._pyroTimeout:
-                self._pyroConnection.settimeout(self._pyroTimeout)
+            timeout = self._pyroTimeout or None  # 0 is no timeout, as in Pyro4 (never a non-blocking socket)
+            if self._pyroConnection.gettimeout() != timeout:
+                self._pyroConnection.settimeout(timeout)
             conn = self._pyroProtocol
             serializer = self._pyroSerializer or config.SERIALIZER
             if serializer != conn.serializer.name:  # changed since the connection was made
