@@ -11,8 +11,9 @@ The daemon is a facade over three parts with declared interfaces: the socket
 side (``_connections.Connections``: accept, read, send, close, interest,
 buffer totals, per-connection deadlines), call dispatch
 (``_calls.CallDispatcher``, which needs of the daemon only what
-``_calls.CallHost`` declares) and the ``events()`` path of hand-written
-select loops (``_seedloop.HandWrittenLoop``). Item streams live in
+``_calls.CallHost`` declares), the call lane that serves the common call
+of an idle connection in one step (``_lane.CallLane``) and the ``events()``
+path of hand-written select loops (``_seedloop.HandWrittenLoop``). Item streams live in
 ``_streams.StreamRegistry``. The daemon keeps the object registry, the hooks
 subclasses override, the hosting interface and closing.
 """
@@ -35,6 +36,7 @@ from ._calls import CallDispatcher
 from ._connection import ClientConnection
 from ._connections import Connections, bind
 from ._eventloop import SelectLoop
+from ._lane import CallLane
 from ._resolve import locate_ns
 from ._seedloop import HandWrittenLoop
 from ._serving import serving as _serving, serving_lock as _serving_lock  # under the names the body uses
@@ -139,6 +141,8 @@ class Daemon:
         self._connections = Connections(self.sock, self._connection_closed, ssl_context)
         self._calls = CallDispatcher(self, self._connections, self._streams, servertype, self._wakeup.wake)
         self._connections.requests = self._calls
+        self._lane = CallLane(self, self._connections, self._calls)
+        self._lane_ready = self._connections.lane_ready
         self._conns = self._connections.conns  # the open connections by socket (read by tests and tools)
         self._seed_loop = HandWrittenLoop(self, self._connections.output_pending, self.next_deadline,
                                           lambda: self._watcher is not None, self._wakeup.wake)
@@ -208,7 +212,7 @@ class Daemon:
         elif not hasattr(obj_or_class, "_pyroInstancing"):
             setattr(obj_or_class, "_pyroInstancing", ("session", None))
         self.objectsById[objectId] = obj_or_class
-        self._calls.forget_lanes()
+        self._lane.forget()
         if config.REQUIRE_EXPOSE and objectId != DAEMON_NAME:
             meta = get_exposed_members(obj_or_class)
             if not (meta["methods"] or meta["attrs"]):
@@ -232,7 +236,7 @@ class Daemon:
         if objectId == DAEMON_NAME:
             return
         obj = self.objectsById.pop(objectId, None)
-        self._calls.forget_lanes()
+        self._lane.forget()
         if obj is not None and not inspect.isclass(obj):
             for attr in ("_pyroId", "_pyroDaemon"):
                 try:
@@ -472,8 +476,11 @@ class Daemon:
             if conn is not None:
                 # a connection's request: the call lane needs no deadline update when it did all
                 try:
-                    if self._connections.serve_readable(conn):
-                        return
+                    if conn in self._lane_ready and not conn.busy:
+                        if self._lane.serve(conn):
+                            return
+                    else:
+                        self._connections.serve_ready(conn, READ)
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except BaseException as exc:  # as guarded() does for the general path
