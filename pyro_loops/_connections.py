@@ -125,7 +125,7 @@ class Connections:
         self.lane_calls = 0  # requests the call lane took (tests tell by it which way a call went)
         # the connections whose next read the call lane may take (see lane_idle), kept where their
         # state changes: every change that makes a connection busier ends in set_interest or close_conn
-        self.lane_ready: set[ClientConnection] = set()
+        self.lane_ready: dict[socket.socket, ClientConnection] = {}  # by socket, as the host reports events
 
     def set_hmac_key(self, key: bytes | None) -> None:
         self.hmac_key = key
@@ -479,9 +479,9 @@ class Connections:
         if conn.out or conn.transport.wants_write:
             events |= WRITE
         if events == READ and self.lane_idle(conn):
-            self.lane_ready.add(conn)
+            self.lane_ready[conn.sock] = conn
         else:
-            self.lane_ready.discard(conn)
+            self.lane_ready.pop(conn.sock, None)
         if events != conn.interest:
             conn.interest = events
             if self.watcher is not None:
@@ -612,7 +612,7 @@ class Connections:
             self.limited_log.log(logging.INFO, "closing: " + reason.split(":", 1)[0],
                                  "closing connection from %s: %s", conn.addr, reason)
         self.conns.pop(conn.sock, None)
-        self.lane_ready.discard(conn)
+        self.lane_ready.pop(conn.sock, None)
         self.soon.discard(conn)
         self.tls_waiting.discard(conn)
         self.timers.discard((_HANDSHAKE, conn))

@@ -96,6 +96,10 @@ _random_bits = random.getrandbits
 _MethodType = types.MethodType
 _lane_request = _fastcall.lane_request
 _lane_reply = _fastcall.lane_reply
+_LANE_COST = _fastcall.LANE_COST
+_SERPENT_ID = _fastcall.SERPENT_ID
+_facts_set = _facts.set
+_facts_reset = _facts.reset
 
 
 def overrides_annotations(cls: type) -> bool:
@@ -135,29 +139,19 @@ class CallLane:
         to be the common case. True when the lane did it all: nothing else
         to do, no bound or deadline moved, interest unchanged.
         """
-        connections = self.connections
         calls = self.calls
-        servertype = calls.servertype_set
         config_ = config
-        if (servertype != "multiplex" and (servertype is not None or calls.own_loop)
-                or config_.COMPRESSION or config_.DETAILED_TRACEBACK or config_.MAX_BLOCKING_ENCODE < _fastcall.LANE_COST
+        if (config_.COMPRESSION or config_.DETAILED_TRACEBACK or config_.MAX_BLOCKING_ENCODE < _LANE_COST
                 or "serpent" not in config_.SERIALIZERS_ACCEPTED
-                or connections.watcher is not None and config_.MAX_CALLS_PER_WAKEUP < 2):
-            connections.serve_ready(conn, READ)
+                or config_.MAX_CALLS_PER_WAKEUP < 2 and self.connections.watcher is not None
+                or calls.servertype_set != "multiplex" and (calls.servertype_set is not None or calls.own_loop)):
+            self.connections.serve_ready(conn, READ)
             return False
         sock = conn.sock
         try:
             data = sock.recv(_RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            connections.set_interest(conn)
-            return False
         except OSError as exc:
-            connections.close_conn(conn, f"receive failed: {exc}")
-            return False
-        if not data:
-            connections.end_of_stream(conn)
-            connections.process(conn)
-            return False
+            return self._failed_read(conn, exc)
         conn.last_active = _monotonic()
         request = _lane_request(data, conn.protocol.reader.max_message_size)
         if request is None:
@@ -168,20 +162,18 @@ class CallLane:
         obj_id, name, obj, func = self.targets.get(key) or self._target(key)
         if obj is None:
             return self._decline(conn, data)
-        if self.host.objectsById.get(obj_id) is not obj:  # unregistered or replaced meanwhile
-            del self.targets[key]
-            return self._decline(conn, data)
+        if self.host.objectsById.get(obj_id) is not obj:
+            return self._decline(conn, data, key)  # unregistered or replaced meanwhile
         method = getattr(obj, name)
         if type(method) is not _MethodType or method.__func__ is not func or method.__self__ is not obj:
             return self._decline(conn, data)  # the instance holds a method of its own under that name
-        connections.lane_calls += 1
+        self.connections.lane_calls += 1
         # the call context the general path makes of this message
-        annotations = {"CORR": corr} if corr is not None else {}
-        facts = _Facts(conn, conn.addr, seq, 0, _fastcall.SERPENT_ID, annotations, corr)
+        facts = _Facts(conn, conn.addr, seq, 0, _SERPENT_ID, {} if corr is None else {"CORR": corr}, corr)
         conn.busy = True
         calls.dispatching += 1
         try:
-            token = _facts.set(facts)
+            token = _facts_set(facts)
             try:
                 outcome = run_call(method, vargs)
                 if type(outcome) is Raised:  # answered while the call's context is still current, as in general
@@ -189,19 +181,29 @@ class CallLane:
                                                   outcome.exc)
             finally:
                 try:
-                    _facts.reset(token)
+                    _facts_reset(token)
                 except ValueError:  # set in another context (a nested loop ran in between): leave it
                     pass
             if type(outcome) is not Raised:
-                reply = self._reply(conn, data, outcome, facts)
+                # the reply carries the correlation id as the method left the context's annotations:
+                # the request's, or one drawn now when it had none
+                annotations = facts.annotations
+                if corr is None:
+                    if not annotations and facts.correlation_bytes is None:
+                        corr = _random_bits(128).to_bytes(16, "little")  # as random.randbytes(16)
+                elif facts.correlation_bytes is not corr or annotations.get("CORR") is not corr:
+                    corr = None  # changed by the method: the general path writes what it left
+                reply = None
+                if corr is not None and not facts.response_annotations:
+                    reply = _lane_reply(seq, corr, outcome, config_.MAX_MESSAGE_SIZE)
+                if reply is None:
+                    reply = calls.outcome_reply(conn, self.message(conn, data, annotations), _SERPENT, outcome, facts)
         except Deferred:
             return False  # a coroutine runs on the host loop or a worker encodes: the reply comes later
         finally:
             calls.dispatching -= 1
         if conn.closed or conn.read_paused or _monotonic() - conn.last_active > HANGUP_CHECK_AFTER:
-            calls.reply_after_call(conn, reply)
-            connections.process(conn, spent=1)
-            return False
+            return self._reply_later(conn, reply)
         conn.busy = False
         # a plain socket (the lane never serves TLS), and nothing to re-arm when the whole
         # reply went, which it nearly always does
@@ -210,38 +212,42 @@ class CallLane:
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
-            connections.close_conn(conn, f"send failed: {exc}")
+            self.connections.close_conn(conn, f"send failed: {exc}")
             return False
         if sent == len(reply):
             return True
         conn.out += memoryview(reply)[sent:]
-        connections.after_send(conn)
-        connections.process(conn, spent=1)
+        self.connections.after_send(conn)
+        self.connections.process(conn, spent=1)
         return False
 
-    def _decline(self, conn: ClientConnection, data: bytes) -> bool:
-        """``data`` is no call for the lane: the protocol and the general path take it."""
-        conn.protocol.receive_data(data)
+    def _failed_read(self, conn: ClientConnection, exc: OSError) -> bool:
+        """What the general read does when ``recv`` raised ``exc``."""
+        if isinstance(exc, (BlockingIOError, InterruptedError)):
+            self.connections.set_interest(conn)
+        else:
+            self.connections.close_conn(conn, f"receive failed: {exc}")
+        return False
+
+    def _reply_later(self, conn: ClientConnection, reply: bytes) -> bool:
+        """Send ``reply`` the general way: the connection closed or was read during the call,
+        or the call took long enough that the client may have hung up meanwhile."""
+        self.calls.reply_after_call(conn, reply)
+        self.connections.process(conn, spent=1)
+        return False
+
+    def _decline(self, conn: ClientConnection, data: bytes, key: bytes | None = None) -> bool:
+        """``data`` is no call for the lane (nothing, at end of stream): the protocol and the
+        general path take it. ``key``: the call key of a target that is gone (unregistered or
+        replaced meanwhile), decided afresh next time."""
+        if key is not None:
+            self.targets.pop(key, None)
+        if data:
+            conn.protocol.receive_data(data)
+        else:
+            self.connections.end_of_stream(conn)
         self.connections.process(conn)
         return False
-
-    def _reply(self, conn: ClientConnection, data: bytes, result: Any, facts: _Facts) -> bytes:
-        """The reply to the lane's call of ``data`` that returned ``result``; raises Deferred when it comes later.
-
-        It carries the correlation id as the method left the context's
-        annotations: the request's, or one drawn now when it had none.
-        """
-        annotations = facts.annotations
-        corr = facts.correlation_bytes
-        if corr is not None:
-            corr = corr if annotations.get("CORR") is corr else None
-        elif not annotations:
-            corr = _random_bits(128).to_bytes(16, "little")  # as random.randbytes(16)
-        if corr is not None and not facts.response_annotations:
-            reply = _lane_reply(facts.seq, corr, result, config.MAX_MESSAGE_SIZE)
-            if reply is not None:
-                return reply
-        return self.calls.outcome_reply(conn, self.message(conn, data, annotations), _SERPENT, result, facts)
 
     def _target(self, key: bytes) -> tuple:
         """Find out (and remember) the lane target of a call key: ``(object id, method name,

@@ -49,6 +49,8 @@ from .constants import DAEMON_NAME
 from .context import current_context
 from .proxy import Proxy
 
+_get_ident = threading.get_ident
+
 
 @expose
 class DaemonObject:
@@ -470,24 +472,20 @@ class Daemon:
 
     def handle_event(self, sock: socket.socket, events: int) -> None:
         """The host loop says ``sock`` is ready (READ and/or WRITE). Never raises."""
-        self._event_thread = threading.get_ident()  # a loop may run in another thread than attached it
-        if events == READ:
-            conn = self._conns.get(sock)
-            if conn is not None:
-                # a connection's request: the call lane needs no deadline update when it did all
-                try:
-                    if conn in self._lane_ready and not conn.busy:
-                        if self._lane.serve(conn):
-                            return
-                    else:
-                        self._connections.serve_ready(conn, READ)
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except BaseException as exc:  # as guarded() does for the general path
-                    with reported("daemon event handling"):
-                        self._connections.internal_error(conn, "daemon event handling", exc)
-                self._update_deadline()
-                return
+        self._event_thread = _get_ident()  # a loop may run in another thread than attached it
+        conn = self._lane_ready.get(sock)
+        if conn is not None and events == READ and not conn.busy:
+            # an idle connection's request: the call lane needs no deadline update when it did all
+            try:
+                if self._lane.serve(conn):
+                    return
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # as guarded() does for the general path
+                with reported("daemon event handling"):
+                    self._connections.internal_error(conn, "daemon event handling", exc)
+            self._update_deadline()
+            return
         with reported("daemon event handling"):
             if sock is self.sock and self._connections.listening:
                 self._connections.accept()
