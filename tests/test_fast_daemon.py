@@ -101,6 +101,16 @@ class Recorder:
         current_context.annotations.pop("CORR", None)
         return x
 
+    def leave(self, x):
+        self._record("leave", x)
+        self._pyroDaemon.unregister(self)
+        return x
+
+    def stop(self, x):
+        self._record("stop", x)
+        self._pyroDaemon.shutdown()
+        return x
+
     @oneway
     def later(self, x):
         self._record("later", x)
@@ -375,6 +385,28 @@ def test_pipelined_and_split_requests_get_the_same_answers_in_order_on_both_path
         answers.append(answered)
     assert answers[0] == answers[1]
     assert_same_call_log(*pair)
+
+
+@pytest.mark.parametrize("corr", [None, b"u" * 16])
+def test_a_method_that_unregisters_its_object_is_answered_and_the_next_call_finds_it_gone(pair, corr):
+    lane, general = pair
+    for seq, method in enumerate(("echo", "leave", "echo")):  # the first echo leaves its target cached
+        replies = both_replies(pair, request_bytes("obj", method, (seq,), corr, seq), corr)
+        assert replies[0] == replies[1]
+    assert replies[0][1] & _wire.FLAGS_EXCEPTION  # "unknown object"
+    assert lane.lane_calls == 2
+    assert_same_call_log(lane, general)
+
+
+def test_a_method_that_shuts_the_daemon_down_is_answered_before_the_connection_closes(pair):
+    lane, general = pair
+    replies = both_replies(pair, request_bytes("obj", "stop", (5,), b"s" * 16, 3), b"s" * 16)
+    assert replies[0] == replies[1] and replies[0][-1].endswith(b"5")
+    for server in pair:
+        wait_until(lambda server=server: server.daemon._closed, timeout=TIMEOUT)
+        assert server.client.exchange(request_bytes("obj", "echo", (6,), None, 4)) == b""
+    assert lane.lane_calls == 1
+    assert_same_call_log(lane, general)
 
 
 # --- each condition that leaves a call to the general path ----------------------------------------
