@@ -29,11 +29,12 @@ import types
 import zlib
 from typing import Any, Callable, Protocol
 
-from . import _expose, _fastcall, _wire, errors
+from . import _wire, errors
 from ._blob import blob_call
 from ._connection import ClientConnection
 from ._connections import Connections
-from ._expose import find_property, get_attribute, lane_method, marked_in_worker
+from ._expose import find_property, get_attribute, marked_in_worker
+from ._lane import HANGUP_CHECK_AFTER, Deferred, Raised, overrides_annotations, run_call
 from .hosting import log, report_error
 from ._protocol import ConnectRequest, InvokeRequest, PingRequest, Violation
 from ._serializers import ExceptionWrapper, Serializer, encoding_cost, get_serializer
@@ -41,7 +42,6 @@ from ._streams import StreamRegistry
 from ._workers import JobQuota, WorkerPool, checked_size
 from .configuration import config
 from .constants import DAEMON_NAME
-from .context import _Facts, _facts as _call_facts  # the lane sets a call's facts itself
 from .context import current_context, enter_call_context, reset_call_context, set_call_context
 
 
@@ -53,10 +53,6 @@ class _Unprepared(functools.partial):
     """A call looked up by the worker that runs it (``_prepare_call`` partially applied): under
     the thread server, as in Pyro4's connection threads, a percall, session or single class
     is instantiated there, so a slow or failing ``__init__`` never holds up the loop."""
-
-
-class _Deferred(Exception):
-    """Raised by a dispatch step whose reply is sent later (a coroutine being awaited)."""
 
 
 class CallHost(Protocol):
@@ -111,9 +107,6 @@ class CallDispatcher:
         self.holds_back: Callable[[ClientConnection], bool] = self.jobs.is_full
         self.loop_jobs: collections.deque = collections.deque()  # (conn, job) posted by workers
         self.jobs_after_close = False  # closed: posted jobs run at once (their connections are closed)
-        # the call lane's targets by call key (see take_call), valid for one _expose.generation
-        self.lanes: dict[bytes, tuple] = {}
-        self.lanes_generation = _expose.generation
 
     @property
     def servertype(self) -> str:
@@ -251,110 +244,10 @@ class CallDispatcher:
                 self.connections.send(conn, event.reply)
             self.connections.close_conn(conn, "protocol error: " + event.reason)
 
-    # --- the call lane -------------------------------------------------------------------
-
-    def take_call(self, conn: ClientConnection, data: bytes) -> bytes | bool | None:
-        """Serve ``data``, read whole by an idle connection, as the common call it may be.
-
-        The lane takes a request only when the general path would decode it
-        to a call of a plain method (see ``_expose.lane_method``) of a
-        registered object, run in the loop's thread: one INVOKE of serpent
-        with flags 0, no annotation but the correlation id, at most one scalar
-        argument, on a multiplex server. It runs the method with the call
-        context the general path sets. From the first thing that is not the
-        common case on (the method raises, returns something other than a
-        short scalar, sets response annotations, or the call took long enough
-        to peek for a hangup), the general path takes over with what is
-        known so far: the method never runs twice. Not with COMPRESSION or
-        DETAILED_TRACEBACK on, nor from a daemon class that adds reply
-        annotations.
-
-        Returns None when the lane declined before anything happened: ``data``
-        then goes to the protocol and the general path as ever. Returns the
-        reply bytes, for the socket side to send, when the call went the whole
-        lane, and False when it finished on the general path (its reply sent,
-        or arranged for, as that path does).
-        """
-        servertype = self.servertype_set
-        config_ = config
-        if (servertype != "multiplex" and (servertype is not None or self.own_loop)
-                or "serpent" not in config_.SERIALIZERS_ACCEPTED or config_.COMPRESSION
-                or config_.MAX_BLOCKING_ENCODE < _fastcall.LANE_COST or config_.DETAILED_TRACEBACK):
-            return None
-        request = _fastcall.lane_request(data, conn.protocol.reader.max_message_size)
-        if request is None:
-            return None
-        seq, corr, key, vargs = request
-        if self.lanes_generation != _expose.generation:
-            self.forget_lanes()
-        lane = self.lanes.get(key) or self._lane(key)
-        obj_id, name, obj, func = lane
-        if obj is None:
-            return None
-        if self.host.objectsById.get(obj_id) is not obj:  # unregistered or replaced meanwhile
-            del self.lanes[key]
-            return None
-        method = getattr(obj, name)
-        if type(method) is not types.MethodType or method.__func__ is not func or method.__self__ is not obj:
-            return None  # the instance holds a method of its own under that name
-        facts = _Facts()  # what set_call_context makes of the message the general path would decode
-        facts.client = conn
-        facts.client_sock_addr = conn.addr
-        facts.seq = seq
-        facts.serializer_id = _fastcall.SERPENT_ID
-        if corr is not None:
-            facts.annotations["CORR"] = facts.correlation_bytes = corr
-        conn.busy = True
-        self.dispatching += 1
-        try:
-            reply = self._run_call(conn, None, _SERPENT, method, vargs, facts, data)
-        except _Deferred:
-            return False
-        finally:
-            self.dispatching -= 1
-        if conn.closed or conn.read_paused or time.monotonic() - conn.last_active > _HANGUP_CHECK_AFTER:
-            self._reply_after_call(conn, reply)
-            return False
-        conn.busy = False
-        return reply
-
-    def _lane(self, key: bytes) -> tuple:
-        """Find out (and remember) the lane target of a call key: ``(object id, method name,
-        object, function)``, or ``_NO_LANE`` when the general path serves such calls."""
-        lane = _NO_LANE
-        names = _fastcall.lane_names(key)
-        # lane replies carry no annotations but the correlation id
-        if names is not None and not _overrides_annotations(type(self.host)):
-            obj_id, name = names
-            obj = self.host.objectsById.get(obj_id)
-            # the daemon's own object is left out: its stream methods move deadlines
-            if obj is not None and obj_id != DAEMON_NAME and not inspect.isclass(obj):
-                func = lane_method(type(obj), name)
-                if func is not None:
-                    lane = (obj_id, name, obj, func)
-        if len(self.lanes) >= _LANES_MAX:
-            self.lanes.clear()
-        self.lanes[key] = lane
-        return lane
-
-    def forget_lanes(self) -> None:
-        """Decide every lane target afresh (objects were registered or unregistered, classes changed)."""
-        self.lanes.clear()
-        self.lanes_generation = _expose.generation
-
-    @staticmethod
-    def _lane_message(conn: ClientConnection, data: bytes, annotations: dict[str, bytes]) -> _wire.Message:
-        """The message the general path would have made of ``data`` (which the lane accepted),
-        sharing its annotations with the call context as that path's message does."""
-        msg = _fastcall.unframe(data, conn.protocol.reader.max_message_size)
-        assert msg is not None
-        msg.annotations = annotations
-        return msg
-
     def _reply_annotations(self, request: _wire.Message, corr: bytes | None = None) -> dict[str, bytes]:
         # a correlation id needs to be unique, not secret: no system call per reply
         annotations = {"CORR": corr or request.annotations.get("CORR") or random.randbytes(16)}
-        if _overrides_annotations(type(self.host)):
+        if overrides_annotations(type(self.host)):
             annotations.update(self.host.annotations())
         return annotations
 
@@ -462,7 +355,7 @@ class CallDispatcher:
         if msg.flags & _wire.FLAGS_ONEWAY:
             log.info("oneway call from %s failed before it ran: %s", conn.addr, _describe(exc))
         else:
-            data = self._exception_reply(conn, msg, serializer, exc)
+            data = self.exception_reply(conn, msg, serializer, exc)
         if now:
             if data is not None:
                 self.connections.send(conn, data)
@@ -505,15 +398,15 @@ class CallDispatcher:
         self.dispatching += 1
         try:
             data = self._run_call(conn, msg, serializer, call)
-        except _Deferred:
+        except Deferred:
             return  # a coroutine runs on the host loop; its reply comes later
         finally:
             self.dispatching -= 1
-        self._reply_after_call(conn, data)
+        self.reply_after_call(conn, data)
 
-    def _reply_after_call(self, conn: ClientConnection, data: bytes) -> None:
+    def reply_after_call(self, conn: ClientConnection, data: bytes) -> None:
         """Send the reply of a call that ran in the loop's thread."""
-        if not conn.closed and time.monotonic() - conn.last_active > _HANGUP_CHECK_AFTER:
+        if not conn.closed and time.monotonic() - conn.last_active > HANGUP_CHECK_AFTER:
             # nothing was read while the call ran here: one peek tells whether
             # the client hung up meanwhile, so its reply is not lost silently
             self.connections.notice_hangup(conn)
@@ -549,7 +442,7 @@ class CallDispatcher:
             except errors.SerializeError:
                 dropped += 1
                 continue
-            conn.out += self._exception_reply(conn, msg, serializer, error)
+            conn.out += self.exception_reply(conn, msg, serializer, error)
         if dropped:
             log.info("%d queued requests of %s dropped unanswered: %s", dropped, conn.addr, conn.close_reason)
 
@@ -633,54 +526,31 @@ class CallDispatcher:
     def _set_context(self, conn: ClientConnection, msg: _wire.Message) -> Any:
         return set_call_context(conn, conn.addr, msg.seq, msg.flags, msg.serializer_id, msg.annotations)
 
-    def _run_call(self, conn: ClientConnection, msg: _wire.Message | None, serializer: Serializer,
-                  call: Callable[..., Any], args: tuple = (), facts: Any = None, data: bytes = b"") -> bytes:
+    def _run_call(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
+                  call: Callable[..., Any]) -> bytes:
         """Run a call where we are (loop or worker) and return its reply bytes.
 
-        The call lane (``take_call``) passes no ``msg`` but the request's
-        ``data``, the ``facts`` of the call context it made and the
-        arguments. Its scalar results are written by ``_fastcall.lane_reply``;
-        anything else makes the message the general path would have had and
-        goes on from there. Both run the method from the same line, so a
-        remote traceback reads the same either way.
+        The method runs from ``_lane.run_call``, as the call lane runs it, so
+        a remote traceback reads the same whichever way the call came.
         """
-        if facts is None:
-            token = self._set_context(conn, msg)
-            facts = current_context.facts()
-        else:
-            token = _call_facts.set(facts)
+        token = self._set_context(conn, msg)
+        facts = current_context.facts()
         try:
-            if type(call) is _Unprepared:
-                call = call()[0]
-            result = call(*args)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:
-            if isinstance(call, _ReportedCall):
-                report_error(exc, "@pyro_loops.callback method")
-            if msg is None:
-                msg = self._lane_message(conn, data, facts.annotations)
-            return self._exception_reply(conn, msg, serializer, exc)
+            outcome = run_call(call, ())
+            if type(call) is _Unprepared and type(outcome) is not Raised:  # the call, looked up by this worker
+                call = outcome[0]
+                outcome = run_call(call, ())
+            if type(outcome) is Raised:
+                if isinstance(call, _ReportedCall):
+                    report_error(outcome.exc, "@pyro_loops.callback method")
+                return self.exception_reply(conn, msg, serializer, outcome.exc)
         finally:
             reset_call_context(token)
-        if msg is None:
-            # the reply carries the correlation id as the method left the context's annotations
-            annotations = facts.annotations
-            corr = facts.correlation_bytes
-            if corr is not None:
-                corr = corr if annotations.get("CORR") is corr else None
-            elif not annotations:
-                corr = _random_bits(128).to_bytes(16, "little")  # as random.randbytes(16)
-            if corr is not None and not facts.response_annotations:
-                reply = _fastcall.lane_reply(facts.seq, corr, result, config.MAX_MESSAGE_SIZE)
-                if reply is not None:
-                    return reply
-            msg = self._lane_message(conn, data, annotations)
-        return self._outcome_reply(conn, msg, serializer, result, facts)
+        return self.outcome_reply(conn, msg, serializer, outcome, facts)
 
-    def _outcome_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer, result: Any,
+    def outcome_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer, result: Any,
                        facts: Any) -> bytes:
-        """The reply bytes for what a call returned; raises _Deferred when they come later."""
+        """The reply bytes for what a call returned; raises Deferred when they come later."""
         if inspect.iscoroutine(result):
             return self._await(conn, msg, serializer, result, facts)
         return self._result_reply(conn, msg, serializer, result, facts.response_annotations)
@@ -690,17 +560,17 @@ class CallDispatcher:
         runner = self.host.coroutine_runner
         if runner is None or threading.get_ident() != self.host._loop_thread:
             coro.close()
-            return self._exception_reply(conn, msg, serializer, TypeError(
+            return self.exception_reply(conn, msg, serializer, TypeError(
                 "async def methods need a daemon hosted by the asyncio adapter "
                 "(pyro_loops.adapters.asyncio)"))
 
         def reply(result: Any, exc: BaseException | None) -> None:
             if exc is not None:
-                data = self._exception_reply(conn, msg, serializer, exc)
+                data = self.exception_reply(conn, msg, serializer, exc)
             else:
                 try:
                     data = self._result_reply(conn, msg, serializer, result, facts.response_annotations)
-                except _Deferred:
+                except Deferred:
                     return  # a worker encodes it
             self.finish_call(conn, data)
 
@@ -713,7 +583,7 @@ class CallDispatcher:
             runner(coro, done)
         finally:
             reset_call_context(token)
-        raise _Deferred()
+        raise Deferred()
 
     def _run_in_worker(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                        call: Callable[[], Any]) -> None:
@@ -732,7 +602,7 @@ class CallDispatcher:
             # its reply is made in the loop: should that fail too (a raising
             # annotations() hook), the loop closes the connection
             error = exc
-            self.post(conn, lambda: self.finish_call(conn, self._exception_reply(conn, msg, serializer, error)))
+            self.post(conn, lambda: self.finish_call(conn, self.exception_reply(conn, msg, serializer, error)))
         else:
             self.post(conn, lambda: self.finish_call(conn, data))
         finally:
@@ -744,10 +614,10 @@ class CallDispatcher:
     def _reply_from_worker(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                            make: Callable[[], bytes]) -> None:
         """Have a worker make a reply the loop's thread must not spend its time on;
-        raises _Deferred. The connection stays busy until the reply is sent, so
+        raises Deferred. The connection stays busy until the reply is sent, so
         replies keep the order of their requests."""
         self.pool().submit(lambda: self._reply_from_here(conn, msg, serializer, make))
-        raise _Deferred()
+        raise Deferred()
 
     def _run_oneway(self, conn: ClientConnection, msg: _wire.Message, call: Callable[[], Any]) -> None:
         token = self._set_context(conn, msg)
@@ -780,7 +650,7 @@ class CallDispatcher:
 
     def _result_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                       result: Any, response_annotations: dict[str, bytes] | None = None) -> bytes:
-        """The reply bytes for a call's result; raises _Deferred when a worker makes them.
+        """The reply bytes for a call's result; raises Deferred when a worker makes them.
 
         In the host loop's thread a result is encoded at once, while the call's
         effects are still what the method saw, as long as its estimated cost
@@ -824,7 +694,7 @@ class CallDispatcher:
         try:
             data = _payload(serializer, result, large)
         except errors.SerializeError as exc:
-            return self._exception_reply(conn, msg, serializer, exc.with_traceback(None))
+            return self.exception_reply(conn, msg, serializer, exc.with_traceback(None))
         if defer_packing and config.COMPRESSION and len(data) > _COMPRESS_IN_LOOP:
             self._reply_from_worker(conn, msg, serializer, lambda: self._packed_reply(
                 conn, msg, serializer, data, flags, annotations))
@@ -837,11 +707,11 @@ class CallDispatcher:
         if config.COMPRESSION:
             data, flags = _wire.compress_if_useful(data, flags)
         if config.MAX_MESSAGE_SIZE and len(data) > config.MAX_MESSAGE_SIZE:
-            return self._exception_reply(conn, msg, serializer, errors.MessageTooLargeError(
+            return self.exception_reply(conn, msg, serializer, errors.MessageTooLargeError(
                 f"reply of {len(data)} bytes exceeds MAX_MESSAGE_SIZE ({config.MAX_MESSAGE_SIZE})"))
         return conn.protocol.result_bytes(msg, data, flags, annotations)
 
-    def _exception_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
+    def exception_reply(self, conn: ClientConnection, msg: _wire.Message, serializer: Serializer,
                          exc: BaseException, flags: int = _wire.FLAGS_EXCEPTION,
                          annotations: dict[str, bytes] | None = None) -> bytes:
         # Whatever the exception does wrong (a failing __str__ or __setattr__,
@@ -869,37 +739,17 @@ class CallDispatcher:
             try:
                 stream_id = self.streams.open(iterator, conn, time.monotonic())
             except errors.PyroError as exc:  # ITER_STREAMS_MAX_PER_CONNECTION reached
-                return self._exception_reply(conn, msg, serializer, exc)
+                return self.exception_reply(conn, msg, serializer, exc)
             annotations["STRM"] = stream_id.encode("ascii")
         marker = errors.ProtocolError("result of call is an iterator")
         marker._pyroTraceback = None  # tells the client this is no real error
-        return self._exception_reply(conn, msg, serializer, marker, flags, annotations)
+        return self.exception_reply(conn, msg, serializer, marker, flags, annotations)
 
 
 
 _MISSING = object()
-_SERPENT = get_serializer(_fastcall.SERPENT_ID)
-_NO_LANE = (None, None, None, None)
-_random_bits = random.getrandbits
-_LANES_MAX = 1024  # call keys remembered per daemon: they come from clients
 #: result types that are never a stream
 _PLAIN = frozenset((int, float, str, bool, type(None), bytes, tuple, list, dict))
-#: a call that ran in the loop for less than this many seconds since its
-#: request was read had little time to see its client hang up: no peek (a
-#: system call) after it. A hangup that close to the reply could beat the
-#: peek anyway; the reply then goes out, as it would have.
-_HANGUP_CHECK_AFTER = 0.001
-_ANNOTATING: dict[type, bool] = {}
-
-
-def _overrides_annotations(cls: type) -> bool:
-    """Whether daemon class ``cls`` overrides ``annotations()``: the first
-    definition (the Daemon's) adds nothing, so replies need not call it."""
-    found = _ANNOTATING.get(cls)
-    if found is None:
-        first = next(base for base in reversed(cls.__mro__) if "annotations" in vars(base))
-        found = _ANNOTATING[cls] = cls.annotations is not vars(first)["annotations"]
-    return found
 _LARGE = 64 * 1024  # payload bytes from which a request is decoded in a worker
 # reply bytes the loop's thread compresses at most: zlib takes 50 to 450 ms per
 # MB (text to numbers); larger replies are compressed by a worker (zlib lets

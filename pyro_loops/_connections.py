@@ -56,14 +56,6 @@ class Requests(Protocol):
     def refuse_queued(self, conn: ClientConnection) -> None:
         """At daemon close: answer or log the complete requests still queued on ``conn``."""
 
-    def take_call(self, conn: ClientConnection, data: bytes) -> bytes | bool | None:
-        """Serve ``data``, one whole read of an idle connection, by the call lane if it can.
-
-        None: not taken, nothing happened (``data`` goes to the protocol).
-        Bytes: the reply to send, nothing else to do. False: the request was
-        handled on the general path, which did or arranged everything.
-        """
-
 
 def bind(host: str, port: int, unixsocket: str | None) -> tuple[socket.socket, str]:
     """A listening, non-blocking socket for the daemon and its location string."""
@@ -129,9 +121,13 @@ class Connections:
         self.idle_check_at: float | None = None
         self.lane = True  # False: every read takes the general path (tests compare the two)
         self.lane_calls = 0  # requests the call lane took (tests tell by it which way a call went)
+        # the connections whose next read the call lane may take (see lane_idle), kept where their
+        # state changes: every change that makes a connection busier ends in set_interest or close_conn
+        self.lane_ready: dict[socket.socket, ClientConnection] = {}  # by socket, as the host reports events
 
     def set_hmac_key(self, key: bytes | None) -> None:
         self.hmac_key = key
+        self.lane_ready.clear()  # until each connection's next set_interest decides again
         for conn in self.conns.values():
             conn.protocol.hmac_key = key
 
@@ -151,61 +147,6 @@ class Connections:
             self.flush(conn)
         if events & READ and not conn.closed and not self.requests.holds_back(conn):
             self.read(conn)
-
-    def serve_readable(self, conn: ClientConnection) -> bool:
-        """``serve_ready(conn, READ)``, by the call lane when ``conn`` is idle.
-
-        Idle: established, plaintext, no HMAC key, nothing buffered, queued,
-        running, held back or waiting to be sent, not at end of stream, and
-        a wakeup budget (MAX_CALLS_PER_WAKEUP) of more than the one message
-        the lane takes. What one read brings then goes to the dispatcher's
-        ``take_call`` first; the reply it makes is sent at once, and when all
-        of it went, nothing else is left to do: no second look for messages,
-        no bound or deadline moved, interest unchanged. Anything else goes
-        the general way from where it is. True when the lane did it all.
-        """
-        protocol = conn.protocol
-        if (not self.lane or conn.busy or conn.out or conn.eof or conn.closed or conn.decoded is not None
-                or protocol.state is not State.ESTABLISHED or protocol.hmac_key or conn.transport.tls
-                or conn in self.soon or self.watcher is not None and config.MAX_CALLS_PER_WAKEUP < 2
-                or protocol.partial or self.requests.holds_back(conn)):
-            self.serve_ready(conn, READ)
-            return False
-        try:
-            data = conn.sock.recv(_RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            self.set_interest(conn)
-            return False
-        except OSError as exc:
-            self.close_conn(conn, f"receive failed: {exc}")
-            return False
-        if not data:
-            self._end_of_stream(conn)
-            self.process(conn)
-            return False
-        conn.last_active = time.monotonic()
-        reply = self.requests.take_call(conn, data)
-        if reply is None:
-            protocol.receive_data(data)
-            self.process(conn)
-            return False
-        self.lane_calls += 1
-        if reply is not False:
-            # send() made short for the lane: a plain socket (the lane never serves TLS), and
-            # nothing to re-arm when the whole reply went, which it nearly always does
-            try:
-                sent = conn.sock.send(reply)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                self.close_conn(conn, f"send failed: {exc}")
-                return False
-            if sent == len(reply):
-                return True
-            conn.out += memoryview(reply)[sent:]
-            self._sent(conn)
-        self.process(conn, spent=1)
-        return False
 
     def guarded(self, conn: ClientConnection, where: str, work: Callable[..., None], *args: Any) -> None:
         """Run ``work(*args)`` for ``conn``; an error raised inside the daemon closes
@@ -399,7 +340,7 @@ class Connections:
             self.close_conn(conn, f"receive failed: {exc}")
             return
         if not count:
-            self._end_of_stream(conn)
+            self.end_of_stream(conn)
             self.process(conn)
             return
         conn.last_active = time.monotonic()
@@ -409,7 +350,7 @@ class Connections:
             conn.protocol.receive_data(data)
             self._track_tls_records(conn)
         if conn.transport.ended:  # TLS close_notify right behind the data, the socket left open
-            self._end_of_stream(conn)
+            self.end_of_stream(conn)
         self.process(conn)
 
     def notice_hangup(self, conn: ClientConnection) -> None:
@@ -427,9 +368,9 @@ class Connections:
         except OSError as exc:
             self.close_conn(conn, f"connection lost while its call was running: {exc}")
             return
-        self._end_of_stream(conn)
+        self.end_of_stream(conn)
 
-    def _end_of_stream(self, conn: ClientConnection) -> None:
+    def end_of_stream(self, conn: ClientConnection) -> None:
         """The client closed its sending end: what it sent is still executed and answered."""
         if conn.eof:
             return
@@ -541,10 +482,30 @@ class Connections:
             conn.read_paused = False
         if conn.out or conn.transport.wants_write:
             events |= WRITE
+        if events == READ and self.lane_idle(conn):
+            self.lane_ready[conn.sock] = conn
+        else:
+            self.lane_ready.pop(conn.sock, None)
         if events != conn.interest:
             conn.interest = events
             if self.watcher is not None:
                 self.watcher.modify(conn.sock, events)
+
+    def lane_idle(self, conn: ClientConnection) -> bool:
+        """Whether the call lane may take ``conn``'s next read (``_lane.CallLane.serve``).
+
+        Idle: the lane is on; established, plaintext, no HMAC key; nothing
+        buffered, decoded, queued or waiting to be sent; not running a call,
+        held back or at end of stream (set_interest asks for read interest
+        alone). Every change away from that ends in ``set_interest`` or
+        ``close_conn``, which keep ``lane_ready``; a call that starts is
+        seen by ``busy``, which the lane's caller asks as well.
+        """
+        protocol = conn.protocol
+        return (self.lane and not (conn.busy or conn.out or conn.eof or conn.closed or conn.decoded is not None
+                                   or protocol.hmac_key or conn.transport.tls or protocol.partial
+                                   or self.requests.holds_back(conn))
+                and protocol.state is State.ESTABLISHED)
 
     # --- writing --------------------------------------------------------------------------
 
@@ -573,9 +534,9 @@ class Connections:
                 return
             if sent < len(data):
                 conn.out += memoryview(data)[sent:]
-        self._sent(conn)
+        self.after_send(conn)
 
-    def _sent(self, conn: ClientConnection) -> None:
+    def after_send(self, conn: ClientConnection) -> None:
         """Reply bytes were sent or queued on ``conn``: bound its output, watch for room if any waits."""
         unsent = _unsent(conn)
         if unsent > config.MAX_OUTPUT_BUFFER:
@@ -656,6 +617,7 @@ class Connections:
             self.limited_log.log(logging.INFO, "closing: " + reason.split(":", 1)[0],
                                  "closing connection from %s: %s", conn.addr, reason)
         self.conns.pop(conn.sock, None)
+        self.lane_ready.pop(conn.sock, None)
         self.soon.discard(conn)
         self.tls_waiting.discard(conn)
         self.timers.discard((_HANDSHAKE, conn))

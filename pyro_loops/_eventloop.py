@@ -232,12 +232,18 @@ class SelectLoop:
     def poll(self, timeout: float | None = 0) -> None:
         """One pass: wait at most ``timeout`` seconds (None: until something happens),
         then run the callbacks of ready sockets and due timers."""
-        while self._timers and self._timers[0][2].cancelled:
-            heapq.heappop(self._timers)
-        if self._timers:
-            due_in = max(0.0, self._timers[0][0] - time.monotonic())
-            timeout = due_in if timeout is None else min(timeout, due_in)
         self._thread = threading.get_ident()
+        self._poll(timeout)
+
+    def _poll(self, timeout: float | None) -> None:
+        """``poll`` in the loop's thread, known already (``run`` passes after pass)."""
+        timers = self._timers
+        if timers:
+            while timers and timers[0][2].cancelled:
+                heapq.heappop(timers)
+            if timers:
+                due_in = max(0.0, timers[0][0] - time.monotonic())
+                timeout = due_in if timeout is None else min(timeout, due_in)
         selector = self._selector
         if type(selector) is not _Epoll:
             self._run_selector(selector, timeout)
@@ -257,7 +263,8 @@ class SelectLoop:
                 if key is None or fresh and fd in fresh:  # an earlier callback of this pass removed or replaced it
                     continue
                 # as selectors reads a mask: errors and hangups wake readers and writers alike
-                events = ((WRITE if mask & ~_EPOLLIN else 0) | (READ if mask & ~_EPOLLOUT else 0)) & key.events
+                events = (READ if mask == _EPOLLIN else (WRITE if mask & ~_EPOLLIN else 0)
+                          | (READ if mask & ~_EPOLLOUT else 0)) & key.events
                 if events:
                     try:  # as ``with _CALLBACK_ERRORS``, without its two calls per event
                         key.data(key.fileobj, events)
@@ -265,7 +272,7 @@ class SelectLoop:
                         raise
                     except BaseException as exc:
                         report_error(exc, _CALLBACK_ERRORS.where)
-        if not self._timers:
+        if not timers:
             return
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
@@ -295,8 +302,14 @@ class SelectLoop:
         without any socket or timer activity; leave it None otherwise.
         """
         self._stopping = False
-        while not self._stopping and not (until is not None and until()):
-            self.poll(max_wait)
+        self._thread = threading.get_ident()
+        poll = self._poll
+        if until is None:
+            while not self._stopping:
+                poll(max_wait)
+        else:
+            while not self._stopping and not until():
+                poll(max_wait)
 
     def stop(self) -> None:
         """Make ``run()`` return; safe to call from any thread."""

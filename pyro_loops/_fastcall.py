@@ -207,20 +207,30 @@ def serpent_request(payload: bytes | bytearray) -> tuple[str, str, tuple, dict] 
 # --- the daemon's call lane: one request read whole, one reply sent whole -----------------------
 #
 # The daemon's common call arrives as one read holding exactly one INVOKE: serpent, flags 0, the
-# client's correlation id as the only annotation, a call of at most one scalar argument. The
-# reply to a scalar result is one message with the same correlation id. These two functions read
-# and write exactly those; anything else is declined and the daemon takes its general path, which
-# gives the same result for what is accepted here (tests/test_fast_daemon.py compares them).
+# client's correlation id as the only annotation, a call with scalar arguments. The reply to a
+# scalar result is one message with the same correlation id. These functions read and write
+# exactly those; anything else is declined and the daemon takes its general path, which gives
+# the same result for what is accepted here (tests/test_fast_daemon.py compares them).
 
 _MSG_INVOKE = _wire.MSG_INVOKE
 _MSG_RESULT = _wire.MSG_RESULT
-# after the header: the CORR annotation (if any), then the payload of a call of at most one
-# scalar argument. Groups: 1 correlation id, 2 the object and method as written (the lane's
-# cache key), 3-7 the argument as in _SCALAR_TEXT.
+# _SCALAR_TEXT without its groups: the arguments after the first one, matched as a whole
+_SCALAR_PLAIN = re.sub(rb"\((?!\?)", b"(?:", _SCALAR_TEXT)
+# the payload of a call with scalar arguments. Groups: 1 the object and method as written (the
+# lane's cache key), 2-6 the first argument as in _SCALAR_TEXT, 7 the arguments after it, each
+# with the comma before it. One argument takes its trailing comma ("(x)" is no tuple), more may.
 _LANE_REQUEST = re.compile(
-    rb"(?:" + re.escape(_CORR_CHUNK) + rb"(.{16}))?" + re.escape(_SERPENT_HEADER)
-    + rb"\(('[^'\\\n\r\x00]*', ?'[^'\\\n\r\x00]*'), ?\((?:(?:" + _SCALAR_TEXT + rb"),)?\), ?\{\}\)\Z",
-    re.DOTALL)
+    re.escape(_SERPENT_HEADER) + rb"\(('[^'\\\n\r\x00]*', ?'[^'\\\n\r\x00]*'), ?\("
+    + rb"(?:(?:" + _SCALAR_TEXT + rb")(?:,|((?:, ?(?:" + _SCALAR_PLAIN + rb"))+),?))?"
+    + rb"\), ?\{\}\)\Z")
+# one of the arguments after the first, with the comma before it
+_NEXT_ARG = re.compile(rb", ?(?:" + _SCALAR_TEXT + rb")")
+# what a request starts with: tag, version, INVOKE, no flags; then the rest of the header
+_INVOKE_HEAD = _pack_header(_TAG, PROTOCOL_VERSION, _MSG_INVOKE, 0, 0, 0, 0, 0, 0, 0)[:10]
+# the rest of it, the payload size unsigned: a negative one (which the frame reader refuses) is
+# then larger than SMALL_PAYLOAD
+_unpack_invoke_rest = struct.Struct("!HIHHHH").unpack_from
+_INVOKE_CHECKSUM = _CHECKSUM_BASE + _MSG_INVOKE + SERPENT_ID
 # a reply header with its CORR annotation and the serpent header, packed at once
 _LANE_REPLY = struct.Struct(_wire.HEADER.format + f"{len(_CORR_CHUNK)}s16s{_SERPENT_HEADER_SIZE}s")
 _LANE_REPLY_CHECKSUM = _CHECKSUM_BASE + _MSG_RESULT + _CORR_LEN + SERPENT_ID
@@ -234,38 +244,45 @@ _LANE_WORDS = {None: b"None", True: b"True", False: b"False"}
 
 def lane_request(data: bytes, max_message_size: int) -> tuple[int, bytes | None, bytes, tuple] | None:
     """``(seq, correlation id or None, call key, vargs)`` if ``data`` is exactly one small serpent
-    INVOKE with flags 0, no annotation but CORR, and at most one scalar argument.
+    INVOKE with flags 0, no annotation but CORR, and scalar arguments only.
 
     The call key is the object id and method as the request writes them: one key per target.
     Accepted requests are a subset of what ``unframe`` and ``serpent_request`` accept, with the
     same values; None for anything else.
     """
-    size = len(data)
-    if size < _HEADER_SIZE:
+    if not data.startswith(_INVOKE_HEAD) or len(data) < _HEADER_SIZE:
         return None
-    tag, version, msg_type, flags, seq, data_len, ser_id, ann_len, _reserved, check = _unpack_header(data)
-    if (msg_type != _MSG_INVOKE or flags or ser_id != SERPENT_ID or tag != _TAG or version != PROTOCOL_VERSION
-            or size != _HEADER_SIZE + ann_len + data_len or data_len > SMALL_PAYLOAD or data_len < 0
-            or check != (_CHECKSUM_BASE + _MSG_INVOKE + data_len + ann_len + SERPENT_ID + seq) & 0xFFFF
+    seq, data_len, ser_id, ann_len, _reserved, check = _unpack_invoke_rest(data, 10)
+    if (ser_id != SERPENT_ID or len(data) != _HEADER_SIZE + ann_len + data_len or data_len > SMALL_PAYLOAD
+            or check != (_INVOKE_CHECKSUM + data_len + ann_len + seq) & 0xFFFF
             or max_message_size and data_len + ann_len > max_message_size):
         return None
-    match = _LANE_REQUEST.match(data, _HEADER_SIZE)
+    if not ann_len:
+        corr = None
+    elif ann_len == _CORR_LEN and data.startswith(_CORR_CHUNK, _HEADER_SIZE):
+        corr = data[_HEADER_SIZE + 6:_HEADER_SIZE + _CORR_LEN]
+    else:
+        return None
+    match = _LANE_REQUEST.match(data, _HEADER_SIZE + ann_len)
     if match is None:
         return None
-    corr, key, integer, real, single, double, word = match.groups()
-    if ann_len != (0 if corr is None else _CORR_LEN):  # the payload began with what looks like CORR
-        return None
-    if integer is not None:
-        return seq, corr, key, (int(integer),)
-    if real is not None:
-        return seq, corr, key, (float(real),)
-    if word is not None:
-        return seq, corr, key, (_NAMES[word],)
-    text = single if single is not None else double
-    if text is None:
-        return seq, corr, key, ()
+    key, integer, real, single, double, word, more = match.groups()
     try:
-        return seq, corr, key, (text.decode("utf-8"),)
+        if integer is not None:
+            first: Any = int(integer)
+        elif real is not None:
+            first = float(real)
+        elif word is not None:
+            first = _NAMES[word]
+        elif single is not None:
+            first = single.decode("utf-8")
+        elif double is not None:
+            first = double.decode("utf-8")
+        else:
+            return seq, corr, key, ()
+        if more is None:
+            return seq, corr, key, (first,)
+        return seq, corr, key, (first, *map(_value, _NEXT_ARG.finditer(data, match.start(7), match.end(7))))
     except UnicodeDecodeError:
         return None
 

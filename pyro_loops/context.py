@@ -24,15 +24,17 @@ class _Facts:
     __slots__ = ("client", "client_sock_addr", "seq", "msg_flags", "serializer_id", "annotations",
                  "response_annotations", "correlation_bytes", "correlation_uuid")
 
-    def __init__(self) -> None:
-        self.client: Any = None
-        self.client_sock_addr: Any = None
-        self.seq = 0
-        self.msg_flags = 0
-        self.serializer_id = 0
-        self.annotations: dict[str, bytes] = {}
+    def __init__(self, client: Any = None, addr: Any = None, seq: int = 0, flags: int = 0, serializer_id: int = 0,
+                 annotations: dict[str, bytes] | None = None, correlation: bytes | None = None) -> None:
+        """The facts of a call served to ``client`` (None outside one); made in one step, once per call."""
+        self.client = client
+        self.client_sock_addr = addr
+        self.seq = seq
+        self.msg_flags = flags
+        self.serializer_id = serializer_id
+        self.annotations: dict[str, bytes] = {} if annotations is None else annotations
         self.response_annotations: dict[str, bytes] = {}
-        self.correlation_bytes: bytes | None = None
+        self.correlation_bytes = correlation
         self.correlation_uuid: uuid.UUID | None = None
 
 
@@ -101,15 +103,7 @@ current_context = _CallContext()
 
 def set_call_context(client: Any, addr: Any, seq: int, flags: int, serializer_id: int,
                      annotations: dict[str, bytes]) -> contextvars.Token:
-    facts = _Facts()
-    facts.client = client
-    facts.client_sock_addr = addr
-    facts.seq = seq
-    facts.msg_flags = flags
-    facts.serializer_id = serializer_id
-    facts.annotations = annotations
-    facts.correlation_bytes = annotations.get("CORR")
-    return _facts.set(facts)
+    return _facts.set(_Facts(client, addr, seq, flags, serializer_id, annotations, annotations.get("CORR")))
 
 
 def reset_call_context(token: contextvars.Token) -> None:

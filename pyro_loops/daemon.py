@@ -11,8 +11,9 @@ The daemon is a facade over three parts with declared interfaces: the socket
 side (``_connections.Connections``: accept, read, send, close, interest,
 buffer totals, per-connection deadlines), call dispatch
 (``_calls.CallDispatcher``, which needs of the daemon only what
-``_calls.CallHost`` declares) and the ``events()`` path of hand-written
-select loops (``_seedloop.HandWrittenLoop``). Item streams live in
+``_calls.CallHost`` declares), the call lane that serves the common call
+of an idle connection in one step (``_lane.CallLane``) and the ``events()``
+path of hand-written select loops (``_seedloop.HandWrittenLoop``). Item streams live in
 ``_streams.StreamRegistry``. The daemon keeps the object registry, the hooks
 subclasses override, the hosting interface and closing.
 """
@@ -35,6 +36,7 @@ from ._calls import CallDispatcher
 from ._connection import ClientConnection
 from ._connections import Connections, bind
 from ._eventloop import SelectLoop
+from ._lane import CallLane
 from ._resolve import locate_ns
 from ._seedloop import HandWrittenLoop
 from ._serving import serving as _serving, serving_lock as _serving_lock  # under the names the body uses
@@ -46,6 +48,8 @@ from .configuration import config
 from .constants import DAEMON_NAME
 from .context import current_context
 from .proxy import Proxy
+
+_get_ident = threading.get_ident
 
 
 @expose
@@ -131,6 +135,8 @@ class Daemon:
         self._connections = Connections(self.sock, self._connection_closed, ssl_context)
         self._calls = CallDispatcher(self, self._connections, self._streams, servertype, self._wakeup.wake)
         self._connections.requests = self._calls
+        self._lane = CallLane(self, self._connections, self._calls)
+        self._lane_ready = self._connections.lane_ready
         self._conns = self._connections.conns  # the open connections by socket (read by tests and tools)
         self._seed_loop = HandWrittenLoop(self, self._connections.output_pending, self.next_deadline,
                                           lambda: self._watcher is not None, self._wakeup.wake)
@@ -200,7 +206,7 @@ class Daemon:
         elif not hasattr(obj_or_class, "_pyroInstancing"):
             setattr(obj_or_class, "_pyroInstancing", ("session", None))
         self.objectsById[objectId] = obj_or_class
-        self._calls.forget_lanes()
+        self._lane.forget()
         if config.REQUIRE_EXPOSE and objectId != DAEMON_NAME:
             meta = get_exposed_members(obj_or_class)
             if not (meta["methods"] or meta["attrs"]):
@@ -224,7 +230,7 @@ class Daemon:
         if objectId == DAEMON_NAME:
             return
         obj = self.objectsById.pop(objectId, None)
-        self._calls.forget_lanes()
+        self._lane.forget()
         if obj is not None and not inspect.isclass(obj):
             for attr in ("_pyroId", "_pyroDaemon"):
                 try:
@@ -458,21 +464,20 @@ class Daemon:
 
     def handle_event(self, sock: socket.socket, events: int) -> None:
         """The host loop says ``sock`` is ready (READ and/or WRITE). Never raises."""
-        self._event_thread = threading.get_ident()  # a loop may run in another thread than attached it
-        if events == READ:
-            conn = self._conns.get(sock)
-            if conn is not None:
-                # a connection's request: the call lane needs no deadline update when it did all
-                try:
-                    if self._connections.serve_readable(conn):
-                        return
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except BaseException as exc:  # as guarded() does for the general path
-                    with reported("daemon event handling"):
-                        self._connections.internal_error(conn, "daemon event handling", exc)
-                self._update_deadline()
-                return
+        self._event_thread = _get_ident()  # a loop may run in another thread than attached it
+        conn = self._lane_ready.get(sock)
+        if conn is not None and events == READ and not conn.busy:
+            # an idle connection's request: the call lane needs no deadline update when it did all
+            try:
+                if self._lane.serve(conn):
+                    return
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # as guarded() does for the general path
+                with reported("daemon event handling"):
+                    self._connections.internal_error(conn, "daemon event handling", exc)
+            self._update_deadline()
+            return
         with reported("daemon event handling"):
             if sock is self.sock and self._connections.listening:
                 self._connections.accept()

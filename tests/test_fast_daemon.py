@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,6 +71,10 @@ class Recorder:
     def nothing(self):
         self._record("nothing")
 
+    def several(self, *args):
+        self._record("several", *args)
+        return len(args)
+
     def text(self, x):
         self._record("text", x)
         return str(x) * 3
@@ -96,6 +101,16 @@ class Recorder:
         current_context.annotations.pop("CORR", None)
         return x
 
+    def leave(self, x):
+        self._record("leave", x)
+        self._pyroDaemon.unregister(self)
+        return x
+
+    def stop(self, x):
+        self._record("stop", x)
+        self._pyroDaemon.shutdown()
+        return x
+
     @oneway
     def later(self, x):
         self._record("later", x)
@@ -118,6 +133,16 @@ class Served:
         self.daemon = daemon_class(host="127.0.0.1")
         self.daemon._connections.lane = lane
         self.client: RawClient | None = None
+        # every read the lane took must have been one of an idle connection (Connections.lane_idle)
+        self.busy_takes: list[str] = []
+        serve = self.daemon._lane.serve
+
+        def checked_serve(conn):
+            if not self.daemon._connections.lane_idle(conn):
+                self.busy_takes.append(repr(conn))
+            return serve(conn)
+
+        self.daemon._lane.serve = checked_serve
         self.obj = Recorder()
         self.uri = self.daemon.register(self.obj, "obj")
         self.loop = SelectLoop()
@@ -147,6 +172,7 @@ class Served:
         self.thread.join(TIMEOUT)
         self.daemon.close()
         self.loop.close()
+        assert not self.busy_takes, "the lane took a read of a connection that was not idle"
 
 
 @contextlib.contextmanager
@@ -237,7 +263,7 @@ def pair():
 scalars = st.one_of(st.integers(-10**20, 10**20), st.integers(-5, 5), st.booleans(), st.none(),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
                     st.sampled_from(["", "'", '"', "a, b", "k: v", "é", "\ud800", "x" * 1025, "x" * 1024]))
-methods = st.sampled_from(["echo", "echo", "echo", "nothing", "text", "as_list", "fail", "gen", "annotate",
+methods = st.sampled_from(["echo", "echo", "echo", "nothing", "several", "text", "as_list", "fail", "gen", "annotate",
                            "lose_corr", "later", "prop", "_private", "missing", "__init__"])
 objects = st.sampled_from(["obj", "obj", "obj", "nope", "Pyro.Daemon"])
 corrs = st.one_of(st.none(), st.binary(min_size=16, max_size=16))
@@ -246,7 +272,7 @@ corrs = st.one_of(st.none(), st.binary(min_size=16, max_size=16))
 # --- the property: same bytes, same calls ------------------------------------------------------
 
 @SETTINGS
-@given(objects, methods, st.lists(scalars, max_size=2).map(tuple), corrs, st.integers(0, 0xFFFF), st.booleans())
+@given(objects, methods, st.lists(scalars, max_size=4).map(tuple), corrs, st.integers(0, 0xFFFF), st.booleans())
 @example("obj", "echo", (42,), None, 1, False)
 @example("obj", "echo", (42,), b"c" * 16, 2, True)
 @example("obj", "fail", (42,), b"c" * 16, 3, False)
@@ -279,6 +305,91 @@ def test_pyro4_spacing_and_no_arguments_take_the_lane(pair):
     assert client.exchange(request_bytes("obj", "nothing", (), None, 2))
     assert lane.lane_calls == 2
     client.close()
+
+
+def test_calls_with_several_scalar_arguments_take_the_lane(pair):
+    lane, general = pair
+    for vargs in [(1, 2), ("a", 2.5, None, True, -3), tuple(range(40)), ("é", "x, y", "k: v")]:
+        for corr in (None, b"m" * 16):
+            before = lane.lane_calls
+            replies = both_replies(pair, request_bytes("obj", "several", vargs, corr, 6), corr)
+            assert replies[0] == replies[1]
+            assert lane.lane_calls == before + 1, f"the lane did not serve several{vargs!r}"
+    assert_same_call_log(lane, general)
+    assert general.lane_calls == 0
+
+
+def read_replies(sock: socket.socket, count: int) -> list[_wire.Message]:
+    """``count`` whole messages from ``sock``, however the daemon wrote them."""
+    reader = _wire.FrameReader(0)
+    replies: list[_wire.Message] = []
+    while len(replies) < count:
+        chunk = sock.recv(65536)
+        assert chunk, "the daemon closed the connection"
+        reader.feed(chunk)
+        while (message := reader.next_message()) is not None:
+            replies.append(message)
+    return replies
+
+
+batch_calls = st.lists(st.tuples(st.sampled_from(["echo", "several", "fail", "as_list", "later", "nothing"]),
+                                 st.lists(scalars, max_size=3).map(tuple), corrs), min_size=1, max_size=3)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(batch_calls, st.integers(0, 120)), min_size=1, max_size=4))
+def test_pipelined_and_split_requests_get_the_same_answers_in_order_on_both_paths(pair, batches):
+    """Requests sent together, or cut anywhere, take the general path until the connection is
+    idle again; then the lane goes on. Both daemons answer the same, in order."""
+    answers = []
+    for server in pair:
+        client = RawClient(server)
+        seq = 0
+        answered = []
+        for batch, cut in batches:
+            data = b""
+            expected = 0
+            for method, vargs, corr in batch:
+                seq += 1
+                flags = _wire.FLAGS_ONEWAY if method == "later" else 0
+                data += request_bytes("obj", method, vargs, corr, seq, flags)
+                expected += not flags
+            if 0 < cut < len(data):
+                client.sock.sendall(data[:cut])
+                time.sleep(0.002)  # the daemon may read the first part alone (or not: both must agree)
+                client.sock.sendall(data[cut:])
+            else:
+                client.sock.sendall(data)
+            corrs_sent = [corr for method, _, corr in batch if method != "later"]
+            answered += [comparable(_wire.encode(message), corr)
+                         for message, corr in zip(read_replies(client.sock, expected), corrs_sent)]
+        answered.append(comparable(client.call("echo", "end"), None))  # the oneway calls before it ran
+        client.close()
+        answers.append(answered)
+    assert answers[0] == answers[1]
+    assert_same_call_log(*pair)
+
+
+@pytest.mark.parametrize("corr", [None, b"u" * 16])
+def test_a_method_that_unregisters_its_object_is_answered_and_the_next_call_finds_it_gone(pair, corr):
+    lane, general = pair
+    for seq, method in enumerate(("echo", "leave", "echo")):  # the first echo leaves its target cached
+        replies = both_replies(pair, request_bytes("obj", method, (seq,), corr, seq), corr)
+        assert replies[0] == replies[1]
+    assert replies[0][1] & _wire.FLAGS_EXCEPTION  # "unknown object"
+    assert lane.lane_calls == 2
+    assert_same_call_log(lane, general)
+
+
+def test_a_method_that_shuts_the_daemon_down_is_answered_before_the_connection_closes(pair):
+    lane, general = pair
+    replies = both_replies(pair, request_bytes("obj", "stop", (5,), b"s" * 16, 3), b"s" * 16)
+    assert replies[0] == replies[1] and replies[0][-1].endswith(b"5")
+    for server in pair:
+        wait_until(lambda server=server: server.daemon._closed, timeout=TIMEOUT)
+        assert server.client.exchange(request_bytes("obj", "echo", (6,), None, 4)) == b""
+    assert lane.lane_calls == 1
+    assert_same_call_log(lane, general)
 
 
 # --- each condition that leaves a call to the general path ----------------------------------------
@@ -483,7 +594,7 @@ def test_replies_the_socket_does_not_take_at_once_are_queued_in_order():
 
 @settings(max_examples=400, deadline=None)
 @given(st.sampled_from(["obj", "o,b'j", "Pyro.Daemon", "é"]), st.sampled_from(["m", "echo", "a b"]),
-       st.lists(scalars, max_size=2).map(tuple), corrs, st.integers(0, 0xFFFF),
+       st.lists(scalars, max_size=5).map(tuple), corrs, st.integers(0, 0xFFFF),
        st.sampled_from([0, 0, 0, _wire.FLAGS_ONEWAY, _wire.FLAGS_BATCH, _wire.FLAGS_COMPRESSED]),
        st.booleans(), st.sampled_from([0, 0, 40, 4096]))
 def test_lane_request_reads_what_the_frame_reader_and_full_decoder_read(obj, method, vargs, corr, seq, flags,
@@ -518,7 +629,7 @@ def check_lane_request(data: bytes, max_size: int) -> None:
     obj_id, method, full_vargs, kwargs = Serializer.loads_call(SERPENT, msg.data)
     assert (seq, corr) == (msg.seq, msg.annotations.get("CORR"))
     assert _fastcall.lane_names(key) == (obj_id, method)
-    assert kwargs == {} and len(vargs) == len(full_vargs) <= 1
+    assert kwargs == {} and len(vargs) == len(full_vargs)
     assert all(type(a) is type(b) and repr(a) == repr(b) for a, b in zip(vargs, full_vargs))
 
 
