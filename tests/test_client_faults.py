@@ -362,3 +362,25 @@ def test_a_connection_whose_end_was_read_is_not_watched_for_reading_while_its_re
     assert [call.result() for call in calls] == list(range(12))
     assert watched[0] and not watched[-1], watched  # read until the end came, then no more
     assert fd not in host.watched()
+
+
+def strays_then_answers(server: RawServer, conn: socket.socket) -> None:
+    """Answer a call, then send the start of a message that never ends, then answer the next call."""
+    peer = ScriptedPeer(conn)
+    peer.accept_handshake()
+    first = peer.message()
+    reply = peer.reply(peer.wire.MSG_RESULT, 1, first.seq)
+    conn.sendall(reply + reply[:10])
+    second = peer.message()
+    conn.sendall(peer.reply(peer.wire.MSG_RESULT, 2, second.seq))
+    conn.recv(4096)
+
+
+@pytest.mark.parametrize("raw_server", [strays_then_answers], indirect=True)
+def test_a_whole_reply_behind_stray_bytes_is_read_behind_them(host, client, raw_server):
+    # The reply alone looks like the answer; what came before it makes the stream garbage.
+    proxy = client.proxy(raw_server.uri)
+    proxy._pyroTimeout = WAIT_S
+    assert host.settle(proxy.add(1, 0)).result() == 1
+    second = host.settle(proxy.add(2, 0))
+    assert isinstance(second.exception(), errors.ProtocolError)
