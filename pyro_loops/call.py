@@ -305,27 +305,33 @@ class _Awaited:
     bookkeeping after ``task.cancel()`` before the task sees the error).
     """
 
-    __slots__ = ("_call", "_loop", "_asyncio_future_blocking")
+    __slots__ = ("_call", "_loop", "_asyncio_future_blocking", "_fn", "_context")
 
     def __init__(self, call: Call, loop: asyncio.AbstractEventLoop) -> None:
         self._call = call
         self._loop = loop
         self._asyncio_future_blocking = True  # asyncio's mark of a future being waited on
+        self._fn: Callable[[Any], Any] | None = None  # the waiting task's wakeup, and its context
+        self._context: Any = None
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
 
     def add_done_callback(self, fn: Callable[[Any], Any], *, context: Any = None) -> None:
-        loop = self._loop
+        if self._fn is not None:  # not the task's one wakeup: one more waiter of the call, as itself
+            _Awaited(self._call, self._loop).add_done_callback(fn, context=context)
+            return
+        self._fn, self._context = fn, context
+        self._call.add_done_callback(self)  # the call calls us: no closure made per await
 
-        def wake(call: Call) -> None:
-            if (call._state is _DONE and context is not None and asyncio._get_running_loop() is loop
-                    and asyncio.current_task(loop) is None):
-                context.run(fn, self)  # the task's own step: our result() is what it reads
-            else:
-                loop.call_soon(fn, self, context=context)
-
-        self._call.add_done_callback(wake)
+    def __call__(self, call: Call) -> None:
+        """The call completed: wake the task."""
+        loop, context = self._loop, self._context
+        if (call._state is _DONE and context is not None and asyncio._get_running_loop() is loop
+                and asyncio.current_task(loop) is None):
+            context.run(self._fn, self)  # the task's own step: our result() is what it reads
+        else:
+            loop.call_soon(self._fn, self, context=context)
 
     def cancel(self, msg: Any = None) -> bool:
         return self._call.cancel()

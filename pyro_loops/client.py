@@ -566,8 +566,11 @@ class _Channel:
         #: it are handled at the loop's deadline passes, then the connection fails
         self.ended = False
         #: the latest call made by ``quick_invoke``: while it is the one call in flight, its
-        #: reply may be read whole by ``quick_result`` (see ``on_ready``)
+        #: reply may be read whole by ``quick_result`` (see ``_quick_reply``)
         self.quick: _Request | None = None
+        #: bytes were given to the protocol that it may still hold: False once ``process``
+        #: found it holds none (``partial``, asked there rather than for every reply)
+        self.fed = False
         #: the transport's ``send`` and ``recv``, the socket's own without TLS
         self._send: Callable[[bytes], int] = _not_connected
         self._recv: Callable[[int], bytes] = _not_connected
@@ -967,6 +970,7 @@ class _Channel:
                 self._set_interest(self.interest)  # not for reading any more
             elif self._quick_reply(data):
                 return
+            self.fed = True
             self.protocol.receive_data(data)  # b"": the server closed; the protocol says what that means
             self.process()
 
@@ -981,12 +985,13 @@ class _Channel:
         request = self.quick
         protocol = self.protocol
         size = len(data)
-        if request is None or len(self.inflight) != 1 or self.inflight.get(protocol.seq) is not request \
-                or protocol.partial or 0 < config.MAX_BLOCKING_DECODE < size:
+        if request is None or self.fed or len(self.inflight) != 1 or self.inflight.get(protocol.seq) is not request \
+                or 0 < config.MAX_BLOCKING_DECODE < size:
             return False
         self.quick = None
         reply = protocol.quick_result(data, size)
         if reply is None:  # the bytes went to the protocol: the general path reads them
+            self.fed = True
             self.process()
             return True
         value, annotations = reply
@@ -1005,6 +1010,7 @@ class _Channel:
             return
         if not data:
             raise TLSError("the daemon closed the connection: does it use TLS? Both ends must set SSL")
+        self.fed = True
         self.protocol.receive_data(data)  # cannot happen before the handshake ends: kept for process()
 
     def resume(self) -> None:
@@ -1025,6 +1031,7 @@ class _Channel:
                 return
             event = self.protocol.next_event()
             if event is None:
+                self.fed = self.protocol.partial
                 if not self.queued:
                     client._soon.discard(self)  # nothing buffered is left for a nested loop to take
                 return
