@@ -112,17 +112,19 @@ class Outbox:
     at once); a buffer of ``GATHER_SIZE`` or more that cannot change (``bytes``,
     a read-only view) is kept as it is, so a large reply or call is never
     copied on its way out, however many sends it takes. ``+=`` appends bytes,
-    a view or ``Buffers``; ``len()`` is what is waiting; ``send_to()`` writes.
+    a view or ``Buffers``; ``len()`` (or ``size``, read without a call) is what
+    is waiting; ``send_to()`` writes.
     """
 
-    __slots__ = ("_parts", "_size")
+    __slots__ = ("_parts", "size")
 
     def __init__(self) -> None:
         self._parts: collections.deque[bytearray | memoryview] = collections.deque()
-        self._size = 0
+        #: bytes waiting (read it; only the box changes it)
+        self.size = 0
 
     def __len__(self) -> int:
-        return self._size
+        return self.size
 
     def __iadd__(self, data: Data | memoryview) -> "Outbox":
         queue = self._parts
@@ -135,18 +137,21 @@ class Outbox:
                     queue[-1] += part
                 else:
                     queue.append(bytearray(part))
-            self._size += size
+            self.size += size
         return self
 
     def send_to(self, transport: "_Sender") -> int:
         """Write what ``transport`` takes now, in one call, and drop it from the box.
 
         Returns the number of bytes written; raises as the transport's
-        ``send_parts`` (``BlockingIOError`` when it took none).
+        ``send`` or ``send_parts`` (``BlockingIOError`` when it took none).
         """
         queue = self._parts
-        sent = transport.send_parts(list(itertools.islice(queue, _SEND_PARTS)))
-        self._size -= sent
+        if len(queue) == 1:  # one buffer: a plain send, no list of buffers for sendmsg
+            sent = transport.send(queue[0])
+        else:
+            sent = transport.send_parts(list(itertools.islice(queue, _SEND_PARTS)))
+        self.size -= sent
         left = sent
         while left:
             head = queue[0]
@@ -163,6 +168,9 @@ class Outbox:
 
 class _Sender(Protocol):
     """What ``Outbox.send_to`` writes through (the transports of ``_transport``)."""
+
+    def send(self, data: bytearray | memoryview) -> int:
+        """Write from ``data`` what the socket takes now; the count written."""
 
     def send_parts(self, buffers: list[bytearray | memoryview]) -> int:
         """Write from ``buffers``, in order, what the socket takes now; the count written."""

@@ -40,6 +40,11 @@ class _Running(threading.local):
     instead of inside it: a chain thousands of links long (a poll written as
     ``fn`` returning ``proxy.next().then(fn)``) completes without growing the
     stack link by link into a RecursionError.
+
+    The entry points a host loop calls (``Client.handle_event``) set ``queue``
+    to None for their run and put it back after: a done-callback that runs a
+    nested loop (a Qt modal dialog, a Tk ``wait_window``) must still see the
+    calls completed meanwhile, not have their callbacks queued behind its own return.
     """
 
     queue: "collections.deque[tuple[Call, list[Callable[[Call], Any]]]] | None" = None
@@ -47,25 +52,8 @@ class _Running(threading.local):
     spare: "collections.deque[tuple[Call, list[Callable[[Call], Any]]]] | None" = None
 
 
-_running = _Running()
-
-
-class fresh_callbacks:  # noqa: N801 - reads as a statement: ``with fresh_callbacks():``
-    """Callbacks of calls completed inside run at once, even inside another callback.
-
-    For the entry points a host loop calls (``Client.handle_event``): a
-    done-callback that runs a nested loop (a Qt modal dialog, a Tk
-    ``wait_window``) must still see the calls completed meanwhile, not have
-    their callbacks queued behind its own return.
-    """
-
-    __slots__ = ("_saved",)
-
-    def __enter__(self) -> None:
-        self._saved, _running.queue = _running.queue, None
-
-    def __exit__(self, *exc_info: object) -> None:
-        _running.queue = self._saved
+#: this thread's callbacks waiting to run (see ``_Running``)
+running_callbacks = _Running()
 
 
 class CallPendingError(errors.PyroError, concurrent.futures.InvalidStateError):
@@ -80,8 +68,8 @@ class Call:
     message needs it: not for each of the thousands of calls that succeed.
     """
 
-    __slots__ = ("_describe", "_state", "_result", "_exception", "_callbacks", "_on_cancel", "_retrieved",
-                 "_traceback")
+    __slots__ = ("_describe", "_state", "_result", "_exception", "_callbacks", "_on_cancel", "_on_done",
+                 "_retrieved", "_traceback")
 
     def __init__(self, describe: "str | tuple[str, Any]" = "call") -> None:
         self._describe = describe
@@ -91,6 +79,9 @@ class Call:
         self._callbacks: list[Callable[[Call], Any]] | None = None
         #: set by whoever can still undo the call (the client): called once on cancel()
         self._on_cancel: Callable[[Call], None] | None = None
+        #: set by whoever keeps books on the call (the client): called once when it completes,
+        #: however it does, before its done-callbacks and never deferred behind another callback
+        self._on_done: Callable[[Call], None] | None = None
         self._retrieved = False
         self._traceback: Any = None
 
@@ -147,49 +138,50 @@ class Call:
                 undo(self)
             except Exception as exc:
                 report_error(exc, "cancelling " + self.describe)
-        self._run_callbacks()
+        self._completed()
         return True
 
     # -- completion (the client's side) --
 
     def set_result(self, value: Any) -> None:
-        if self._state == _PENDING:
+        if self._state is _PENDING:
             self._state, self._result, self._on_cancel = _DONE, value, None
-            self._run_callbacks()
+            self._completed()
 
     def set_exception(self, exc: BaseException) -> None:
-        if self._state == _PENDING:
+        if self._state is _PENDING:
             self._state, self._exception, self._on_cancel = _DONE, exc, None
             self._traceback = exc.__traceback__
-            self._run_callbacks()
+            self._completed()
 
-    def _run_callbacks(self) -> None:
-        callbacks, self._callbacks = self._callbacks, None
+    def _completed(self) -> None:
+        """The books first (``_on_done``), then the done-callbacks."""
+        done = self._on_done
+        if done is not None:
+            self._on_done = None
+            done(self)
+        callbacks = self._callbacks
         if not callbacks:
             return
-        running = _running
+        self._callbacks = None
+        running = running_callbacks
         queue = running.queue
         if queue is not None:  # inside another call's callback: run these when it returns
             queue.append((self, callbacks))
             return
         queue = running.spare or collections.deque()
         running.queue, running.spare = queue, None
+        call = self
         try:
-            for callback in callbacks:
-                self._run_callback(callback)
-            while queue:
-                call, callbacks = queue.popleft()
+            while True:
                 for callback in callbacks:
                     call._run_callback(callback)
+                if not queue:
+                    break
+                call, callbacks = queue.popleft()
         finally:
             queue.clear()  # not empty only if a callback let KeyboardInterrupt through
             running.queue, running.spare = None, queue
-
-    def _run_callback(self, callback: Callable[[Call], Any]) -> None:
-        try:
-            callback(self)
-        except Exception as exc:
-            report_error(exc, f"done-callback of {self.describe}")
 
     # -- consumers --
 
@@ -201,13 +193,19 @@ class Call:
 
         What ``fn`` raises goes to the error hook (``pyro_loops.set_error_hook``).
         """
-        if self._state == _PENDING:
+        if self._state is _PENDING:
             if self._callbacks is None:
                 self._callbacks = [fn]
             else:
                 self._callbacks.append(fn)
-        else:
-            self._run_callback(fn)
+            return
+        self._run_callback(fn)
+
+    def _run_callback(self, callback: Callable[[Call], Any]) -> None:
+        try:
+            callback(self)
+        except Exception as exc:
+            report_error(exc, f"done-callback of {self.describe}")
 
     def then(self, fn: Callable[..., Any], *args: Any) -> Call:
         """A new call completed with ``fn(result, *args)`` once this one succeeds.
@@ -241,8 +239,10 @@ class Call:
 
         Cancelling the awaiting task cancels the call.
         """
-        if self._state == _PENDING:
+        if self._state is _PENDING:
             yield _Awaited(self, asyncio.get_running_loop())
+        if self._exception is None and self._state is _DONE:
+            return self._result  # result() without its checks, for the common case
         return self.result()
 
     def __del__(self) -> None:
@@ -305,27 +305,33 @@ class _Awaited:
     bookkeeping after ``task.cancel()`` before the task sees the error).
     """
 
-    __slots__ = ("_call", "_loop", "_asyncio_future_blocking")
+    __slots__ = ("_call", "_loop", "_asyncio_future_blocking", "_fn", "_context")
 
     def __init__(self, call: Call, loop: asyncio.AbstractEventLoop) -> None:
         self._call = call
         self._loop = loop
         self._asyncio_future_blocking = True  # asyncio's mark of a future being waited on
+        self._fn: Callable[[Any], Any] | None = None  # the waiting task's wakeup, and its context
+        self._context: Any = None
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
 
     def add_done_callback(self, fn: Callable[[Any], Any], *, context: Any = None) -> None:
-        loop = self._loop
+        if self._fn is not None:  # not the task's one wakeup: one more waiter of the call, as itself
+            _Awaited(self._call, self._loop).add_done_callback(fn, context=context)
+            return
+        self._fn, self._context = fn, context
+        self._call.add_done_callback(self)  # the call calls us: no closure made per await
 
-        def wake(call: Call) -> None:
-            if (call._state != _CANCELLED and context is not None and asyncio._get_running_loop() is loop
-                    and asyncio.current_task(loop) is None):
-                context.run(fn, call)  # the task's own step: the call's result() is what it reads
-            else:
-                loop.call_soon(fn, call, context=context)
-
-        self._call.add_done_callback(wake)
+    def __call__(self, call: Call) -> None:
+        """The call completed: wake the task."""
+        loop, context = self._loop, self._context
+        if (call._state is _DONE and context is not None and asyncio._get_running_loop() is loop
+                and asyncio.current_task(loop) is None):
+            context.run(self._fn, self)  # the task's own step: our result() is what it reads
+        else:
+            loop.call_soon(self._fn, self, context=context)
 
     def cancel(self, msg: Any = None) -> bool:
         return self._call.cancel()
@@ -334,4 +340,7 @@ class _Awaited:
         return self._call.done()
 
     def result(self) -> Any:
-        return self._call.result()
+        call = self._call
+        if call._exception is None and call._state is _DONE:
+            return call._result  # the common case, without result()'s checks
+        return call.result()

@@ -61,9 +61,10 @@ from ._tls import TLSError, client_context_from_config
 from ._transport import PlainTransport, TLSTransport, tls_transport
 from ._wakeup import Wakeup
 from ._uri import URI
-from .call import Call, fresh_callbacks, settle_with
+from .call import Call, running_callbacks, settle_with
 from .configuration import config
 from .constants import NAMESERVER_NAME
+from .context import _facts as _context_facts  # the ContextVar itself: one C call to read it
 from .context import current_context
 from .proxy import BatchProxy, Proxy, _proxy_state, _RemoteMethod, set_caller_defaults
 
@@ -92,7 +93,7 @@ class _Request:
 
     __slots__ = ("call", "kind", "args", "kwargs", "deadline", "seq", "channel", "proxy")
 
-    def __init__(self, call: Call, kind: str, args: Any, kwargs: Any) -> None:
+    def __init__(self, call: Call, kind: str, args: Any, kwargs: Any, proxy: "LoopProxy | None" = None) -> None:
         self.call = call
         self.kind = kind
         self.args = args
@@ -101,7 +102,7 @@ class _Request:
         self.seq = -1
         self.channel: _Channel | None = None
         #: the proxy, kept alive while the call is pending (its channel holds it weakly)
-        self.proxy: LoopProxy | None = None
+        self.proxy = proxy
 
     def __call__(self, _call: Call) -> None:
         """The call was cancelled (``Call._on_cancel``): its connection lets go of it."""
@@ -109,8 +110,8 @@ class _Request:
             self.channel._cancel(self)
 
     def settled(self, _call: Call) -> None:
-        """The call completed: it no longer counts as pending, and lets go of its proxy and
-        arguments (a deadline may still hold the request)."""
+        """The call completed (``Call._on_done``): it no longer counts as pending, and lets go
+        of its proxy and arguments (a deadline may still hold the request)."""
         self.proxy._pyroClient._pending -= 1
         self.proxy = self.args = self.kwargs = None
 
@@ -148,7 +149,7 @@ class Client:
         self._deadline: float | None = None
         self._loop_thread = threading.get_ident()
         self._pending = 0
-        self._nesting = 0  # handle_event and handle_deadline calls running now (see _Entry)
+        self._nesting = 0  # handle_event and handle_deadline calls running now (see _enter)
         self._closed = False
         self._resolver: concurrent.futures.ThreadPoolExecutor | None = None
         self._nameservers: dict[str, LoopProxy] = {}
@@ -260,43 +261,48 @@ class Client:
     def handle_event(self, sock: socket.socket, events: int) -> None:
         """The host loop says ``sock`` is ready. Never raises."""
         self._loop_thread = threading.get_ident()
-        with _Entry(self):  # this may be a nested loop run by a done-callback
-            try:
-                if sock is self._wakeup.reader:
-                    self._drain_wakeups()
-                else:
-                    handler = self._socks.get(sock)
-                    if handler is not None:
-                        handler.on_ready(events)
-            except Exception as exc:
-                report_error(exc, "client event handling")
-        self._update_deadline()
+        saved = self._enter()  # this may be a nested loop run by a done-callback
+        try:
+            if sock is self._wakeup.reader:
+                self._drain_wakeups()
+            else:
+                handler = self._socks.get(sock)
+                if handler is not None:
+                    handler.on_ready(events)
+        except Exception as exc:
+            report_error(exc, "client event handling")
+        finally:
+            self._leave(saved)
+        if self._timers or self._soon or self._tls_waiting or self._deadline is not None:
+            self._update_deadline()  # (else there is no deadline, nor any to set)
 
     def handle_deadline(self) -> None:
         """The deadline the client asked for is due. Never raises."""
-        with _Entry(self):
-            try:
-                self._deadline = None
-                now = time.monotonic()
-                for channel in list(self._soon):
-                    self._soon.discard(channel)
-                    channel.resume()
-                self._tls_steps = config.SSL_HANDSHAKES_PER_WAKEUP  # a new pass
-                waiting, self._tls_waiting = self._tls_waiting, set()
-                for channel in waiting:
-                    if channel.state == "tls":
-                        channel._tls_step(channel._tls_read)
-                while self._timers and self._timers[0][0] <= now:
-                    _, _, request = heapq.heappop(self._timers)
-                    if request.call.done():
-                        continue
-                    error = errors.TimeoutError(f"{request.call.describe}: not done within its timeout")
-                    if request.channel is not None:
-                        request.channel.fail(error)  # the calls pipelined behind it could not finish sooner
-                    else:
-                        request.call.set_exception(error)
-            except Exception as exc:
-                report_error(exc, "client deadline handling")
+        saved = self._enter()
+        try:
+            self._deadline = None
+            now = time.monotonic()
+            for channel in list(self._soon):
+                self._soon.discard(channel)
+                channel.resume()
+            self._tls_steps = config.SSL_HANDSHAKES_PER_WAKEUP  # a new pass
+            waiting, self._tls_waiting = self._tls_waiting, set()
+            for channel in waiting:
+                if channel.state == "tls":
+                    channel._tls_step(channel._tls_read)
+            while self._timers and self._timers[0][0] <= now:
+                _, _, request = heapq.heappop(self._timers)
+                if request.call.done():
+                    continue
+                error = errors.TimeoutError(f"{request.call.describe}: not done within its timeout")
+                if request.channel is not None:
+                    request.channel.fail(error)  # the calls pipelined behind it could not finish sooner
+                else:
+                    request.call.set_exception(error)
+        except Exception as exc:
+            report_error(exc, "client deadline handling")
+        finally:
+            self._leave(saved)
         self._update_deadline()
 
     def next_deadline(self) -> float | None:
@@ -312,8 +318,12 @@ class Client:
                 "another thread. From other threads use client.submit(lambda: proxy.method(...)), which "
                 "returns a concurrent.futures.Future, or a blocking pyro_loops.Proxy")
 
-    def _submit(self, proxy: "LoopProxy", request: _Request) -> Call:
-        call = request.call
+    def _submit(self, proxy: "LoopProxy", kind: str, args: Any, kwargs: Any,
+                describe: "str | tuple[str, Any]") -> Call:
+        """A new call of ``proxy`` (see ``_Request`` for ``kind``), on its way; checks the thread."""
+        if threading.get_ident() != self._loop_thread:
+            self._check_thread(proxy)
+        call = Call(describe)
         if self._closed:
             call.set_exception(ClientClosedError("the pyro_loops.Client is closed"))
             return call
@@ -323,20 +333,49 @@ class Client:
                 "wait for some to complete"))
             return call
         self._pending += 1
-        request.proxy = proxy
-        call.add_done_callback(request.settled)
+        request = _Request(call, kind, args, kwargs, proxy)
+        call._on_done = request.settled
         if proxy._pyroTimeout:
             self._add_timer(request, proxy._pyroTimeout)
         channel = proxy._pyroChannel
-        if channel is None or channel.closed:
+        if channel is None or channel.state == "closed":
             channel = _Channel(self, proxy)
             object.__setattr__(proxy, "_pyroChannel", channel)
             channel.submit(request)
             channel.start()
-        else:
-            channel.submit(request)
+        elif channel.submit(request):
+            return call  # it went out alone: nothing the deadline depends on changed
         self._update_deadline()
         return call
+
+    def _enter(self) -> Any:
+        """One more entry of the host loop (``handle_event``, ``handle_deadline``), counted;
+        ``_leave`` gets what this returns, when the entry ends.
+
+        Up to ``CLIENT_MAX_NESTING`` entries deep (a done-callback's nested loop,
+        one opened inside that, ...) the callbacks of calls completed here run at
+        once, even inside the callback that runs the nested loop. Deeper, they run
+        once that callback returns, as callbacks of calls completed inside a
+        callback always do: the calls still complete (a dialog waiting for
+        ``call.done()`` closes), but a program that opens a dialog for every reply
+        no longer recurses until Python's recursion limit, whose RecursionError
+        strikes wherever it happens to, inside the client too.
+        """
+        self._nesting += 1
+        if self._nesting <= config.CLIENT_MAX_NESTING:
+            saved = running_callbacks.queue
+            running_callbacks.queue = None  # callbacks run at once (see call._Running)
+            return saved
+        if self._nesting == config.CLIENT_MAX_NESTING + 1:
+            _nesting_log.log(logging.WARNING, f"client nesting {id(self):x}", "done-callbacks run nested loops %d "
+                             "deep in %r: callbacks of calls completed deeper run when the innermost callback "
+                             "returns (CLIENT_MAX_NESTING)", config.CLIENT_MAX_NESTING, self)
+        return _AS_IT_WAS
+
+    def _leave(self, saved: Any) -> None:
+        if saved is not _AS_IT_WAS:
+            running_callbacks.queue = saved
+        self._nesting -= 1
 
     def _add_timer(self, request: "_Request | Call", delay: float) -> None:
         """Fail ``request`` (or a bare call) with TimeoutError if it is not done in ``delay`` seconds."""
@@ -483,42 +522,9 @@ class Client:
         return resolved
 
 
-class _Entry(fresh_callbacks):
-    """One entry of the host loop into a client (``handle_event``, ``handle_deadline``), counted.
-
-    Up to ``CLIENT_MAX_NESTING`` entries deep (a done-callback's nested loop,
-    one opened inside that, ...) the callbacks of calls completed here run at
-    once, even inside the callback that runs the nested loop. Deeper, they run
-    once that callback returns, as callbacks of calls completed inside a
-    callback always do: the calls still complete (a dialog waiting for
-    ``call.done()`` closes), but a program that opens a dialog for every reply
-    no longer recurses until Python's recursion limit, whose RecursionError
-    strikes wherever it happens to, inside the client too.
-    """
-
-    __slots__ = ("_client", "_fresh")
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
-    def __enter__(self) -> None:
-        client = self._client
-        client._nesting += 1
-        self._fresh = client._nesting <= config.CLIENT_MAX_NESTING
-        if self._fresh:
-            super().__enter__()
-        elif client._nesting == config.CLIENT_MAX_NESTING + 1:
-            _nesting_log.log(logging.WARNING, f"client nesting {id(client):x}", "done-callbacks run nested loops %d deep in %r: "
-                             "callbacks of calls completed deeper run when the innermost callback returns "
-                             "(CLIENT_MAX_NESTING)", config.CLIENT_MAX_NESTING, client)
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._fresh:
-            super().__exit__(*exc_info)
-        self._client._nesting -= 1
-
-
 _nesting_log = RateLimitedLog(logging.getLogger("pyro_loops"))
+#: what ``Client._enter`` returns for an entry too deep to run callbacks at once
+_AS_IT_WAS = object()
 
 
 class _Channel:
@@ -555,6 +561,19 @@ class _Channel:
         self.resume_state = ""  # the step a worker's decoding interrupted
         #: why receiving failed (a reset); the calls left once the replies read before it are handled fail with it
         self.lost: errors.ConnectionClosedError | None = None
+        #: the end of stream (or a receive error) was read: the socket is not read again, nor
+        #: watched for reading (a dead socket is readable for ever); the replies read before
+        #: it are handled at the loop's deadline passes, then the connection fails
+        self.ended = False
+        #: the latest call made by ``quick_invoke``: while it is the one call in flight, its
+        #: reply may be read whole by ``quick_result`` (see ``_quick_reply``)
+        self.quick: _Request | None = None
+        #: bytes were given to the protocol that it may still hold: False once ``process``
+        #: found it holds none (``partial``, asked there rather than for every reply)
+        self.fed = False
+        #: the transport's ``send`` and ``recv``, the socket's own without TLS
+        self._send: Callable[[bytes], int] = _not_connected
+        self._recv: Callable[[int], bytes] = _not_connected
         client._channels.add(self)
 
     @property
@@ -582,24 +601,29 @@ class _Channel:
 
     # -- submitting --
 
-    def submit(self, request: _Request) -> None:
+    def submit(self, request: _Request) -> bool:
+        """Send ``request`` now if it is the connection's only one, else queue it.
+
+        Returns True when it went out alone, with nothing the client's
+        deadline depends on changed.
+        """
         request.channel = self
         request.call._on_cancel = request
-        if self.state == "ready" and not (self.queued or self.inflight or self.out or self.oneway_marks):
-            self._send_request(request)  # a lone call goes out at once, for latency
-            self._flush()
-        else:
-            queued = self.queued
-            queued.append(request)
-            if self.state == "ready":
-                # A burst is encoded and written in one go at the loop's next turn, for
-                # throughput; a call cancelled before then is never sent. A long burst
-                # goes out _BURST calls at a time, so the server works on the first
-                # ones while the program is still making the rest.
-                if len(queued) >= _BURST:
-                    self._send_queued()
-                else:
-                    self.client._soon.add(self)
+        if self.state == "ready" and not (self.queued or self.inflight or self.out.size or self.oneway_marks):
+            self._send_alone(request)  # a lone call goes out at once, for latency
+            return self.state == "ready" and not request.call.done()
+        queued = self.queued
+        queued.append(request)
+        if self.state == "ready":
+            # A burst is encoded and written in one go at the loop's next turn, for
+            # throughput; a call cancelled before then is never sent. A long burst
+            # goes out _BURST calls at a time, so the server works on the first
+            # ones while the program is still making the rest.
+            if len(queued) >= _BURST:
+                self._send_queued()
+            else:
+                self.client._soon.add(self)
+        return False
 
     def _cancel(self, request: _Request) -> None:
         if request.seq < 0:
@@ -706,6 +730,7 @@ class _Channel:
                 return
         if context is None:
             self.transport = PlainTransport(self.sock)
+            self._send, self._recv = self.sock.send, self.sock.recv  # what PlainTransport's do, one call less
             self._send_connect()
             return
         self.state = "tls"
@@ -716,6 +741,7 @@ class _Channel:
         except ValueError as exc:  # say, a unix socket URI (no host name) with a context that checks host names
             self.fail(TLSError(f"cannot start TLS with {self.location}: {exc}"))
             return
+        self._send, self._recv = self.transport.send, self.transport.recv
         self._tls_step(self.transport.start)
 
     def _tls_step(self, step: Callable[[], Any]) -> None:
@@ -788,15 +814,24 @@ class _Channel:
         return annotations
 
     def _send_request(self, request: _Request) -> None:
+        """Encode ``request`` into the outbox (nothing for a call done already, or one that cannot be)."""
+        data = self._encode(request)
+        if data is not None:
+            self.out += data
+
+    def _encode(self, request: _Request) -> "_wire.Data | None":
+        """The bytes of ``request``, to be written right behind what the outbox holds; the call is
+        in flight from now on. None when nothing is to be sent: the call is done (cancelled while
+        queued, a bind, arguments that cannot be serialized)."""
         call = request.call
         if call.done():  # cancelled while queued
-            return
+            return None
         kind, args, kwargs = request.kind, request.args, request.kwargs
         protocol = self.protocol
         try:
             if kind == "<bind>":
                 call.set_result(True)
-                return
+                return None
             if kind == "<metadata>":
                 out = protocol.get_metadata(args[0], self._annotations())
             elif kind == "<next>":
@@ -807,60 +842,99 @@ class _Channel:
                 out = protocol.batch(self.uri.object, args, oneway=kind == "<batch-oneway>",
                                      annotations=self._annotations())
             else:
-                proxy = self.proxy
+                proxy = request.proxy or self.proxy
                 if proxy._pyroMetaKnown and kind not in proxy._pyroMethods and kwargs is not None:
                     raise AttributeError(f"remote object '{proxy._pyroUri}' has no exposed method '{kind}'")
                 if type(kwargs) is dict and not kwargs and kind not in proxy._pyroOneway \
                         and type(proxy)._pyroAnnotations is Proxy._pyroAnnotations:
                     # the common call, written in one pass when the protocol can (no annotations
                     # but a correlation id): the same bytes, the call pending as invoke() leaves it
-                    corr = current_context.correlation_id
+                    # (no call context at all: no correlation id, as current_context would say)
+                    corr = None if _context_facts.get(None) is None else current_context.correlation_id
                     data = None if corr is not None and type(corr) is not uuid.UUID else \
                         protocol.quick_invoke(self.uri.object, kind, args, None if corr is None else corr.bytes)
                     if data is not None:
                         request.seq = protocol.seq
-                        self.out += data
                         self.inflight[request.seq] = request
-                        return
+                        self.quick = request
+                        return data
                 out = protocol.invoke(self.uri.object, kind, args, kwargs, oneway=kind in proxy._pyroOneway,
                                       annotations=self._annotations())
         except Exception as exc:  # arguments that cannot be serialized: this call fails, nothing was sent
             call.set_exception(exc)
-            return
+            return None
         request.seq = out.seq
-        self.out += out.data
         if out.expects_reply:
             self.inflight[out.seq] = request
         else:  # a oneway call completes once its bytes are written
-            self.oneway_marks.append((self.written + len(self.out), request))
+            self.oneway_marks.append((self.written + self.out.size + len(out.data), request))
+        return out.data
+
+    def _send_alone(self, request: _Request) -> None:
+        """Write ``request``, the only thing to send: a small one with one plain ``send``, not
+        through the outbox (what the socket does not take waits there)."""
+        data = self._encode(request)
+        if type(data) is not bytes:  # nothing to send, or a large call in parts
+            if data is not None:
+                self.out += data
+                self._flush()
+            return
+        try:
+            sent = self._send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except (OSError, TLSError) as exc:
+            self._send_failed(exc)
+            return
+        if sent < len(data):
+            self.out += data[sent:]
+        self._wrote(sent)
 
     def _flush(self) -> None:
         if self.sock is None or self.state in ("connecting", "tls", "closed", "decoding"):
             return
-        if self.out:
+        if self.out.size:
             try:
                 sent = self.out.send_to(self.transport)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except (OSError, TLSError) as exc:
-                self.fail(errors.ConnectionClosedError(f"sending to {self.location} failed: {exc}"))
+                self._send_failed(exc)
                 return
-            self.written += sent
-            marks = self.oneway_marks
-            while marks and marks[0][0] <= self.written:
-                marks.popleft()[1].call.set_result(None)
-        else:
-            try:
-                self.transport.flush()
-            except OSError as exc:
-                self.fail(errors.ConnectionClosedError(f"sending to {self.location} failed: {exc}"))
-                return
-        self._set_interest(READ | WRITE if self.out or self.transport.wants_write else READ)
+            self._wrote(sent)
+            return
+        try:
+            self.transport.flush()
+        except OSError as exc:
+            self._send_failed(exc)
+            return
+        self._set_interest(WRITE | READ if self.transport.wants_write else READ)
+
+    def _wrote(self, sent: int) -> None:
+        """``sent`` more bytes were written: the oneway calls they complete are done; watch for
+        writing while bytes wait."""
+        self.written += sent
+        marks = self.oneway_marks
+        while marks and marks[0][0] <= self.written:
+            marks.popleft()[1].call.set_result(None)
+        events = WRITE | READ if self.out.size or self.transport.wants_write else READ
+        if events != self.interest:
+            self._set_interest(events)
+
+    def _send_failed(self, exc: BaseException) -> None:
+        self.fail(errors.ConnectionClosedError(f"sending to {self.location} failed: {exc}"))
 
     def _set_interest(self, events: int) -> None:
+        """Watch the socket for ``events``, but never for reading once the end of stream was
+        read (see ``ended``); a socket watched for nothing is not watched at all."""
+        if self.ended:
+            events &= WRITE
         if events != self.interest:
             self.interest = events
-            self.client._watch(self.sock, self, events)
+            if events:
+                self.client._watch(self.sock, self, events)
+            else:
+                self.client._unwatch(self.sock)
 
     # -- receiving --
 
@@ -878,9 +952,9 @@ class _Channel:
             return
         if events & WRITE:
             self._flush()
-        if events & READ and not self.closed:
+        if events & READ and self.state != "closed" and not self.ended:
             try:
-                data = self.transport.recv(_RECV_SIZE)
+                data = self._recv(_RECV_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except TLSError as exc:
@@ -891,8 +965,42 @@ class _Channel:
                 # nested loop, or left by the budget) are answers: they complete first.
                 self.lost = errors.ConnectionClosedError(f"receiving from {self.location} failed: {exc}")
                 data = b""
+            if not data:
+                self.ended = True
+                self._set_interest(self.interest)  # not for reading any more
+            elif self._quick_reply(data):
+                return
+            self.fed = True
             self.protocol.receive_data(data)  # b"": the server closed; the protocol says what that means
             self.process()
+
+    def _quick_reply(self, data: bytes) -> bool:
+        """Complete the one call in flight from ``data`` if that is its whole reply, a plain scalar
+        (``quick_result``): True, or False with nothing done.
+
+        Only for a call made by ``quick_invoke`` that is the latest and the only one in flight,
+        with nothing received before waiting in the protocol, and a reply the loop may decode
+        (``MAX_BLOCKING_DECODE``): then the general path would give the same value and annotations.
+        """
+        request = self.quick
+        protocol = self.protocol
+        size = len(data)
+        if request is None or self.fed or len(self.inflight) != 1 or self.inflight.get(protocol.seq) is not request \
+                or 0 < config.MAX_BLOCKING_DECODE < size:
+            return False
+        self.quick = None
+        reply = protocol.quick_result(data, size)
+        if reply is None:  # the bytes went to the protocol: the general path reads them
+            self.fed = True
+            self.process()
+            return True
+        value, annotations = reply
+        self._take_request(request.seq, annotations, _wire.MSG_RESULT)
+        client = self.client
+        if self in client._soon and not self.queued:
+            client._soon.discard(self)  # nothing buffered is left for a nested loop to take
+        request.call.set_result(value)
+        return True
 
     def _tls_read(self) -> None:
         """Handshake records from the daemon; a plaintext daemon closes at our first one."""
@@ -902,6 +1010,7 @@ class _Channel:
             return
         if not data:
             raise TLSError("the daemon closed the connection: does it use TLS? Both ends must set SSL")
+        self.fed = True
         self.protocol.receive_data(data)  # cannot happen before the handshake ends: kept for process()
 
     def resume(self) -> None:
@@ -922,13 +1031,15 @@ class _Channel:
                 return
             event = self.protocol.next_event()
             if event is None:
+                self.fed = self.protocol.partial
                 if not self.queued:
                     client._soon.discard(self)  # nothing buffered is left for a nested loop to take
                 return
-            if self.protocol.partial and self not in client._soon:
-                # More replies are buffered behind this one. Should its callback run a nested
-                # loop (a modal dialog), that loop must still get them, though the socket
-                # may never be readable again: the deadline, due now, hands them over.
+            if (self.ended or self.protocol.partial) and self not in client._soon:
+                # More replies (or the end of stream) are buffered behind this one. Should
+                # its callback run a nested loop (a modal dialog), that loop must still get
+                # them, though the socket may never be readable again (and is not read
+                # once ended): the deadline, due now, hands them over.
                 client._soon.add(self)
                 client._update_deadline()
             try:
@@ -937,7 +1048,7 @@ class _Channel:
                 self.fail(exc)
                 return
             budget -= 1
-            if budget <= 0 and self.protocol.partial:
+            if budget <= 0 and (self.ended or self.protocol.partial):
                 client._soon.add(self)
                 return
 
@@ -964,7 +1075,8 @@ class _Channel:
         if self.closed:
             return  # failed meanwhile (its deadline, the client's close)
         self.state = self.resume_state
-        self.client._watch(self.sock, self, self.interest)
+        if self.interest:
+            self.client._watch(self.sock, self, self.interest)
         if exc is not None:
             self.fail(errors.ProtocolError(f"decoding a reply from {self.location} failed: {exc!r}"))
             return
@@ -982,11 +1094,11 @@ class _Channel:
 
     def _handle(self, event: Any) -> None:
         if type(event) is Result:  # by far the most frequent: tested first
-            request = self._take_request(event)
+            message = event.message
+            request = self._take_request(event.seq, message.annotations, message.type)
             if request is None:
                 return
             value = event.value
-            message = event.message
             if message.flags & _wire.FLAGS_COMPRESSED or _AUTOPROXY_MARKER in message.data:
                 value = _loopify(self.client, value)
             if request.kind in _BATCH_KINDS and value and isinstance(value[-1], ExceptionWrapper):
@@ -1007,7 +1119,7 @@ class _Channel:
             if self.state == "handshake" and not self.transport.tls:
                 hint += " (at the handshake: if the daemon uses TLS, set config.SSL or an ssl_context)"
             raise type(error)(f"connection to {self.location}: {error}{hint}")
-        request = self._take_request(event)
+        request = self._take_request(event.seq, event.message.annotations, event.message.type)
         if request is None:
             return
         call = request.call
@@ -1018,13 +1130,14 @@ class _Channel:
         elif isinstance(event, StreamEnd):
             call.set_result(_STREAM_END)
 
-    def _take_request(self, event: Any) -> "_Request | None":
-        """The request ``event`` answers, its proxy's response hook called; None for a call
-        already failed (its deadline) whose reply made it after all."""
-        request = self.inflight.pop(event.seq, None)
+    def _take_request(self, seq: int, annotations: dict[str, bytes], msg_type: int) -> "_Request | None":
+        """The request the reply ``seq`` answers, its proxy's response hook called (if the proxy's
+        class has one); None for a call already failed (its deadline) whose reply made it after all."""
+        request = self.inflight.pop(seq, None)
         if request is not None:
-            message = event.message
-            (request.proxy or self.proxy)._pyroResponseAnnotations(message.annotations, message.type)
+            proxy = request.proxy or self.proxy
+            if type(proxy)._pyroResponseAnnotations is not _NO_RESPONSE_HOOK:
+                proxy._pyroResponseAnnotations(annotations, msg_type)
         return request
 
     # -- the end --
@@ -1058,6 +1171,11 @@ class _Channel:
 _REPLY_BOUND_HINT = " (MAX_MESSAGE_SIZE, or MAX_BUFFERED_INPUT where that is 0)"
 
 
+def _not_connected(*_args: Any) -> Any:
+    """A channel's ``_send``/``_recv`` before it has a transport: never called (it is not "ready")."""
+    raise BlockingIOError
+
+
 def _reply_bound() -> int:
     """The largest reply a connection accepts: MAX_MESSAGE_SIZE, else MAX_BUFFERED_INPUT.
 
@@ -1067,6 +1185,8 @@ def _reply_bound() -> int:
     return config.MAX_MESSAGE_SIZE or config.MAX_BUFFERED_INPUT
 
 
+#: the response-annotations hook a loop proxy has unless its class overrides it: it does nothing
+_NO_RESPONSE_HOOK = Proxy._pyroResponseAnnotations
 #: what a stream-item call completes with when the stream has no more items
 _STREAM_END = object()
 _BATCH_KINDS = ("<batch>", "<batch-oneway>")
@@ -1121,7 +1241,7 @@ class LoopProxy:
         return loop_proxy
 
     def __getattr__(self, name: str) -> _RemoteMethod:
-        if name.startswith("_pyro") or name.startswith("__") and name.endswith("__"):
+        if name[:5] == "_pyro" or name[:2] == "__" == name[-2:]:  # not startswith(): a call less each
             raise AttributeError(name)
         if self._pyroMetaKnown and name not in self._pyroMethods:
             raise AttributeError(f"remote object '{self._pyroUri}' has no exposed method '{name}'"
@@ -1166,13 +1286,11 @@ class LoopProxy:
 
     def _pyroInvoke(self, method: str, vargs: Any, kwargs: Any) -> Call:  # noqa: N802
         """Send a call of ``method`` and return its ``Call`` at once."""
-        return self._pyroRequest(method, vargs, kwargs, (method, self._pyroUri))
+        return self._pyroClient._submit(self, method, vargs, kwargs, (method, self._pyroUri))
 
     def _pyroRequest(self, kind: str, args: Any, kwargs: Any,  # noqa: N802
                      describe: "str | tuple[str, Any]") -> Call:
-        client = self._pyroClient
-        client._check_thread(self)
-        return client._submit(self, _Request(Call(describe), kind, args, kwargs))
+        return self._pyroClient._submit(self, kind, args, kwargs, describe)
 
     def _pyroGetAttr(self, name: str) -> Call:  # noqa: N802
         """A call whose result is the remote (exposed) property ``name``."""

@@ -196,6 +196,39 @@ def test_cancelled_call_already_sent_has_its_reply_dropped(host, client, server)
     assert host.settle(proxy.add(2, 2)).result() == 4  # the connection is still in step
 
 
+def test_a_call_pipelined_behind_a_lone_call_gets_its_own_reply_once_that_one_is_answered(host, client, server):
+    # the first went out alone and was answered first, with the second still in flight:
+    # the second's reply, read alone, answers the second
+    proxy = proxy_for(client, server)
+    host.settle(proxy._pyroBind())
+    first = proxy.sleep(0.2)
+    second = proxy.sleep(seconds=0.1)  # with keywords: not written by quick_invoke
+    host.run_until(lambda: first.done() and second.done())
+    assert (first.result(), second.result()) == (0.2, 0.1)
+    assert host.settle(proxy.add(2, 2)).result() == 4
+
+
+def test_response_annotations_hook_of_a_loop_proxy_class_sees_every_reply(host, client, server):
+    seen = []
+
+    class Watching(LoopProxy):
+        def _pyroResponseAnnotations(self, annotations, msgtype):
+            seen.append((msgtype, annotations.get("CORR")))
+
+    corr = uuid.uuid4()
+    pyro_loops.current_context.correlation_id = corr
+    try:
+        proxy = Watching(client, server.uri)
+        proxy._pyroTimeout = WAIT_S
+        host.settle(proxy._pyroBind())
+        calls = [host.settle(make()) for make in (lambda: proxy.add(1, 2), lambda: proxy.add(1, b=2),
+                                                  lambda: proxy.echo([1]))]  # one at a time
+    finally:
+        pyro_loops.current_context.correlation_id = None
+    assert [call.result() for call in calls] == [3, 3, [1]]
+    assert seen[1:] == [(pyro_loops.message.MSG_RESULT, corr.bytes)] * 3  # after the handshake's
+
+
 def test_timeout_fails_the_call_and_those_behind_it_then_a_fresh_connection(host, client, server):
     proxy = proxy_for(client, server, timeout=0.5)
     host.settle(proxy._pyroBind())

@@ -213,3 +213,19 @@ def test_ten_thousand_unretrieved_exceptions_log_a_bounded_number_of_lines(caplo
     lines = [r.getMessage() for r in caplog.records]
     assert re.fullmatch(r"exception of call \d+ was never retrieved: ConnectionError: the server went away", lines[0])
     assert len(lines) <= pyro_loops.config.LOG_REPEAT_LIMIT + 2  # the limit, and the line saying so
+
+
+def test_what_a_task_waits_on_for_a_call_wakes_every_callback_added_to_it():
+    # asyncio's task adds one; anything else that was handed it may add more
+    woken = []
+
+    async def main():
+        call = Call("add")
+        waited = call.__await__().send(None)  # what the awaiting task would get
+        waited.add_done_callback(lambda fut: woken.append(("first", fut.result())))
+        waited.add_done_callback(lambda fut: woken.append(("second", fut.result())), context=None)
+        call.set_result(3)
+        await asyncio.sleep(0)  # callbacks not run at once are scheduled on the loop
+
+    asyncio.run(main())
+    assert sorted(woken) == [("first", 3), ("second", 3)]

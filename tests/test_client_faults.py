@@ -9,6 +9,7 @@ anything reached the error hook, the Tk host if anything escaped into Tk).
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 
 import pytest
@@ -17,6 +18,7 @@ import pyro_loops
 from pyro_loops import errors
 
 from _client_hosts import WAIT_S, LoopsServer, client, host, pyro4_server, reported  # noqa: F401
+from _hosts import READ
 from _util import Pyro4Server, accepted, free_port
 
 
@@ -307,3 +309,74 @@ def test_large_reply_short_of_its_last_bytes_is_decoded_once_complete(host, clie
     proxy._pyroTimeout = WAIT_S
     call = host.settle(proxy.add(1, 2))
     assert call.result() == "y" * 200_000
+
+
+class AnswersThenEnds:
+    """Handshake, read ``count`` calls, then, once the test says ``go``, answer them all in one
+    write and end the connection at once: with a FIN, or a RST (``reset``)."""
+
+    def __init__(self, count: int, reset: bool) -> None:
+        self.count, self.reset = count, reset
+        self.asked, self.go, self.ended = threading.Event(), threading.Event(), threading.Event()
+
+    def __call__(self, server: RawServer, conn: socket.socket) -> None:
+        peer = ScriptedPeer(conn)
+        peer.accept_handshake()
+        calls = [peer.message() for _ in range(self.count)]
+        self.asked.set()
+        self.go.wait(WAIT_S)
+        conn.sendall(b"".join(peer.reply(peer.wire.MSG_RESULT, i, call.seq) for i, call in enumerate(calls)))
+        if self.reset:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+        self.ended.set()
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
+def test_a_connection_whose_end_was_read_is_not_watched_for_reading_while_its_replies_are_handled(
+        host, client, reset):
+    # The replies and the end arrive together; one reply is handled per pass (the budget).
+    # A socket at its end is readable for ever: watched on, it made every pass read the
+    # end again until the last reply was handled.
+    pyro_loops.config.MAX_CALLS_PER_WAKEUP = 1
+    peer = AnswersThenEnds(12, reset)
+    server = RawServer(peer)
+    try:
+        proxy = client.proxy(server.uri)
+        proxy._pyroTimeout = WAIT_S
+        calls = [proxy.add(i, 0) for i in range(12)]
+        host.run_until(peer.asked.is_set)
+        fd = proxy._pyroChannel.sock.fileno()
+        watched: list[bool] = []
+        for call in calls:
+            call.add_done_callback(lambda call: watched.append(fd in host.watched(READ)))
+        peer.go.set()
+        assert peer.ended.wait(WAIT_S)  # all of it is in before the loop reads any
+        host.run_until(lambda: proxy._pyroChannel is None)  # failed by the end once the replies were handled
+    finally:
+        server.close()
+    assert [call.result() for call in calls] == list(range(12))
+    assert watched[0] and not watched[-1], watched  # read until the end came, then no more
+    assert fd not in host.watched()
+
+
+def strays_then_answers(server: RawServer, conn: socket.socket) -> None:
+    """Answer a call, then send the start of a message that never ends, then answer the next call."""
+    peer = ScriptedPeer(conn)
+    peer.accept_handshake()
+    first = peer.message()
+    reply = peer.reply(peer.wire.MSG_RESULT, 1, first.seq)
+    conn.sendall(reply + reply[:10])
+    second = peer.message()
+    conn.sendall(peer.reply(peer.wire.MSG_RESULT, 2, second.seq))
+    conn.recv(4096)
+
+
+@pytest.mark.parametrize("raw_server", [strays_then_answers], indirect=True)
+def test_a_whole_reply_behind_stray_bytes_is_read_behind_them(host, client, raw_server):
+    # The reply alone looks like the answer; what came before it makes the stream garbage.
+    proxy = client.proxy(raw_server.uri)
+    proxy._pyroTimeout = WAIT_S
+    assert host.settle(proxy.add(1, 0)).result() == 1
+    second = host.settle(proxy.add(2, 0))
+    assert isinstance(second.exception(), errors.ProtocolError)

@@ -388,6 +388,31 @@ def test_a_graceful_close_during_the_nested_loop_delivers_what_came_and_fails_th
     assert all(isinstance(s[0], pyro_loops.errors.ConnectionClosedError) and len(s) == 1 for s in seen[4:]), seen
 
 
+@nesting
+def test_a_dialog_opened_by_the_last_reply_before_the_end_sees_the_calls_behind_it_fail(
+        host, client, relay, reported):
+    # One reply per pass, the end of stream read meanwhile: a connection at its end is not
+    # watched for reading, so its end must still reach the dialog the last reply opens.
+    pyro_loops.config.MAX_CALLS_PER_WAKEUP = 1
+    proxy, calls = held_calls(host, client, relay, 8)
+    later = proxy.add(100, 1)  # its reply is never let through
+    host.run_until(lambda: relay.held_messages() >= 9)
+    seen = completions(calls + [later])
+    inside: list[bool] = []
+
+    def dialog(call):
+        nest(host, later.done)
+        inside.append(later.done())
+
+    calls[-1].add_done_callback(dialog)
+    relay.release(upto=relay.message_ends()[7])
+    relay.shut()
+    host.run_until(lambda: inside)
+    assert inside == [True]  # in the dialog, not once it gave up waiting
+    assert seen[:8] == [[i + 1] for i in range(8)]
+    assert isinstance(seen[8][0], pyro_loops.errors.ConnectionClosedError) and len(seen[8]) == 1
+
+
 # --- callbacks that raise, other threads -----------------------------------------------------
 
 
