@@ -25,7 +25,6 @@ import random
 import threading
 import time
 import traceback
-import types
 import zlib
 from typing import Any, Callable, Protocol
 

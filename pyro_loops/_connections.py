@@ -119,17 +119,20 @@ class Connections:
         self.accept_backoff = 0.0  # > 0 while accept() fails for want of descriptors
         self.accept_resume_at: float | None = None  # accepting is paused until then
         self.idle_check_at: float | None = None
-        self.lane = True  # False: every read takes the general path (tests compare the two)
+        self.lane = True  # False: reads from then on take the general path (tests compare the two)
         self.lane_calls = 0  # requests the call lane took (tests tell by it which way a call went)
         # the connections whose next read the call lane may take (see lane_idle), kept where their
-        # state changes: every change that makes a connection busier ends in set_interest or close_conn
+        # state changes: process() takes a connection out while it handles its messages (a call it
+        # runs inline may open a nested loop with later ones buffered), and set_interest or
+        # close_conn ends every change that makes a connection busier
         self.lane_ready: dict[socket.socket, ClientConnection] = {}  # by socket, as the host reports events
 
     def set_hmac_key(self, key: bytes | None) -> None:
         self.hmac_key = key
-        self.lane_ready.clear()  # until each connection's next set_interest decides again
         for conn in self.conns.values():
             conn.protocol.hmac_key = key
+        # after the keys: a set_interest the loop runs meanwhile sees them (lane_idle) and adds none back
+        self.lane_ready.clear()
 
     def readable_sockets(self) -> list[socket.socket]:
         """The sockets a select loop should watch for reading (see ``Daemon.sockets``)."""
@@ -383,6 +386,7 @@ class Connections:
     def process(self, conn: ClientConnection, spent: int = 0) -> None:
         """Handle the complete messages buffered for ``conn``, a bounded number at a time
         (``spent`` of them handled already in this wakeup)."""
+        self.lane_ready.pop(conn.sock, None)  # not idle while its messages are handled; set_interest decides again
         requests = self.requests
         budget = (config.MAX_CALLS_PER_WAKEUP if self.watcher is not None else sys.maxsize) - spent
         drained = taken = False
@@ -465,7 +469,9 @@ class Connections:
         leaves one incomplete at the end of nearly every read)."""
         waiting_for_client = not (conn.closed or conn.busy or conn in self.soon
                                   or self.requests.holds_back(conn) or len(conn.out) > _OUTPUT_HIGH_WATER)
-        if waiting_for_client and conn.protocol.partial:
+        if waiting_for_client and conn.protocol.partial and conn.protocol.next_size() is None:
+            # part of a message is in and the rest is the client's to send (a whole one
+            # waits on the daemon: behind a reply still draining, say)
             if conn.partial_since is None or restart:
                 conn.partial_since = time.monotonic()
                 self.timers.set((_HALF_FRAME, conn), conn.partial_since + config.HALF_FRAME_TIMEOUT)

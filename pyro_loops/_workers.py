@@ -85,10 +85,16 @@ def checked_size(size: int) -> int:
     minimum = _whole("THREADPOOL_SIZE_MIN", config.THREADPOOL_SIZE_MIN)
     if minimum > size:
         raise ValueError(f"THREADPOOL_SIZE_MIN ({minimum}) must not be above THREADPOOL_SIZE ({size})")
+    _idle_timeout()
+    return size
+
+
+def _idle_timeout() -> float:
+    """THREADPOOL_IDLE_TIMEOUT as seconds; a ValueError naming it if it is no such number."""
     idle = config.THREADPOOL_IDLE_TIMEOUT
     if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not idle >= 0:
         raise ValueError(f"THREADPOOL_IDLE_TIMEOUT must be a number of seconds, 0 or more, not {idle!r}")
-    return size
+    return float(idle)
 
 
 class WorkerPool:
@@ -103,7 +109,8 @@ class WorkerPool:
                  needs_worker: Callable[[Any], bool] | None = None) -> None:
         self.size = _whole("THREADPOOL_SIZE", size)
         self.min_size = min(size, _whole("THREADPOOL_SIZE_MIN", config.THREADPOOL_SIZE_MIN))
-        self.idle_timeout = float(config.THREADPOOL_IDLE_TIMEOUT)
+        # checked again here: the daemon checked it when made, and it may have changed since
+        self.idle_timeout = _idle_timeout()
         self.name = name
         self._numbers = itertools.count(1)  # thread names stay unique as threads end and start
         self.needs_worker = needs_worker

@@ -39,6 +39,7 @@ from pyro_loops import (
     expose,
     in_worker,
 )
+from pyro_loops._connections import _unsent
 from pyro_loops._protocol import ClientProtocol, ConnectRequest, ServerProtocol
 from pyro_loops._serializers import get_serializer
 
@@ -1022,3 +1023,94 @@ def test_a_call_followed_by_garbage_is_answered_and_the_garbage_met_as_a_pyro4_d
         host, port = pyro4.location.rsplit(":", 1)
         theirs = [call_then((host, int(port)), garbage) for garbage in garbages]
     assert ours == theirs
+
+
+def test_a_whole_call_behind_a_draining_bulk_reply_waits_for_it_without_a_half_frame_timeout():
+    """The second call arrived whole behind the first's large reply; the client reads that
+    reply slowly, for longer than HALF_FRAME_TIMEOUT. Nothing is the client's to send, so
+    no half-frame deadline may run out: both calls are answered and the connection stays."""
+    config.HALF_FRAME_TIMEOUT = 0.5
+    with served() as server:
+        server.daemon.register(Bulk(), "bulk")
+        sock = raw_peer(server.daemon, 32768)
+        protocol = ClientProtocol("marshal")
+        sock.sendall(protocol.connect("bulk", metadata=False))
+        protocol.receive_data(read_message(sock))
+        protocol.next_event()
+        first = protocol.invoke("bulk", "blob", (6 * MB,), {}).data
+        second = protocol.invoke("bulk", "echo", ("second",), {}).data
+        sock.sendall(first + second)
+        conn = wait_until(lambda: next(iter(server.daemon._connections.conns.values()), None))
+        wait_until(lambda: _unsent(conn) > MB)  # held back: the second call waits whole in the buffer
+        while _unsent(conn) > 900_000:  # below the high-water mark, still draining
+            protocol.receive_data(sock.recv(65536))
+        values: list = []
+        slow_until = time.monotonic() + 1.5  # three times HALF_FRAME_TIMEOUT, reading slowly
+        while len(values) < 2:
+            data = sock.recv(16384)
+            assert data, f"the daemon closed the connection after {len(values)} replies"
+            protocol.receive_data(data)
+            while (event := protocol.next_event()) is not None:
+                values.append(event.value)
+            if time.monotonic() < slow_until:
+                time.sleep(0.03)
+        assert values == [b"\x07" * (6 * MB), "second"]
+        assert not conn.closed
+        sock.close()
+
+
+def test_calls_buffered_behind_an_inline_oneway_that_nests_the_loop_run_in_order_not_by_the_lane():
+    """An adapter-hosted daemon runs a oneway inline; this one nests the loop (a modal
+    dialog's way). The call behind it in the same read, and one arriving meanwhile, run in
+    the nested loop in the order sent, as with the lane off: the lane must not take the
+    later one ahead of the earlier, buffered one."""
+    from pyro_loops._eventloop import SelectLoop
+    from pyro_loops.adapters.selectloop import attach
+
+    def run(lane: bool) -> tuple[list, list]:
+        loop = SelectLoop()
+        order: list = []
+        replies: list = []
+
+        @expose
+        class Modal:
+            def modal(self):
+                order.append("A-start")
+                end = time.monotonic() + 1.0  # a dialog open for a second
+                while time.monotonic() < end:
+                    loop.poll(0.02)
+                order.append("A-end")
+
+            def rec(self, x):
+                order.append(x)
+                return x
+
+        with Daemon(host="127.0.0.1") as daemon:
+            daemon._connections.lane = lane
+            uri = daemon.register(Modal(), "m")
+            handle = attach(daemon, loop)
+
+            def client() -> None:
+                protocol = ClientProtocol("serpent")
+                sock = socket.create_connection(("127.0.0.1", uri.port), timeout=TIMEOUT)
+                sock.sendall(protocol.connect("m", metadata=False))
+                while protocol.next_event() is None:
+                    protocol.receive_data(sock.recv(65536))
+                first = protocol.invoke("m", "modal", (), {}, oneway=True).data
+                sock.sendall(first + protocol.invoke("m", "rec", ("B",), {}).data)  # B waits behind A
+                wait_until(lambda: order)
+                time.sleep(0.2)
+                sock.sendall(protocol.invoke("m", "rec", ("C",), {}).data)  # while A's nested loop runs
+                while len(replies) < 2:
+                    protocol.receive_data(sock.recv(65536))
+                    while (event := protocol.next_event()) is not None:
+                        replies.append(event.value)
+                sock.close()
+
+            thread = threading.Thread(target=client, daemon=True)
+            thread.start()
+            loop.run(until=lambda: not thread.is_alive() and "A-end" in order, max_wait=0.05)
+            handle.detach()
+        return order, replies
+
+    assert run(lane=True) == run(lane=False) == (["A-start", "B", "C", "A-end"], ["B", "C"])
