@@ -119,7 +119,7 @@ class Connections:
         self.accept_backoff = 0.0  # > 0 while accept() fails for want of descriptors
         self.accept_resume_at: float | None = None  # accepting is paused until then
         self.idle_check_at: float | None = None
-        self.lane = True  # False: reads from then on take the general path (tests compare the two)
+        self._lane = True  # see the lane property
         self.lane_calls = 0  # requests the call lane took (tests tell by it which way a call went)
         # the connections whose next read the call lane may take (see lane_idle), kept where their
         # state changes: process() takes a connection out while it handles its messages (a call it
@@ -497,6 +497,17 @@ class Connections:
             if self.watcher is not None:
                 self.watcher.modify(conn.sock, events)
 
+    @property
+    def lane(self) -> bool:
+        """False: reads from then on take the general path (tests compare the two)."""
+        return self._lane
+
+    @lane.setter
+    def lane(self, on: bool) -> None:
+        self._lane = on
+        if not on:  # a connection the lane served stays in lane_ready until its state changes
+            self.lane_ready.clear()
+
     def lane_idle(self, conn: ClientConnection) -> bool:
         """Whether the call lane may take ``conn``'s next read (``_lane.CallLane.serve``).
 
@@ -508,7 +519,7 @@ class Connections:
         seen by ``busy``, which the lane's caller asks as well.
         """
         protocol = conn.protocol
-        return (self.lane and not (conn.busy or conn.out or conn.eof or conn.closed or conn.decoded is not None
+        return (self._lane and not (conn.busy or conn.out or conn.eof or conn.closed or conn.decoded is not None
                                    or protocol.hmac_key or conn.transport.tls or protocol.partial
                                    or self.requests.holds_back(conn))
                 and protocol.state is State.ESTABLISHED)
