@@ -490,6 +490,8 @@ class Connections:
             events |= WRITE
         if events == READ and self.lane_idle(conn):
             self.lane_ready[conn.sock] = conn
+            if conn.protocol.hmac_key:  # set from another thread since lane_idle asked: set_hmac_key's
+                self.lane_ready.pop(conn.sock, None)  # clear may have come before the line above
         else:
             self.lane_ready.pop(conn.sock, None)
         if events != conn.interest:

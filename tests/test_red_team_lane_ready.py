@@ -8,7 +8,11 @@ and compares what a client sees over real sockets with the lane on and off.
 
 from __future__ import annotations
 
-from test_fast_daemon import RawClient, served
+import sys
+import time
+
+from _util import wait_until
+from test_fast_daemon import RawClient, read_message, served
 from test_red_team_lanes import CORR
 
 
@@ -31,3 +35,52 @@ def test_switching_the_lane_off_sends_the_next_reads_of_open_connections_the_gen
             assert server.lane_calls > taken
         finally:
             client.close()
+
+
+def unsigned_call_after_a_key_set_mid_set_interest(lane: bool) -> tuple[bytes, bool]:
+    """A thread sets the daemon's HMAC key just as the loop thread, in ``set_interest``,
+    has found the connection idle (no key yet) and is about to put it in ``lane_ready``:
+    that thread switch is forced by setting the key from ``lane_idle`` once, when it
+    answers True to ``set_interest`` (with the lane off it never does: the key is set
+    at the same point of the exchange instead). Then the client sends a call without a
+    key: what it got back (b"" when the daemon closed the connection), whether the call ran."""
+    with served(lane=lane) as server:
+        connections = server.daemon._connections
+        client = RawClient(server)
+        try:
+            time.sleep(0.2)  # the daemon is done with the handshake
+            idle = connections.lane_idle
+            armed = [True]
+
+            def key_set_meanwhile(conn):
+                found = idle(conn)
+                if found and armed and sys._getframe(1).f_code.co_name == "set_interest":
+                    armed.clear()
+                    server.daemon._pyroHmacKey = b"secret"  # as another thread would, right here
+                return found
+
+            connections.lane_idle = key_set_meanwhile
+            # a oneway call: the general path, which ends in one set_interest
+            client.sock.sendall(client.protocol.invoke("obj", "later", (1,), {}, oneway=True).data)
+            wait_until(lambda: server.obj.calls)
+            time.sleep(0.2)  # the loop is done with it
+            if armed:
+                server.daemon._pyroHmacKey = b"secret"
+            client.sock.sendall(client.protocol.invoke("obj", "echo", ("unsigned",), {},
+                                                       annotations={"CORR": CORR}).data)
+            try:
+                reply = read_message(client.sock)
+            except ConnectionResetError:
+                reply = b""
+            ran = any(call[:2] == ("echo", ("unsigned",)) for call in server.obj.calls)
+            return reply, ran
+        finally:
+            client.close()
+
+
+def test_a_key_set_by_another_thread_while_the_loop_marks_a_connection_ready_refuses_the_next_unsigned_call():
+    """The lane never serves a connection of a daemon with an HMAC key: a call without
+    the key is refused, as with the lane off, however the key-setting thread interleaves."""
+    with_lane, without_lane = (unsigned_call_after_a_key_set_mid_set_interest(lane) for lane in (True, False))
+    assert with_lane == without_lane
+    assert with_lane[1] is False
