@@ -194,7 +194,8 @@ class CallLane:
                 elif facts.correlation_bytes is not corr or annotations.get("CORR") is not corr:
                     corr = None  # changed by the method: the general path writes what it left
                 reply = None
-                if corr is not None and not facts.response_annotations:
+                # a key the method gave the daemon signs its reply, which the general writer does
+                if corr is not None and not facts.response_annotations and not conn.protocol.hmac_key:
                     reply = _lane_reply(seq, corr, outcome, config_.MAX_MESSAGE_SIZE)
                 if reply is None:
                     reply = calls.outcome_reply(conn, self.message(conn, data, annotations), _SERPENT, outcome, facts)

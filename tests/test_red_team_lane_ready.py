@@ -12,8 +12,10 @@ import sys
 import time
 
 from _util import wait_until
-from test_fast_daemon import RawClient, read_message, served
+from test_fast_daemon import RawClient, comparable, read_message, request_bytes, served
 from test_red_team_lanes import CORR
+
+from pyro_loops import expose
 
 
 def test_switching_the_lane_off_sends_the_next_reads_of_open_connections_the_general_way():
@@ -84,3 +86,30 @@ def test_a_key_set_by_another_thread_while_the_loop_marks_a_connection_ready_ref
     with_lane, without_lane = (unsigned_call_after_a_key_set_mid_set_interest(lane) for lane in (True, False))
     assert with_lane == without_lane
     assert with_lane[1] is False
+
+
+@expose
+class Keyed:
+    """A method that gives its own daemon an HMAC key, as a setup call might."""
+
+    def lock(self, key):
+        self._pyroDaemon._pyroHmacKey = key
+        return key
+
+
+def test_a_method_that_sets_its_daemons_hmac_key_gets_the_reply_it_gets_with_the_lane_off():
+    """The key comes into force while the call runs: its reply is the one the general
+    path writes then (signed with the new key), the lane on or off."""
+    replies = []
+    for lane in (True, False):
+        with served(lane=lane) as server:
+            server.daemon.register(Keyed(), "keyed")
+            client = RawClient(server)
+            try:
+                client.sock.sendall(request_bytes("keyed", "lock", ("secret",), CORR, 1))
+                replies.append(comparable(read_message(client.sock), CORR))
+                assert server.lane_calls == lane  # the lane takes it when on
+            finally:
+                client.close()
+    assert replies[0] == replies[1]
+    assert "HMAC" in replies[0][4]  # the reply's annotations
