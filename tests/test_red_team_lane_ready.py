@@ -8,14 +8,17 @@ and compares what a client sees over real sockets with the lane on and off.
 
 from __future__ import annotations
 
+import socket
 import sys
+import threading
 import time
 
-from _util import wait_until
+from _util import TIMEOUT, wait_until
 from test_fast_daemon import RawClient, comparable, read_message, request_bytes, served
 from test_red_team_lanes import CORR
 
-from pyro_loops import expose
+from pyro_loops import Daemon, expose
+from pyro_loops._protocol import ClientProtocol
 
 
 def test_switching_the_lane_off_sends_the_next_reads_of_open_connections_the_general_way():
@@ -113,3 +116,75 @@ def test_a_method_that_sets_its_daemons_hmac_key_gets_the_reply_it_gets_with_the
                 client.close()
     assert replies[0] == replies[1]
     assert "HMAC" in replies[0][4]  # the reply's annotations
+
+
+def test_a_lane_call_that_nests_the_loop_answers_in_order_and_lets_other_clients_through_as_with_the_lane_off():
+    """On an adapter host a call opens a modal dialog (nests the loop). Its client
+    sends its next call meanwhile, and another client calls: that one is answered
+    inside the dialog, the first client's next call after the dialog's, lane on or off."""
+    from pyro_loops._eventloop import SelectLoop
+    from pyro_loops.adapters.selectloop import attach
+
+    def run(lane: bool) -> tuple[list, list, list]:
+        loop = SelectLoop()
+        order: list = []
+
+        @expose
+        class Modal:
+            def modal(self):
+                order.append("A-start")
+                end = time.monotonic() + 0.6
+                while time.monotonic() < end:
+                    loop.poll(0.02)
+                order.append("A-end")
+                return "A"
+
+            def rec(self, x):
+                order.append(x)
+                return x
+
+        def connect(port: int) -> tuple[socket.socket, ClientProtocol]:
+            protocol = ClientProtocol("serpent")
+            sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+            sock.sendall(protocol.connect("m", metadata=False))
+            while protocol.next_event() is None:
+                protocol.receive_data(sock.recv(65536))
+            return sock, protocol
+
+        def results(sock: socket.socket, protocol: ClientProtocol, count: int) -> list:
+            got: list = []
+            while len(got) < count:
+                protocol.receive_data(sock.recv(65536))
+                while (event := protocol.next_event()) is not None:
+                    got.append(event.value)
+            return got
+
+        first: list = []
+        second: list = []
+        with Daemon(host="127.0.0.1") as daemon:
+            daemon._connections.lane = lane
+            uri = daemon.register(Modal(), "m")
+            handle = attach(daemon, loop)
+
+            def client() -> None:
+                sock, protocol = connect(uri.port)
+                other, other_protocol = connect(uri.port)
+                sock.sendall(protocol.invoke("m", "modal", (), {}).data)
+                wait_until(lambda: order)
+                sock.sendall(protocol.invoke("m", "rec", ("B",), {}).data)  # behind the running call
+                time.sleep(0.1)
+                other.sendall(other_protocol.invoke("m", "rec", ("C",), {}).data)
+                second.extend(results(other, other_protocol, 1))
+                first.extend(results(sock, protocol, 2))
+                sock.close()
+                other.close()
+
+            thread = threading.Thread(target=client, daemon=True)
+            thread.start()
+            loop.run(until=lambda: not thread.is_alive(), max_wait=0.05)
+            handle.detach()
+            lane_calls = daemon._connections.lane_calls
+        assert (lane_calls > 0) == lane
+        return order, first, second
+
+    assert run(lane=True) == run(lane=False) == (["A-start", "C", "A-end", "B"], ["A", "B"], ["C"])
