@@ -118,6 +118,26 @@ def test_a_method_that_sets_its_daemons_hmac_key_gets_the_reply_it_gets_with_the
     assert "HMAC" in replies[0][4]  # the reply's annotations
 
 
+def connect(port: int, obj: str) -> tuple[socket.socket, ClientProtocol]:
+    """A raw client connection to ``obj``, handshake done."""
+    protocol = ClientProtocol("serpent")
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    sock.sendall(protocol.connect(obj, metadata=False))
+    while protocol.next_event() is None:
+        protocol.receive_data(sock.recv(65536))
+    return sock, protocol
+
+
+def results(sock: socket.socket, protocol: ClientProtocol, count: int) -> list:
+    """The next ``count`` results ``sock`` receives."""
+    got: list = []
+    while len(got) < count:
+        protocol.receive_data(sock.recv(65536))
+        while (event := protocol.next_event()) is not None:
+            got.append(event.value)
+    return got
+
+
 def test_a_lane_call_that_nests_the_loop_answers_in_order_and_lets_other_clients_through_as_with_the_lane_off():
     """On an adapter host a call opens a modal dialog (nests the loop). Its client
     sends its next call meanwhile, and another client calls: that one is answered
@@ -143,22 +163,6 @@ def test_a_lane_call_that_nests_the_loop_answers_in_order_and_lets_other_clients
                 order.append(x)
                 return x
 
-        def connect(port: int) -> tuple[socket.socket, ClientProtocol]:
-            protocol = ClientProtocol("serpent")
-            sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-            sock.sendall(protocol.connect("m", metadata=False))
-            while protocol.next_event() is None:
-                protocol.receive_data(sock.recv(65536))
-            return sock, protocol
-
-        def results(sock: socket.socket, protocol: ClientProtocol, count: int) -> list:
-            got: list = []
-            while len(got) < count:
-                protocol.receive_data(sock.recv(65536))
-                while (event := protocol.next_event()) is not None:
-                    got.append(event.value)
-            return got
-
         first: list = []
         second: list = []
         with Daemon(host="127.0.0.1") as daemon:
@@ -167,8 +171,8 @@ def test_a_lane_call_that_nests_the_loop_answers_in_order_and_lets_other_clients
             handle = attach(daemon, loop)
 
             def client() -> None:
-                sock, protocol = connect(uri.port)
-                other, other_protocol = connect(uri.port)
+                sock, protocol = connect(uri.port, "m")
+                other, other_protocol = connect(uri.port, "m")
                 sock.sendall(protocol.invoke("m", "modal", (), {}).data)
                 wait_until(lambda: order)
                 sock.sendall(protocol.invoke("m", "rec", ("B",), {}).data)  # behind the running call
@@ -184,6 +188,65 @@ def test_a_lane_call_that_nests_the_loop_answers_in_order_and_lets_other_clients
             loop.run(until=lambda: not thread.is_alive(), max_wait=0.05)
             handle.detach()
             lane_calls = daemon._connections.lane_calls
+        assert (lane_calls > 0) == lane
+        return order, first, second
+
+    assert run(lane=True) == run(lane=False) == (["A-start", "C", "A-end", "B"], ["A", "B"], ["C"])
+
+
+def test_a_coroutine_lane_call_answers_after_its_await_and_the_calls_behind_it_in_order_as_with_the_lane_off():
+    """On the asyncio host an ``async def`` method is run by the loop and answered
+    later (the lane raises Deferred and leaves the connection busy). Its client's next
+    call waits for it; another client is answered meanwhile, lane on or off."""
+    import asyncio
+
+    from pyro_loops.adapters.asyncio import attach
+
+    def run(lane: bool) -> tuple[list, list, list]:
+        order: list = []
+
+        @expose
+        class Waits:
+            async def wait(self):
+                order.append("A-start")
+                await asyncio.sleep(0.5)
+                order.append("A-end")
+                return "A"
+
+            def rec(self, x):
+                order.append(x)
+                return x
+
+        first: list = []
+        second: list = []
+
+        async def main() -> int:
+            with Daemon(host="127.0.0.1") as daemon:
+                daemon._connections.lane = lane
+                uri = daemon.register(Waits(), "w")
+                handle = attach(daemon)
+
+                def client() -> None:
+                    sock, protocol = connect(uri.port, "w")
+                    other, other_protocol = connect(uri.port, "w")
+                    sock.sendall(protocol.invoke("w", "wait", (), {}).data)
+                    wait_until(lambda: order)
+                    sock.sendall(protocol.invoke("w", "rec", ("B",), {}).data)  # behind the awaiting call
+                    time.sleep(0.1)
+                    other.sendall(other_protocol.invoke("w", "rec", ("C",), {}).data)
+                    second.extend(results(other, other_protocol, 1))
+                    first.extend(results(sock, protocol, 2))
+                    sock.close()
+                    other.close()
+
+                thread = threading.Thread(target=client, daemon=True)
+                thread.start()
+                while thread.is_alive():
+                    await asyncio.sleep(0.02)
+                handle.detach()
+                return daemon._connections.lane_calls
+
+        lane_calls = asyncio.run(main())
         assert (lane_calls > 0) == lane
         return order, first, second
 
