@@ -15,9 +15,9 @@ import time
 
 from _util import TIMEOUT, wait_until
 from test_fast_daemon import RawClient, comparable, read_message, request_bytes, served
-from test_red_team_lanes import CORR
+from test_red_team_lanes import CORR, both, read_messages
 
-from pyro_loops import Daemon, expose
+from pyro_loops import Daemon, config, expose
 from pyro_loops._protocol import ClientProtocol
 
 
@@ -251,3 +251,23 @@ def test_a_coroutine_lane_call_answers_after_its_await_and_the_calls_behind_it_i
         return order, first, second
 
     assert run(lane=True) == run(lane=False) == (["A-start", "C", "A-end", "B"], ["A", "B"], ["C"])
+
+
+def test_calls_left_for_the_next_pass_by_the_wakeup_budget_are_answered_before_a_later_call_as_with_the_lane_off():
+    """MAX_CALLS_PER_WAKEUP leaves pipelined calls for the next pass (the ``soon`` set);
+    a call sent right behind them, or after the budget ran out exactly, must not go ahead."""
+    config.MAX_CALLS_PER_WAKEUP = 2
+
+    def send(server, client) -> list:
+        got = []
+        for batch in (4, 2, 1, 3):
+            calls = [request_bytes("obj", "echo", (f"{batch}-{n}",), CORR, n) for n in range(batch)]
+            client.sock.sendall(b"".join(calls))
+            client.sock.sendall(request_bytes("obj", "echo", (f"{batch}-late",), CORR, batch))
+            got += read_messages(client.sock, batch + 1)
+        return got
+
+    with_lane, without_lane = both(send)
+    assert with_lane == without_lane
+    assert [call[1][0] for call in with_lane[1]] == [
+        f"{batch}-{n}" for batch in (4, 2, 1, 3) for n in [*range(batch), "late"]]
