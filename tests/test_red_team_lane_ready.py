@@ -9,6 +9,7 @@ and compares what a client sees over real sockets with the lane on and off.
 from __future__ import annotations
 
 import socket
+import struct
 import sys
 import threading
 import time
@@ -271,3 +272,58 @@ def test_calls_left_for_the_next_pass_by_the_wakeup_budget_are_answered_before_a
     assert with_lane == without_lane
     assert [call[1][0] for call in with_lane[1]] == [
         f"{batch}-{n}" for batch in (4, 2, 1, 3) for n in [*range(batch), "late"]]
+
+
+def test_a_client_gone_during_its_nested_lane_call_leaves_its_socket_number_to_a_new_client_served_as_with_the_lane_off():
+    """A call nests the loop; its client resets the connection meanwhile, and a new
+    client, likely given the same socket number, calls during and after the dialog.
+    The new client gets its answers; nothing of the old connection reaches it."""
+    from pyro_loops._eventloop import SelectLoop
+    from pyro_loops.adapters.selectloop import attach
+
+    def run(lane: bool) -> tuple[list, list]:
+        loop = SelectLoop()
+        order: list = []
+
+        @expose
+        class Modal:
+            def modal(self):
+                order.append("A-start")
+                end = time.monotonic() + 0.6
+                while time.monotonic() < end:
+                    loop.poll(0.02)
+                order.append("A-end")
+                return "A"
+
+            def rec(self, x):
+                order.append(x)
+                return x
+
+        got: list = []
+        with Daemon(host="127.0.0.1") as daemon:
+            daemon._connections.lane = lane
+            uri = daemon.register(Modal(), "m")
+            handle = attach(daemon, loop)
+
+            def client() -> None:
+                sock, protocol = connect(uri.port, "m")
+                sock.sendall(protocol.invoke("m", "modal", (), {}).data)
+                wait_until(lambda: order)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()  # a reset
+                time.sleep(0.1)
+                other, other_protocol = connect(uri.port, "m")
+                other.sendall(other_protocol.invoke("m", "rec", ("C",), {}).data)
+                got.extend(results(other, other_protocol, 1))
+                wait_until(lambda: "A-end" in order)
+                other.sendall(other_protocol.invoke("m", "rec", ("D",), {}).data)
+                got.extend(results(other, other_protocol, 1))
+                other.close()
+
+            thread = threading.Thread(target=client, daemon=True)
+            thread.start()
+            loop.run(until=lambda: not thread.is_alive(), max_wait=0.05)
+            handle.detach()
+        return order, got
+
+    assert run(lane=True) == run(lane=False) == (["A-start", "C", "A-end", "D"], ["C", "D"])
