@@ -13,6 +13,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from _util import TIMEOUT, wait_until
 from test_fast_daemon import RawClient, comparable, read_message, request_bytes, served
@@ -139,58 +140,71 @@ def results(sock: socket.socket, protocol: ClientProtocol, count: int) -> list:
     return got
 
 
+def slow_call_then_two_more(port: int, order: list, obj: str, slow: str, first: list, second: list) -> None:
+    """A client calls ``slow`` on ``obj`` and, once it runs, calls ``rec("B")`` behind it;
+    another client then calls ``rec("C")``. Their results go to ``first`` and ``second``."""
+    sock, protocol = connect(port, obj)
+    other, other_protocol = connect(port, obj)
+    sock.sendall(protocol.invoke(obj, slow, (), {}).data)
+    wait_until(lambda: order)
+    sock.sendall(protocol.invoke(obj, "rec", ("B",), {}).data)  # behind the running call
+    time.sleep(0.1)
+    other.sendall(other_protocol.invoke(obj, "rec", ("C",), {}).data)
+    second.extend(results(other, other_protocol, 1))
+    first.extend(results(sock, protocol, 2))
+    sock.close()
+    other.close()
+
+
+def in_a_dialog(lane: bool, client: Callable[[int, list], None]) -> list:
+    """A daemon on the select-loop adapter host serving "m", whose ``modal`` call nests
+    the loop for 0.6 s (a modal dialog's way) and whose ``rec`` records its argument;
+    ``client(port, order)`` runs in a thread meanwhile. The order things ran in."""
+    from pyro_loops._eventloop import SelectLoop
+    from pyro_loops.adapters.selectloop import attach
+
+    loop = SelectLoop()
+    order: list = []
+
+    @expose
+    class Modal:
+        def modal(self):
+            order.append("A-start")
+            end = time.monotonic() + 0.6
+            while time.monotonic() < end:
+                loop.poll(0.02)
+            order.append("A-end")
+            return "A"
+
+        def rec(self, x):
+            order.append(x)
+            return x
+
+    with Daemon(host="127.0.0.1") as daemon:
+        daemon._connections.lane = lane
+        uri = daemon.register(Modal(), "m")
+        handle = attach(daemon, loop)
+        thread = threading.Thread(target=client, args=(uri.port, order), daemon=True)
+        thread.start()
+        loop.run(until=lambda: not thread.is_alive(), max_wait=0.05)
+        handle.detach()
+        assert (daemon._connections.lane_calls > 0) == lane
+    return order
+
+
 def test_a_lane_call_that_nests_the_loop_answers_in_order_and_lets_other_clients_through_as_with_the_lane_off():
     """On an adapter host a call opens a modal dialog (nests the loop). Its client
     sends its next call meanwhile, and another client calls: that one is answered
     inside the dialog, the first client's next call after the dialog's, lane on or off."""
-    from pyro_loops._eventloop import SelectLoop
-    from pyro_loops.adapters.selectloop import attach
 
     def run(lane: bool) -> tuple[list, list, list]:
-        loop = SelectLoop()
-        order: list = []
-
-        @expose
-        class Modal:
-            def modal(self):
-                order.append("A-start")
-                end = time.monotonic() + 0.6
-                while time.monotonic() < end:
-                    loop.poll(0.02)
-                order.append("A-end")
-                return "A"
-
-            def rec(self, x):
-                order.append(x)
-                return x
-
         first: list = []
         second: list = []
-        with Daemon(host="127.0.0.1") as daemon:
-            daemon._connections.lane = lane
-            uri = daemon.register(Modal(), "m")
-            handle = attach(daemon, loop)
 
-            def client() -> None:
-                sock, protocol = connect(uri.port, "m")
-                other, other_protocol = connect(uri.port, "m")
-                sock.sendall(protocol.invoke("m", "modal", (), {}).data)
-                wait_until(lambda: order)
-                sock.sendall(protocol.invoke("m", "rec", ("B",), {}).data)  # behind the running call
-                time.sleep(0.1)
-                other.sendall(other_protocol.invoke("m", "rec", ("C",), {}).data)
-                second.extend(results(other, other_protocol, 1))
-                first.extend(results(sock, protocol, 2))
-                sock.close()
-                other.close()
+        def client(port: int, order: list) -> None:
+            slow_call_then_two_more(port, order, "m", "modal", first, second)
 
-            thread = threading.Thread(target=client, daemon=True)
-            thread.start()
-            loop.run(until=lambda: not thread.is_alive(), max_wait=0.05)
-            handle.detach()
-            lane_calls = daemon._connections.lane_calls
-        assert (lane_calls > 0) == lane
-        return order, first, second
+        return in_a_dialog(lane, client), first, second
 
     assert run(lane=True) == run(lane=False) == (["A-start", "C", "A-end", "B"], ["A", "B"], ["C"])
 
@@ -227,20 +241,8 @@ def test_a_coroutine_lane_call_answers_after_its_await_and_the_calls_behind_it_i
                 uri = daemon.register(Waits(), "w")
                 handle = attach(daemon)
 
-                def client() -> None:
-                    sock, protocol = connect(uri.port, "w")
-                    other, other_protocol = connect(uri.port, "w")
-                    sock.sendall(protocol.invoke("w", "wait", (), {}).data)
-                    wait_until(lambda: order)
-                    sock.sendall(protocol.invoke("w", "rec", ("B",), {}).data)  # behind the awaiting call
-                    time.sleep(0.1)
-                    other.sendall(other_protocol.invoke("w", "rec", ("C",), {}).data)
-                    second.extend(results(other, other_protocol, 1))
-                    first.extend(results(sock, protocol, 2))
-                    sock.close()
-                    other.close()
-
-                thread = threading.Thread(target=client, daemon=True)
+                thread = threading.Thread(target=slow_call_then_two_more, daemon=True,
+                                          args=(uri.port, order, "w", "wait", first, second))
                 thread.start()
                 while thread.is_alive():
                     await asyncio.sleep(0.02)
@@ -278,52 +280,25 @@ def test_a_client_gone_during_its_nested_lane_call_leaves_its_socket_number_to_a
     """A call nests the loop; its client resets the connection meanwhile, and a new
     client, likely given the same socket number, calls during and after the dialog.
     The new client gets its answers; nothing of the old connection reaches it."""
-    from pyro_loops._eventloop import SelectLoop
-    from pyro_loops.adapters.selectloop import attach
 
     def run(lane: bool) -> tuple[list, list]:
-        loop = SelectLoop()
-        order: list = []
-
-        @expose
-        class Modal:
-            def modal(self):
-                order.append("A-start")
-                end = time.monotonic() + 0.6
-                while time.monotonic() < end:
-                    loop.poll(0.02)
-                order.append("A-end")
-                return "A"
-
-            def rec(self, x):
-                order.append(x)
-                return x
-
         got: list = []
-        with Daemon(host="127.0.0.1") as daemon:
-            daemon._connections.lane = lane
-            uri = daemon.register(Modal(), "m")
-            handle = attach(daemon, loop)
 
-            def client() -> None:
-                sock, protocol = connect(uri.port, "m")
-                sock.sendall(protocol.invoke("m", "modal", (), {}).data)
-                wait_until(lambda: order)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                sock.close()  # a reset
-                time.sleep(0.1)
-                other, other_protocol = connect(uri.port, "m")
-                other.sendall(other_protocol.invoke("m", "rec", ("C",), {}).data)
-                got.extend(results(other, other_protocol, 1))
-                wait_until(lambda: "A-end" in order)
-                other.sendall(other_protocol.invoke("m", "rec", ("D",), {}).data)
-                got.extend(results(other, other_protocol, 1))
-                other.close()
+        def client(port: int, order: list) -> None:
+            sock, protocol = connect(port, "m")
+            sock.sendall(protocol.invoke("m", "modal", (), {}).data)
+            wait_until(lambda: order)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # a reset
+            time.sleep(0.1)
+            other, other_protocol = connect(port, "m")
+            other.sendall(other_protocol.invoke("m", "rec", ("C",), {}).data)
+            got.extend(results(other, other_protocol, 1))
+            wait_until(lambda: "A-end" in order)
+            other.sendall(other_protocol.invoke("m", "rec", ("D",), {}).data)
+            got.extend(results(other, other_protocol, 1))
+            other.close()
 
-            thread = threading.Thread(target=client, daemon=True)
-            thread.start()
-            loop.run(until=lambda: not thread.is_alive(), max_wait=0.05)
-            handle.detach()
-        return order, got
+        return in_a_dialog(lane, client), got
 
     assert run(lane=True) == run(lane=False) == (["A-start", "C", "A-end", "D"], ["C", "D"])
