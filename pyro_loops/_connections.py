@@ -129,7 +129,7 @@ class Connections:
 
     def set_hmac_key(self, key: bytes | None) -> None:
         self.hmac_key = key
-        for conn in self.conns.values():
+        for conn in list(self.conns.values()):  # a copy: accept() may add to conns in the loop's thread
             conn.protocol.hmac_key = key
         # after the keys: a set_interest the loop runs meanwhile sees them (lane_idle) and adds none back
         self.lane_ready.clear()
