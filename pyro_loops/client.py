@@ -559,7 +559,8 @@ class _Channel:
         self.cancelled_queued = 0  # calls in ``queued`` cancelled since it was last compacted
         self.handshake_timer = _Request(Call("no handshake deadline"), "<timer>", None, None)
         self.resume_state = ""  # the step a worker's decoding interrupted
-        #: why receiving failed (a reset); the calls left once the replies read before it are handled fail with it
+        #: why receiving or sending failed (a reset): the calls left once the replies read before it
+        #: are handled fail with it
         self.lost: errors.ConnectionClosedError | None = None
         #: the end of stream (or a receive error) was read: the socket is not read again, nor
         #: watched for reading (a dead socket is readable for ever); the replies read before
