@@ -559,7 +559,8 @@ class _Channel:
         self.cancelled_queued = 0  # calls in ``queued`` cancelled since it was last compacted
         self.handshake_timer = _Request(Call("no handshake deadline"), "<timer>", None, None)
         self.resume_state = ""  # the step a worker's decoding interrupted
-        #: why receiving failed (a reset); the calls left once the replies read before it are handled fail with it
+        #: why receiving or sending failed (a reset): the calls left once the replies read before it
+        #: are handled fail with it
         self.lost: errors.ConnectionClosedError | None = None
         #: the end of stream (or a receive error) was read: the socket is not read again, nor
         #: watched for reading (a dead socket is readable for ever); the replies read before
@@ -922,7 +923,16 @@ class _Channel:
             self._set_interest(events)
 
     def _send_failed(self, exc: BaseException) -> None:
-        self.fail(errors.ConnectionClosedError(f"sending to {self.location} failed: {exc}"))
+        """Writing failed: a reset, most often, with replies already read waiting to be handled
+        (a call queued behind them, written now). Those are answers: ``_lose`` completes them
+        first, as when receiving fails. A TLS error breaks the connection at once."""
+        error = errors.ConnectionClosedError(f"sending to {self.location} failed: {exc}")
+        if isinstance(exc, TLSError):
+            self.fail(error)
+            return
+        self._lose(error)
+        if not self.closed:
+            self._set_interest(0)  # nothing more goes out; the replies left are handled at the deadline
 
     def _set_interest(self, events: int) -> None:
         """Watch the socket for ``events``, but never for reading once the end of stream was
@@ -961,18 +971,30 @@ class _Channel:
                 self.fail(errors.ConnectionClosedError(f"receiving from {self.location} failed: {exc}"))
                 return
             except OSError as exc:
-                # Replies read whole before the break (waiting behind a callback that runs a
-                # nested loop, or left by the budget) are answers: they complete first.
-                self.lost = errors.ConnectionClosedError(f"receiving from {self.location} failed: {exc}")
-                data = b""
+                self._lose(errors.ConnectionClosedError(f"receiving from {self.location} failed: {exc}"))
+                return
             if not data:
-                self.ended = True
-                self._set_interest(self.interest)  # not for reading any more
-            elif self._quick_reply(data):
+                self._lose(None)
+                return
+            if self._quick_reply(data):
                 return
             self.fed = True
-            self.protocol.receive_data(data)  # b"": the server closed; the protocol says what that means
+            self.protocol.receive_data(data)
             self.process()
+
+    def _lose(self, error: errors.ConnectionClosedError | None) -> None:
+        """The connection ended: the end of stream was read (``error`` None), or receiving or
+        sending failed (a reset) with ``error``. Replies read whole before it (waiting behind a
+        callback that runs a nested loop, or left by the budget) are answers: they complete
+        first, then the calls left fail with ``error`` (the protocol's own when None, or when
+        the end was read before)."""
+        if not self.ended:
+            self.lost = error
+            self.ended = True
+            self._set_interest(self.interest)  # not for reading any more
+            self.fed = True
+            self.protocol.receive_data(b"")  # the protocol says what the end means
+        self.process()
 
     def _quick_reply(self, data: bytes) -> bool:
         """Complete the one call in flight from ``data`` if that is its whole reply, a plain scalar

@@ -380,3 +380,28 @@ def test_a_whole_reply_behind_stray_bytes_is_read_behind_them(host, client, raw_
     assert host.settle(proxy.add(1, 0)).result() == 1
     second = host.settle(proxy.add(2, 0))
     assert isinstance(second.exception(), errors.ProtocolError)
+
+
+def test_a_send_that_fails_after_a_reset_completes_the_calls_whose_replies_were_read_first(host, client):
+    # Two replies, then a reset, are read before either is handled. The first reply's
+    # callback makes a burst of calls, written at once: the write fails (the peer reset).
+    # The second reply is in the client's buffer already: it is an answer, not a loss.
+    from pyro_loops.client import _BURST
+    peer = AnswersThenEnds(2, reset=True)
+    server = RawServer(peer)
+    try:
+        proxy = client.proxy(server.uri)
+        proxy._pyroTimeout = WAIT_S
+        first, second = proxy.add(0, 0), proxy.add(1, 0)
+        host.run_until(peer.asked.is_set)
+        burst: list[pyro_loops.Call] = []
+        first.add_done_callback(lambda _call: burst.extend(proxy.add(i, 2) for i in range(_BURST)))
+        peer.go.set()
+        assert peer.ended.wait(WAIT_S)  # the replies and the reset are in before the loop reads any
+        host.run_until(lambda: second.done() and len(burst) == _BURST and all(c.done() for c in burst))
+    finally:
+        server.close()
+    assert (first.result(), second.result()) == (0, 1)
+    reasons = {type(c.exception()) for c in burst}
+    assert reasons == {errors.ConnectionClosedError}, reasons
+    assert all(str(c.exception()).startswith("sending to ") for c in burst), burst[0].exception()
