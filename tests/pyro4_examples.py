@@ -122,8 +122,8 @@ _NORMALISE = [
     # a PYROMETA uri's tags: Pyro4 writes its set in hash order, which differs by Python
     # version even under one PYTHONHASHSEED (3.11 changed the string hash); pyro_loops sorts them
     (re.compile(r"\bPYROMETA:([^@\s'\">]+)"), lambda found: "PYROMETA:" + ",".join(sorted(found[1].split(",")))),
-    # the clock, read at another moment by each run
-    (re.compile(r"\b\d{2}:\d{2}:\d{2}(?:\.\d+)?"), "<time>"),
+    # the clock, read at another moment by each run (also right after an ISO date's "T")
+    (re.compile(r"(?<![\d:])\d{2}:\d{2}:\d{2}(?:\.\d+)?"), "<time>"),
     (re.compile(r"datetime\.datetime\([\d, ]+\)"), "datetime.datetime(<time>)"),
     (re.compile(r"\b(PYRO|PYRONAME|PYROMETA):([^@\s'\",]*)@(\[[^\]]*\]|[^\s'\",)>]+)"), r"\1:\2@<loc>"),
     (re.compile(r"obj_[0-9a-f]{32}"), "obj_<id>"),
