@@ -340,11 +340,9 @@ def lane_reply(seq: int, corr: bytes, value: Any, max_message_size: int) -> byte
 
 #: argument types written as they are: ascii() of them is serpent's text for them
 _WORDS = frozenset((int, bool, type(None)))
-# an INVOKE's header up to its sequence number (tag, version, type, flags 0), and the rest of it:
-# sequence number, payload length, serializer id, annotations length, reserved (0), checksum
-_INVOKE_START = _TAG + struct.pack("!HHH", PROTOCOL_VERSION, _MSG_INVOKE, 0)
+# after an INVOKE's _INVOKE_HEAD (the lane's, above): sequence number, payload length,
+# serializer id, annotations length, reserved (0), checksum (from _INVOKE_CHECKSUM, above)
 _invoke_rest = struct.Struct("!HiHH2xH").pack
-_INVOKE_CHECKSUM = _CHECKSUM_BASE + _MSG_INVOKE + SERPENT_ID
 # how the arguments follow the prefix, by their number: "(a,)", "(a,b)" as serpent compacts them
 _ARGUMENTS = tuple(b"%s(" + (b"%a," if count == 1 else b",".join([b"%a"] * count)) + b"),{})"
                    for count in range(9))
@@ -404,10 +402,10 @@ def invoke_message(prefix: bytes, vargs: Any, seq: int, correlation: bytes | Non
     if size > SMALL_PAYLOAD or max_message_size and size + _CORR_LEN > max_message_size:
         return None
     if correlation is None:
-        return _INVOKE_START + _invoke_rest(seq, size, SERPENT_ID, 0, (_INVOKE_CHECKSUM + size + seq) & 0xFFFF) \
+        return _INVOKE_HEAD + _invoke_rest(seq, size, SERPENT_ID, 0, (_INVOKE_CHECKSUM + size + seq) & 0xFFFF) \
             + payload
-    return _INVOKE_START + _invoke_rest(seq, size, SERPENT_ID, _CORR_LEN,
-                                        (_INVOKE_CHECKSUM + _CORR_LEN + size + seq) & 0xFFFF) \
+    return _INVOKE_HEAD + _invoke_rest(seq, size, SERPENT_ID, _CORR_LEN,
+                                       (_INVOKE_CHECKSUM + _CORR_LEN + size + seq) & 0xFFFF) \
         + _CORR_CHUNK + correlation + payload
 
 
